@@ -1,0 +1,102 @@
+"""The in-process front door: run a workflow in this program, with a memory store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from plait.config import HostConfig, load_config
+from plait.engine import Engine
+from plait.loader import load as _load
+from plait.memo import ToolCache
+from plait.models import WorkflowDef
+from plait.plugins.manager import PluginManager, create_plugin_manager
+from plait.runs import Event, Run
+
+__all__ = ["load", "run", "run_sync", "stream"]
+
+Source = WorkflowDef | Mapping[str, Any] | str | Path
+
+
+def load(source: Source) -> WorkflowDef:
+    """A workflow from a file path, YAML/JSON text or a mapping; raises ``DefinitionError``."""
+    return _load(source)
+
+
+def _engine(config: HostConfig | None, plugins: Iterable[object], cache_dir: str | None,
+            pm: PluginManager | None) -> Engine:
+    config = config or load_config()
+    pm = pm or create_plugin_manager(entry_points=config.plugins.entry_points,
+                                     blocked=config.plugins.disabled, extra=plugins)
+    cache = ToolCache(cache_dir, size_limit=config.cache.size_limit) if (
+        cache_dir and config.cache.enabled) else ToolCache(None)
+    cache.open()
+    return Engine(pm, config, cache=cache)
+
+
+async def run(
+    workflow: Source,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    config: HostConfig | None = None,
+    plugins: Iterable[object] = (),
+    workflows: Iterable[Source] = (),
+    cache_dir: str | None = None,
+    pm: PluginManager | None = None,
+) -> Run:
+    """Run a workflow to the end in this process and return the finished run.
+
+    Args:
+        workflow: the workflow (path, text, mapping or model).
+        inputs: the run's inputs.
+        config: host configuration (agents, limits); default: ``plait.toml`` if present.
+        plugins: extra plugin objects or modules, registered after the installed ones.
+        workflows: other workflows that ``workflow:`` steps may call.
+        cache_dir: a directory for the tool-result cache (none: no caching).
+        pm: a ready plugin manager (overrides ``plugins``).
+
+    Returns:
+        The :class:`Run`: ``status``, ``outputs``, ``steps[id].output``, ``error``, ``events``.
+        A failed run is returned, not raised; an invalid definition or inputs raise.
+    """
+    engine = _engine(config, plugins, cache_dir, pm)
+    try:
+        for extra in workflows:
+            engine.register(extra)
+        compiled = engine.register(workflow)
+        async with engine:
+            started = await engine.start(compiled, inputs)
+            return await started.wait()
+    finally:
+        engine.cache.close()
+
+
+def run_sync(workflow: Source, inputs: Mapping[str, Any] | None = None, **options: Any) -> Run:
+    """:func:`run` for scripts that have no event loop."""
+    return anyio.run(lambda: run(workflow, inputs, **options))
+
+
+async def stream(
+    workflow: Source,
+    inputs: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> AsyncIterator[Event]:
+    """Run a workflow and yield every event as it happens, the last being ``run.<outcome>``."""
+    engine = _engine(options.pop("config", None), options.pop("plugins", ()),
+                     options.pop("cache_dir", None), options.pop("pm", None))
+    extras = options.pop("workflows", ())
+    if options:
+        raise TypeError(f"unexpected options: {', '.join(options)}")
+    try:
+        for extra in extras:
+            engine.register(extra)
+        compiled = engine.register(workflow)
+        async with engine:
+            started = await engine.start(compiled, inputs)
+            async for event in started.follow():
+                yield event
+    finally:
+        engine.cache.close()

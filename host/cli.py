@@ -1,0 +1,223 @@
+"""The ``plait`` command: run, validate, graph, schema and plugins.
+
+Each sub-command is one small function; ``main`` only parses arguments and maps errors to exit
+codes (0 ok, 1 the run or check failed, 2 bad usage or input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from plait.config import HostConfig, load_config
+from plait.engine import Engine
+from plait.errors import ConfigError, DefinitionError, InputsInvalid, PlaitError
+from plait.graph import render_graph
+from plait.memo import ToolCache
+from plait.plugins.manager import create_plugin_manager
+from plait.progress import ProgressView
+from plait.schema import workflow_schema
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``plait`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (DefinitionError, InputsInvalid, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PlaitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plait", description="plait: workflows of agents "
+                                     "and tools, run durably and watched live.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a workflow file in this process")
+    p.add_argument("file")
+    p.add_argument("--input", "-i", action="append", default=[], metavar="KEY=VALUE",
+                   help="an input; VALUE is parsed as JSON when it parses, else a string")
+    p.add_argument("--inputs-json", metavar="FILE", help="a JSON file of inputs")
+    p.add_argument("--config", help="host config file (default: ./plait.toml if present)")
+    p.add_argument("--workflows", metavar="DIR", help="folder of workflows that `workflow:` "
+                   "steps may call (default: the file's own folder)")
+    p.add_argument("--json", action="store_true", help="print the finished run as JSON")
+    p.add_argument("--no-cache", action="store_true", help="do not use the tool cache")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check workflow files and report every problem")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("graph", help="draw a workflow's step graph")
+    p.add_argument("file")
+    p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of workflow files")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("plugins", help="list loaded plugins and those that failed")
+    p.add_argument("--config")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def _engine(config: HostConfig, *, cache: bool = False) -> Engine:
+    pm = create_plugin_manager(entry_points=config.plugins.entry_points,
+                               blocked=config.plugins.disabled)
+    tool_cache = ToolCache(None)
+    if cache and config.cache.enabled and not config.memory_only:
+        from plait.app import ensure_private_dir
+
+        data_dir = ensure_private_dir(Path(config.host.data_dir))
+        tool_cache = ToolCache(data_dir / "cache", size_limit=config.cache.size_limit)
+    tool_cache.open()
+    return Engine(pm, config, cache=tool_cache)
+
+
+def parse_inputs(pairs: Sequence[str], inputs_json: str | None) -> dict[str, Any]:
+    """``--inputs-json`` then ``--input k=v`` (JSON when it parses, else a string)."""
+    inputs: dict[str, Any] = {}
+    if inputs_json:
+        try:
+            loaded = json.loads(Path(inputs_json).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read --inputs-json {inputs_json}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--inputs-json {inputs_json} must hold a JSON object")
+        inputs.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--input expects KEY=VALUE, got {pair!r}")
+        try:
+            inputs[key] = json.loads(raw)
+        except ValueError:
+            inputs[key] = raw
+    return inputs
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a workflow with a live display; exit 1 when the run does not succeed."""
+    config = load_config(args.config)
+    inputs = parse_inputs(args.input, args.inputs_json)
+    engine = _engine(config, cache=not args.no_cache)
+    try:
+        compiled = engine.register(args.file)
+        folder = args.workflows or config.host.workflows or str(Path(args.file).parent)
+        _register_siblings(engine, Path(folder), Path(args.file))
+        view = ProgressView(compiled, json_mode=args.json)
+        run = anyio.run(_run_and_show, engine, compiled, inputs, view)
+    finally:
+        engine.cache.close()
+    if args.json:
+        print(json.dumps(run.to_dict(), indent=2, default=str))
+    else:
+        view.summary(run)
+    return 0 if run.status == "succeeded" else 1
+
+
+async def _run_and_show(engine: Engine, compiled: Any, inputs: dict[str, Any],
+                        view: ProgressView) -> Any:
+    async with engine:
+        run = await engine.start(compiled, inputs)
+        with view:
+            async for event in run.follow():
+                view.update(run, event)
+        return run
+
+
+def _register_siblings(engine: Engine, folder: Path, main_file: Path) -> None:
+    """Make the other workflows of a folder callable by ``workflow:`` steps."""
+    if not folder.is_dir():
+        raise ConfigError(f"--workflows {folder} is not a folder")
+    for path in sorted(folder.iterdir()):
+        if path.suffix in (".yaml", ".yml", ".json") and path.resolve() != main_file.resolve():
+            try:
+                engine.register(str(path))
+            except DefinitionError as exc:
+                logging.getLogger("plait.cli").debug("not loading %s: %s", path, exc)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate files; print every problem with its path and line."""
+    engine = _engine(load_config(args.config))
+    failed = 0
+    for file in args.files:
+        try:
+            compiled = engine.compile(file)
+        except DefinitionError as exc:
+            failed += 1
+            print(f"{file}: invalid")
+            for issue in exc.issues:
+                line = f":{issue.line}" if issue.line else ""
+                print(f"  {file}{line}: {issue.path or '<workflow>'}: {issue.message}")
+            continue
+        print(f"{file}: ok ({compiled.name}, {compiled.size} steps)")
+    return 1 if failed else 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    """Print the step graph as Mermaid or Graphviz dot."""
+    engine = _engine(load_config(args.config))
+    print(render_graph(engine.compile(args.file), args.format))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of workflow files for the installed step types."""
+    engine = _engine(load_config(args.config))
+    print(json.dumps(workflow_schema(engine.registries.step_types), indent=2))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List plugins with what they contribute, and the ones that failed to load."""
+    config = load_config(args.config)
+    pm = create_plugin_manager(entry_points=config.plugins.entry_points,
+                               blocked=config.plugins.disabled)
+    infos = pm.info()
+    if args.json:
+        print(json.dumps({"plugins": [i.to_dict() for i in infos],
+                          "failed": [f.to_dict() for f in pm.failures]}, indent=2))
+        return 1 if pm.failures else 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="plait plugins")
+    for col in ("plugin", "version", "step types", "tools", "agent providers"):
+        table.add_column(col)
+    for info in infos:
+        table.add_row(info.name + (" (built-in)" if info.builtin else ""), info.version or "",
+                      ", ".join(info.step_types), ", ".join(info.tools),
+                      ", ".join(info.agent_providers))
+    console = Console()
+    console.print(table)
+    for failure in pm.failures:
+        where = f" [{failure.entry_point}]" if failure.entry_point else ""
+        console.print(f"[red]failed[/red] {failure.plugin}{where} at {failure.stage}: "
+                      f"{failure.error}", markup=True, highlight=False)
+    return 1 if pm.failures else 0

@@ -1,0 +1,175 @@
+"""Host configuration: one TOML file, every key optional, ``PLAIT_<SECTION>_<KEY>`` overrides.
+
+``plait serve`` and ``plait run`` read the same file. Environment values are parsed as JSON when
+they parse (``PLAIT_LIMITS_MAX_BATCH=50`` is a number), else taken as strings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from plait.errors import ConfigError
+
+__all__ = [
+    "CacheSettings",
+    "HostConfig",
+    "HostSettings",
+    "Limits",
+    "PluginSettings",
+    "ToolSettings",
+    "load_config",
+]
+
+ENV_PREFIX = "PLAIT_"
+"""Environment variables ``PLAIT_<SECTION>_<KEY>`` override the file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HostSettings(_Section):
+    """Where the host listens and keeps its data."""
+
+    bind: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    data_dir: str = ".plait"
+    """SQLite store, tool cache and token live here; ``:memory:`` keeps runs in memory."""
+    workflows: str | None = None
+    """A folder of workflow files registered at start."""
+
+
+class Limits(_Section):
+    """Every bound the host enforces; each is reported by ``host/info``."""
+
+    max_message_bytes: int = Field(1 << 20, ge=1024)
+    max_batch: int = Field(100, ge=1)
+    max_connections: int = Field(32, ge=1)
+    max_concurrent_steps: int = Field(256, ge=1)
+    """Steps doing work (tools, agents) at once across all runs."""
+    default_step_timeout: float = Field(300.0, gt=0)
+    """Seconds per attempt for tool and agent steps that set no ``timeout``."""
+    max_step_timeout: float = Field(86400.0, gt=0)
+    """No step's attempt may run longer than this, whatever it asks for."""
+    max_loop_iterations: int = Field(100_000, ge=1)
+    max_workflow_steps: int = Field(10_000, ge=1)
+    """Steps in one definition, nested bodies included."""
+    max_run_depth: int = Field(16, ge=1)
+    """Nesting of sub-workflow runs, so a workflow that calls itself ends."""
+    template_output_bytes: int = Field(1 << 20, ge=1024)
+    template_seconds: float = Field(2.0, gt=0)
+
+
+class CacheSettings(_Section):
+    """The tool-result cache under ``<data_dir>/cache``."""
+
+    enabled: bool = True
+    size_limit: int = Field(1 << 30, ge=1 << 16)
+
+
+class ToolSettings(_Section):
+    """Per-tool overrides: ``[tools."git.diff"]``."""
+
+    max_concurrency: int | None = Field(None, ge=1)
+    cacheable: bool | None = None
+    cache_ttl: float | None = Field(None, gt=0)
+
+
+class PluginSettings(_Section):
+    """Which plugins load."""
+
+    disabled: list[str] = Field(default_factory=list)
+    """Plugin names not to load: built-in modules (``plait.steps.delay``) or entry points."""
+    entry_points: bool = True
+    """Load third-party plugins from the ``plait`` entry-point group."""
+
+
+class EnvSettings(_Section):
+    """Environment variables templates may read as ``env.NAME``."""
+
+    allow: list[str] = Field(default_factory=list)
+
+
+class HostConfig(_Section):
+    """The whole configuration."""
+
+    host: HostSettings = Field(default_factory=HostSettings)
+    limits: Limits = Field(default_factory=Limits)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    plugins: PluginSettings = Field(default_factory=PluginSettings)
+    env: EnvSettings = Field(default_factory=EnvSettings)
+    tools: dict[str, ToolSettings] = Field(default_factory=dict)
+    agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Named agents: ``[agents.reviewer] provider = "openai"`` plus the provider's own keys."""
+    mcp_servers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @property
+    def memory_only(self) -> bool:
+        """Whether runs are kept in memory only."""
+        return self.host.data_dir == ":memory:"
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> HostConfig:
+    """Read the config file (if any), apply ``PLAIT_*`` variables, then ``overrides``.
+
+    Without ``path``, ``plait.toml`` in the working directory is read when it exists.
+
+    Raises:
+        ConfigError: naming the file and the key that is wrong.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is None and Path("plait.toml").is_file():
+        path = "plait.toml"
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    _apply_env(data, os.environ if environ is None else environ)
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        data.setdefault(section, {})[key] = value
+    try:
+        return HostConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: "
+            f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid config ({source}): {problems}") from None
+
+
+_SECTIONS = ("host", "limits", "cache", "plugins", "env")
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        for section in _SECTIONS:
+            if rest.startswith(section + "_"):
+                key = rest[len(section) + 1:]
+                try:
+                    value: Any = json.loads(raw)
+                except ValueError:
+                    value = raw
+                data.setdefault(section, {})[key] = value
+                break

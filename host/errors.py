@@ -1,0 +1,300 @@
+"""Every error plait raises, by the phase it belongs to.
+
+The tree::
+
+    PlaitError
+    ├── DefinitionError (ValueError)        a workflow is invalid; raised at load, before any run
+    │   └── TemplateSyntaxError             a template does not parse or names what does not exist
+    ├── PluginError                         a plugin failed to load, register or answer a hook
+    ├── ConfigError (ValueError)            the host configuration is invalid
+    ├── InputsInvalid (ValueError)          a run's inputs do not fit the workflow's schema
+    ├── WorkflowNotFound (LookupError)      no workflow (or version) of that name is registered
+    └── RunError (RuntimeError)             something failed while a run ran
+        ├── StepFailed                      a step ended in failure (carries the step id)
+        ├── StepTimeout                     one attempt of a step ran past its timeout
+        ├── TemplateError                   a template failed while rendering
+        │   ├── TemplateSecurityError       it reached for something the sandbox forbids
+        │   └── TemplateLimitError          it hit an output, size, loop or time limit
+        ├── ToolFailed                      a tool raised, or was called with bad arguments
+        │   └── ToolNotFound
+        ├── AgentFailed                     an agent provider failed or broke its contract
+        │   └── AgentNotFound
+        ├── OutputError                     a step produced a value that is not JSON
+        └── RunCancelled                    the run was cancelled
+
+The wire errors (JSON-RPC codes) are a separate tree owned by the RPC layer; only its dispatcher
+maps these domain errors onto codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "AgentFailed",
+    "AgentNotFound",
+    "ConfigError",
+    "InputsInvalid",
+    "DefinitionError",
+    "Issue",
+    "OutputError",
+    "PlaitError",
+    "PluginError",
+    "RunCancelled",
+    "RunError",
+    "StepFailed",
+    "StepTimeout",
+    "TemplateError",
+    "TemplateLimitError",
+    "TemplateSecurityError",
+    "TemplateSyntaxError",
+    "ToolFailed",
+    "ToolNotFound",
+    "WorkflowNotFound",
+]
+
+
+class PlaitError(Exception):
+    """Base of every error plait raises on purpose."""
+
+    __module__ = "plait"
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found in a definition: where it is and what is wrong."""
+
+    path: str
+    """Dotted path into the definition, e.g. ``steps[3].with.repo`` (empty for the whole)."""
+    message: str
+    """What is wrong, in words a person can act on."""
+    line: int | None = None
+    """1-based line in the source file, when the definition came from text."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form used by ``workflows/validate`` and error data."""
+        out: dict[str, Any] = {"path": self.path, "message": self.message}
+        if self.line is not None:
+            out["line"] = self.line
+        return out
+
+    def __str__(self) -> str:
+        where = self.path or "<workflow>"
+        if self.line is not None:
+            where = f"{where} (line {self.line})"
+        return f"{where}: {self.message}"
+
+
+class DefinitionError(PlaitError, ValueError):
+    """A workflow definition is invalid. Carries every issue found, not just the first."""
+
+    __module__ = "plait"
+
+    def __init__(self, issues: list[Issue] | str, *, source: str | None = None) -> None:
+        if isinstance(issues, str):
+            issues = [Issue("", issues)]
+        self.issues: list[Issue] = issues
+        self.source = source
+        head = f"invalid workflow{f' {source}' if source else ''}"
+        lines = "\n".join(f"  - {issue}" for issue in issues)
+        super().__init__(f"{head}: {len(issues)} problem(s)\n{lines}")
+
+
+class TemplateSyntaxError(DefinitionError):
+    """A template does not parse, or refers to a root or step that does not exist."""
+
+    __module__ = "plait"
+
+
+class PluginError(PlaitError):
+    """A plugin failed: at import, at registration, or inside a hook."""
+
+    __module__ = "plait"
+
+    def __init__(self, plugin: str, message: str) -> None:
+        self.plugin = plugin
+        super().__init__(f"plugin {plugin!r}: {message}")
+
+
+class ConfigError(PlaitError, ValueError):
+    """The host configuration is invalid."""
+
+    __module__ = "plait"
+
+
+class InputsInvalid(PlaitError, ValueError):
+    """A run's inputs break the workflow's input schema; lists every violation."""
+
+    __module__ = "plait"
+
+    def __init__(self, workflow: str, problems: list[str]) -> None:
+        self.workflow = workflow
+        self.problems = problems
+        super().__init__(f"invalid inputs for workflow {workflow!r}: " + "; ".join(problems))
+
+
+class WorkflowNotFound(PlaitError, LookupError):
+    """No workflow, or no such version of it, is registered."""
+
+    __module__ = "plait"
+
+    def __init__(self, name: str, version: int | None = None, known: list[str] | None = None
+                 ) -> None:
+        self.name = name
+        self.version = version
+        what = f"workflow {name!r}" + (f" version {version}" if version is not None else "")
+        hint = f"; registered: {', '.join(sorted(known))}" if known else ""
+        super().__init__(f"{what} is not registered{hint}")
+
+
+class RunError(PlaitError, RuntimeError):
+    """Something failed while a run ran.
+
+    ``kind`` is a short stable name used in step errors and by ``retry_on``.
+    """
+
+    __module__ = "plait"
+    kind = "error"
+    retryable = True
+    """Whether a retry policy may try the step again after this error."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored as a step's or run's ``error``."""
+        return {"type": self.kind, "message": str(self)}
+
+
+class StepFailed(RunError):
+    """A step failed; ``cause`` keeps the error of its last attempt."""
+
+    __module__ = "plait"
+    kind = "step_failed"
+
+    def __init__(self, step_id: str, message: str, *, error: dict[str, Any] | None = None) -> None:
+        self.step_id = step_id
+        self.error = error or {"type": self.kind, "message": message}
+        super().__init__(f"step {step_id!r} failed: {message}")
+
+
+class StepTimeout(RunError):
+    """One attempt of a step ran longer than its ``timeout``."""
+
+    __module__ = "plait"
+    kind = "timeout"
+
+
+class TemplateError(RunError):
+    """A template failed while rendering; names the step, the field and the expression."""
+
+    __module__ = "plait"
+    kind = "template"
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expression: str | None = None,
+        field: str | None = None,
+        step: str | None = None,
+    ) -> None:
+        self.message = message
+        self.expression = expression
+        self.field = field
+        self.step = step
+        super().__init__(self._compose())
+
+    def _compose(self) -> str:
+        parts = []
+        if self.step:
+            parts.append(f"step {self.step!r}")
+        if self.field:
+            parts.append(f"field {self.field!r}")
+        if self.expression is not None:
+            expr = self.expression if len(self.expression) <= 200 else self.expression[:200] + "…"
+            parts.append(f"expression {expr!r}")
+        where = ", ".join(parts)
+        return f"{self.message} ({where})" if where else self.message
+
+    def located(self, *, step: str | None = None, field: str | None = None) -> TemplateError:
+        """Fill in where the failure happened, keeping what is already known."""
+        self.step = self.step or step
+        self.field = self.field or field
+        self.args = (self._compose(),)
+        return self
+
+
+class TemplateSecurityError(TemplateError):
+    """A template reached for an attribute, method or object the sandbox forbids."""
+
+    __module__ = "plait"
+    kind = "template_security"
+
+
+class TemplateLimitError(TemplateError):
+    """A template exceeded an output, operand, loop or time limit."""
+
+    __module__ = "plait"
+    kind = "template_limit"
+
+
+class ToolFailed(RunError):
+    """A tool raised, or was called with arguments that do not fit its schema."""
+
+    __module__ = "plait"
+    kind = "tool"
+
+    def __init__(self, tool: str, message: str, *, retryable: bool = True) -> None:
+        self.tool = tool
+        self.retryable = retryable
+        super().__init__(f"tool {tool!r}: {message}")
+
+
+class ToolNotFound(ToolFailed):
+    """No tool is registered under that name."""
+
+    __module__ = "plait"
+    kind = "tool_not_found"
+
+    def __init__(self, tool: str, known: list[str] | None = None) -> None:
+        hint = f"; known tools: {', '.join(sorted(known))}" if known else ""
+        super().__init__(tool, f"no such tool{hint}", retryable=False)
+
+
+class AgentFailed(RunError):
+    """An agent provider failed, or its reply broke the agent step's contract."""
+
+    __module__ = "plait"
+    kind = "agent"
+
+    def __init__(self, agent: str, message: str, *, retryable: bool = True) -> None:
+        self.agent = agent
+        self.retryable = retryable
+        super().__init__(f"agent {agent!r}: {message}")
+
+
+class AgentNotFound(AgentFailed):
+    """No agent of that name is configured."""
+
+    __module__ = "plait"
+    kind = "agent_not_found"
+
+    def __init__(self, agent: str, known: list[str] | None = None) -> None:
+        hint = f"; configured agents: {', '.join(sorted(known))}" if known else ""
+        super().__init__(agent, f"no such agent{hint}", retryable=False)
+
+
+class OutputError(RunError):
+    """A step, tool or plugin produced a value that cannot be stored as JSON."""
+
+    __module__ = "plait"
+    kind = "output"
+    retryable = False
+
+
+class RunCancelled(RunError):
+    """The run was cancelled before it finished."""
+
+    __module__ = "plait"
+    kind = "cancelled"
+    retryable = False

@@ -1,0 +1,448 @@
+"""Running a compiled graph of steps: scheduling, guards, retries, timeouts, errors, bodies.
+
+Each step starts the moment its own dependencies settle: there is no superstep barrier, so a
+slow branch never delays an independent fast one. A scope (the workflow's top level, or one
+run of a nested body) owns one task group; its steps are tasks in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import ChainMap
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from pydantic import ValidationError
+
+from plait.compiler import CompiledStep, Scope
+from plait.errors import (
+    AgentNotFound,
+    OutputError,
+    RunCancelled,
+    RunError,
+    StepFailed,
+    StepTimeout,
+    TemplateError,
+)
+from plait.plugins.types import Agent, Message
+from plait.values import json_problem
+
+if TYPE_CHECKING:
+    from plait.engine import Engine
+    from plait.runs import Run
+    from plait.templating import Template
+
+__all__ = ["RunExecution", "ScopeExecution", "StepRuntimeError"]
+
+log = logging.getLogger("plait.steps")
+
+
+class StepRuntimeError(RunError):
+    """A step's code raised something that is not a plait error; names the plugin."""
+
+    kind = "step_error"
+
+
+class ConfigInvalid(RunError):
+    """A step's rendered configuration does not fit its step type."""
+
+    kind = "config"
+    retryable = False
+
+
+class RunExecution:
+    """The live part of one run: its engine, state, limits, pause gate and cancel scope."""
+
+    def __init__(self, engine: Engine, run: Run, depth: int = 0) -> None:
+        self.engine = engine
+        self.run = run
+        self.depth = depth
+        self.paused = False
+        self.unpaused = anyio.Event()
+        self.cancel_scope: anyio.CancelScope | None = None
+        self.limiter = engine.run_limiter(run.workflow)
+        self.vars: dict[str, Any] = {}
+        self.waiting = 0
+        self.active = 0
+
+    def pause(self) -> None:
+        """No new step starts until :meth:`resume`; running ones finish."""
+        if not self.paused:
+            self.paused = True
+            self.unpaused = anyio.Event()
+
+    def resume(self) -> None:
+        """Start the steps that became ready while paused."""
+        self.paused = False
+        self.unpaused.set()
+
+
+class ScopeExecution:
+    """One run of one scope: the step states of its graph and the task group running them."""
+
+    def __init__(self, rx: RunExecution, scope: Scope, prefix: str,
+                 parent: ScopeExecution | None, extra: Mapping[str, Any] | None = None) -> None:
+        self.rx = rx
+        self.scope = scope
+        self.prefix = prefix
+        self.parent = parent
+        n = len(scope.steps)
+        self.waiting = [len(s.deps) + len(s.any_deps) for s in scope.steps]
+        self.status: list[str | None] = [None] * n
+        self.unneeded = [False] * n
+        self.selected: list[set[str] | None] = [None] * n
+        self.views: dict[str, dict[str, Any]] = {}
+        steps_view: Mapping[str, Any] = (
+            ChainMap(self.views, parent.context["steps"]) if parent else self.views)
+        base = parent.context if parent else rx.engine.root_context(rx)
+        self.context: dict[str, Any] = {**base, "steps": steps_view, **(extra or {})}
+        self.failure: RunError | None = None
+        self.tg: anyio.abc.TaskGroup | None = None
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    async def execute(self) -> None:
+        """Run every step of the scope; raise the first unhandled step failure."""
+        async with anyio.create_task_group() as tg:
+            self.tg = tg
+            for i in self.scope.roots:
+                self.start(i)
+        if self.failure is not None:
+            raise self.failure
+
+    def start(self, index: int) -> None:
+        """Start a ready step, or settle it as skipped when its dependencies say so."""
+        pending = [index]
+        while pending:
+            i = pending.pop()
+            step = self.scope.steps[i]
+            reason = self.skip_reason(step)
+            if reason is None:
+                assert self.tg is not None
+                self.status[i] = "running"
+                self.tg.start_soon(self.run_step, step)
+                continue
+            if step.fallback_for is not None and reason == "fallback not needed":
+                self.unneeded[i] = True
+            pending.extend(self.settle(step, "skipped", data={"reason": reason}))
+
+    def skip_reason(self, step: CompiledStep) -> str | None:
+        """Why a ready step must not run, or ``None`` when it should."""
+        status = self.status
+        if step.fallback_for is not None and status[step.fallback_for] != "failed":
+            return "fallback not needed"
+        if step.gate is not None:
+            gate, label = step.gate
+            chosen = self.selected[gate]
+            if status[gate] != "succeeded" or (chosen is not None and label not in chosen):
+                return f"branch {label!r} of step {self.scope.steps[gate].id!r} not taken"
+        for d in step.deps:
+            if status[d] == "skipped" and not self.unneeded[d]:
+                return f"step {self.scope.steps[d].id!r} was skipped"
+        if step.any_deps and all(status[d] == "skipped" for d in step.any_deps):
+            return "every step in needs_any was skipped"
+        return None
+
+    def settle(self, step: CompiledStep, status: str, *, output: Any = None,
+               error: dict[str, Any] | None = None, data: dict[str, Any] | None = None
+               ) -> list[int]:
+        """Record a step's final status and return the dependents that became ready."""
+        i = step.index
+        self.status[i] = status
+        path = self.prefix + step.id
+        run = self.rx.run
+        state = run.step_state(path)
+        view_output = output
+        if step.fallback_for is not None and status == "succeeded":
+            primary = self.scope.steps[step.fallback_for]
+            self.views[primary.id]["output"] = output  # dependents see the fallback's output
+        self.views[step.id] = {"output": view_output, "status": status, "error": error,
+                               "attempts": state.attempts}
+        event_data = dict(data or {})
+        if status == "succeeded":
+            event_data["output"] = output
+        elif error is not None:
+            event_data["error"] = error
+        run.set_step(path, status, event_data, output=output, error=error)  # type: ignore[arg-type]
+        if self.parent is None:
+            run.settled_steps += 1
+        self.rx.engine.observe_step_finished(run, path, status)
+        ready = []
+        waiting = self.waiting
+        for d in step.dependents:
+            waiting[d] -= 1
+            if waiting[d] == 0:
+                ready.append(d)
+        return ready
+
+    def release(self, step: CompiledStep, status: str, **kw: Any) -> None:
+        """Settle from inside a step task and start whatever became ready."""
+        for d in self.settle(step, status, **kw):
+            self.start(d)
+
+    def fail_scope(self, error: RunError) -> None:
+        """Stop the scope: the first unhandled failure wins and the rest are cancelled."""
+        if self.failure is None:
+            self.failure = error
+        assert self.tg is not None
+        self.tg.cancel_scope.cancel()
+
+    # -- one step ----------------------------------------------------------------------------
+
+    async def run_step(self, step: CompiledStep) -> None:
+        """Guard, render, attempt with retries, and settle one step."""
+        path = self.prefix + step.id
+        run = self.rx.run
+        while self.rx.paused:  # held here, inside the scope's task group, until resumed
+            await self.rx.unpaused.wait()
+        try:
+            if step.when is not None and not self.truthy(step.when, step, "when"):
+                self.release(step, "skipped", data={"reason": "when was false"})
+                return
+            config = self.configure(step)
+            output = await self.attempts(step, path, config)
+        except anyio.get_cancelled_exc_class():
+            if run.steps.get(path) is not None and run.steps[path].status not in (
+                    "succeeded", "failed", "skipped", "cancelled"):
+                run.set_step(path, "cancelled")
+                self.status[step.index] = "cancelled"
+            raise
+        except RunError as exc:
+            self.on_failure(step, exc)
+            return
+        self.release(step, "succeeded", output=output)
+
+    def on_failure(self, step: CompiledStep, exc: RunError) -> None:
+        error = exc.to_dict()
+        if isinstance(exc, StepFailed) and exc.step_id == self.prefix + step.id:
+            error = exc.error
+        if step.on_error == "fail":
+            self.settle(step, "failed", error=error)
+            self.fail_scope(StepFailed(self.prefix + step.id, str(exc), error=error))
+        else:  # continue, or fallback: dependents (and the fallback) decide
+            self.release(step, "failed", error=error)
+
+    def truthy(self, template: Template, step: CompiledStep, field: str) -> bool:
+        return bool(self.render(template, step, field))
+
+    def render(self, template: Template, step: CompiledStep, field: str,
+               extra: Mapping[str, Any] | None = None) -> Any:
+        context = {**self.context, **extra} if extra else self.context
+        try:
+            return template.render(context)
+        except TemplateError as exc:
+            raise exc.located(step=self.prefix + step.id, field=field) from None
+
+    def configure(self, step: CompiledStep) -> Any:
+        """The step's validated config: prebuilt when static, else rendered now."""
+        if step.static_config is not None:
+            return step.static_config
+        values = dict(step.static)
+        for key, template in step.templated.items():
+            values[key] = self.render(template, step, key)
+        values.update(step.deferred)
+        try:
+            return step.config_model.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                for e in exc.errors(include_url=False))
+            raise ConfigInvalid(f"step {self.prefix + step.id!r} has an invalid configuration "
+                                f"after rendering: {problems}") from None
+
+    async def attempts(self, step: CompiledStep, path: str, config: Any) -> Any:
+        """Run attempts until one succeeds or the retry policy gives up."""
+        retry = step.retry
+        run = self.rx.run
+        engine = self.rx.engine
+        attempt = 0
+        while True:
+            attempt += 1
+            run.set_step(path, "running", {"attempt": attempt}, attempts=attempt)
+            engine.observe_step_started(run, path)
+            ctx = StepRuntime(self, step, path, attempt)
+            try:
+                output = await self.attempt(step, ctx, config)
+                problem = json_problem(output)
+                if problem is not None:
+                    raise OutputError(f"step type {step.key!r} returned a value that is not "
+                                      f"JSON: {problem}")
+                return output
+            except RunError as exc:
+                error = exc
+            if attempt >= retry.attempts or not _retryable(error, retry.retry_on):
+                raise error
+            delay = retry.delay(attempt)
+            run.record("step.retrying", path, {"attempt": attempt, "delay": delay,
+                                               "error": error.to_dict()})
+            await anyio.sleep(delay)
+
+    async def attempt(self, step: CompiledStep, ctx: StepRuntime, config: Any) -> Any:
+        timeout = step.timeout
+        limiters = self.rx.limiter, (self.rx.engine.step_limiter if
+                                     step.step_type.uses_capacity else None)
+        try:
+            with anyio.fail_after(timeout) if timeout else _nullcontext():
+                async with _acquire(limiters):
+                    return await step.step_type.run(ctx, config)
+        except TimeoutError:
+            raise StepTimeout(f"step {ctx.step_id!r} timed out after {timeout} s "
+                              f"(attempt {ctx.attempt})") from None
+        except RunError:
+            raise
+        except Exception as exc:
+            plugin = self.rx.engine.step_type_owner(step.key)
+            raise StepRuntimeError(f"step type {step.key!r} (plugin {plugin!r}) raised "
+                                   f"{type(exc).__name__}: {exc}") from exc
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _acquire:
+    """Hold up to two optional capacity limiters, in a fixed order (no deadlock)."""
+
+    def __init__(self, limiters: tuple[anyio.CapacityLimiter | None, ...]) -> None:
+        self.limiters = [lim for lim in limiters if lim is not None]
+
+    async def __aenter__(self) -> None:
+        for i, lim in enumerate(self.limiters):
+            try:
+                await lim.acquire()
+            except BaseException:
+                for held in reversed(self.limiters[:i]):
+                    held.release()
+                raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        for lim in reversed(self.limiters):
+            lim.release()
+
+
+def _retryable(error: RunError, retry_on: Sequence[str]) -> bool:
+    if isinstance(error, RunCancelled):
+        return False
+    if not retry_on:
+        return error.retryable
+    names = {error.kind, *(cls.__name__ for cls in type(error).__mro__)}
+    cause = error.__cause__
+    if cause is not None:
+        names |= {cls.__name__ for cls in type(cause).__mro__}
+    return bool(names & set(retry_on))
+
+
+class StepRuntime:
+    """The :class:`plait.plugins.StepContext` the engine gives one attempt of one step."""
+
+    __slots__ = ("_scope", "_step", "attempt", "definition", "idempotency_key", "log",
+                 "run_id", "step_id")
+
+    def __init__(self, scope: ScopeExecution, step: CompiledStep, path: str,
+                 attempt: int) -> None:
+        self._scope = scope
+        self._step = step
+        self.run_id = scope.rx.run.id
+        self.step_id = path
+        self.attempt = attempt
+        self.idempotency_key = f"{self.run_id}/{path}"
+        self.definition = step.definition
+        self.log = logging.LoggerAdapter(log, {"run_id": self.run_id, "step": path})
+
+    @property
+    def _run(self) -> Run:
+        return self._scope.rx.run
+
+    async def emit(self, type: str, data: Mapping[str, Any] | None = None) -> None:
+        payload = dict(data or {})
+        problem = json_problem(payload)
+        if problem is not None:
+            raise OutputError(f"event {type!r} data is not JSON: {problem}")
+        self._run.record(type, self.step_id, payload)
+
+    def render(self, template: Template, **extra: Any) -> Any:
+        return self._scope.render(template, self._step, getattr(template, "where", ""), extra)
+
+    async def call_tool(self, name: str, args: Mapping[str, Any], *, cache: Any = None) -> Any:
+        step = self._step
+        extra_key = None
+        policy = step.cache
+        if policy is not None and policy.enabled:
+            if step.cache_when is not None and not self._scope.truthy(
+                    step.cache_when, step, "cache.when"):
+                policy = None
+            elif step.cache_key is not None:
+                extra_key = str(self._scope.render(step.cache_key, step, "cache.key"))
+        elif policy is None and cache is not None:
+            policy = cache
+
+        async def cached(tool: str, key: str) -> None:
+            self._run.record("step.cached", self.step_id, {"tool": tool, "key": key})
+
+        return await self._scope.rx.engine.tools.call(
+            name, args, policy=policy, extra_key=extra_key, on_cached=cached)
+
+    def tool_specs(self, names: Sequence[str]) -> list[dict[str, Any]]:
+        return self._scope.rx.engine.tools.specs(tuple(names))
+
+    def agent(self, name: str) -> Agent:
+        try:
+            return self._scope.rx.engine.agents.get(name)
+        except AgentNotFound:
+            raise
+
+    async def conversation(self, name: str) -> list[Message]:
+        return list(self._run.conversations.get(name, ()))
+
+    async def append_messages(self, name: str, messages: Sequence[Message]) -> None:
+        history = self._run.conversations.setdefault(name, [])
+        history.extend(messages)
+        self._run.record("conversation.appended", self.step_id, {
+            "conversation": name, "messages": [m.to_dict() for m in messages]})
+
+    async def run_body(self, label: str, *, vars: Mapping[str, Any] | None = None,
+                       output: Any = None, key: str | None = None) -> Any:
+        body = self._step.bodies.get(label)
+        if body is None:
+            raise StepRuntimeError(f"step {self.step_id!r} has no body {label!r}")
+        suffix = f"[{key}]" if key is not None else f".{label}"
+        inner = ScopeExecution(self._scope.rx, body, f"{self.step_id}{suffix}.",
+                               self._scope, vars)
+        await inner.execute()
+        if output is not None:
+            return inner.render(output, self._step, "output")
+        last = body.last
+        return inner.views[last.id]["output"]
+
+    def select_branch(self, label: str) -> None:
+        selected = self._scope.selected[self._step.index]
+        if selected is None:
+            selected = self._scope.selected[self._step.index] = set()
+        selected.add(label)
+
+    async def run_workflow(self, name: str, inputs: Mapping[str, Any], *,
+                           version: int | None = None) -> dict[str, Any]:
+        rx = self._scope.rx
+        return await rx.engine.run_child(rx, self.step_id, name, dict(inputs), version)
+
+    async def wait_signal(self, event: str, *, timeout: float | None) -> Any:
+        rx = self._scope.rx
+        run = rx.run
+        run.set_step(self.step_id, "waiting", {"event": event, "timeout": timeout})
+        rx.waiting += 1
+        try:
+            with anyio.fail_after(timeout) if timeout is not None else _nullcontext():
+                data = await run.take_signal(event)
+        finally:
+            rx.waiting -= 1
+        run.set_step(self.step_id, "running", {"signal": event})
+        return data
+
+    async def sleep_until(self, deadline: float) -> None:
+        await anyio.sleep(max(0.0, deadline - time.time()))

@@ -1,0 +1,237 @@
+"""Run and step state, and the events that record every change to them.
+
+Every change of a run or a step goes through :meth:`Run.record` (or the helpers that call it):
+it applies the change, appends an event with the run's next sequence number, and only then
+tells anyone. A store plugs in at that one place, so that nothing is reported before it is
+kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+
+from plait.plugins.types import Message
+
+__all__ = [
+    "TERMINAL",
+    "Event",
+    "Run",
+    "RunStatus",
+    "StepState",
+    "StepStatus",
+]
+
+RunStatus = Literal["pending", "running", "paused", "waiting", "succeeded", "failed", "cancelled"]
+StepStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled",
+                     "waiting", "interrupted"]
+
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+"""Run statuses a run never leaves."""
+
+STEP_SETTLED: frozenset[str] = frozenset({"succeeded", "failed", "skipped", "cancelled"})
+"""Step statuses after which a step never runs again in this run."""
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    """One change of a run, numbered in order: ``seq`` starts at 1 and has no gaps."""
+
+    seq: int
+    run_id: str
+    type: str
+    """``run.started``, ``step.succeeded``, ``step.cached``, ``agent.message``, ..."""
+    step: str | None
+    data: dict[str, Any]
+    ts: float
+    """Wall-clock time (``time.time()``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form of ``runs/events`` and ``runs/event`` notifications."""
+        return {"runId": self.run_id, "seq": self.seq, "type": self.type, "step": self.step,
+                "data": self.data, "ts": self.ts}
+
+
+@dataclass(slots=True)
+class StepState:
+    """Where one step of a run stands."""
+
+    status: StepStatus = "pending"
+    output: Any = None
+    error: dict[str, Any] | None = None
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form for ``runs/get``."""
+        return {"status": self.status, "output": self.output, "error": self.error,
+                "attempts": self.attempts, "started_at": self.started_at,
+                "finished_at": self.finished_at}
+
+
+Listener = Callable[[Event], None]
+
+
+@dataclass(eq=False)
+class Run:
+    """A run: its identity, inputs, status, step states, outputs and event history."""
+
+    id: str
+    workflow: str
+    version: int
+    inputs: dict[str, Any]
+    parent_id: str | None = None
+    status: RunStatus = "pending"
+    outputs: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    steps: dict[str, StepState] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    conversations: dict[str, list[Message]] = field(default_factory=dict)
+    total_steps: int = 0
+    """Top-level steps of the workflow, for progress."""
+    settled_steps: int = 0
+    idempotency_key: str | None = None
+    _listeners: list[Listener] = field(default_factory=list, repr=False)
+    _waiters: list[anyio.Event] = field(default_factory=list, repr=False)
+    _signals: dict[str, deque[Any]] = field(default_factory=dict, repr=False)
+    _signal_waiters: dict[str, anyio.Event] = field(default_factory=dict, repr=False)
+
+    # -- the one place changes go through -------------------------------------------------
+
+    def record(self, type: str, step: str | None = None, data: dict[str, Any] | None = None
+               ) -> Event:
+        """Append an event for a change already applied, then wake every follower."""
+        event = Event(len(self.events) + 1, self.id, type, step, data or {}, time.time())
+        self.events.append(event)
+        for listener in self._listeners:
+            listener(event)
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for w in waiters:
+                w.set()
+        return event
+
+    def set_status(self, status: RunStatus, **data: Any) -> Event:
+        """Move the run to ``status`` and record ``run.<status>``."""
+        now = time.time()
+        self.status = status
+        if status == "running" and self.started_at is None:
+            self.started_at = now
+        if status in TERMINAL:
+            self.finished_at = now
+        return self.record(f"run.{status}", None, data)
+
+    def step_state(self, path: str) -> StepState:
+        """The state of step ``path``, created pending on first use."""
+        state = self.steps.get(path)
+        if state is None:
+            state = self.steps[path] = StepState()
+        return state
+
+    def set_step(self, path: str, status: StepStatus, data: dict[str, Any] | None = None,
+                 **changes: Any) -> Event:
+        """Change a step's status (and fields like ``output``), recording ``step.<status>``."""
+        state = self.step_state(path)
+        state.status = status
+        now = time.time()
+        if status == "running":
+            state.started_at = now
+        elif status in STEP_SETTLED:
+            state.finished_at = now
+        for name, value in changes.items():
+            setattr(state, name, value)
+        return self.record(f"step.{status}", path, data)
+
+    # -- followers ---------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """Whether the run reached a terminal status."""
+        return self.status in TERMINAL
+
+    def listen(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` synchronously with every new event; returns the undo function."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    async def follow(self, since: int = 0) -> AsyncIterator[Event]:
+        """Every event after ``since``, live, until the run is terminal and all are read."""
+        cursor = since
+        while True:
+            while cursor < len(self.events):
+                cursor += 1
+                yield self.events[cursor - 1]
+            if self.done:
+                return
+            waiter = anyio.Event()
+            self._waiters.append(waiter)
+            await waiter.wait()
+
+    async def wait(self) -> Run:
+        """Return once the run is terminal."""
+        while not self.done:
+            waiter = anyio.Event()
+            self._waiters.append(waiter)
+            await waiter.wait()
+        return self
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def signal(self, event: str, data: Any = None) -> None:
+        """Deliver a signal; kept until a ``wait`` step takes it."""
+        self._signals.setdefault(event, deque()).append(data)
+        self.record("run.signal", None, {"event": event, "data": data})
+        waiter = self._signal_waiters.pop(event, None)
+        if waiter is not None:
+            waiter.set()
+
+    async def take_signal(self, event: str) -> Any:
+        """Wait for (or take a queued) signal ``event``."""
+        while True:
+            queue = self._signals.get(event)
+            if queue:
+                return queue.popleft()
+            waiter = self._signal_waiters.get(event)
+            if waiter is None:
+                waiter = self._signal_waiters[event] = anyio.Event()
+            await waiter.wait()
+
+    # -- views -------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """The ``run`` root of templates: identity only, nothing secret."""
+        return {"id": self.id, "workflow": self.workflow, "version": self.version,
+                "started_at": self.started_at, "parent_id": self.parent_id}
+
+    def progress(self) -> dict[str, Any]:
+        """Done, total, percent and a naive ETA (seconds) from the pace so far."""
+        total = max(self.total_steps, 1)
+        done = min(self.settled_steps, total)
+        eta = None
+        if self.started_at and 0 < done < total and not self.done:
+            elapsed = time.time() - self.started_at
+            eta = elapsed / done * (total - done)
+        return {"done": done, "total": self.total_steps, "percent": round(100 * done / total, 1),
+                "eta": eta}
+
+    def to_dict(self, *, steps: bool = True) -> dict[str, Any]:
+        """JSON form for ``runs/get`` and ``plait run --json``."""
+        out: dict[str, Any] = {
+            "id": self.id, "workflow": self.workflow, "version": self.version,
+            "status": self.status, "inputs": self.inputs, "outputs": self.outputs,
+            "error": self.error, "parent_id": self.parent_id, "created_at": self.created_at,
+            "started_at": self.started_at, "finished_at": self.finished_at,
+            "progress": self.progress(),
+        }
+        if steps:
+            out["steps"] = {path: s.to_dict() for path, s in self.steps.items()}
+        return out

@@ -1,0 +1,47 @@
+"""The plugin contract: hookspecs, the ``hookimpl`` marker, types, registries and the manager."""
+
+from plait.plugins.hookspecs import hookimpl, hookspec
+from plait.plugins.manager import (
+    DEFAULT_PLUGINS,
+    PluginFailure,
+    PluginInfo,
+    PluginManager,
+    create_plugin_manager,
+)
+from plait.plugins.registry import Registries, Registry
+from plait.plugins.types import (
+    Agent,
+    AgentProvider,
+    AgentReply,
+    AgentRequest,
+    Message,
+    StepConfig,
+    StepContext,
+    StepType,
+    Tool,
+    ToolCall,
+    tool,
+)
+
+__all__ = [
+    "DEFAULT_PLUGINS",
+    "Agent",
+    "AgentProvider",
+    "AgentReply",
+    "AgentRequest",
+    "Message",
+    "PluginFailure",
+    "PluginInfo",
+    "PluginManager",
+    "Registries",
+    "Registry",
+    "StepConfig",
+    "StepContext",
+    "StepType",
+    "Tool",
+    "ToolCall",
+    "create_plugin_manager",
+    "hookimpl",
+    "hookspec",
+    "tool",
+]

@@ -1,0 +1,453 @@
+"""The types a plugin implements or receives: step types, tools, agents and the step context.
+
+This is the one module plugin authors read besides the hookspecs. The engine lives in the host;
+a step type reaches it only through :class:`StepContext`, so a step type written against this
+module works the same whether it ships with plait or in a third-party package.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
+
+import anyio.to_thread
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from plait.errors import ToolFailed
+
+if TYPE_CHECKING:
+    from plait.templating import Template
+
+__all__ = [
+    "Agent",
+    "AgentProvider",
+    "AgentReply",
+    "AgentRequest",
+    "Message",
+    "RegisterAgent",
+    "RegisterStepType",
+    "RegisterTool",
+    "StepConfig",
+    "StepContext",
+    "StepType",
+    "Tool",
+    "ToolCall",
+    "tool",
+]
+
+ConfigT = TypeVar("ConfigT", bound="StepConfig")
+
+
+class StepConfig(BaseModel):
+    """Base of every step type's configuration model.
+
+    Unknown fields are errors (``extra="forbid"``), so a typo in a workflow file is reported at
+    load instead of being ignored. Fields named like Python keywords (``if``, ``with``) use an
+    alias; both spellings are accepted.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
+
+
+class StepContext(Protocol):
+    """What the engine hands to a running step: identity, services and control.
+
+    The same object serves one attempt of one step; a retry gets a new one with ``attempt``
+    increased.
+    """
+
+    run_id: str
+    """The run this step belongs to (the top-level run for steps in loops and branches)."""
+    step_id: str
+    """The step's path in the run: ``fetch``, or ``each[2].fetch`` inside a loop body."""
+    attempt: int
+    """1 for the first attempt, 2 for the first retry, and so on."""
+    idempotency_key: str
+    """``run_id/step_id``: stable across retries and restarts, for tools with side effects."""
+    log: logging.Logger
+    """A logger named after the step."""
+    definition: Mapping[str, Any]
+    """The step exactly as written in the workflow (templates unrendered)."""
+
+    async def emit(self, type: str, data: Mapping[str, Any] | None = None) -> None:
+        """Record an event of this step (``agent.message``, ``log``, ...), after the store."""
+
+    def render(self, template: Template, **extra: Any) -> Any:
+        """Render one of the step's deferred templates, with ``extra`` roots (``item``, ...)."""
+
+    async def call_tool(
+        self, name: str, args: Mapping[str, Any], *, cache: Any = None
+    ) -> Any:
+        """Call a registered tool through its concurrency limit and the result cache."""
+
+    def tool_specs(self, names: Sequence[str]) -> list[dict[str, Any]]:
+        """Describe tools for a model: ``[{name, description, input_schema}]``.
+
+        Unknown names raise ``ToolNotFound``.
+        """
+
+    def agent(self, name: str) -> Agent:
+        """The configured agent of that name (raises ``AgentNotFound``)."""
+
+    async def conversation(self, name: str) -> list[Message]:
+        """The history of a conversation of this run (a copy; empty when new)."""
+
+    async def append_messages(self, name: str, messages: Sequence[Message]) -> None:
+        """Add messages to a conversation, so later steps naming it see them."""
+
+    async def run_body(
+        self, label: str, *, vars: Mapping[str, Any] | None = None, output: Any = None,
+        key: str | None = None,
+    ) -> Any:
+        """Run a nested body of steps (a loop iteration, a parallel branch) to completion.
+
+        Args:
+            label: the body's name as declared by ``StepType.bodies``.
+            vars: extra roots visible to the body (``item``, ``index``).
+            output: a deferred template rendered in the body's scope for the result; when
+                ``None`` the result is the output of the body's last step.
+            key: distinguishes repeated runs of one body in step paths (``each[2].fetch``).
+        """
+
+    def select_branch(self, label: str) -> None:
+        """Choose which gated branch runs; the steps of the other branches are skipped."""
+
+    async def run_workflow(
+        self, name: str, inputs: Mapping[str, Any], *, version: int | None = None
+    ) -> dict[str, Any]:
+        """Run another workflow as a child run and return its outputs (raises if it fails)."""
+
+    async def wait_signal(self, event: str, *, timeout: float | None) -> Any:
+        """Wait until the run receives the signal ``event``; return its data."""
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Sleep until a wall-clock time (``time.time()`` seconds)."""
+
+
+class StepType(ABC):
+    """A kind of step. Subclass it, give it a ``key`` and a ``Config``, register it with a hook.
+
+    Example::
+
+        class Shout(StepType):
+            key = "shout"
+            class Config(StepConfig):
+                shout: str
+            async def run(self, ctx, config):
+                return config.shout.upper()
+    """
+
+    key: ClassVar[str]
+    """The field that marks a step of this type in a workflow (``tool``, ``if``, ...)."""
+    Config: ClassVar[type[StepConfig]]
+    """The pydantic model of the step's own fields (common fields like ``id`` excluded)."""
+    rerunnable: ClassVar[bool] = True
+    """Safe to run again when a crash interrupted it; ``False`` marks it interrupted instead."""
+    uses_capacity: ClassVar[bool] = True
+    """Whether a running step holds a slot of the host-wide step limit. Steps that only wait for
+    other steps (loops, branches, sub-workflows) say ``False`` so they cannot deadlock it."""
+    deferred: ClassVar[frozenset[str]] = frozenset()
+    """Config fields the step renders itself (with ``ctx.render``) instead of the engine."""
+    expressions: ClassVar[frozenset[str]] = frozenset()
+    """Config fields holding an expression: a bare string is Jinja code, not text."""
+    description: ClassVar[str] = ""
+
+    def bodies(self, config: Mapping[str, Any]) -> dict[str, list[Any]]:
+        """Nested step lists (raw definitions) by label, such as a loop's body.
+
+        The engine validates and compiles each as its own scope. Default: none.
+        """
+        return {}
+
+    def branches(self, config: Mapping[str, Any]) -> dict[str, list[str]]:
+        """Ids of sibling steps gated on this step's choice (``then``/``else``), by label.
+
+        Those steps wait for this one; the ones of unselected labels are skipped.
+        """
+        return {}
+
+    @abstractmethod
+    async def run(self, ctx: StepContext, config: Any) -> Any:
+        """Do the step's work and return its output (a JSON value)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Tools
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A callable the engine can run by name, with a JSON Schema for its arguments.
+
+    Build one from a typed function with :meth:`from_function` (or the :func:`tool` decorator);
+    sources such as MCP servers build them directly with their own ``call``.
+    """
+
+    name: str
+    call: Callable[[dict[str, Any]], Awaitable[Any]]
+    """Runs the tool with validated keyword arguments and returns a JSON value."""
+    input_schema: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+    description: str = ""
+    version: str = "1"
+    """Part of the cache key: bump it when the tool's results change for the same arguments."""
+    cacheable: bool | None = None
+    """``True``: results are memoized by default. ``None``: only when a step asks with
+    ``cache:``. ``False``: never (side effects, or results that change for the same input)."""
+    cache_ttl: float | None = None
+    """Default time to live of cached results, in seconds (``None``: until evicted)."""
+    max_concurrency: int | None = None
+    """How many calls may run at once, host-wide (``None``: unlimited)."""
+
+    @classmethod
+    def from_function(
+        cls,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        version: str | None = None,
+        cacheable: bool | None = None,
+        cache_ttl: float | None = None,
+        max_concurrency: int | None = None,
+        blocking: bool | None = None,
+    ) -> Tool:
+        """Wrap a typed function: its signature becomes the JSON Schema and the validator.
+
+        Synchronous functions run in a worker thread (``blocking=True``) so a slow one never
+        stalls the event loop; pass ``blocking=False`` for cheap pure functions.
+        """
+        meta: dict[str, Any] = getattr(fn, "__plait_tool__", {})
+
+        def option(key: str, given: Any, default: Any = None) -> Any:
+            # Arguments given at registration win over the @tool decorator's.
+            if given is not None:
+                return given
+            found = meta.get(key)
+            return default if found is None else found
+
+        tool_name = option("name", name) or fn.__name__
+        model = _arguments_model(fn, tool_name)
+        is_async = inspect.iscoroutinefunction(fn)
+        run_in_thread = (not is_async) and bool(option("blocking", blocking, True))
+
+        async def call(args: dict[str, Any]) -> Any:
+            try:
+                parsed = model.model_validate(args)
+            except ValidationError as exc:
+                raise ToolFailed(tool_name, f"invalid arguments: {_brief(exc)}",
+                                 retryable=False) from None
+            kwargs = {k: getattr(parsed, k) for k in type(parsed).model_fields}
+            if is_async:
+                return await fn(**kwargs)
+            if run_in_thread:
+                return await anyio.to_thread.run_sync(lambda: fn(**kwargs), abandon_on_cancel=True)
+            return fn(**kwargs)
+
+        doc = option("description", description)
+        if doc is None:
+            doc = inspect.getdoc(fn) or ""
+        return cls(
+            name=tool_name,
+            call=call,
+            input_schema=_schema(model),
+            description=doc,
+            version=str(option("version", version, "1")),
+            cacheable=option("cacheable", cacheable),
+            cache_ttl=option("cache_ttl", cache_ttl),
+            max_concurrency=option("max_concurrency", max_concurrency),
+        )
+
+
+def tool(
+    name: str | None = None,
+    *,
+    description: str | None = None,
+    version: str = "1",
+    cacheable: bool | None = None,
+    cache_ttl: float | None = None,
+    max_concurrency: int | None = None,
+    blocking: bool = True,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a function as a tool and set its name and defaults; the function stays callable.
+
+    Example::
+
+        @plait.tool("hello.greet", cacheable=True)
+        def greet(name: str) -> str:
+            return f"hello, {name}"
+    """
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__plait_tool__ = {  # type: ignore[attr-defined]
+            "name": name, "description": description, "version": version,
+            "cacheable": cacheable, "cache_ttl": cache_ttl,
+            "max_concurrency": max_concurrency, "blocking": blocking,
+        }
+        return fn
+
+    return mark
+
+
+def _arguments_model(fn: Callable[..., Any], tool_name: str) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    hints = inspect.get_annotations(fn, eval_str=True)
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        annotation = hints.get(param.name, Any)
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (annotation, default)
+    safe = "".join(c if c.isalnum() else "_" for c in tool_name)
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        f"{safe}_args", __config__=ConfigDict(extra="forbid"), **fields
+    )
+
+
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
+    return schema
+
+
+def _brief(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "<arguments>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Agents
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """A model's request to call a tool."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form, as stored with the conversation."""
+        return {"id": self.id, "name": self.name, "arguments": self.arguments}
+
+
+@dataclass(slots=True)
+class Message:
+    """One message of a conversation, in the provider-neutral form stored with the run."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None
+    """For ``role="tool"``: which call this is the result of."""
+    name: str | None = None
+    """For ``role="tool"``: the tool's name."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form, as stored with the conversation and sent in events."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [c.to_dict() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Message:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            role=data["role"],
+            content=data.get("content") or "",
+            tool_calls=[ToolCall(c["id"], c["name"], dict(c.get("arguments") or {}))
+                        for c in data.get("tool_calls") or ()],
+            tool_call_id=data.get("tool_call_id"),
+            name=data.get("name"),
+        )
+
+
+@dataclass(slots=True)
+class AgentRequest:
+    """What the agent step asks a provider for: the next assistant message."""
+
+    messages: list[Message]
+    """The whole conversation so far, system prompt first when there is one."""
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    """Tools the model may call: ``[{name, description, input_schema}]``."""
+    output_schema: dict[str, Any] | None = None
+    """When set, the final answer must be JSON matching this schema."""
+    step_id: str = ""
+    run_id: str = ""
+
+
+@dataclass(slots=True)
+class AgentReply:
+    """A provider's answer: an assistant message, possibly asking for tool calls."""
+
+    message: Message
+    usage: dict[str, int] = field(default_factory=dict)
+    """Token counts when the provider reports them (``prompt_tokens``, ``completion_tokens``)."""
+
+
+class Agent(Protocol):
+    """A configured agent: answers one request with one assistant message."""
+
+    name: str
+    max_concurrency: int | None
+
+    async def complete(self, request: AgentRequest) -> AgentReply:
+        """Return the next assistant message for the conversation in ``request``."""
+
+
+class AgentProvider(Protocol):
+    """Makes agents of one kind (``scripted``, ``openai``, ...) from their host configuration."""
+
+    name: str
+    """The value of ``provider =`` in the host config that selects this provider."""
+
+    def create(self, name: str, config: Mapping[str, Any]) -> Agent:
+        """Build the agent called ``name`` from its ``[agents.<name>]`` table.
+
+        Raise ``ValueError`` with a clear message when the table is invalid.
+        """
+
+
+# --------------------------------------------------------------------------------------------
+# Register callbacks handed to the register_* hooks
+# --------------------------------------------------------------------------------------------
+
+
+class RegisterStepType(Protocol):
+    """``register(StepTypeClass, replace=False)``."""
+
+    def __call__(self, step_type: type[StepType], *, replace: bool = False) -> None:
+        """Add a step type under its ``key``; a duplicate key is an error unless ``replace``."""
+
+
+class RegisterTool(Protocol):
+    """``register(fn_or_tool, name=None, replace=False, **options)``."""
+
+    def __call__(
+        self, tool: Callable[..., Any] | Tool, name: str | None = None, *,
+        replace: bool = False, **options: Any,
+    ) -> None:
+        """Add a tool: a :class:`Tool`, or a typed function turned into one."""
+
+
+class RegisterAgent(Protocol):
+    """``register(provider, replace=False)``."""
+
+    def __call__(self, provider: AgentProvider, *, replace: bool = False) -> None:
+        """Add an agent provider under its ``name``."""

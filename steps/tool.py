@@ -1,0 +1,55 @@
+"""The ``tool`` step: call one registered tool with rendered arguments."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from plait.plugins import StepConfig, StepContext, StepType, hookimpl
+
+if TYPE_CHECKING:
+    from plait.plugins.types import RegisterStepType
+
+__all__ = ["ToolStep"]
+
+
+class ToolStep(StepType):
+    """Call a registered tool with the step's ``with`` arguments, through the result cache.
+
+    Fields:
+        tool: the tool's registered name (``git.diff``, ``time.get_current_time``).
+        with: the arguments, a mapping rendered before the call (default: none).
+
+    The step's ``cache:`` policy is applied by the engine inside the call.
+
+    Output: whatever the tool returns.
+
+    Example::
+
+        - id: files
+          tool: git.changed_files
+          with: {repo: "${inputs.repo}", pr: "${inputs.pr}"}
+          cache: {ttl: 3600}
+    """
+
+    key = "tool"
+    description = "Call a registered tool with the `with` arguments."
+
+    class Config(StepConfig):
+        """The fields of a ``tool`` step."""
+
+        tool: str = Field(min_length=1)
+        """The registered tool name."""
+        with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+        """The tool's arguments."""
+
+    async def run(self, ctx: StepContext, config: Config) -> Any:
+        """Call the tool and return its result."""
+        return await ctx.call_tool(config.tool, config.with_)
+
+
+@hookimpl
+def register_step_types(register: RegisterStepType) -> None:
+    """Register the ``tool`` step type."""
+    register(ToolStep)
