@@ -146,7 +146,8 @@ def compile_workflow(
     if size > limits.max_workflow_steps:
         c.issue("steps", f"{size} steps; the limit is {limits.max_workflow_steps}")
     if c.issues:
-        raise DefinitionError(c.issues, source=wf.origin)
+        issues = sorted(c.issues, key=lambda i: (i.line is None, i.line or 0))
+        raise DefinitionError(issues, source=wf.origin)
     return CompiledWorkflow(
         definition=wf, name=wf.name, version=wf.version or 1, digest=definition_digest(wf),
         scope=scope, outputs=outputs, vars=variables, inputs_validator=validator, size=size,

@@ -33,6 +33,7 @@ class ProgressView:
         self.console = console or Console(stderr=json_mode)
         self.live: Live | None = None
         self._first_ts: float | None = None
+        self._drawn = 0.0
 
     @property
     def interactive(self) -> bool:
@@ -51,9 +52,12 @@ class ProgressView:
             self.live.__exit__(exc_type, exc, tb)
 
     def update(self, run: Run, event: Event) -> None:
-        """Reflect one event."""
+        """Reflect one event (the live table is rebuilt at most ten times a second)."""
         if self.live is not None:
-            self.live.update(self.render(run))
+            now = time.monotonic()
+            if now - self._drawn >= 0.1 or event.type.startswith("run."):
+                self._drawn = now
+                self.live.update(self.render(run))
         elif not self.json_mode and event.type in _SHOWN:
             print(self.plain_line(event), flush=True)
 
@@ -77,16 +81,27 @@ class ProgressView:
     def render(self, run: Run) -> Group:
         """The live table."""
         table = Table(show_header=True, header_style="bold", expand=False)
-        for col in ("step", "status", "attempts", "duration"):
+        for col in ("step", "status", "attempts", "duration", "inner steps"):
             table.add_column(col)
         now = time.time()
+        inner: dict[str, list[int]] = {}  # top-level step -> [settled, seen] nested steps
         for path, state in run.steps.items():
+            top = _top(path)
+            if top != path:
+                counts = inner.setdefault(top, [0, 0])
+                counts[1] += 1
+                counts[0] += state.status in ("succeeded", "failed", "skipped", "cancelled")
+        for path, state in run.steps.items():
+            if _top(path) != path:
+                continue  # nested steps are summed up on their container's line
             duration = ""
             if state.started_at:
                 end = state.finished_at or now
                 duration = f"{end - state.started_at:.2f}s"
+            settled, seen = inner.get(path, (0, 0))
             table.add_row(path, Text(state.status, style=_STYLE.get(state.status, "")),
-                          str(state.attempts or ""), duration)
+                          str(state.attempts or ""), duration,
+                          f"{settled}/{seen}" if seen else "")
         p = run.progress()
         bar = ProgressBar(total=max(p["total"], 1), completed=p["done"], width=40)
         head = Text(f"{run.workflow} v{run.version}  {run.status}  "
@@ -102,3 +117,9 @@ class ProgressView:
             out.print(Text(f"error: {run.error.get('message')}", style="red"))
         if run.outputs:
             out.print_json(data=run.outputs, default=str)
+
+
+def _top(path: str) -> str:
+    """The top-level step of a step path (``each[2].fetch`` → ``each``)."""
+    cut = min((i for i in (path.find("."), path.find("[")) if i >= 0), default=-1)
+    return path if cut < 0 else path[:cut]

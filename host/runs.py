@@ -121,14 +121,17 @@ class Run:
         return event
 
     def set_status(self, status: RunStatus, **data: Any) -> Event:
-        """Move the run to ``status`` and record ``run.<status>``."""
+        """Move the run to ``status`` and record ``run.<status>`` (``run.started`` or
+        ``run.resumed`` for ``running``)."""
         now = time.time()
         self.status = status
-        if status == "running" and self.started_at is None:
-            self.started_at = now
+        kind = status
+        if status == "running":
+            kind = "started" if self.started_at is None else "resumed"
+            self.started_at = self.started_at or now
         if status in TERMINAL:
             self.finished_at = now
-        return self.record(f"run.{status}", None, data)
+        return self.record(f"run.{kind}", None, data)
 
     def step_state(self, path: str) -> StepState:
         """The state of step ``path``, created pending on first use."""
@@ -139,7 +142,8 @@ class Run:
 
     def set_step(self, path: str, status: StepStatus, data: dict[str, Any] | None = None,
                  **changes: Any) -> Event:
-        """Change a step's status (and fields like ``output``), recording ``step.<status>``."""
+        """Change a step's status (and fields like ``output``), recording ``step.<status>``
+        (``step.started`` for ``running``)."""
         state = self.step_state(path)
         state.status = status
         now = time.time()
@@ -149,7 +153,8 @@ class Run:
             state.finished_at = now
         for name, value in changes.items():
             setattr(state, name, value)
-        return self.record(f"step.{status}", path, data)
+        return self.record("step.started" if status == "running" else f"step.{status}",
+                           path, data)
 
     # -- followers ---------------------------------------------------------------------------
 

@@ -460,12 +460,9 @@ class PlaitSandbox(ImmutableSandboxedEnvironment):
             return args
         value, rest = args[offset], args[offset + 1 :]
         budget = _BUDGET.get()
-        if name in _ITERATING and budget is not None and not isinstance(value, str):
-            if isinstance(value, Sized):  # per-item Python work counts as loop iterations
-                budget.count(len(value))
-            elif isinstance(value, Iterable):
-                value = budget.iterate(value, 0)
-                args = (*args[:offset], value, *rest)
+        if name in _ITERATING and budget is not None and isinstance(value, Sized):
+            budget.count(len(value))  # per-item Python work counts as loop iterations; lazy
+            # inputs (map/select generators) were charged by the filter that made them
         if name in ("center", "indent", "wordwrap", "truncate", "batch", "slice"):
             self._check_ints(f"filter {name!r}", [*rest, *kwargs.values()])
         if name in ("batch", "slice"):
@@ -603,7 +600,7 @@ class PlaitSandbox(ImmutableSandboxedEnvironment):
         elif operator == "%" and isinstance(left, str):
             self._check_percent(left, right)
         elif operator == "+" and isinstance(left, str | list | tuple):
-            if type(left) is type(right) or isinstance(right, str | list | tuple):
+            if isinstance(right, str | list | tuple):
                 self._check_size("'+' result", _weight(left, cap) + _weight(right, cap))
         result = self.binop_table[operator](left, right)
         return self._check_result(f"'{operator}' result", result) if operator == "%" else result
@@ -730,7 +727,7 @@ class _Path(_Node):
     def render(self, context: Mapping[str, Any]) -> Any:  # noqa: D102
         try:
             value = _lookup(context, self.root, self.keys)
-        except TemplateError as exc:
+        except Exception as exc:
             raise _translate(exc, self.source, self.where) from None
         return self.fallback.render(context) if value is _FALLBACK else value
 
@@ -761,7 +758,7 @@ class _Text(_Node):
                     out.append(str(value))
                 else:
                     return self.fallback.render(context)
-        except TemplateError as exc:
+        except Exception as exc:  # str() of a huge int, an odd Mapping, ...
             raise _translate(exc, self.source, self.where) from None
         text = "".join(out)
         if len(text) > self.limit:
@@ -1004,8 +1001,10 @@ class TemplateEngine:
                 issues.append(Issue(where, f"template is {size:,} bytes, over the "
                                            f"{self.limits.max_source:,}-byte limit"))
                 return _Static(text)
-        if expression and "${" not in text and _SHORTHAND.fullmatch(text.strip()) is None:
-            return self._compile_guarded(text, where, issues, [(True, text)])
+        if expression:
+            text = text.strip()
+            if "${" not in text and _SHORTHAND.fullmatch(text) is None:
+                return self._compile_guarded(text, where, issues, [(True, text)])
         if "$" not in text and "{" not in text:
             return _Static(text)
         try:
@@ -1014,7 +1013,8 @@ class TemplateEngine:
             issues.append(Issue(where, f"cannot parse {_short(text)}: {exc}"))
             return _Static(text)
         if not jinja and not any(is_expr for is_expr, _ in parts):
-            return _Static("".join(s for _, s in parts))
+            literal = "".join(s for _, s in parts)  # only '$$' escapes changed anything
+            return _Static(text if literal == text else literal)
         return self._compile_guarded(text, where, issues, parts, jinja)
 
     def _compile_guarded(self, text: str, where: str, issues: list[Issue],
