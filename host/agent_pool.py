@@ -10,6 +10,7 @@ import anyio
 from plait.errors import AgentFailed, AgentNotFound, RunError
 from plait.plugins.registry import Registry
 from plait.plugins.types import Agent, AgentProvider, AgentReply, AgentRequest
+from plait.values import PLUGIN_ERRORS
 
 __all__ = ["AgentPool"]
 
@@ -32,7 +33,7 @@ class _Limited:
                     reply = await self._agent.complete(request)
         except RunError:
             raise
-        except Exception as exc:
+        except PLUGIN_ERRORS as exc:
             raise AgentFailed(self.name, f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(reply, AgentReply):
             raise AgentFailed(self.name, f"provider returned {type(reply).__name__}, "

@@ -175,7 +175,23 @@ class _Compiler:
         except TemplateSyntaxError as exc:
             for issue in exc.issues:
                 self.issue(issue.path or where, issue.message)
-            return self.templates.compile(None, where=where)
+            # Keep the references of the parts that do parse, so their problems are reported
+            # too; the workflow is invalid either way, so this never renders.
+            return _Unrenderable(self._leaf_references(value, where), where)  # type: ignore[return-value]
+
+    def _leaf_references(self, value: Any, where: str) -> frozenset[str]:
+        if isinstance(value, dict):
+            return frozenset().union(*(self._leaf_references(v, f"{where}.{k}")
+                                       for k, v in value.items()))
+        if isinstance(value, list):
+            return frozenset().union(*(self._leaf_references(v, f"{where}[{i}]")
+                                       for i, v in enumerate(value)))
+        if isinstance(value, str):
+            try:
+                return self.templates.compile(value, where=where).references
+            except TemplateSyntaxError:
+                return frozenset()
+        return frozenset()
 
     # -- scopes ------------------------------------------------------------------------------
 
@@ -245,7 +261,7 @@ class _Compiler:
             if not isinstance(body, list) or not body:
                 self.issue(f"{path}.{label}", "expected a non-empty list of steps")
                 continue
-            bodies[label] = self.scope(body, f"{path}.{label}", nested=True,
+            bodies[label] = self.scope(body, _body_path(raw, body, path, label), nested=True,
                                        enclosing=enclosing + (sd.id,))
         when = None
         if sd.when is not None and sd.when is not True:
@@ -285,7 +301,8 @@ class _Compiler:
         if len(keys) > 1:
             # `wait: any` on a parallel step is a field, not a second type: keep the types
             # whose config accepts every other candidate key as one of its own fields.
-            keys = [k for k in keys if set(keys) - {k} <= _field_names(self.step_types[k])]
+            owners = [k for k in keys if set(keys) - {k} <= _field_names(self.step_types[k])]
+            keys = owners or keys
         if len(keys) == 1:
             return self.step_types[keys[0]]
         if not keys:
@@ -344,25 +361,29 @@ class _Compiler:
                 self.edge(s, dep, by_id, hard, "needs")
             for dep in needs_any:
                 self.edge(s, dep, by_id, soft, "needs_any")
-            for ref in sorted(self.references(s)):
+            for ref, where in sorted(self.references(s).items()):
                 if ref in by_id:
                     if by_id[ref] == s.index:
-                        self.issue(s.path, f"step {s.id!r} refers to its own output")
+                        self.issue(where, f"step {s.id!r} refers to its own output")
                     elif ref not in needs_any:
                         hard[s.index].add(by_id[ref])
                 elif ref in enclosing:
-                    self.issue(s.path, f"step {s.id!r} refers to its enclosing step {ref!r}, "
-                                       "whose output does not exist yet")
+                    self.issue(where, f"step {s.id!r} refers to its enclosing step {ref!r}, "
+                                      "whose output does not exist yet")
                 elif nested:
                     outer_refs.add(ref)
                 else:
-                    self.issue(s.path, f"refers to unknown step {ref!r}"
-                                       f"{_suggest(ref, by_id)}")
+                    self.issue(where, f"refers to unknown step {ref!r}"
+                                      f"{_suggest(ref, by_id)}")
             for label, targets in _safe(lambda s=s: s.step_type.branches(s.definition), {},
                                         self, s.path).items():
                 for target in targets:
                     t = by_id.get(target)
-                    if t is None or t == s.index:
+                    if t == s.index:
+                        self.issue(f"{s.path}.{label}", f"step {s.id!r} cannot be its own "
+                                                        "branch")
+                        continue
+                    if t is None:
                         self.issue(f"{s.path}.{label}", f"unknown step {target!r}"
                                                         f"{_suggest(target, by_id)}")
                         continue
@@ -400,18 +421,27 @@ class _Compiler:
                 steps[d].dependents.append(s.index)
         return outer_refs
 
-    def references(self, s: CompiledStep) -> set[str]:
-        refs: set[str] = set()
-        for t in (*s.templated.values(), s.when, s.cache_key, s.cache_when):
+    def references(self, s: CompiledStep) -> dict[str, str]:
+        """Step ids this step's templates read, each with the path of a field reading it."""
+        refs: dict[str, str] = {}
+
+        def add(names: Iterable[str], where: str, raw: Any) -> None:
+            for name in names:
+                refs.setdefault(name, _field_of(raw, name, where))
+
+        for key, t in s.templated.items():
+            add(t.references, f"{s.path}.{key}", s.definition.get(key))
+        for name, t in (("when", s.when), ("cache.key", s.cache_key),
+                        ("cache.when", s.cache_when)):
             if t is not None:
-                refs |= t.references
+                add(t.references, f"{s.path}.{name}", None)
         # Deferred templates (a loop's `output`) render inside the step's bodies, so they may
         # name the bodies' own steps as well as outer ones.
         inner = set().union(*(b.by_id for b in s.bodies.values())) if s.bodies else set()
-        for t in s.deferred.values():
-            refs |= t.references - inner
-        for body in s.bodies.values():
-            refs |= body.outer_refs
+        for key, t in s.deferred.items():
+            add(t.references - inner, f"{s.path}.{key}", s.definition.get(key))
+        for label, body in s.bodies.items():
+            add(body.outer_refs, f"{s.path}.{label}", None)
         return refs
 
     def edge(self, s: CompiledStep, dep: str, by_id: dict[str, int], into: list[set[int]],
@@ -472,6 +502,56 @@ def _find_cycle(steps: list[CompiledStep], stuck: set[int]) -> list[int]:
     cycle = path[on_path[node]:]
     cycle.reverse()  # deps point backwards; name the cycle in the order steps run
     return [*cycle, cycle[0]]
+
+
+class _Unrenderable:
+    """Stands in for a template that failed to compile: keeps what it references."""
+
+    is_static = False
+    roots: frozenset[str] = frozenset()
+
+    def __init__(self, references: frozenset[str], where: str) -> None:
+        self.references = references
+        self.where = where
+        self.source = None
+
+    def render(self, context: Mapping[str, Any]) -> Any:
+        raise RuntimeError(f"template at {self.where} did not compile")
+
+
+_REF = r"steps(?:\.{0}\b|\[\s*['\"]{0}['\"]\s*\])"
+
+
+def _field_of(raw: Any, ref: str, where: str) -> str:
+    """The path of the first field under ``raw`` whose text names step ``ref``."""
+    import re
+
+    pattern = re.compile(_REF.format(re.escape(ref)))
+
+    def walk(value: Any, path: str) -> str | None:
+        if isinstance(value, str):
+            return path if pattern.search(value) else None
+        items = value.items() if isinstance(value, dict) else (
+            enumerate(value) if isinstance(value, list) else ())
+        for k, v in items:
+            found = walk(v, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}")
+            if found is not None:
+                return found
+        return None
+
+    return walk(raw, where) or where
+
+
+def _body_path(raw: dict[str, Any], body: list[Any], path: str, label: str) -> str:
+    """Where a nested body is written: ``steps[0].steps`` or ``steps[0].parallel.left``."""
+    for key, value in raw.items():
+        if value is body:
+            return f"{path}.{key}"
+        if isinstance(value, dict):
+            for name, inner in value.items():
+                if inner is body:
+                    return f"{path}.{key}.{name}"
+    return f"{path}.{label}"
 
 
 def _field_names(cls: type[StepType]) -> set[str]:

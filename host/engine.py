@@ -43,6 +43,9 @@ __all__ = ["Catalog", "Engine"]
 
 log = logging.getLogger("plait.engine")
 
+OBSERVER_SECONDS = 10.0
+"""How long an async lifecycle observer may take before it is cancelled."""
+
 
 @dataclass
 class _Versions:
@@ -117,6 +120,7 @@ class Engine:
         self.step_limiter = anyio.CapacityLimiter(limits.max_concurrent_steps)
         self._run_limiters: dict[str, anyio.CapacityLimiter | None] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        self._observing = 0
         self._observers = {h: pm.has_impls(h) for h in
                            ("run_started", "run_finished", "step_started", "step_finished")}
         env_allow = self.config.env.allow
@@ -132,6 +136,10 @@ class Engine:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> bool | None:
         assert self._tg is not None
+        if self._observing:  # let async observers of finished runs finish (each ≤ 10 s)
+            with anyio.move_on_after(OBSERVER_SECONDS):
+                while self._observing:
+                    await anyio.sleep(0.005)
         self._tg.cancel_scope.cancel()  # runs still going are stopped with the engine
         try:
             # The body's own exception is not handed to the task group, so it propagates as
@@ -155,7 +163,8 @@ class Engine:
         return self.catalog.add(self.compile(source))
 
     def _load_hook(self, text: str, path: str | None) -> Mapping[str, Any] | None:
-        results = self.pm.call_isolated("load_workflow", source=text, path=path)
+        results = self.pm.call_isolated("load_workflow", firstresult=True, source=text,
+                                        path=path)
         return next((r for r in results if r is not None), None)
 
     def digest(self, wf: WorkflowDef) -> str:
@@ -332,15 +341,17 @@ class Engine:
             return
         for result in self.pm.call_isolated(hook, **kwargs):
             if inspect.isawaitable(result) and self._tg is not None:
-                self._tg.start_soon(_await_observer, hook, result)
+                self._observing += 1
+                self._tg.start_soon(self._await_observer, hook, result)
 
-
-async def _await_observer(hook: str, awaitable: Any) -> None:
-    try:
-        with anyio.fail_after(10):
-            await awaitable
-    except Exception as exc:  # noqa: BLE001 - an observer never aborts anything
-        log.error("observer %s failed: %s", hook, exc)
+    async def _await_observer(self, hook: str, awaitable: Any) -> None:
+        try:
+            with anyio.fail_after(OBSERVER_SECONDS):
+                await awaitable
+        except Exception as exc:  # noqa: BLE001 - an observer never aborts anything
+            log.error("observer %s failed: %s", hook, exc)
+        finally:
+            self._observing -= 1
 
 
 def _with_defaults(schema: Mapping[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from plait.errors import (
     TemplateError,
 )
 from plait.plugins.types import Agent, Message
-from plait.values import json_problem
+from plait.values import PLUGIN_ERRORS, json_problem
 
 if TYPE_CHECKING:
     from plait.engine import Engine
@@ -292,7 +292,7 @@ class ScopeExecution:
                               f"(attempt {ctx.attempt})") from None
         except RunError:
             raise
-        except Exception as exc:
+        except PLUGIN_ERRORS as exc:
             plugin = self.rx.engine.step_type_owner(step.key)
             raise StepRuntimeError(f"step type {step.key!r} (plugin {plugin!r}) raised "
                                    f"{type(exc).__name__}: {exc}") from exc

@@ -91,7 +91,7 @@ def parse_text(
     except RecursionError:
         raise DefinitionError([Issue("", "YAML: nested too deeply")], source=path) from None
     if not isinstance(doc, CommentedMap):
-        kind = "empty" if doc is None else type(doc).__name__
+        kind = "an empty document" if doc is None else _yaml_kind(doc)
         raise DefinitionError([Issue("", f"a workflow is a mapping, got {kind}")], source=path)
     lines: dict[str, int] = {}
     return _plain(doc, "", lines), lines
@@ -175,6 +175,18 @@ def _line(lines: Mapping[str, int], path: str) -> int | None:
             return None
         path = path[:cut]
     return None
+
+
+def _yaml_kind(node: Any) -> str:
+    if isinstance(node, list):
+        return "a list"
+    if isinstance(node, str):
+        return "a string"
+    if isinstance(node, bool):
+        return "a boolean"
+    if isinstance(node, int | float):
+        return "a number"
+    return type(node).__name__
 
 
 def _looks_like_path(text: str) -> bool:

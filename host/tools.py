@@ -14,7 +14,7 @@ from plait.memo import ToolCache, cache_key
 from plait.models import CachePolicy
 from plait.plugins.registry import Registry
 from plait.plugins.types import Tool
-from plait.values import json_problem
+from plait.values import PLUGIN_ERRORS, json_problem
 
 __all__ = ["ToolRunner"]
 
@@ -114,7 +114,7 @@ class ToolRunner:
                     value = await tool.call(args)
         except RunError:
             raise
-        except Exception as exc:
+        except PLUGIN_ERRORS as exc:
             raise ToolFailed(tool.name, f"{type(exc).__name__}: {exc}") from exc
         problem = json_problem(value)
         if problem is not None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["json_problem"]
+__all__ = ["PLUGIN_ERRORS", "json_problem"]
+
+PLUGIN_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
+"""What plugin code may raise that fails only its own step or call. Cancellation is not in it:
+it always propagates."""
 
 _SCALARS = (str, bool, int, type(None))
 

@@ -164,19 +164,27 @@ class PluginManager(pluggy.PluginManager):
     def _call_each(self, hook: str, make_register: Callable[[str], Any]) -> None:
         """Call a registration hook plugin by plugin, so one that raises fails alone."""
         caller = getattr(self.hook, hook)
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # registration order: built-ins first
             plugin = impl.plugin_name
             try:
                 impl.function(make_register(plugin))
             except BaseException as exc:  # noqa: BLE001 - SystemExit from a plugin included
                 self._fail(plugin, hook, exc)
 
-    def call_isolated(self, hook: str, **kwargs: Any) -> list[Any]:
-        """Call an observer hook implementation by implementation; log instead of raising."""
+    def call_isolated(self, hook: str, *, firstresult: bool = False, **kwargs: Any
+                      ) -> list[Any]:
+        """Call a hook implementation by implementation, in pluggy's order (last registered
+        first); one that raises is logged and skipped instead of aborting the call.
+
+        With ``firstresult`` it stops at the first non-``None`` result.
+        """
         results = []
         for impl in reversed(getattr(self.hook, hook).get_hookimpls()):
             try:
-                results.append(impl.function(**{a: kwargs[a] for a in impl.argnames}))
+                result = impl.function(**{a: kwargs[a] for a in impl.argnames})
+                results.append(result)
+                if firstresult and result is not None:
+                    break
             except BaseException as exc:  # noqa: BLE001 - observers never abort anything
                 log.error("plugin %r raised in %s: %s", impl.plugin_name, hook, exc,
                           exc_info=(type(exc), exc, exc.__traceback__))
@@ -191,7 +199,7 @@ class PluginManager(pluggy.PluginManager):
         regs = self.registries
         out = []
         for name, _plugin in self.list_name_plugin():
-            if name is None:
+            if _plugin is None:  # a blocked name: pluggy keeps it mapped to None
                 continue
             out.append(PluginInfo(
                 name=name,
@@ -230,12 +238,15 @@ def create_plugin_manager(
         name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{i}"
         if not pm.is_blocked(name):
             pm._register(plugin, name)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        pm._fail(getattr(exc.plugin, "__name__", str(exc.plugin)), "register", exc)
-        pm.unregister(exc.plugin)
-    return pm
+    while True:  # check_pending stops at the first offender: report and drop each in turn
+        try:
+            pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or getattr(exc.plugin, "__name__", str(exc.plugin))
+            pm._fail(name, "register", exc)
+            pm.unregister(exc.plugin)
+            continue
+        return pm
 
 
 def _plait_version() -> str | None:
