@@ -396,7 +396,11 @@ class _Compiler:
                     hard[t].add(s.index)
             if s.on_error not in ("fail", "continue"):
                 f = by_id.get(s.on_error)
-                if f is None or f == s.index:
+                if f == s.index:
+                    self.issue(f"{s.path}.on_error", f"step {s.id!r} cannot be its own "
+                                                     "fallback")
+                    s.on_error = "fail"
+                elif f is None:
                     self.issue(f"{s.path}.on_error", f"expected fail, continue or the id of a "
                                                      f"fallback step; got {s.on_error!r}")
                     s.on_error = "fail"

@@ -24,6 +24,17 @@ _COMMON = {
 }
 
 
+TEMPLATE = {"type": "string", "pattern": r"\$\{|\{\{|\{%|\$[A-Za-z_]",
+            "description": "a template, checked against the field's type once rendered"}
+"""Any step field may hold a template instead of a value of its type."""
+
+
+def _or_template(prop: dict[str, Any]) -> dict[str, Any]:
+    if prop.get("type") == "string" or not prop:
+        return prop
+    return {"anyOf": [prop, TEMPLATE]}
+
+
 def workflow_schema(step_types: Registry[type[StepType]]) -> dict[str, Any]:
     """JSON Schema (2020-12) for workflow files, one step variant per installed step type."""
     schema = WorkflowDef.model_json_schema(mode="validation")
@@ -33,7 +44,8 @@ def workflow_schema(step_types: Registry[type[StepType]]) -> dict[str, Any]:
         cls = step_types[key]
         config = cls.Config.model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
         defs.update(config.pop("$defs", {}))
-        props = {**_COMMON, **config.get("properties", {})}
+        props = {**_COMMON, **{k: _or_template(v) for k, v in
+                               config.get("properties", {}).items()}}
         variants.append({
             "title": f"{key} step",
             "description": cls.description or (cls.__doc__ or "").strip().split("\n")[0],

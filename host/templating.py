@@ -228,7 +228,7 @@ def _lookup(context: Mapping[str, Any], root: str, keys: tuple[Any, ...]) -> Any
     return obj if kind in _SCALARS or kind is dict or kind is list else _FALLBACK
 
 
-def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:  # noqa: A002
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
     """Jinja's ``lipsum`` with bounded paragraphs and words, so it cannot build gigabytes."""
     if n > 100 or max > 1000 or min > 1000:
         raise TemplateLimitError("lipsum is limited to 100 paragraphs of at most 1,000 words")
@@ -270,16 +270,16 @@ class _Guard(NodeTransformer):
     def _filter(self, node: nodes.Expr, name: str, args: list[nodes.Expr]) -> nodes.Filter:
         return nodes.Filter(node, name, args, [], None, None, lineno=node.lineno)
 
-    def visit_For(self, node: nodes.For) -> nodes.Node:  # noqa: D102
+    def visit_For(self, node: nodes.For) -> nodes.Node:
         self.generic_visit(node)
         node.iter = self._filter(node.iter, _ITER, [nodes.Const(_literal_len(node.body))])
         return node
 
-    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:  # noqa: D102
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
         self.generic_visit(node)
         return self._filter(node.nodes[0], _CONCAT, node.nodes[1:])
 
-    def visit_container(self, node: nodes.Expr) -> nodes.Node:  # noqa: D102
+    def visit_container(self, node: nodes.Expr) -> nodes.Node:
         self.generic_visit(node)
         return node if getattr(node, "ctx", "load") != "load" else self._filter(node, _SIZE, [])
 
@@ -304,7 +304,7 @@ class _GuardedFilters(dict):  # type: ignore[type-arg]
             cached = self._wrapped[name] = (func, self._env._guard_filter(name, func))
         return cached[1]
 
-    def get(self, name: str, default: Any = None) -> Any:  # noqa: D102
+    def get(self, name: str, default: Any = None) -> Any:
         try:
             return self[name]
         except KeyError:

@@ -496,3 +496,65 @@ async def test_host_runs_registered_workflow(tmp_path, pm):
         run = await host.wait(run_id)
     assert run.outputs == {"x": "ADA"}
     assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+
+
+async def test_cache_key_template_and_when(tmp_path, pm, probe):
+    def definition(day, use_cache):
+        return wf({"id": "a", "tool": "probe.add", "with": {"a": 1, "b": 2},
+                   "cache": {"key": "${inputs.day}", "when": "inputs.use"}})
+
+    cache_dir = str(tmp_path / "c")
+    for day in ("mon", "mon", "tue"):
+        await plait.run(definition(day, True), {"day": day, "use": True}, pm=pm,
+                        cache_dir=cache_dir)
+    assert probe.count("add") == 2  # "mon" hit once; "tue" is another key
+    await plait.run(definition("mon", False), {"day": "mon", "use": False}, pm=pm,
+                    cache_dir=cache_dir)
+    assert probe.count("add") == 3  # when false: neither looked up nor stored
+
+
+async def test_cache_ttl_expires(tmp_path, pm, probe):
+    definition = wf({"id": "a", "tool": "probe.add", "with": {"a": 5, "b": 5},
+                     "cache": {"ttl": 0.2}})
+    cache_dir = str(tmp_path / "c")
+    await plait.run(definition, pm=pm, cache_dir=cache_dir)
+    await plait.run(definition, pm=pm, cache_dir=cache_dir)
+    assert probe.count("add") == 1
+    await anyio.sleep(0.4)
+    await plait.run(definition, pm=pm, cache_dir=cache_dir)
+    assert probe.count("add") == 2
+
+
+async def test_delay_until_timestamp(pm):
+    from datetime import UTC, datetime, timedelta
+
+    until = (datetime.now(UTC) + timedelta(seconds=0.3)).isoformat()
+    start = time.monotonic()
+    run = await plait.run(wf({"id": "d", "delay": None, "until": until, "type": "delay"}),
+                          pm=pm)
+    assert run.status == "succeeded", run.error
+    assert 0.2 < time.monotonic() - start < 2
+
+
+async def test_agent_max_turns_and_output_schema_repair(pm):
+    config = HostConfig.model_validate({"agents": {
+        "looper": {"provider": "scripted",
+                   "script": [{"call": "probe.echo", "args": {"value": i}} for i in range(5)]},
+        "fixer": {"provider": "scripted",
+                  "script": [{"say": "not json"}, {"json": {"wrong": 1}}, {"json": {"ok": 1}}]},
+    }})
+    run = await plait.run(wf({"id": "a", "agent": "looper", "prompt": "go", "max_turns": 3,
+                              "tools": ["probe.echo"]}), pm=pm, config=config)
+    assert run.status == "failed"
+    assert "max_turns" in run.error["message"]
+    run = await plait.run(wf({"id": "a", "agent": "fixer", "prompt": "go",
+                              "output_schema": {"type": "object", "required": ["ok"]}}),
+                          pm=pm, config=config)
+    assert run.status == "succeeded", run.error
+    assert run.steps["a"].output == {"ok": 1}
+
+
+async def test_unknown_agent_is_a_clear_step_error(pm):
+    run = await plait.run(wf({"id": "a", "agent": "ghost", "prompt": "hi"}), pm=pm)
+    assert run.status == "failed"
+    assert "ghost" in run.error["message"]
