@@ -38,6 +38,7 @@ from plait.plugins.manager import PluginManager
 from plait.runs import Run
 from plait.templating import TemplateEngine, TemplateLimits
 from plait.tools import ToolRunner
+from plait.values import PLUGIN_ERRORS
 
 __all__ = ["Catalog", "Engine"]
 
@@ -348,7 +349,7 @@ class Engine:
         try:
             with anyio.fail_after(OBSERVER_SECONDS):
                 await awaitable
-        except Exception as exc:  # noqa: BLE001 - an observer never aborts anything
+        except PLUGIN_ERRORS as exc:  # an observer never aborts anything
             log.error("observer %s failed: %s", hook, exc)
         finally:
             self._observing -= 1

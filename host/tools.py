@@ -115,7 +115,9 @@ class ToolRunner:
         except RunError:
             raise
         except PLUGIN_ERRORS as exc:
-            raise ToolFailed(tool.name, f"{type(exc).__name__}: {exc}") from exc
+            owner = self.tools.owner(tool.name)
+            source = f" (plugin {owner!r})" if owner else ""
+            raise ToolFailed(tool.name, f"{type(exc).__name__}: {exc}{source}") from exc
         problem = json_problem(value)
         if problem is not None:
             raise OutputError(f"tool {tool.name!r} returned a value that is not JSON: {problem}")

@@ -57,11 +57,13 @@ class PluginFailure:
     """What went wrong, as a person would want it told."""
     entry_point: str | None = None
     """``name = module:attr`` for third-party plugins."""
+    version: str | None = None
+    """The distribution's version, when it is known."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for ``plugins/list`` and ``plait plugins``."""
         return {"plugin": self.plugin, "stage": self.stage, "error": self.error,
-                "entry_point": self.entry_point}
+                "entry_point": self.entry_point, "version": self.version}
 
 
 @dataclass
@@ -93,7 +95,23 @@ class PluginManager(pluggy.PluginManager):
         self.failures: list[PluginFailure] = []
         self.versions: dict[str, str | None] = {}
         self.builtins: set[str] = set()
+        self.entry_point_labels: dict[str, str] = {}
         self._registries: Registries | None = None
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        """Register a plugin; the registries are rebuilt on next use to include it."""
+        self._registries = None
+        return super().register(plugin, name)
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        """Unregister a plugin; the registries are rebuilt on next use without it."""
+        self._registries = None
+        return super().unregister(plugin, name)
+
+    def set_blocked(self, name: str) -> None:
+        """Block a plugin by name (unregistering it if loaded)."""
+        self._registries = None
+        super().set_blocked(name)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -114,14 +132,15 @@ class PluginManager(pluggy.PluginManager):
             label = f"{ep.name} = {ep.value}"
             if self.is_blocked(ep.name) or self.is_blocked(ep.module):
                 continue
+            self.entry_point_labels[ep.name] = label
+            dist = getattr(ep, "dist", None)
+            if dist is not None:
+                self.versions[ep.name] = dist.version
             try:
                 plugin = ep.load()
             except BaseException as exc:  # noqa: BLE001 - isolate any failure
                 self._fail(ep.name, "import", exc, entry_point=label)
                 continue
-            dist = getattr(ep, "dist", None)
-            if dist is not None:
-                self.versions[ep.name] = dist.version
             self._register(plugin, ep.name, entry_point=label)
 
     def _register(self, plugin: object, name: str, *, builtin: bool = False,
@@ -140,7 +159,9 @@ class PluginManager(pluggy.PluginManager):
     def _fail(self, plugin: str, stage: str, exc: BaseException,
               entry_point: str | None = None) -> None:
         message = f"{type(exc).__name__}: {exc}"
-        self.failures.append(PluginFailure(plugin, stage, message, entry_point))
+        entry_point = entry_point or self.entry_point_labels.get(plugin)
+        self.failures.append(PluginFailure(plugin, stage, message, entry_point,
+                                           self.versions.get(plugin)))
         where = f" (entry point {entry_point})" if entry_point else ""
         log.error("plugin %r%s failed at %s: %s", plugin, where, stage, message)
         log.debug("plugin %r traceback", plugin, exc_info=(type(exc), exc, exc.__traceback__))

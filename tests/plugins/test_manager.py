@@ -415,8 +415,6 @@ def test_register_rejects_what_is_not_a_step_type():
     assert "noconfig" not in pm.registries.step_types
 
 
-@pytest.mark.xfail(reason="PluginManager.registries is built once and cached: plugins "
-                          "blocked or loaded afterwards do not change it")
 def test_registries_follow_plugins_blocked_or_loaded_after_first_use():
     pm = create_plugin_manager(entry_points=False, builtins=["plait.steps.tool",
                                                              "plait.steps.delay"])
@@ -753,9 +751,7 @@ def test_systemexit_or_keyboardinterrupt_in_plugin_code_fails_only_its_step(
 @pytest.mark.parametrize("how", ["exit", "interrupt"])
 @pytest.mark.parametrize("what", [
     "observer",
-    pytest.param("async-observer", marks=pytest.mark.xfail(
-        reason="Engine._await_observer (host/engine.py) catches only Exception: SystemExit/"
-               "KeyboardInterrupt raised by an async observer escape plait.run")),
+    "async-observer",
 ])
 def test_systemexit_or_keyboardinterrupt_in_an_observer_does_not_affect_the_run(
         base_exception_outcomes, what, how):
