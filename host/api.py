@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from plait.compiler import CompiledWorkflow
 from plait.config import HostConfig, load_config
 from plait.engine import Engine
 from plait.loader import load as _load
@@ -26,15 +28,32 @@ def load(source: Source) -> WorkflowDef:
     return _load(source)
 
 
-def _engine(config: HostConfig | None, plugins: Iterable[object], cache_dir: str | None,
-            pm: PluginManager | None) -> Engine:
+@asynccontextmanager
+async def _session(
+    workflow: Source,
+    *,
+    config: HostConfig | None = None,
+    plugins: Iterable[object] = (),
+    workflows: Iterable[Source] = (),
+    cache_dir: str | None = None,
+    pm: PluginManager | None = None,
+) -> AsyncIterator[tuple[Engine, CompiledWorkflow]]:
+    """A started engine with ``workflow`` (and its sub-workflows) registered."""
     config = config or load_config()
     pm = pm or create_plugin_manager(entry_points=config.plugins.entry_points,
                                      blocked=config.plugins.disabled, extra=plugins)
-    cache = ToolCache(cache_dir, size_limit=config.cache.size_limit) if (
-        cache_dir and config.cache.enabled) else ToolCache(None)
+    cache = ToolCache(cache_dir if config.cache.enabled else None,
+                      size_limit=config.cache.size_limit)
     cache.open()
-    return Engine(pm, config, cache=cache)
+    engine = Engine(pm, config, cache=cache)
+    try:
+        for extra in workflows:
+            engine.register(extra)
+        compiled = engine.register(workflow)
+        async with engine:
+            yield engine, compiled
+    finally:
+        cache.close()
 
 
 async def run(
@@ -62,16 +81,10 @@ async def run(
         The :class:`Run`: ``status``, ``outputs``, ``steps[id].output``, ``error``, ``events``.
         A failed run is returned, not raised; an invalid definition or inputs raise.
     """
-    engine = _engine(config, plugins, cache_dir, pm)
-    try:
-        for extra in workflows:
-            engine.register(extra)
-        compiled = engine.register(workflow)
-        async with engine:
-            started = await engine.start(compiled, inputs)
-            return await started.wait()
-    finally:
-        engine.cache.close()
+    async with _session(workflow, config=config, plugins=plugins, workflows=workflows,
+                        cache_dir=cache_dir, pm=pm) as (engine, compiled):
+        started = await engine.start(compiled, inputs)
+        return await started.wait()
 
 
 def run_sync(workflow: Source, inputs: Mapping[str, Any] | None = None, **options: Any) -> Run:
@@ -84,19 +97,11 @@ async def stream(
     inputs: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> AsyncIterator[Event]:
-    """Run a workflow and yield every event as it happens, the last being ``run.<outcome>``."""
-    engine = _engine(options.pop("config", None), options.pop("plugins", ()),
-                     options.pop("cache_dir", None), options.pop("pm", None))
-    extras = options.pop("workflows", ())
-    if options:
-        raise TypeError(f"unexpected options: {', '.join(options)}")
-    try:
-        for extra in extras:
-            engine.register(extra)
-        compiled = engine.register(workflow)
-        async with engine:
-            started = await engine.start(compiled, inputs)
-            async for event in started.follow():
-                yield event
-    finally:
-        engine.cache.close()
+    """Run a workflow and yield every event as it happens, the last being ``run.<outcome>``.
+
+    Takes the same options as :func:`run`.
+    """
+    async with _session(workflow, **options) as (engine, compiled):
+        started = await engine.start(compiled, inputs)
+        async for event in started.follow():
+            yield event

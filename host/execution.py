@@ -436,11 +436,15 @@ class StepRuntime:
         run = rx.run
         run.set_step(self.step_id, "waiting", {"event": event, "timeout": timeout})
         rx.waiting += 1
+        if run.status == "running":
+            run.set_status("waiting", event=event)
         try:
             with anyio.fail_after(timeout) if timeout is not None else _nullcontext():
                 data = await run.take_signal(event)
         finally:
             rx.waiting -= 1
+            if rx.waiting == 0 and run.status == "waiting":
+                run.set_status("running")
         run.set_step(self.step_id, "running", {"signal": event})
         return data
 

@@ -416,6 +416,7 @@ async def test_delay_and_wait_signal(pm):
         run = await engine.start(compiled)
         await anyio.sleep(0.3)
         assert run.steps["approval"].status == "waiting"
+        assert run.status == "waiting"
         engine.signal(run.id, "approve", {"by": "ada"})
         with anyio.fail_after(2):
             await run.wait()
