@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import anyio
+
 from plait.compiler import CompiledWorkflow
 from plait.config import HostConfig, load_config
 from plait.engine import Engine
-from plait.errors import DefinitionError
+from plait.errors import ConfigError, DefinitionError
 from plait.memo import ToolCache
 from plait.models import WorkflowDef
 from plait.plugins.manager import PluginManager, create_plugin_manager
+from plait.rpc.api import register_api
+from plait.rpc.dispatcher import Dispatcher
+from plait.rpc.mcp import register_mcp
+from plait.rpc.session import Session
+from plait.rpc.stdio import serve_stdio
+from plait.rpc.websocket import RPC_PATH, WebSocketTransport
 from plait.runs import Run
 
 __all__ = ["Host", "ensure_private_dir"]
@@ -25,6 +34,9 @@ log = logging.getLogger("plait.host")
 
 WORKFLOW_SUFFIXES = (".yaml", ".yml", ".json")
 """Files in a workflows folder that are read as workflows."""
+TOKEN_FILE = "token"
+"""The per-launch token, in the data dir, mode 0600."""
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -66,6 +78,10 @@ class Host:
         self.started_at: float | None = None
         self.load_errors: dict[str, DefinitionError] = {}
         self.engine: Engine | None = None
+        self.sessions: set[Session] = set()
+        """Connected clients, on any transport."""
+        self.version = _version()
+        self._dispatcher: Dispatcher | None = None
 
     @property
     def data_dir(self) -> Path | None:
@@ -135,3 +151,70 @@ class Host:
     def get_run(self, run_id: str) -> Run:
         """The run with that id."""
         return self._engine().get_run(run_id)
+
+    # -- serving -----------------------------------------------------------------------------
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The JSON-RPC dispatcher with the plait and MCP methods, shared by all transports."""
+        if self._dispatcher is None:
+            limits = self.config.limits
+            self._dispatcher = Dispatcher(max_batch=limits.max_batch,
+                                          batch_concurrency=limits.batch_concurrency,
+                                          max_depth=limits.max_nesting)
+            register_api(self._dispatcher, self)
+            register_mcp(self._dispatcher, self)
+        return self._dispatcher
+
+    def issue_token(self) -> str:
+        """A fresh random token for this launch (256 bits), written 0600 to the data dir."""
+        token = secrets.token_urlsafe(32)
+        if self.data_dir is not None:
+            path = ensure_private_dir(self.data_dir) / TOKEN_FILE
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(token + "\n")
+            os.chmod(path, 0o600)
+        return token
+
+    async def serve_websocket(self, *, token: str | None = None,
+                              ready: Callable[[str, str], None] | None = None) -> None:
+        """Serve JSON-RPC over WebSocket until cancelled; ``ready(url, token)`` once listening."""
+        settings = self.config.host
+        if settings.bind not in LOOPBACK and not settings.allow_remote:
+            raise ConfigError(f"refusing to bind {settings.bind}: only loopback addresses "
+                              "unless host.allow_remote is true (--allow-remote)")
+        if settings.bind not in LOOPBACK:
+            log.warning("listening on %s: reachable from other machines; the token is the "
+                        "only protection", settings.bind)
+        limits = self.config.limits
+        token = token or self.issue_token()
+        transport = WebSocketTransport(
+            self, self.dispatcher, token=token, allowed_origins=settings.allowed_origins,
+            max_inflight=limits.max_inflight, max_queue=limits.send_queue_messages,
+            max_queue_bytes=limits.send_queue_bytes)
+        port = await transport.start()
+        try:
+            shown = f"[{settings.bind}]" if ":" in settings.bind else settings.bind
+            if ready is not None:
+                ready(f"ws://{shown}:{port}{RPC_PATH}", token)
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await transport.stop()
+
+    async def serve_stdio(self) -> None:
+        """Serve one MCP client on this process's stdin/stdout until stdin closes."""
+        limits = self.config.limits
+        await serve_stdio(self.dispatcher, self.sessions,
+                          max_message_bytes=limits.max_message_bytes,
+                          max_inflight=limits.max_inflight)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("plait")
+    except Exception:  # noqa: BLE001 - running from a checkout without metadata
+        return "0+unknown"

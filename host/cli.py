@@ -78,6 +78,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.set_defaults(func=cmd_schema)
 
+    p = sub.add_parser("serve", help="run the host: JSON-RPC over WebSocket, or stdio for MCP")
+    p.add_argument("--host", dest="bind", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--stdio", action="store_true", help="serve one MCP client on stdin/stdout")
+    p.add_argument("--config")
+    p.add_argument("--data-dir", help="store, cache and token folder; :memory: for none")
+    p.add_argument("--workflows", metavar="DIR", help="register every workflow file in DIR")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow binding a non-loopback address (the token is then the only "
+                        "protection)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("call", help="send one JSON-RPC request to a running host")
+    p.add_argument("method")
+    p.add_argument("params", nargs="?", default=None, help="params as a JSON object")
+    p.add_argument("--url", default=None, help="default ws://127.0.0.1:<port>/rpc")
+    p.add_argument("--token", default=None, help="default: $PLAIT_TOKEN or <data_dir>/token")
+    p.add_argument("--config")
+    p.add_argument("--data-dir")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=cmd_call)
+
+    p = sub.add_parser("mcp", help="bridge an IDE's stdio MCP client to a running host")
+    p.add_argument("--url", default=None, help="default ws://127.0.0.1:<port>/rpc")
+    p.add_argument("--token", default=None, help="default: $PLAIT_TOKEN or <data_dir>/token")
+    p.add_argument("--config")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_mcp)
+
     p = sub.add_parser("plugins", help="list loaded plugins and those that failed")
     p.add_argument("--config")
     p.add_argument("--json", action="store_true")
@@ -221,3 +250,111 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         console.print(f"[red]failed[/red] {failure.plugin}{where} at {failure.stage}: "
                       f"{failure.error}", markup=True, highlight=False)
     return 1 if pm.failures else 0
+
+
+def _serve_config(args: argparse.Namespace) -> HostConfig:
+    overrides: dict[str, Any] = {}
+    for key, value in (("host.bind", getattr(args, "bind", None)),
+                       ("host.port", getattr(args, "port", None)),
+                       ("host.data_dir", getattr(args, "data_dir", None)),
+                       ("host.workflows", getattr(args, "workflows", None))):
+        if value is not None:
+            overrides[key] = value
+    if getattr(args, "allow_remote", False):
+        overrides["host.allow_remote"] = True
+    return load_config(args.config, overrides=overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the host until interrupted: WebSocket by default, stdio with ``--stdio``."""
+    from plait.app import Host
+
+    config = _serve_config(args)  # logs go to stderr: on --stdio, stdout is the protocol
+
+    async def main() -> None:
+        async with Host(config) as host:
+            for path, error in host.load_errors.items():
+                print(f"warning: {path} not loaded: {error}", file=sys.stderr)
+            if args.stdio:
+                await host.serve_stdio()
+                return
+
+            def ready(url: str, token: str) -> None:
+                where = host.data_dir / "token" if host.data_dir else "not saved (:memory:)"
+                print(f"plait {host.version} listening on {url}\n"
+                      f"token: {token}\n(token file: {where})", file=sys.stderr, flush=True)
+
+            await host.serve_websocket(ready=ready)
+
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _client_target(args: argparse.Namespace) -> tuple[str, str]:
+    import os
+
+    config = _serve_config(args)
+    url = args.url or f"ws://127.0.0.1:{config.host.port}/rpc"
+    token = args.token or os.environ.get("PLAIT_TOKEN")
+    if not token:
+        path = Path(config.host.data_dir) / "token"
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            raise ConfigError(f"no token: pass --token, set PLAIT_TOKEN, or start the host "
+                              f"with data dir {config.host.data_dir} ({path} is missing)") \
+                from None
+    return url, token
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    """Send one request and print the result (exit 1 when the answer is an error)."""
+    from websockets.asyncio.client import connect
+
+    url, token = _client_target(args)
+    try:
+        params = json.loads(args.params) if args.params else {}
+    except ValueError as exc:
+        raise ConfigError(f"params are not JSON: {exc}") from None
+
+    async def call() -> dict[str, Any]:
+        async with connect(url, additional_headers={"Authorization": f"Bearer {token}"},
+                           open_timeout=10, max_size=None) as ws:
+            await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": args.method,
+                                      "params": params}))
+            with anyio.fail_after(args.timeout):
+                while True:
+                    reply = json.loads(await ws.recv())
+                    if isinstance(reply, dict) and reply.get("id") == 1:
+                        return reply
+
+    try:
+        reply = anyio.run(call)
+    except OSError as exc:
+        print(f"error: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    if "error" in reply:
+        print(json.dumps(reply["error"], indent=2), file=sys.stderr)
+        return 1
+    print(json.dumps(reply.get("result"), indent=2))
+    return 0
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """Bridge stdin/stdout (an IDE's MCP client) to a running host."""
+    from plait.rpc.bridge import bridge
+
+    url, token = _client_target(args)
+    try:
+        anyio.run(lambda: bridge(url, token))
+    except OSError as exc:
+        print(f"error: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

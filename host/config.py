@@ -44,6 +44,10 @@ class HostSettings(_Section):
     """SQLite store, tool cache and token live here; ``:memory:`` keeps runs in memory."""
     workflows: str | None = None
     """A folder of workflow files registered at start."""
+    allowed_origins: list[str] = Field(default_factory=list)
+    """Browser origins allowed to connect (``http://localhost:3000``); none by default."""
+    allow_remote: bool = False
+    """Must be true to bind anything but a loopback address."""
 
 
 class Limits(_Section):
@@ -52,6 +56,15 @@ class Limits(_Section):
     max_message_bytes: int = Field(1 << 20, ge=1024)
     max_batch: int = Field(100, ge=1)
     max_connections: int = Field(32, ge=1)
+    max_inflight: int = Field(64, ge=1)
+    """Requests one connection may have in flight; more get -32006 busy."""
+    batch_concurrency: int = Field(8, ge=1)
+    """Items of one batch run at once."""
+    max_nesting: int = Field(64, ge=2)
+    """Deepest JSON nesting accepted in a message."""
+    send_queue_messages: int = Field(1000, ge=10)
+    """Messages queued for a client before it is dropped as not reading."""
+    send_queue_bytes: int = Field(8 << 20, ge=1 << 16)
     max_concurrent_steps: int = Field(256, ge=1)
     """Steps doing work (tools, agents) at once across all runs."""
     default_step_timeout: float = Field(300.0, gt=0)

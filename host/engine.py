@@ -9,8 +9,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from copy import deepcopy
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -24,8 +25,10 @@ from plait.compiler import CompiledWorkflow, compile_workflow, definition_digest
 from plait.config import HostConfig
 from plait.errors import (
     InputsInvalid,
+    InvalidRunState,
     RunCancelled,
     RunError,
+    RunNotFound,
     StepFailed,
     TemplateError,
     WorkflowNotFound,
@@ -35,7 +38,7 @@ from plait.loader import load
 from plait.memo import ToolCache
 from plait.models import WorkflowDef
 from plait.plugins.manager import PluginManager
-from plait.runs import Run
+from plait.runs import Event, Run
 from plait.templating import TemplateEngine, TemplateLimits
 from plait.tools import ToolRunner
 from plait.values import PLUGIN_ERRORS
@@ -52,6 +55,7 @@ OBSERVER_SECONDS = 10.0
 class _Versions:
     current: int
     by_number: dict[int, CompiledWorkflow] = field(default_factory=dict)
+    created_at: dict[int, float] = field(default_factory=dict)
 
 
 class Catalog:
@@ -65,17 +69,41 @@ class Catalog:
         entry = self._workflows.get(compiled.name)
         if entry is None:
             compiled.version = compiled.definition.version or 1
-            self._workflows[compiled.name] = _Versions(compiled.version, {compiled.version:
-                                                                          compiled})
-            return compiled
-        for existing in entry.by_number.values():
-            if existing.digest == compiled.digest:
-                entry.current = existing.version
-                return existing
-        compiled.version = max(entry.by_number) + 1
+            entry = self._workflows[compiled.name] = _Versions(compiled.version)
+        else:
+            for existing in entry.by_number.values():
+                if existing.digest == compiled.digest:
+                    entry.current = existing.version
+                    return existing
+            compiled.version = max(entry.by_number) + 1
         entry.by_number[compiled.version] = compiled
+        entry.created_at[compiled.version] = time.time()
         entry.current = compiled.version
         return compiled
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        """``[{version, created_at, current}]`` of a workflow, oldest first."""
+        entry = self._entry(name)
+        return [{"version": v, "created_at": entry.created_at[v], "current": v == entry.current}
+                for v in sorted(entry.by_number)]
+
+    def rollback(self, name: str, version: int) -> CompiledWorkflow:
+        """Make an older version current again."""
+        entry = self._entry(name)
+        if version not in entry.by_number:
+            raise WorkflowNotFound(name, version)
+        entry.current = version
+        return entry.by_number[version]
+
+    def _entry(self, name: str) -> _Versions:
+        entry = self._workflows.get(name)
+        if entry is None:
+            raise WorkflowNotFound(name, None, self.names())
+        return entry
+
+    def current(self) -> list[CompiledWorkflow]:
+        """The current version of every workflow, by name."""
+        return [self.get(name) for name in self.names()]
 
     def get(self, name: str, version: int | None = None) -> CompiledWorkflow:
         """The current (or a given) version of ``name``."""
@@ -118,6 +146,9 @@ class Engine:
         self.catalog = Catalog()
         self.runs: dict[str, Run] = {}
         self.executions: dict[str, RunExecution] = {}
+        self.idempotency: dict[str, str] = {}
+        self.listeners: list[Callable[[Event], None]] = []
+        """Called with every event of every run (subscriptions to all runs)."""
         self.step_limiter = anyio.CapacityLimiter(limits.max_concurrent_steps)
         self._run_limiters: dict[str, anyio.CapacityLimiter | None] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -185,16 +216,29 @@ class Engine:
                   version=compiled.version, inputs=values, parent_id=parent_id,
                   total_steps=len(compiled.scope.steps))
         self.runs[run.id] = run
+        run.listen(self._broadcast)
         run.record("run.created", None, {"workflow": compiled.name,
                                          "version": compiled.version, "inputs": values})
         return run
 
+    def _broadcast(self, event: Event) -> None:
+        for listener in self.listeners:
+            listener(event)
+
     async def start(self, compiled: CompiledWorkflow, inputs: Mapping[str, Any] | None = None,
-                    *, run_id: str | None = None) -> Run:
-        """Create a run and start it in the background; returns at once."""
+                    *, run_id: str | None = None, idempotency_key: str | None = None) -> Run:
+        """Create a run and start it in the background; returns at once.
+
+        With an ``idempotency_key`` already used, the existing run is returned instead.
+        """
         if self._tg is None:
             raise RuntimeError("the engine is not started: use `async with engine:`")
+        if idempotency_key is not None and idempotency_key in self.idempotency:
+            return self.runs[self.idempotency[idempotency_key]]
         run = self.prepare(compiled, inputs, run_id=run_id)
+        if idempotency_key is not None:
+            run.idempotency_key = idempotency_key
+            self.idempotency[idempotency_key] = run.id
         rx = RunExecution(self, run)
         self.executions[run.id] = rx
         self._tg.start_soon(self._execute_quietly, rx, compiled)
@@ -276,36 +320,62 @@ class Engine:
                                         f"{exc}") from None
 
     def get_run(self, run_id: str) -> Run:
-        """The run with that id (``KeyError`` when unknown)."""
-        return self.runs[run_id]
+        """The run with that id; raises :class:`RunNotFound`."""
+        run = self.runs.get(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return run
 
     async def wait(self, run_id: str) -> Run:
         """Return once run ``run_id`` is terminal."""
-        return await self.runs[run_id].wait()
+        return await self.get_run(run_id).wait()
 
-    def cancel(self, run_id: str) -> None:
-        """Cancel a run: running steps are cancelled, the rest marked cancelled."""
+    def _live(self, run_id: str, action: str, allowed: tuple[str, ...]) -> RunExecution:
+        run = self.get_run(run_id)
         rx = self.executions.get(run_id)
-        if rx is not None and rx.cancel_scope is not None:
-            rx.cancel_scope.cancel()
+        if rx is None or run.status not in allowed:
+            raise InvalidRunState(run_id, run.status, action)
+        return rx
 
-    def pause(self, run_id: str) -> None:
-        """Stop starting new steps of a run; running ones finish."""
-        rx = self.executions[run_id]
-        if not rx.paused:
-            rx.pause()
-            rx.run.set_status("paused")
-
-    def resume(self, run_id: str) -> None:
-        """Continue a paused run."""
-        rx = self.executions[run_id]
+    def cancel(self, run_id: str) -> Run:
+        """Cancel a run: running steps are cancelled, the rest marked cancelled."""
+        rx = self._live(run_id, "cancel", ("pending", "running", "paused", "waiting"))
         if rx.paused:
-            rx.run.set_status("running")
-            rx.resume()
+            rx.resume()  # let held steps see the cancellation
+        if rx.cancel_scope is not None:
+            rx.cancel_scope.cancel()
+        return rx.run
+
+    def pause(self, run_id: str) -> Run:
+        """Stop starting new steps of a run; running ones finish."""
+        rx = self._live(run_id, "pause", ("running", "waiting"))
+        rx.pause()
+        rx.run.set_status("paused")
+        return rx.run
+
+    def resume(self, run_id: str) -> Run:
+        """Continue a paused run."""
+        rx = self._live(run_id, "resume", ("paused",))
+        rx.run.set_status("waiting" if rx.waiting else "running")
+        rx.resume()
+        return rx.run
 
     def signal(self, run_id: str, event: str, data: Any = None) -> None:
-        """Deliver a signal to a run's ``wait`` steps."""
-        self.runs[run_id].signal(event, data)
+        """Deliver a signal to a run's ``wait`` steps (kept until one takes it)."""
+        run = self.get_run(run_id)
+        if run.done:
+            raise InvalidRunState(run_id, run.status, "signal")
+        run.signal(event, data)
+
+    def list_runs(self, *, workflow: str | None = None, status: str | None = None,
+                  parent: bool = False) -> list[Run]:
+        """Runs, newest first, filtered by workflow and status (child runs only if asked)."""
+        runs = [r for r in self.runs.values()
+                if (workflow is None or r.workflow == workflow)
+                and (status is None or r.status == status)
+                and (parent or r.parent_id is None)]
+        runs.sort(key=lambda r: r.created_at, reverse=True)
+        return runs
 
     # -- services for the execution layer ----------------------------------------------------
 

@@ -9,6 +9,9 @@ The tree::
     ├── ConfigError (ValueError)            the host configuration is invalid
     ├── InputsInvalid (ValueError)          a run's inputs do not fit the workflow's schema
     ├── WorkflowNotFound (LookupError)      no workflow (or version) of that name is registered
+    ├── RunNotFound (LookupError)           no run with that id
+    ├── InvalidRunState                     the run's status does not allow the operation
+    ├── LimitReached                        a host limit was hit; retry later
     └── RunError (RuntimeError)             something failed while a run ran
         ├── StepFailed                      a step ended in failure (carries the step id)
         ├── StepTimeout                     one attempt of a step ran past its timeout
@@ -35,14 +38,17 @@ __all__ = [
     "AgentFailed",
     "AgentNotFound",
     "ConfigError",
-    "InputsInvalid",
     "DefinitionError",
+    "InputsInvalid",
+    "InvalidRunState",
     "Issue",
+    "LimitReached",
     "OutputError",
     "PlaitError",
     "PluginError",
     "RunCancelled",
     "RunError",
+    "RunNotFound",
     "StepFailed",
     "StepTimeout",
     "TemplateError",
@@ -146,6 +152,33 @@ class WorkflowNotFound(PlaitError, LookupError):
         what = f"workflow {name!r}" + (f" version {version}" if version is not None else "")
         hint = f"; registered: {', '.join(sorted(known))}" if known else ""
         super().__init__(f"{what} is not registered{hint}")
+
+
+class RunNotFound(PlaitError, LookupError):
+    """No run with that id."""
+
+    __module__ = "plait"
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id!r} not found")
+
+
+class InvalidRunState(PlaitError):
+    """The run's status does not allow the operation (e.g. pausing a finished run)."""
+
+    __module__ = "plait"
+
+    def __init__(self, run_id: str, status: str, action: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"cannot {action} run {run_id}: it is {status}")
+
+
+class LimitReached(PlaitError):
+    """A host limit was hit; the request may succeed later."""
+
+    __module__ = "plait"
 
 
 class RunError(PlaitError, RuntimeError):

@@ -1,0 +1,290 @@
+"""The plait methods of DESIGN §7: workflows, runs, subscriptions, plugins and host info."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from plait.errors import DefinitionError
+from plait.rpc.dispatcher import Dispatcher
+from plait.rpc.errors import Busy, InvalidParams
+from plait.rpc.session import Session
+from plait.runs import Event, Run
+
+if TYPE_CHECKING:
+    from plait.app import Host
+
+__all__ = ["MAX_SUBSCRIPTIONS", "register_api"]
+
+MAX_SUBSCRIPTIONS = 100
+"""Subscriptions one connection may hold at once."""
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
+
+
+class DefinitionParams(_Params):
+    definition: dict[str, Any] | None = None
+    source: str | None = Field(None, max_length=4 << 20)
+
+    @model_validator(mode="after")
+    def _one(self) -> DefinitionParams:
+        if (self.definition is None) == (self.source is None):
+            raise ValueError("give exactly one of definition (an object) or source (YAML text)")
+        return self
+
+    @property
+    def value(self) -> dict[str, Any] | str:
+        return self.definition if self.definition is not None else self.source  # type: ignore[return-value]
+
+
+class NameParams(_Params):
+    name: str
+
+
+class GetWorkflowParams(_Params):
+    name: str
+    version: int | None = Field(None, ge=1)
+
+
+class RollbackParams(_Params):
+    name: str
+    version: int = Field(ge=1)
+
+
+class StartParams(_Params):
+    workflow: str
+    version: int | None = Field(None, ge=1)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(None, alias="idempotencyKey", max_length=256)
+
+
+class RunParams(_Params):
+    run_id: str = Field(alias="runId")
+
+
+class WaitParams(RunParams):
+    timeout: float | None = Field(None, gt=0, le=3600)
+
+
+class SignalParams(RunParams):
+    event: str = Field(min_length=1, max_length=256)
+    data: Any = None
+
+
+class EventsParams(RunParams):
+    since: int = Field(0, ge=0)
+    limit: int = Field(1000, ge=1, le=10000)
+
+
+class ListParams(_Params):
+    workflow: str | None = None
+    status: Literal["pending", "running", "paused", "waiting", "succeeded", "failed",
+                    "cancelled"] | None = None
+    limit: int = Field(50, ge=1, le=500)
+    cursor: str | None = None
+    created_after: float | None = Field(None, alias="createdAfter")
+    created_before: float | None = Field(None, alias="createdBefore")
+
+
+class SubscribeParams(_Params):
+    run_id: str | None = Field(None, alias="runId")
+    since: int | None = Field(None, ge=0)
+
+
+class UnsubscribeParams(_Params):
+    subscription: str
+
+
+def _summary(run: Run) -> dict[str, Any]:
+    return {"id": run.id, "workflow": run.workflow, "version": run.version,
+            "status": run.status, "created_at": run.created_at, "finished_at": run.finished_at,
+            "parent_id": run.parent_id}
+
+
+def _cursor(run: Run) -> str:
+    return f"{run.created_at!r}|{run.id}"
+
+
+def _after_cursor(runs: list[Run], cursor: str) -> list[Run]:
+    try:
+        stamp, _, run_id = cursor.partition("|")
+        key = (float(stamp), run_id)
+    except ValueError:
+        raise InvalidParams("cursor is not one this host returned") from None
+    return [r for r in runs if (r.created_at, r.id) < key]
+
+
+def _event_notification(subscription: str, event: Event) -> dict[str, Any]:
+    return {"subscription": subscription, "runId": event.run_id, "seq": event.seq,
+            "type": event.type, "step": event.step, "data": event.data, "ts": event.ts}
+
+
+def register_api(dispatcher: Dispatcher, host: Host) -> None:
+    """Add the plait methods, bound to ``host``, to ``dispatcher``."""
+    method = dispatcher.method
+
+    def engine() -> Any:
+        return host._engine()
+
+    @method("workflows/put", DefinitionParams)
+    async def put(session: Session, p: DefinitionParams) -> dict[str, Any]:
+        compiled = host.register(p.value)
+        return {"name": compiled.name, "version": compiled.version}
+
+    @method("workflows/validate", DefinitionParams)
+    async def validate(session: Session, p: DefinitionParams) -> dict[str, Any]:
+        try:
+            engine().compile(p.value)
+        except DefinitionError as exc:
+            return {"valid": False, "errors": [i.to_dict() for i in exc.issues]}
+        return {"valid": True, "errors": []}
+
+    @method("workflows/list")
+    async def list_workflows(session: Session, p: None) -> dict[str, Any]:
+        return {"workflows": [{"name": c.name, "version": c.version,
+                               "description": c.definition.description}
+                              for c in engine().catalog.current()]}
+
+    @method("workflows/get", GetWorkflowParams)
+    async def get_workflow(session: Session, p: GetWorkflowParams) -> dict[str, Any]:
+        compiled = engine().catalog.get(p.name, p.version)
+        return {"workflow": compiled.definition.to_dict() | {"version": compiled.version}}
+
+    @method("workflows/delete", NameParams)
+    async def delete(session: Session, p: NameParams) -> dict[str, Any]:
+        engine().catalog.remove(p.name)
+        return {}
+
+    @method("workflows/versions", NameParams)
+    async def versions(session: Session, p: NameParams) -> dict[str, Any]:
+        return {"versions": engine().catalog.versions(p.name)}
+
+    @method("workflows/rollback", RollbackParams)
+    async def rollback(session: Session, p: RollbackParams) -> dict[str, Any]:
+        compiled = engine().catalog.rollback(p.name, p.version)
+        return {"name": compiled.name, "version": compiled.version}
+
+    @method("runs/start", StartParams)
+    async def start(session: Session, p: StartParams) -> dict[str, Any]:
+        eng = engine()
+        run = await eng.start(eng.catalog.get(p.workflow, p.version), p.inputs,
+                              idempotency_key=p.idempotency_key)
+        return {"runId": run.id, "status": run.status}
+
+    @method("runs/get", RunParams)
+    async def get_run(session: Session, p: RunParams) -> dict[str, Any]:
+        return {"run": engine().get_run(p.run_id).to_dict()}
+
+    @method("runs/list", ListParams)
+    async def list_runs(session: Session, p: ListParams) -> dict[str, Any]:
+        runs = engine().list_runs(workflow=p.workflow, status=p.status)
+        if p.created_after is not None:
+            runs = [r for r in runs if r.created_at >= p.created_after]
+        if p.created_before is not None:
+            runs = [r for r in runs if r.created_at < p.created_before]
+        if p.cursor:
+            runs = _after_cursor(runs, p.cursor)
+        page = runs[:p.limit]
+        more = len(runs) > p.limit
+        return {"runs": [_summary(r) for r in page],
+                "nextCursor": _cursor(page[-1]) if more and page else None}
+
+    @method("runs/wait", WaitParams)
+    async def wait(session: Session, p: WaitParams) -> dict[str, Any]:
+        run = engine().get_run(p.run_id)
+        with anyio.move_on_after(p.timeout):
+            await run.wait()
+        return {"run": run.to_dict()}
+
+    @method("runs/cancel", RunParams)
+    async def cancel(session: Session, p: RunParams) -> dict[str, Any]:
+        return {"run": engine().cancel(p.run_id).to_dict()}
+
+    @method("runs/pause", RunParams)
+    async def pause(session: Session, p: RunParams) -> dict[str, Any]:
+        return {"run": engine().pause(p.run_id).to_dict()}
+
+    @method("runs/resume", RunParams)
+    async def resume(session: Session, p: RunParams) -> dict[str, Any]:
+        return {"run": engine().resume(p.run_id).to_dict()}
+
+    @method("runs/signal", SignalParams)
+    async def signal(session: Session, p: SignalParams) -> dict[str, Any]:
+        engine().signal(p.run_id, p.event, p.data)
+        return {}
+
+    @method("runs/events", EventsParams)
+    async def events(session: Session, p: EventsParams) -> dict[str, Any]:
+        run = engine().get_run(p.run_id)
+        chosen = run.events[p.since:p.since + p.limit]
+        return {"events": [e.to_dict() for e in chosen]}
+
+    @method("runs/subscribe", SubscribeParams)
+    async def subscribe(session: Session, p: SubscribeParams) -> dict[str, Any]:
+        if len(session.subscriptions) >= MAX_SUBSCRIPTIONS:
+            raise Busy(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
+        eng = engine()
+        subscription = uuid.uuid4().hex[:16]
+        if p.run_id is None and p.since is not None:
+            raise InvalidParams("since needs a runId: sequence numbers are per run")
+        run = eng.get_run(p.run_id) if p.run_id is not None else None
+        # Events wait in `held` until the reply carrying the subscription id is queued, then
+        # the backlog and whatever arrived meanwhile go out in order: no gap, no repeat.
+        held: list[Event] = list(run.events[p.since or 0:]) if run is not None else []
+        live = False
+
+        def forward(event: Event) -> None:
+            if live:
+                session.notify("runs/event", _event_notification(subscription, event))
+            else:
+                held.append(event)
+
+        def go_live() -> None:
+            nonlocal live
+            for event in held:
+                session.notify("runs/event", _event_notification(subscription, event))
+            held.clear()
+            live = True
+
+        if run is None:
+            eng.listeners.append(forward)
+            session.subscriptions[subscription] = lambda: eng.listeners.remove(forward)
+        else:
+            session.subscriptions[subscription] = run.listen(forward)
+        session.after_reply(go_live)
+        return {"subscription": subscription}
+
+    @method("runs/unsubscribe", UnsubscribeParams)
+    async def unsubscribe(session: Session, p: UnsubscribeParams) -> dict[str, Any]:
+        undo = session.subscriptions.pop(p.subscription, None)
+        if undo is None:
+            raise InvalidParams(f"no subscription {p.subscription!r} on this connection")
+        undo()
+        return {}
+
+    @method("plugins/list")
+    async def plugins(session: Session, p: None) -> dict[str, Any]:
+        return {"plugins": [i.to_dict() for i in host.pm.info()],
+                "failed": [f.to_dict() for f in host.pm.failures]}
+
+    @method("host/info")
+    async def info(session: Session, p: None) -> dict[str, Any]:
+        eng = engine()
+        statuses: dict[str, int] = {}
+        for run in eng.runs.values():
+            statuses[run.status] = statuses.get(run.status, 0) + 1
+        return {
+            "name": "plait", "version": host.version,
+            "uptime": time.time() - (host.started_at or time.time()),
+            "limits": host.config.limits.model_dump(),
+            "counts": {"workflows": len(eng.catalog.names()), "runs": len(eng.runs),
+                       "runsByStatus": statuses, "connections": len(host.sessions),
+                       "tools": len(eng.registries.tools)},
+            "dataDir": str(host.data_dir) if host.data_dir else None,
+        }

@@ -1,0 +1,84 @@
+"""Reading and writing JSON-RPC messages: strict JSON in, standard JSON out.
+
+Python's ``json`` accepts ``NaN`` and ``Infinity`` and parses integers of any length; the wire
+must not. Nesting is bounded before parsing, so a deeply nested message costs a scan, not a
+recursion.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from plait.rpc.errors import InternalError, ParseError
+
+__all__ = ["MAX_DEPTH", "MAX_DIGITS", "decode", "encode"]
+
+MAX_DEPTH = 64
+"""Deepest nesting of arrays and objects accepted in a message."""
+MAX_DIGITS = 4300
+"""Longest integer literal accepted (Python's own int-to-string limit)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_DIGITS:
+        raise ValueError("number too long")
+    return int(text)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_parse_int)
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+def _too_deep(text: str, limit: int) -> bool:
+    """Bracket depth outside strings, in one pass without recursion."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+def decode(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse one message; raise :class:`ParseError` for anything that is not strict JSON."""
+    if isinstance(text, bytes | bytearray):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ParseError(data={"reason": "not UTF-8"}) from None
+    # Cheap pre-check: only texts with many brackets can be too deep.
+    if text.count("[") + text.count("{") > max_depth and _too_deep(text, max_depth):
+        raise ParseError(data={"reason": f"nested deeper than {max_depth}"})
+    try:
+        return _DECODER.decode(text)
+    except (ValueError, RecursionError) as exc:
+        reason = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise ParseError(data={"reason": reason[:200]}) from None
+
+
+def encode(message: Any) -> str:
+    """Serialize a message as standard JSON; raise :class:`InternalError` if it cannot be."""
+    try:
+        return _ENCODER.encode(message)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InternalError(data={"reason": f"result is not JSON: {type(exc).__name__}"}) \
+            from None

@@ -1,0 +1,195 @@
+"""MCP over the same dispatcher: the handshake, tools (host tools and every workflow), cancel.
+
+Every registered workflow is also a tool, ``workflow.<name>``, whose input schema is the
+workflow's inputs; calling it starts a run, reports progress when the call carries a progress
+token, and returns the run's outputs. ``server/discover`` (the stateless revision's probe) is
+deliberately not a method: its -32601 answer makes current SDK clients fall back to
+``initialize`` at once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field
+
+from plait.errors import InputsInvalid, RunError
+from plait.rpc.dispatcher import Dispatcher
+from plait.rpc.errors import InvalidParams, NotFound
+from plait.rpc.session import CURRENT_REQUEST, Session, id_key
+from plait.runs import Event
+
+if TYPE_CHECKING:
+    from plait.app import Host
+
+__all__ = ["PROTOCOL_VERSIONS", "WORKFLOW_TOOL_PREFIX", "register_mcp"]
+
+PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
+"""MCP revisions this host speaks, newest first; an unknown request gets the newest."""
+WORKFLOW_TOOL_PREFIX = "workflow."
+"""Workflows appear as tools named ``workflow.<name>``."""
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class InitializeParams(_Params):
+    protocol_version: str = Field(alias="protocolVersion")
+    capabilities: dict[str, Any] = Field(default_factory=dict)
+    client_info: dict[str, Any] = Field(default_factory=dict, alias="clientInfo")
+
+
+class ListToolsParams(_Params):
+    cursor: str | None = None
+
+
+class CallToolParams(_Params):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict, alias="_meta")
+
+
+class CancelledParams(_Params):
+    request_id: str | int | None = Field(None, alias="requestId")
+    reason: str | None = None
+
+
+def _text_result(value: Any, *, error: bool = False) -> dict[str, Any]:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": error}
+    if isinstance(value, dict) and not error:
+        result["structuredContent"] = value
+    return result
+
+
+def register_mcp(dispatcher: Dispatcher, host: Host) -> None:
+    """Add the MCP methods, bound to ``host``, to ``dispatcher``."""
+    method = dispatcher.method
+
+    @method("initialize", InitializeParams, before_init=True)
+    async def initialize(session: Session, p: InitializeParams) -> dict[str, Any]:
+        version = (p.protocol_version if p.protocol_version in PROTOCOL_VERSIONS
+                   else PROTOCOL_VERSIONS[0])
+        session.mcp_version = version
+        session.client_capabilities = p.capabilities
+        session.client_info = p.client_info
+        session.initialized = True
+        return {
+            "protocolVersion": version,
+            "capabilities": {"tools": {"listChanged": False}},
+            "serverInfo": {"name": "plait", "version": host.version},
+            "instructions": "plait runs workflows of tools and agents. Every registered "
+                            "workflow is a tool named workflow.<name>.",
+        }
+
+    @method("notifications/initialized", _Params, before_init=True)
+    async def initialized(session: Session, p: _Params) -> None:
+        return None
+
+    @method("ping", _Params, before_init=True)
+    async def ping(session: Session, p: _Params) -> dict[str, Any]:
+        return {}
+
+    @method("notifications/cancelled", CancelledParams, before_init=True)
+    async def cancelled(session: Session, p: CancelledParams) -> None:
+        key = id_key(p.request_id)
+        scope = session.inflight.get(key)
+        if scope is not None:
+            session.cancelled.add(key)
+            scope.cancel()
+        return None
+
+    @method("tools/list", ListToolsParams, mcp=True)
+    async def list_tools(session: Session, p: ListToolsParams) -> dict[str, Any]:
+        return {"tools": host_tools(host)}
+
+    @method("tools/call", CallToolParams, mcp=True)
+    async def call_tool(session: Session, p: CallToolParams) -> dict[str, Any]:
+        if p.name.startswith(WORKFLOW_TOOL_PREFIX):
+            return await _call_workflow(host, session, p)
+        engine = host._engine()
+        tool = engine.registries.tools.get(p.name)
+        if tool is None:
+            raise NotFound(f"unknown tool {p.name!r}")
+        _check_arguments(tool.input_schema, p.arguments, p.name)
+        try:
+            value = await engine.tools.call(p.name, p.arguments)
+        except RunError as exc:
+            return _text_result(str(exc), error=True)
+        return _text_result(value)
+
+
+def host_tools(host: Host) -> list[dict[str, Any]]:
+    """The MCP tool list: registered tools, then one tool per workflow."""
+    engine = host._engine()
+    tools = [{"name": t.name, "description": t.description or t.name,
+              "inputSchema": t.input_schema}
+             for t in (engine.registries.tools[n] for n in engine.registries.tools.names())]
+    for compiled in engine.catalog.current():
+        schema = dict(compiled.definition.inputs)
+        schema.setdefault("type", "object")
+        tools.append({"name": f"{WORKFLOW_TOOL_PREFIX}{compiled.name}",
+                      "description": compiled.definition.description
+                      or f"Run the workflow {compiled.name}",
+                      "inputSchema": schema})
+    return tools
+
+
+def _check_arguments(schema: dict[str, Any], arguments: dict[str, Any], name: str) -> None:
+    try:
+        validator = Draft202012Validator(schema)
+        problems = [f"{'.'.join(str(p) for p in e.absolute_path) or 'arguments'}: {e.message}"
+                    for e in validator.iter_errors(arguments)]
+    except SchemaError as exc:
+        problems = [f"the tool's input schema is invalid: {exc.message}"]
+    if problems:
+        raise InvalidParams(f"invalid arguments for {name}: " + "; ".join(problems),
+                            {"problems": problems})
+
+
+async def _call_workflow(host: Host, session: Session, p: CallToolParams) -> dict[str, Any]:
+    engine = host._engine()
+    name = p.name[len(WORKFLOW_TOOL_PREFIX):]
+    compiled = engine.catalog.get(name)
+    _check_arguments(compiled.definition.inputs, p.arguments, p.name)
+    try:
+        run = await engine.start(compiled, p.arguments)
+    except InputsInvalid as exc:
+        raise InvalidParams(str(exc), {"problems": exc.problems}) from None
+    token = p.meta.get("progressToken")
+    undo = None
+    if token is not None:
+        def progress(event: Event) -> None:
+            if event.type.startswith("step.") and event.type != "step.started" and (
+                    event.step and "." not in event.step and "[" not in event.step):
+                done = run.progress()
+                session.notify("notifications/progress", {
+                    "progressToken": token, "progress": done["done"],
+                    "total": done["total"], "message": f"{event.step}: {event.type[5:]}"})
+
+        undo = run.listen(progress)
+    key = _current_request(session)
+    try:
+        await run.wait()
+    except anyio.get_cancelled_exc_class():
+        # notifications/cancelled stops the run; a dropped connection leaves it running.
+        if key is not None and key in session.cancelled and not run.done:
+            engine.cancel(run.id)
+        raise
+    finally:
+        if undo is not None:
+            undo()
+    if run.status != "succeeded":
+        message = (run.error or {}).get("message", run.status)
+        return _text_result(f"run {run.id} {run.status}: {message}", error=True)
+    return _text_result(run.outputs or {}) | {"_meta": {"runId": run.id}}
+
+
+def _current_request(session: Session) -> tuple[str, Any] | None:
+    """The in-flight key of the request being handled (set by the dispatcher)."""
+    return CURRENT_REQUEST.get(None)

@@ -1,0 +1,196 @@
+"""One connected client: what it negotiated, what it has in flight, and a bounded way to reach it.
+
+A transport creates a :class:`Session` per connection and gives it a ``deliver`` callback that
+queues one text frame or line without waiting. The queue is bounded in messages and bytes: a
+client that stops reading is dropped instead of growing the host's memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import uuid
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from plait.rpc.codec import encode
+from plait.rpc.errors import RpcError
+
+__all__ = ["CURRENT_REQUEST", "REPLY_HOOKS", "Session", "SessionClosed", "id_key"]
+
+log = logging.getLogger("plait.rpc")
+
+REPLY_HOOKS: ContextVar[list[Callable[[], None]] | None] = ContextVar("plait_reply_hooks")
+"""Callbacks to run once the reply to the message being handled is queued."""
+
+CURRENT_REQUEST: ContextVar[tuple[str, Any] | None] = ContextVar("plait_current_request")
+"""The in-flight key of the request a handler is answering."""
+
+MODERN_BATCHLESS = "2025-06-18"
+"""MCP revisions from this one on receive no batches."""
+
+
+class SessionClosed(Exception):
+    """The client is gone, or was dropped for not reading."""
+
+
+def id_key(request_id: Any) -> tuple[str, Any]:
+    """A dict key that keeps ``1`` and ``"1"`` apart."""
+    return (type(request_id).__name__, request_id)
+
+
+class Session:
+    """State of one client connection, shared by every request it sends."""
+
+    def __init__(
+        self,
+        *,
+        transport: str,
+        strict_mcp: bool = False,
+        max_queue: int = 1000,
+        max_queue_bytes: int = 8 << 20,
+        max_inflight: int = 64,
+        on_overflow: Callable[[], None] | None = None,
+    ) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.transport = transport
+        self.strict_mcp = strict_mcp
+        """stdio: every MCP rule applies, and ``initialize`` must come first."""
+        self.mcp_version: str | None = None
+        self.initialized = False
+        self.client_info: dict[str, Any] = {}
+        self.client_capabilities: dict[str, Any] = {}
+        self.inflight: dict[tuple[str, Any], anyio.CancelScope] = {}
+        self.cancelled: set[tuple[str, Any]] = set()
+        self.max_inflight = max_inflight
+        self.subscriptions: dict[str, Callable[[], None]] = {}
+        self._pending: dict[str, tuple[anyio.Event, list[Any]]] = {}
+        self._ids = itertools.count(1)
+        self._send, self._receive = anyio.create_memory_object_stream[str](max_queue)
+        self._queued_bytes = 0
+        self.max_queue_bytes = max_queue_bytes
+        self.on_overflow = on_overflow
+        self.closed = False
+
+    # -- sending -----------------------------------------------------------------------------
+
+    @property
+    def outbox(self) -> MemoryObjectReceiveStream[str]:
+        """What the transport's writer task sends, in order."""
+        return self._receive
+
+    def sent(self, text: str) -> None:
+        """The writer reports a frame as sent, so its bytes leave the budget."""
+        self._queued_bytes -= len(text)
+
+    def deliver(self, message: dict[str, Any] | list[Any] | str) -> None:
+        """Queue a message without waiting; drop the client if its queue is full."""
+        if self.closed:
+            raise SessionClosed(self.id)
+        text = message if isinstance(message, str) else encode(message)
+        if self._queued_bytes + len(text) > self.max_queue_bytes:
+            self._overflow("bytes")
+        try:
+            self._send.send_nowait(text)
+        except anyio.WouldBlock:
+            self._overflow("messages")
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise SessionClosed(self.id) from None
+        self._queued_bytes += len(text)
+
+    def _overflow(self, what: str) -> None:
+        log.warning("session %s: send queue full (%s); dropping the client", self.id, what)
+        self.close()
+        if self.on_overflow is not None:
+            self.on_overflow()
+        raise SessionClosed(self.id)
+
+    def after_reply(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` right after the reply to the current message is queued."""
+        hooks = REPLY_HOOKS.get(None)
+        if hooks is None:
+            callback()
+        else:
+            hooks.append(callback)
+
+    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        """Send a notification; silently nothing if the client is gone."""
+        message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = params
+        try:
+            self.deliver(message)
+        except SessionClosed:
+            pass
+
+    async def request(self, method: str, params: dict[str, Any] | None = None, *,
+                      timeout: float = 60.0) -> Any:
+        """Send a request to the client and wait for its answer (host → client, e.g. sampling).
+
+        Raises:
+            TimeoutError: no answer in time.
+            RpcError: the client answered with an error.
+            SessionClosed: the client went away.
+        """
+        request_id = f"plait-{next(self._ids)}"
+        done = anyio.Event()
+        box: list[Any] = []
+        self._pending[request_id] = (done, box)
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        try:
+            self.deliver(message)
+            with anyio.fail_after(timeout):
+                await done.wait()
+        finally:
+            self._pending.pop(request_id, None)
+        outcome = box[0]
+        if isinstance(outcome, RpcError):
+            raise outcome
+        if outcome is SessionClosed:
+            raise SessionClosed(self.id)
+        return outcome
+
+    def resolve(self, message: dict[str, Any]) -> bool:
+        """Match a response from the client to a request the host sent; False if unknown."""
+        entry = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+        if entry is None:
+            return False
+        done, box = entry
+        if "error" in message and isinstance(message["error"], dict):
+            box.append(RpcError.from_error_data(message["error"]))
+        else:
+            box.append(message.get("result"))
+        done.set()
+        return True
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def batches_allowed(self) -> bool:
+        """JSON-RPC batches, except under MCP 2025-06-18 or later."""
+        return self.mcp_version is None or self.mcp_version < MODERN_BATCHLESS
+
+    def close(self) -> None:
+        """Stop sending, end subscriptions and fail requests waiting on the client."""
+        if self.closed:
+            return
+        self.closed = True
+        for undo in self.subscriptions.values():
+            undo()
+        self.subscriptions.clear()
+        for done, box in self._pending.values():
+            box.append(SessionClosed)
+            done.set()
+        self._send.close()
+
+    @property
+    def sender(self) -> MemoryObjectSendStream[str]:
+        """The queue's sending end (for transports that need to close it)."""
+        return self._send
