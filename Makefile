@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/plait run examples/review.yaml --config examples/plait.toml
+	$(BIN)/plait serve --config examples/plait.toml --workflows examples
 
 test: $(STAMP)
 	$(BIN)/ruff check .

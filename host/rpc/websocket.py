@@ -96,7 +96,8 @@ class WebSocketTransport:
             return _refuse(connection, HTTPStatus.FORBIDDEN, "Host header not allowed")
         if url.path == HEALTH_PATH:
             return connection.respond(HTTPStatus.OK, json.dumps({
-                "status": "ok", "name": "plait", "version": self.host.version}) + "\n")
+                "status": "ok", "name": "plait", "version": self.host.version,
+                "connections": self.open, "limits": self.limits.model_dump()}) + "\n")
         if url.path != RPC_PATH:
             return _refuse(connection, HTTPStatus.NOT_FOUND, f"the endpoint is {RPC_PATH}")
         origin = request.headers.get("Origin")
