@@ -270,12 +270,8 @@ class Dispatcher:
             error: dict[str, Any] = {"code": response.code, "message": response.message}
             if response.code == -32601:
                 error["message"] = f"Method not found: {message['method']}"
-            elif response.code == -32602 and response.data is not None:
-                error["data"] = {"reason": "params must be given by name"}
-            elif response.data is not None and not isinstance(response.data, str | type(None)):
-                error["data"] = response.data
-            elif isinstance(response.data, str) and response.code != -32603:
-                error["data"] = response.data
+            elif isinstance(response.data, dict | list):
+                error["data"] = response.data  # ours; the library's own data is raw text
             return {"jsonrpc": "2.0", "error": error, "id": response.id}
         return None
 

@@ -75,13 +75,16 @@ class Session:
         self._queued_bytes = 0
         self.max_queue_bytes = max_queue_bytes
         self.on_overflow = on_overflow
+        self._has_writer = False
         self.closed = False
 
     # -- sending -----------------------------------------------------------------------------
 
     @property
     def outbox(self) -> MemoryObjectReceiveStream[str]:
-        """What the transport's writer task sends, in order."""
+        """What the transport's writer task sends, in order. The writer owns it: it reads
+        until the session closes (the rest of the queue drains first) and then closes it."""
+        self._has_writer = True
         return self._receive
 
     def sent(self, text: str) -> None:
@@ -189,6 +192,8 @@ class Session:
             box.append(SessionClosed)
             done.set()
         self._send.close()
+        if not self._has_writer:
+            self._receive.close()
 
     @property
     def sender(self) -> MemoryObjectSendStream[str]:

@@ -30,10 +30,11 @@ async def serve_stdio(dispatcher: Dispatcher, sessions: set[Session], *,
     slots = anyio.Semaphore(max_inflight + 8)
 
     async def write_out() -> None:
-        async for text in session.outbox:
-            await writer.write(text.encode() + b"\n")
-            await writer.flush()
-            session.sent(text)
+        async with session.outbox as outbox:
+            async for text in outbox:
+                await writer.write(text.encode() + b"\n")
+                await writer.flush()
+                session.sent(text)
 
     async def serve_one(line: bytes) -> None:
         try:

@@ -152,9 +152,10 @@ class WebSocketTransport:
 
     async def _writer(self, ws: ServerConnection, session: Session) -> None:
         try:
-            async for text in session.outbox:
-                await ws.send(text)
-                session.sent(text)
+            async with session.outbox as outbox:
+                async for text in outbox:
+                    await ws.send(text)
+                    session.sent(text)
         except ConnectionClosed:
             pass
 
