@@ -263,7 +263,8 @@ class Dispatcher:
             context=session, post_process=lambda r: r, request=message)  # type: ignore[arg-type]
         if response is None:
             return None
-        response = getattr(response, "_value", response)  # jsonrpcserver's Left/Right
+        # jsonrpcserver answers with oslash's Right(success) / Left(error).
+        response = getattr(response, "_value", getattr(response, "_error", response))
         if isinstance(response, SuccessResponse):
             return {"jsonrpc": "2.0", "result": response.result, "id": response.id}
         if isinstance(response, ErrorResponse):

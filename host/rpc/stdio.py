@@ -10,6 +10,7 @@ import sys
 from typing import IO
 
 import anyio
+import anyio.to_thread
 
 from plait.rpc.codec import encode
 from plait.rpc.dispatcher import Dispatcher
@@ -23,8 +24,14 @@ async def serve_stdio(dispatcher: Dispatcher, sessions: set[Session], *,
                       max_message_bytes: int, stdin: IO[bytes] | None = None,
                       stdout: IO[bytes] | None = None, max_inflight: int = 64) -> None:
     """Serve one MCP client on stdin/stdout until stdin closes."""
-    reader = anyio.wrap_file(stdin or sys.stdin.buffer)
+    source = stdin or sys.stdin.buffer
     writer = anyio.wrap_file(stdout or sys.stdout.buffer)
+
+    async def readline(limit: int) -> bytes:
+        # A worker thread per read keeps the event loop free; the size bound keeps one
+        # endless line from growing memory.
+        return await anyio.to_thread.run_sync(source.readline, limit, abandon_on_cancel=True)
+
     session = Session(transport="stdio", strict_mcp=True, max_inflight=max_inflight)
     sessions.add(session)
     slots = anyio.Semaphore(max_inflight + 8)
@@ -46,14 +53,14 @@ async def serve_stdio(dispatcher: Dispatcher, sessions: set[Session], *,
         async with anyio.create_task_group() as tg:
             tg.start_soon(write_out)
             while True:
-                line = await reader.readline(max_message_bytes + 1)
+                line = await readline(max_message_bytes + 1)
                 if not line:
                     break
                 if len(line) > max_message_bytes and not line.endswith(b"\n"):
                     session.deliver(encode({"jsonrpc": "2.0", "id": None, "error": InvalidRequest(
                         f"message larger than {max_message_bytes} bytes").to_error_data()}))
                     while line and not line.endswith(b"\n"):  # skip the rest of it
-                        line = await reader.readline(max_message_bytes + 1)
+                        line = await readline(max_message_bytes + 1)
                     continue
                 if not line.strip():
                     continue
