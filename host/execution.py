@@ -165,9 +165,9 @@ class ScopeExecution:
             event_data["output"] = output
         elif error is not None:
             event_data["error"] = error
-        run.set_step(path, status, event_data, output=output, error=error)  # type: ignore[arg-type]
         if self.parent is None:
-            run.settled_steps += 1
+            run.settled_steps += 1  # counted before the event, so listeners see the progress
+        run.set_step(path, status, event_data, output=output, error=error)  # type: ignore[arg-type]
         self.rx.engine.observe_step_finished(run, path, status)
         ready = []
         waiting = self.waiting

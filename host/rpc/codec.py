@@ -21,7 +21,7 @@ MAX_DIGITS = 4300
 
 
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise ValueError("non-finite number constants are not JSON")
 
 
 def _parse_int(text: str) -> int:
