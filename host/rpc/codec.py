@@ -8,6 +8,7 @@ recursion.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from plait.rpc.errors import InternalError, ParseError
@@ -30,7 +31,15 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_parse_int)
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 overflows to infinity
+        raise ValueError("number out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_parse_int,
+                            parse_float=_parse_float)
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 

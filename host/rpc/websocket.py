@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,26 @@ if TYPE_CHECKING:
 __all__ = ["RPC_PATH", "WebSocketTransport"]
 
 log = logging.getLogger("plait.ws")
+
+
+class _RedactToken(logging.Filter):
+    """websockets traces handshakes at DEBUG; the token must never reach a log."""
+
+    _PATTERNS = (re.compile(r"(token=)[^&\s]+"), re.compile(r"(Bearer )\S+"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = message
+        for pattern in self._PATTERNS:
+            redacted = pattern.sub(r"\1<redacted>", redacted)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+protocol_log = logging.getLogger("plait.ws.protocol")
+"""The logger websockets writes its protocol trace to, with the token redacted."""
+protocol_log.addFilter(_RedactToken())
 
 RPC_PATH = "/rpc"
 """Where the JSON-RPC endpoint is."""
@@ -69,7 +90,7 @@ class WebSocketTransport:
             self._connection, self.bind, self.host.config.host.port,
             process_request=self._check, max_size=self.limits.max_message_bytes,
             ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT, open_timeout=OPEN_TIMEOUT,
-            server_header="plait", logger=log,
+            server_header="plait", logger=protocol_log,
         )
         sockets = list(self.server.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else self.host.config.host.port
