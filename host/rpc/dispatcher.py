@@ -193,7 +193,7 @@ class Dispatcher:
             return encode(_error(InvalidRequest(
                 f"batch too large: {len(items)} items; the limit is {self.max_batch}"), None))
         results: list[dict[str, Any] | None] = [None] * len(items)
-        limiter = anyio.CapacityLimiter(self.batch_concurrency)
+        limiter = session.batch_limiter(self.batch_concurrency)
 
         async def one(i: int, item: Any) -> None:
             async with limiter:

@@ -77,6 +77,14 @@ class Session:
         self.on_overflow = on_overflow
         self._has_writer = False
         self.closed = False
+        self._batch_limiter: anyio.CapacityLimiter | None = None
+
+    def batch_limiter(self, concurrency: int) -> anyio.CapacityLimiter:
+        """The limiter every batch of this connection shares, so that two batches sent at once
+        still run at most ``concurrency`` items together (RELIABILITY 13)."""
+        if self._batch_limiter is None:
+            self._batch_limiter = anyio.CapacityLimiter(concurrency)
+        return self._batch_limiter
 
     # -- sending -----------------------------------------------------------------------------
 
