@@ -7,6 +7,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -15,6 +16,12 @@ import anyio
 
 from plait.compiler import CompiledWorkflow
 from plait.config import HostConfig, load_config
+from plait.datadir import (
+    DataDirLock,
+    ensure_private_dir,
+    remove_host_info,
+    write_host_info,
+)
 from plait.engine import Engine
 from plait.errors import ConfigError, DefinitionError
 from plait.memo import ToolCache
@@ -27,8 +34,9 @@ from plait.rpc.session import Session
 from plait.rpc.stdio import serve_stdio
 from plait.rpc.websocket import RPC_PATH, WebSocketTransport
 from plait.runs import Run
+from plait.store import SqliteStore
 
-__all__ = ["Host", "ensure_private_dir"]
+__all__ = ["Host"]
 
 log = logging.getLogger("plait.host")
 
@@ -37,14 +45,8 @@ WORKFLOW_SUFFIXES = (".yaml", ".yml", ".json")
 TOKEN_FILE = "token"
 """The per-launch token, in the data dir, mode 0600."""
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) with mode 0700, and tighten it if it already exists."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return path
+PACE_SECONDS = 0.25
+"""How long event publication waits for a congested connection to drain before going on."""
 
 
 class Host:
@@ -78,6 +80,10 @@ class Host:
         self.started_at: float | None = None
         self.load_errors: dict[str, DefinitionError] = {}
         self.engine: Engine | None = None
+        self.store: SqliteStore | None = None
+        self.recovered: list[Run] = []
+        """The runs the last start found unfinished and resumed."""
+        self._stack: AsyncExitStack | None = None
         self.sessions: set[Session] = set()
         """Connected clients, on any transport."""
         self.version = _version()
@@ -94,26 +100,59 @@ class Host:
         return ToolCache(self.data_dir / "cache", size_limit=self.config.cache.size_limit)
 
     async def __aenter__(self) -> Host:
-        if self.data_dir is not None:
-            ensure_private_dir(self.data_dir)
-        cache = self._cache()
-        cache.open()
-        self.engine = Engine(self.pm, self.config, cache=cache)
-        if self.config.host.workflows:
-            self.load_folder(self.config.host.workflows)
-        await self.engine.__aenter__()
-        self.started_at = time.time()
-        self.pm.hook.host_started.call_historic(kwargs={"host": self})
+        """Lock the data dir, open the store and cache, load workflows, resume runs.
+
+        Raises:
+            DataDirLocked: another host uses the data dir.
+            StoreCorrupt: the store is damaged; it is left untouched.
+        """
+        async with AsyncExitStack() as stack:
+            if self.data_dir is not None:
+                ensure_private_dir(self.data_dir)
+            if self.config.durable:
+                assert self.data_dir is not None
+                lock = DataDirLock(self.data_dir)
+                lock.acquire()
+                stack.callback(lock.release)
+                self.store = await stack.enter_async_context(
+                    SqliteStore(self.data_dir, self.config.store))
+                self.store.pace = self.pace
+            cache = self._cache()
+            cache.open()
+            stack.callback(cache.close)
+            self.engine = Engine(self.pm, self.config, cache=cache, store=self.store)
+            await stack.enter_async_context(self.engine)
+            stack.push_async_callback(self._stopping)
+            if self.config.host.workflows:
+                self.load_folder(self.config.host.workflows)
+            self.recovered = await self.engine.recover()
+            if self.recovered:
+                log.info("resumed %d unfinished run(s)", len(self.recovered))
+            self.started_at = time.time()
+            self.pm.hook.host_started.call_historic(kwargs={"host": self})
+            self._stack = stack.pop_all()
         return self
+
+    async def pace(self) -> None:
+        """Let connections that fell behind a burst of events catch up, briefly.
+
+        Only clients that keep draining are waited for; one that drains nothing within
+        :data:`PACE_SECONDS` is marked stalled, no longer waited for, and dropped when its
+        bounded queue overflows (RELIABILITY item 31).
+        """
+        await anyio.sleep(0)
+        for session in [s for s in self.sessions if s.congested and not s.stalled]:
+            await session.drained(PACE_SECONDS)
+
+    async def _stopping(self) -> None:
+        self.pm.call_isolated("host_stopping", host=self)
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        assert self.engine is not None
-        self.pm.call_isolated("host_stopping", host=self)
-        try:
-            await self.engine.__aexit__(exc_type, exc, tb)
-        finally:
-            self.engine.cache.close()
+        """Stop: runs in flight are left as they are in the store, resumed by the next start."""
+        assert self._stack is not None
+        stack, self._stack = self._stack, None
+        await stack.__aexit__(exc_type, exc, tb)
 
     def _engine(self) -> Engine:
         if self.engine is None:
@@ -138,19 +177,20 @@ class Host:
         return self._engine().register(source)
 
     async def start_run(self, workflow: str, inputs: Mapping[str, Any] | None = None, *,
-                        version: int | None = None) -> str:
-        """Start a run of a registered workflow; returns its id at once."""
+                        version: int | None = None, idempotency_key: str | None = None) -> str:
+        """Start a run of a registered workflow; returns its id once the start is kept."""
         engine = self._engine()
-        run = await engine.start(engine.catalog.get(workflow, version), inputs)
+        run = await engine.start(engine.catalog.get(workflow, version), inputs,
+                                 idempotency_key=idempotency_key)
         return run.id
 
     async def wait(self, run_id: str) -> Run:
         """Return the run once it is terminal."""
         return await self._engine().wait(run_id)
 
-    def get_run(self, run_id: str) -> Run:
-        """The run with that id."""
-        return self._engine().get_run(run_id)
+    async def get_run(self, run_id: str) -> Run:
+        """The run with that id, live or from the store."""
+        return await self._engine().load_run(run_id)
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -196,11 +236,16 @@ class Host:
         port = await transport.start()
         try:
             shown = f"[{settings.bind}]" if ":" in settings.bind else settings.bind
+            url = f"ws://{shown}:{port}{RPC_PATH}"
+            if self.data_dir is not None:
+                write_host_info(self.data_dir, url=url)
             if ready is not None:
-                ready(f"ws://{shown}:{port}{RPC_PATH}", token)
+                ready(url, token)
             await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True):
+                if self.data_dir is not None:
+                    remove_host_info(self.data_dir)
                 await transport.stop()
 
     async def serve_stdio(self) -> None:

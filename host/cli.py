@@ -119,7 +119,7 @@ def _engine(config: HostConfig, *, cache: bool = False) -> Engine:
                                blocked=config.plugins.disabled)
     tool_cache = ToolCache(None)
     if cache and config.cache.enabled and not config.memory_only:
-        from plait.app import ensure_private_dir
+        from plait.datadir import ensure_private_dir
 
         data_dir = ensure_private_dir(Path(config.host.data_dir))
         tool_cache = ToolCache(data_dir / "cache", size_limit=config.cache.size_limit)

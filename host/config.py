@@ -11,7 +11,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -23,6 +23,7 @@ __all__ = [
     "HostSettings",
     "Limits",
     "PluginSettings",
+    "StoreSettings",
     "ToolSettings",
     "load_config",
 ]
@@ -87,6 +88,23 @@ class CacheSettings(_Section):
     size_limit: int = Field(1 << 30, ge=1 << 16)
 
 
+class StoreSettings(_Section):
+    """The run store: SQLite at ``<data_dir>/plait.db``."""
+
+    durable: bool = True
+    """False keeps runs in memory only, as ``data_dir = ":memory:"`` does, but still keeps the
+    cache and token in the data dir (for tests and benchmarks)."""
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    """``FULL``: a commit survives power loss. ``NORMAL``: fewer fsyncs; still safe against a
+    crash of the host process, but a power loss may undo the last commits."""
+    busy_timeout: float = Field(5.0, ge=5.0)
+    """Seconds a write waits for another connection's lock before it is retried."""
+    check_on_start: bool = True
+    """Run SQLite's ``quick_check`` at start, so a damaged file stops the host at once."""
+    max_pending: int = Field(50_000, ge=100)
+    """Changes waiting for the disk before new steps wait for it (backpressure)."""
+
+
 class ToolSettings(_Section):
     """Per-tool overrides: ``[tools."git.diff"]``."""
 
@@ -116,6 +134,7 @@ class HostConfig(_Section):
     host: HostSettings = Field(default_factory=HostSettings)
     limits: Limits = Field(default_factory=Limits)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
     env: EnvSettings = Field(default_factory=EnvSettings)
     tools: dict[str, ToolSettings] = Field(default_factory=dict)
@@ -125,8 +144,13 @@ class HostConfig(_Section):
 
     @property
     def memory_only(self) -> bool:
-        """Whether runs are kept in memory only."""
+        """Whether nothing at all is kept on disk (``data_dir = ":memory:"``)."""
         return self.host.data_dir == ":memory:"
+
+    @property
+    def durable(self) -> bool:
+        """Whether runs are kept in the SQLite store (survive a restart)."""
+        return not self.memory_only and self.store.durable
 
 
 def load_config(
@@ -169,7 +193,7 @@ def load_config(
         raise ConfigError(f"invalid config ({source}): {problems}") from None
 
 
-_SECTIONS = ("host", "limits", "cache", "plugins", "env")
+_SECTIONS = ("host", "limits", "cache", "store", "plugins", "env")
 
 
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:

@@ -2,6 +2,10 @@
 
 An :class:`Engine` is an async context manager owning one task group; every run is a task in
 it. It is built from a plugin manager's registries, so it names no step type or agent itself.
+
+With a store, every run records into it, replies wait for the commit of what they report, a
+finished run leaves memory (the store has it), and :meth:`Engine.recover` picks up the runs a
+stopped or crashed host left unfinished. Without one, runs live in memory only.
 """
 
 from __future__ import annotations
@@ -9,11 +13,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from copy import deepcopy
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -21,9 +23,11 @@ import anyio
 import anyio.abc
 
 from plait.agent_pool import AgentPool
+from plait.catalog import Catalog
 from plait.compiler import CompiledWorkflow, compile_workflow, definition_digest
 from plait.config import HostConfig
 from plait.errors import (
+    DefinitionError,
     InputsInvalid,
     InvalidRunState,
     RunCancelled,
@@ -31,108 +35,35 @@ from plait.errors import (
     RunNotFound,
     StepFailed,
     TemplateError,
-    WorkflowNotFound,
 )
 from plait.execution import RunExecution, ScopeExecution
 from plait.loader import load
 from plait.memo import ToolCache
 from plait.models import WorkflowDef
 from plait.plugins.manager import PluginManager
-from plait.runs import Event, Run
+from plait.recovery import RecoveredRun, replay
+from plait.runs import TERMINAL_EVENTS, Event, Run
+from plait.store import RunPage, SqliteStore, run_from_row
 from plait.templating import TemplateEngine, TemplateLimits
 from plait.tools import ToolRunner
 from plait.values import PLUGIN_ERRORS
 
-__all__ = ["Catalog", "Engine"]
+__all__ = ["Engine"]
 
 log = logging.getLogger("plait.engine")
 
 OBSERVER_SECONDS = 10.0
 """How long an async lifecycle observer may take before it is cancelled."""
-
-
-@dataclass
-class _Versions:
-    current: int
-    by_number: dict[int, CompiledWorkflow] = field(default_factory=dict)
-    created_at: dict[int, float] = field(default_factory=dict)
-
-
-class Catalog:
-    """Registered workflows by name and version; identical content keeps its version."""
-
-    def __init__(self) -> None:
-        self._workflows: dict[str, _Versions] = {}
-
-    def add(self, compiled: CompiledWorkflow) -> CompiledWorkflow:
-        """Register a compiled workflow; returns it with the version it was filed under."""
-        entry = self._workflows.get(compiled.name)
-        if entry is None:
-            compiled.version = compiled.definition.version or 1
-            entry = self._workflows[compiled.name] = _Versions(compiled.version)
-        else:
-            for existing in entry.by_number.values():
-                if existing.digest == compiled.digest:
-                    entry.current = existing.version
-                    return existing
-            compiled.version = max(entry.by_number) + 1
-        entry.by_number[compiled.version] = compiled
-        entry.created_at[compiled.version] = time.time()
-        entry.current = compiled.version
-        return compiled
-
-    def versions(self, name: str) -> list[dict[str, Any]]:
-        """``[{version, created_at, current}]`` of a workflow, oldest first."""
-        entry = self._entry(name)
-        return [{"version": v, "created_at": entry.created_at[v], "current": v == entry.current}
-                for v in sorted(entry.by_number)]
-
-    def rollback(self, name: str, version: int) -> CompiledWorkflow:
-        """Make an older version current again."""
-        entry = self._entry(name)
-        if version not in entry.by_number:
-            raise WorkflowNotFound(name, version)
-        entry.current = version
-        return entry.by_number[version]
-
-    def _entry(self, name: str) -> _Versions:
-        entry = self._workflows.get(name)
-        if entry is None:
-            raise WorkflowNotFound(name, None, self.names())
-        return entry
-
-    def current(self) -> list[CompiledWorkflow]:
-        """The current version of every workflow, by name."""
-        return [self.get(name) for name in self.names()]
-
-    def get(self, name: str, version: int | None = None) -> CompiledWorkflow:
-        """The current (or a given) version of ``name``."""
-        entry = self._workflows.get(name)
-        if entry is None:
-            raise WorkflowNotFound(name, version, self.names())
-        found = entry.by_number.get(entry.current if version is None else version)
-        if found is None:
-            raise WorkflowNotFound(name, version)
-        return found
-
-    def remove(self, name: str) -> None:
-        """Forget every version of ``name``."""
-        if self._workflows.pop(name, None) is None:
-            raise WorkflowNotFound(name, None, self.names())
-
-    def names(self) -> list[str]:
-        """Registered workflow names."""
-        return sorted(self._workflows)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._workflows
+CANCEL_SECONDS = 5.0
+"""How long ``cancel`` waits for the run to wind down before answering with where it is."""
+LIVE = ("pending", "running", "paused", "waiting")
 
 
 class Engine:
     """Compiles workflows, starts and controls runs, and serves steps their tools and agents."""
 
     def __init__(self, pm: PluginManager, config: HostConfig | None = None, *,
-                 cache: ToolCache | None = None) -> None:
+                 cache: ToolCache | None = None, store: SqliteStore | None = None) -> None:
         self.pm = pm
         self.config = config or HostConfig()
         limits = self.config.limits
@@ -141,16 +72,21 @@ class Engine:
             max_output=limits.template_output_bytes, max_seconds=limits.template_seconds))
         pm.call_isolated("prepare_jinja_environment", env=self.templates.env)
         self.cache = cache or ToolCache(None)
+        self.store = store
+        """Where runs are kept; ``None`` keeps them in memory only."""
         self.tools = ToolRunner(self.registries.tools, self.cache, self.config.tools)
         self.agents = AgentPool(self.registries.agent_providers, self.config.agents)
-        self.catalog = Catalog()
+        self.catalog = Catalog(self.compile, store)
         self.runs: dict[str, Run] = {}
+        """Runs in memory: every run without a store; with one, those not yet finished."""
         self.executions: dict[str, RunExecution] = {}
         self.idempotency: dict[str, str] = {}
         self.listeners: list[Callable[[Event], None]] = []
         """Called with every event of every run (subscriptions to all runs)."""
         self.step_limiter = anyio.CapacityLimiter(limits.max_concurrent_steps)
+        self.stopping = False
         self._run_limiters: dict[str, anyio.CapacityLimiter | None] = {}
+        self._snapshots: dict[str, CompiledWorkflow] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._observing = 0
         self._observers = {h: pm.has_impls(h) for h in
@@ -161,6 +97,8 @@ class Engine:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Engine:
+        if self.store is not None:
+            self.catalog.restore(await self.store.catalog())
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         return self
@@ -172,7 +110,10 @@ class Engine:
             with anyio.move_on_after(OBSERVER_SECONDS):
                 while self._observing:
                     await anyio.sleep(0.005)
-        self._tg.cancel_scope.cancel()  # runs still going are stopped with the engine
+        self.stopping = True
+        if self.store is not None:
+            self.store.freeze()  # runs in flight stay as they are, to be resumed next start
+        self._tg.cancel_scope.cancel()
         try:
             # The body's own exception is not handed to the task group, so it propagates as
             # itself instead of inside an exception group.
@@ -191,8 +132,17 @@ class Engine:
                                 self.config.limits)
 
     def register(self, source: WorkflowDef | Mapping[str, Any] | str) -> CompiledWorkflow:
-        """Compile and register a workflow so runs and sub-workflow steps can name it."""
+        """Compile and register a workflow so runs and sub-workflow steps can name it.
+
+        With a store the new version is queued for the disk; await :meth:`committed` before
+        telling anyone it exists.
+        """
         return self.catalog.add(self.compile(source))
+
+    async def committed(self) -> None:
+        """Return once every change made so far is on disk (at once without a store)."""
+        if self.store is not None:
+            await self.store.sync()
 
     def _load_hook(self, text: str, path: str | None) -> Mapping[str, Any] | None:
         results = self.pm.call_isolated("load_workflow", firstresult=True, source=text,
@@ -203,10 +153,31 @@ class Engine:
         """The content hash used to decide whether a definition changed."""
         return definition_digest(wf)
 
+    async def snapshot(self, digest: str | None, name: str, version: int) -> CompiledWorkflow:
+        """The compiled definition a stored run executes: its own snapshot, by digest.
+
+        Raises:
+            DefinitionError: the snapshot is missing or no longer compiles (a step type's
+                plugin is gone, say).
+        """
+        if digest is None:
+            return self.catalog.get(name, version)
+        found = self._snapshots.get(digest) or self.catalog.find(digest)
+        if found is None:
+            definition = await self.store.definition(digest) if self.store else None
+            if definition is None:
+                raise DefinitionError(f"the definition snapshot {digest[:12]} of workflow "
+                                      f"{name!r} version {version} is missing from the store")
+            found = self.compile(definition)
+            found.version = version
+        self._snapshots[digest] = found
+        return found
+
     # -- runs --------------------------------------------------------------------------------
 
     def prepare(self, compiled: CompiledWorkflow, inputs: Mapping[str, Any] | None, *,
-                run_id: str | None = None, parent_id: str | None = None) -> Run:
+                run_id: str | None = None, parent_id: str | None = None,
+                parent_step: str | None = None, idempotency_key: str | None = None) -> Run:
         """Check inputs (applying schema defaults) and create the run record."""
         values = _with_defaults(compiled.definition.inputs, dict(inputs or {}))
         problems = compiled.check_inputs(values)
@@ -214,50 +185,75 @@ class Engine:
             raise InputsInvalid(compiled.name, problems)
         run = Run(id=run_id or uuid.uuid4().hex, workflow=compiled.name,
                   version=compiled.version, inputs=values, parent_id=parent_id,
-                  total_steps=len(compiled.scope.steps))
-        self.runs[run.id] = run
-        run.listen(self._broadcast)
+                  total_steps=len(compiled.scope.steps), digest=compiled.digest,
+                  parent_step=parent_step, idempotency_key=idempotency_key)
+        if self.store is not None:
+            run.sink = self.store.record
+        self._adopt(run)
         run.record("run.created", None, {"workflow": compiled.name,
                                          "version": compiled.version, "inputs": values})
         return run
 
-    def _broadcast(self, event: Event) -> None:
+    def _adopt(self, run: Run) -> None:
+        self.runs[run.id] = run
+        if run.idempotency_key is not None:
+            self.idempotency[run.idempotency_key] = run.id
+        run.listen(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
         for listener in self.listeners:
             listener(event)
+        if event.type in TERMINAL_EVENTS and self.store is not None:
+            # Kept and told: from now on the store answers for this run.
+            run = self.runs.pop(event.run_id, None)
+            if run is not None and run.idempotency_key is not None:
+                self.idempotency.pop(run.idempotency_key, None)
 
     async def start(self, compiled: CompiledWorkflow, inputs: Mapping[str, Any] | None = None,
                     *, run_id: str | None = None, idempotency_key: str | None = None) -> Run:
-        """Create a run and start it in the background; returns at once.
+        """Create a run and start it in the background; returns once its creation is kept.
 
         With an ``idempotency_key`` already used, the existing run is returned instead.
         """
         if self._tg is None:
             raise RuntimeError("the engine is not started: use `async with engine:`")
-        if idempotency_key is not None and idempotency_key in self.idempotency:
-            return self.runs[self.idempotency[idempotency_key]]
-        run = self.prepare(compiled, inputs, run_id=run_id)
         if idempotency_key is not None:
-            run.idempotency_key = idempotency_key
-            self.idempotency[idempotency_key] = run.id
+            existing = await self._by_key(idempotency_key)
+            if existing is not None:
+                return existing
+        run = self.prepare(compiled, inputs, run_id=run_id, idempotency_key=idempotency_key)
         rx = RunExecution(self, run)
         self.executions[run.id] = rx
-        self._tg.start_soon(self._execute_quietly, rx, compiled)
-        return run
+        self._tg.start_soon(self._execute_quietly, rx, compiled, False)
+        return await run.committed()
 
-    async def _execute_quietly(self, rx: RunExecution, compiled: CompiledWorkflow) -> None:
+    async def _by_key(self, key: str) -> Run | None:
+        run_id = self.idempotency.get(key)
+        if run_id is None and self.store is not None:
+            run_id = await self.store.run_for_key(key) or self.idempotency.get(key)
+        return None if run_id is None else await self.load_run(run_id)
+
+    async def _execute_quietly(self, rx: RunExecution, compiled: CompiledWorkflow,
+                               resume: bool) -> None:
         try:
-            await self.execute(rx, compiled)
+            await self.execute(rx, compiled, resume=resume)
         except RunError:
             pass  # recorded on the run
 
-    async def execute(self, rx: RunExecution, compiled: CompiledWorkflow) -> dict[str, Any]:
-        """Run to a terminal state; returns the outputs or raises the failure (also recorded)."""
+    async def execute(self, rx: RunExecution, compiled: CompiledWorkflow, *,
+                      resume: bool = False) -> dict[str, Any]:
+        """Run to a terminal state; returns the outputs or raises the failure (also recorded).
+
+        With ``resume``, the run continues from its recovered state: a paused or waiting run
+        stays so, and the steps its events settled are replayed instead of run.
+        """
         run = rx.run
         scope = None
         try:
             with anyio.CancelScope() as cancel_scope:
                 rx.cancel_scope = cancel_scope
-                run.set_status("running")
+                if not resume or run.status == "pending":
+                    run.set_status("running")
                 self._observe("run_started", run=run)
                 scope = ScopeExecution(rx, compiled.scope, "", None)
                 rx.vars.update(self._render_top(compiled.vars, scope, "vars") or {})
@@ -269,10 +265,11 @@ class Engine:
             self._finish(rx, "cancelled", error=exc.to_dict())
             raise
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                self._finish(rx, "cancelled", error={"type": "cancelled",
-                                                     "message": "the host stopped"})
-            raise
+            if self.store is None or not self.stopping:
+                with anyio.CancelScope(shield=True):
+                    self._finish(rx, "cancelled", error={"type": "cancelled",
+                                                         "message": "the host stopped"})
+            raise  # with a store, the next start resumes the run
         except RunError as exc:
             error = exc.error if isinstance(exc, StepFailed) else exc.to_dict()
             self._finish(rx, "failed", error=error)
@@ -298,84 +295,211 @@ class Engine:
         self.executions.pop(run.id, None)
         self._observe("run_finished", run=run, outcome=status)
 
-    async def run_child(self, parent: RunExecution, step_path: str, name: str,
+    async def run_child(self, parent: RunExecution, step_path: str, attempt: int, name: str,
                         inputs: dict[str, Any], version: int | None) -> dict[str, Any]:
-        """Run a sub-workflow inside the calling step, so cancelling the parent cancels it."""
+        """Run a sub-workflow inside the calling step, so cancelling the parent cancels it.
+
+        A resumed parent finds the child its step attempt had started and continues that one.
+        """
         limit = self.config.limits.max_run_depth
         if parent.depth + 1 > limit:
             raise StepFailed(step_path, f"sub-workflow nesting is deeper than {limit} "
                                         "(max_run_depth); does a workflow call itself?")
+        parent_step = f"{step_path}#{attempt}"
+        if parent.recovered is not None and self.store is not None:
+            row = await self.store.child_run(parent.run.id, parent_step)
+            if row is not None:
+                return await self._continue_child(parent, row, step_path)
         compiled = self.catalog.get(name, version)
         try:
-            child = self.prepare(compiled, inputs, parent_id=parent.run.id)
+            child = self.prepare(compiled, inputs, parent_id=parent.run.id,
+                                 parent_step=parent_step)
         except InputsInvalid as exc:
             raise StepFailed(step_path, str(exc)) from None
         parent.run.record("run.child", step_path, {"child": child.id, "workflow": name})
         rx = RunExecution(self, child, parent.depth + 1)
         self.executions[child.id] = rx
+        return await self._child_outcome(rx, compiled, step_path, resume=False)
+
+    async def _child_outcome(self, rx: RunExecution, compiled: CompiledWorkflow | None,
+                             step_path: str, *, resume: bool) -> dict[str, Any]:
+        child = rx.run
         try:
-            return await self.execute(rx, compiled)
+            if compiled is None:
+                raise RunError(child.error["message"] if child.error else "cannot resume")
+            return await self.execute(rx, compiled, resume=resume)
         except RunError as exc:
-            raise StepFailed(step_path, f"child run {child.id} of workflow {name!r} failed: "
-                                        f"{exc}") from None
+            raise StepFailed(step_path, f"child run {child.id} of workflow {child.workflow!r} "
+                                        f"failed: {exc}") from None
+
+    async def _continue_child(self, parent: RunExecution, row: dict[str, Any],
+                              step_path: str) -> dict[str, Any]:
+        if row["status"] == "succeeded":
+            return dict(row["outputs"] or {})
+        if row["status"] in ("failed", "cancelled"):
+            message = (row["error"] or {}).get("message", row["status"])
+            raise StepFailed(step_path, f"child run {row['id']} of workflow "
+                                        f"{row['workflow']!r} {row['status']}: {message}")
+        rx, compiled = await self._restore(row, parent.depth + 1)
+        return await self._child_outcome(rx, compiled, step_path, resume=True)
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    async def recover(self) -> list[Run]:
+        """Resume every top-level run the store holds unfinished; returns them.
+
+        Paused runs stay paused and waiting runs keep waiting (with their deadlines); a run
+        whose definition no longer compiles fails with the reason instead of vanishing.
+        """
+        if self.store is None or self._tg is None:
+            return []
+        resumed = []
+        for row in await self.store.unfinished_runs():
+            rx, compiled = await self._restore(row, 0)
+            resumed.append(rx.run)
+            if compiled is not None:
+                self._tg.start_soon(self._execute_quietly, rx, compiled, True)
+        return resumed
+
+    async def _restore(self, row: dict[str, Any], depth: int
+                       ) -> tuple[RunExecution, CompiledWorkflow | None]:
+        """Rebuild a stored run in memory from its events, ready to execute again."""
+        assert self.store is not None
+        events = await self.store.events(row["id"])
+        state = replay(events)
+        run = run_from_row(row)
+        _load_state(run, events, state)
+        run.sink = self.store.record
+        self._adopt(run)
+        rx = RunExecution(self, run, depth, recovered=state.steps)
+        self.executions[run.id] = rx
+        if row["status"] == "paused":
+            rx.pause()
+        run.record("run.recovered", None, {"status": row["status"],
+                                           "interrupted": state.in_flight})
+        try:
+            compiled = await self.snapshot(row["digest"], row["workflow"], row["version"])
+        except (DefinitionError, LookupError) as exc:
+            log.error("cannot resume run %s: %s", run.id, exc)
+            self._finish(rx, "failed", error={
+                "type": "definition",
+                "message": f"cannot resume after a restart: workflow {run.workflow!r} version "
+                           f"{run.version} no longer loads: {exc}"})
+            return rx, None
+        return rx, compiled
+
+    # -- looking runs up ---------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> Run:
-        """The run with that id; raises :class:`RunNotFound`."""
+        """The run with that id, if it is in memory; raises :class:`RunNotFound`."""
         run = self.runs.get(run_id)
         if run is None:
             raise RunNotFound(run_id)
         return run
 
-    async def wait(self, run_id: str) -> Run:
-        """Return once run ``run_id`` is terminal."""
-        return await self.get_run(run_id).wait()
+    async def load_run(self, run_id: str) -> Run:
+        """The run with that id: in memory, else from the store; raises :class:`RunNotFound`."""
+        run = self.runs.get(run_id)
+        if run is None and self.store is not None:
+            run = await self.store.load_run(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return run
 
-    def _live(self, run_id: str, action: str, allowed: tuple[str, ...]) -> RunExecution:
-        run = self.get_run(run_id)
+    async def wait(self, run_id: str) -> Run:
+        """Return once run ``run_id`` is terminal (and that is kept)."""
+        return await (await self.load_run(run_id)).wait()
+
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None
+                     ) -> list[Event]:
+        """A run's kept events with ``seq > since``, oldest first."""
+        run = self.runs.get(run_id)
+        if run is not None and run.events:
+            end = run.published if limit is None else min(run.published, since + limit)
+            return run.events[since:end]
+        if self.store is not None and (run is not None or await self.store.run_row(run_id)):
+            return await self.store.events(run_id, since, limit)
+        if run is None:
+            raise RunNotFound(run_id)
+        return []
+
+    async def list_runs(self, *, workflow: str | None = None, status: str | None = None,
+                        created_after: float | None = None, created_before: float | None = None,
+                        cursor: tuple[float, str] | None = None, limit: int = 50) -> RunPage:
+        """Top-level runs, newest first, filtered, a page at a time."""
+        if self.store is not None:
+            return await self.store.list_runs(
+                workflow=workflow, status=status, created_after=created_after,
+                created_before=created_before, cursor=cursor, limit=limit)
+        runs = sorted((r for r in self.runs.values()
+                       if r.parent_id is None
+                       and (workflow is None or r.workflow == workflow)
+                       and (status is None or r.status == status)
+                       and (created_after is None or r.created_at >= created_after)
+                       and (created_before is None or r.created_at < created_before)
+                       and (cursor is None or (r.created_at, r.id) < cursor)),
+                      key=lambda r: (r.created_at, r.id), reverse=True)
+        page = runs[:limit]
+        more = len(runs) > limit
+        return RunPage([r.summary() for r in page],
+                       f"{page[-1].created_at!r}|{page[-1].id}" if more and page else None)
+
+    # -- control -----------------------------------------------------------------------------
+
+    async def _live(self, run_id: str, action: str, allowed: tuple[str, ...]) -> RunExecution:
+        run = await self.load_run(run_id)
         rx = self.executions.get(run_id)
         if rx is None or run.status not in allowed:
             raise InvalidRunState(run_id, run.status, action)
         return rx
 
-    def cancel(self, run_id: str) -> Run:
-        """Cancel a run: running steps are cancelled, the rest marked cancelled."""
-        rx = self._live(run_id, "cancel", ("pending", "running", "paused", "waiting"))
+    async def cancel(self, run_id: str) -> Run:
+        """Cancel a run: running steps are cancelled, the rest marked cancelled.
+
+        Returns once the run has ended (or after a few seconds, as it then stands).
+        """
+        rx = await self._live(run_id, "cancel", LIVE)
+        self.cancel_now(run_id)
+        with anyio.move_on_after(CANCEL_SECONDS):
+            await rx.run.wait()
+        return rx.run
+
+    def cancel_now(self, run_id: str) -> bool:
+        """Start cancelling a run in memory without waiting; False if it is not live."""
+        rx = self.executions.get(run_id)
+        if rx is None:
+            return False
         if rx.paused:
             rx.resume()  # let held steps see the cancellation
         if rx.cancel_scope is not None:
             rx.cancel_scope.cancel()
-        return rx.run
+        return True
 
-    def pause(self, run_id: str) -> Run:
-        """Stop starting new steps of a run; running ones finish."""
-        rx = self._live(run_id, "pause", ("running", "waiting"))
+    async def pause(self, run_id: str) -> Run:
+        """Stop starting new steps of a run; running ones finish.
+
+        Returns the run at once; ``await run.view()`` (or ``run.committed()``) to know the
+        change is kept. The same holds for :meth:`resume`.
+        """
+        rx = await self._live(run_id, "pause", ("running", "waiting"))
         rx.pause()
         rx.run.set_status("paused")
         return rx.run
 
-    def resume(self, run_id: str) -> Run:
+    async def resume(self, run_id: str) -> Run:
         """Continue a paused run."""
-        rx = self._live(run_id, "resume", ("paused",))
+        rx = await self._live(run_id, "resume", ("paused",))
         rx.run.set_status("waiting" if rx.waiting else "running")
         rx.resume()
         return rx.run
 
-    def signal(self, run_id: str, event: str, data: Any = None) -> None:
+    async def signal(self, run_id: str, event: str, data: Any = None) -> None:
         """Deliver a signal to a run's ``wait`` steps (kept until one takes it)."""
-        run = self.get_run(run_id)
-        if run.done:
+        run = await self.load_run(run_id)
+        if run.done or run_id not in self.executions:
             raise InvalidRunState(run_id, run.status, "signal")
         run.signal(event, data)
-
-    def list_runs(self, *, workflow: str | None = None, status: str | None = None,
-                  parent: bool = False) -> list[Run]:
-        """Runs, newest first, filtered by workflow and status (child runs only if asked)."""
-        runs = [r for r in self.runs.values()
-                if (workflow is None or r.workflow == workflow)
-                and (status is None or r.status == status)
-                and (parent or r.parent_id is None)]
-        runs.sort(key=lambda r: r.created_at, reverse=True)
-        return runs
+        await run.committed()
 
     # -- services for the execution layer ----------------------------------------------------
 
@@ -389,7 +513,7 @@ class Engine:
         if workflow not in self._run_limiters:
             limit = None
             if workflow in self.catalog:
-                limit = self.catalog.get(workflow).definition.concurrency
+                limit = self.catalog.current_entry(workflow).definition.get("concurrency")
             self._run_limiters[workflow] = anyio.CapacityLimiter(limit) if limit else None
         return self._run_limiters[workflow]
 
@@ -431,3 +555,13 @@ def _with_defaults(schema: Mapping[str, Any], inputs: dict[str, Any]) -> dict[st
         if name not in inputs and isinstance(prop, Mapping) and "default" in prop:
             inputs[name] = deepcopy(prop["default"])
     return inputs
+
+
+def _load_state(run: Run, events: list[Event], state: RecoveredRun) -> None:
+    """Put a recovered run's events, step states, signals and conversations in place."""
+    run.events = events
+    run.seq = run.published = state.seq
+    run.finished = False
+    run.steps = {path: rec.state() for path, rec in state.steps.items()}
+    run.conversations = state.conversations
+    run.restore_signals(state.signals)

@@ -12,6 +12,9 @@ The tree::
     ├── RunNotFound (LookupError)           no run with that id
     ├── InvalidRunState                     the run's status does not allow the operation
     ├── LimitReached                        a host limit was hit; retry later
+    ├── StoreError                          the run store cannot be used
+    │   ├── StoreCorrupt                    the database is damaged or not plait's; names the file
+    │   └── DataDirLocked                   another host is using the data dir
     └── RunError (RuntimeError)             something failed while a run ran
         ├── StepFailed                      a step ended in failure (carries the step id)
         ├── StepTimeout                     one attempt of a step ran past its timeout
@@ -23,6 +26,7 @@ The tree::
         ├── AgentFailed                     an agent provider failed or broke its contract
         │   └── AgentNotFound
         ├── OutputError                     a step produced a value that is not JSON
+        ├── StepInterrupted                 a crash stopped a step that is not safe to re-run
         └── RunCancelled                    the run was cancelled
 
 The wire errors (JSON-RPC codes) are a separate tree owned by the RPC layer; only its dispatcher
@@ -38,6 +42,7 @@ __all__ = [
     "AgentFailed",
     "AgentNotFound",
     "ConfigError",
+    "DataDirLocked",
     "DefinitionError",
     "InputsInvalid",
     "InvalidRunState",
@@ -50,7 +55,10 @@ __all__ = [
     "RunError",
     "RunNotFound",
     "StepFailed",
+    "StepInterrupted",
     "StepTimeout",
+    "StoreCorrupt",
+    "StoreError",
     "TemplateError",
     "TemplateLimitError",
     "TemplateSecurityError",
@@ -177,6 +185,28 @@ class InvalidRunState(PlaitError):
 
 class LimitReached(PlaitError):
     """A host limit was hit; the request may succeed later."""
+
+    __module__ = "plait"
+
+
+class StoreError(PlaitError):
+    """The run store cannot be opened, read or written."""
+
+    __module__ = "plait"
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"run store {path}: {message}")
+
+
+class StoreCorrupt(StoreError):
+    """The database file is damaged, or is not a plait store; it is left untouched."""
+
+    __module__ = "plait"
+
+
+class DataDirLocked(StoreError):
+    """Another host process is using the data dir (two hosts would resume the same runs)."""
 
     __module__ = "plait"
 
@@ -322,6 +352,14 @@ class OutputError(RunError):
 
     __module__ = "plait"
     kind = "output"
+    retryable = False
+
+
+class StepInterrupted(RunError):
+    """The host stopped while this step ran, and its step type is not safe to run again."""
+
+    __module__ = "plait"
+    kind = "interrupted"
     retryable = False
 
 

@@ -23,6 +23,7 @@ from plait.errors import (
     RunCancelled,
     RunError,
     StepFailed,
+    StepInterrupted,
     StepTimeout,
     TemplateError,
 )
@@ -31,6 +32,7 @@ from plait.values import PLUGIN_ERRORS, json_problem
 
 if TYPE_CHECKING:
     from plait.engine import Engine
+    from plait.recovery import StepRecord
     from plait.runs import Run
     from plait.templating import Template
 
@@ -55,10 +57,14 @@ class ConfigInvalid(RunError):
 class RunExecution:
     """The live part of one run: its engine, state, limits, pause gate and cancel scope."""
 
-    def __init__(self, engine: Engine, run: Run, depth: int = 0) -> None:
+    def __init__(self, engine: Engine, run: Run, depth: int = 0,
+                 recovered: dict[str, StepRecord] | None = None) -> None:
         self.engine = engine
         self.run = run
         self.depth = depth
+        self.recovered = recovered
+        """After a restart: what the events say of each step path, used up as steps reach it."""
+        self.resumed = recovered is not None
         self.paused = False
         self.unpaused = anyio.Event()
         self.cancel_scope: anyio.CancelScope | None = None
@@ -77,6 +83,16 @@ class RunExecution:
         """Start the steps that became ready while paused."""
         self.paused = False
         self.unpaused.set()
+
+    def take_record(self, path: str) -> StepRecord | None:
+        """The recovered record of ``path``, once: a later run of the same path is new."""
+        return self.recovered.pop(path, None) if self.recovered else None
+
+    def forget_under(self, path: str) -> None:
+        """A step starts a fresh attempt: what its nested steps did before is not replayed."""
+        if self.recovered:
+            for key in [k for k in self.recovered if k.startswith((f"{path}.", f"{path}["))]:
+                del self.recovered[key]
 
 
 class ScopeExecution:
@@ -120,6 +136,10 @@ class ScopeExecution:
             step = self.scope.steps[i]
             reason = self.skip_reason(step)
             if reason is None:
+                rec = self.rx.recovered and self.rx.recovered.get(self.prefix + step.id)
+                if rec and rec.status in ("succeeded", "failed"):
+                    pending.extend(self.replay(step))
+                    continue
                 assert self.tg is not None
                 self.status[i] = "running"
                 self.tg.start_soon(self.run_step, step)
@@ -145,14 +165,37 @@ class ScopeExecution:
             return "every step in needs_any was skipped"
         return None
 
+    def replay(self, step: CompiledStep) -> list[int]:
+        """Settle a step from its recovered record, without running it or recording again."""
+        path = self.prefix + step.id
+        rec = self.rx.take_record(path)
+        assert rec is not None
+        if rec.branches is not None:
+            self.selected[step.index] = set(rec.branches)
+        if rec.status == "succeeded":
+            return self.settle(step, "succeeded", output=rec.output, replay=True)
+        ready = self.settle(step, "failed", error=rec.error, replay=True)
+        if step.on_error == "fail":
+            message = (rec.error or {}).get("message", "failed")
+            self.fail_scope(StepFailed(path, message, error=rec.error))
+            return []
+        return ready
+
     def settle(self, step: CompiledStep, status: str, *, output: Any = None,
-               error: dict[str, Any] | None = None, data: dict[str, Any] | None = None
-               ) -> list[int]:
-        """Record a step's final status and return the dependents that became ready."""
+               error: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
+               replay: bool = False) -> list[int]:
+        """Record a step's final status and return the dependents that became ready.
+
+        ``replay`` settles a step the events already settled: nothing is recorded again.
+        """
         i = step.index
         self.status[i] = status
         path = self.prefix + step.id
         run = self.rx.run
+        if not replay and status == "skipped" and self.rx.recovered:
+            rec = self.rx.recovered.get(path)
+            replay = rec is not None and rec.status == "skipped" and bool(
+                self.rx.take_record(path))
         state = run.step_state(path)
         view_output = output
         if step.fallback_for is not None and status == "succeeded":
@@ -160,15 +203,18 @@ class ScopeExecution:
             self.views[primary.id]["output"] = output  # dependents see the fallback's output
         self.views[step.id] = {"output": view_output, "status": status, "error": error,
                                "attempts": state.attempts}
-        event_data = dict(data or {})
-        if status == "succeeded":
-            event_data["output"] = output
-        elif error is not None:
-            event_data["error"] = error
         if self.parent is None:
             run.settled_steps += 1  # counted before the event, so listeners see the progress
-        run.set_step(path, status, event_data, output=output, error=error)  # type: ignore[arg-type]
-        self.rx.engine.observe_step_finished(run, path, status)
+        if not replay:
+            event_data = dict(data or {})
+            if status == "succeeded":
+                event_data["output"] = output
+                if self.selected[i] is not None:  # replayed after a restart without running
+                    event_data["branches"] = sorted(self.selected[i])  # type: ignore[arg-type]
+            elif error is not None:
+                event_data["error"] = error
+            run.set_step(path, status, event_data, output=output, error=error)  # type: ignore[arg-type]
+            self.rx.engine.observe_step_finished(run, path, status)
         ready = []
         waiting = self.waiting
         for d in step.dependents:
@@ -253,14 +299,40 @@ class ScopeExecution:
                                 f"after rendering: {problems}") from None
 
     async def attempts(self, step: CompiledStep, path: str, config: Any) -> Any:
-        """Run attempts until one succeeds or the retry policy gives up."""
+        """Run attempts until one succeeds or the retry policy gives up.
+
+        A step that was in flight when the host stopped continues as the same attempt (same
+        idempotency key, same checkpoints); if its type is not safe to run again it is marked
+        ``interrupted`` and fails instead, following its ``on_error``.
+        """
         retry = step.retry
         run = self.rx.run
         engine = self.rx.engine
+        store = engine.store
         attempt = 0
+        rec = self.rx.take_record(path)
+        resumed = rec is not None and rec.status in ("running", "waiting")
+        if resumed:
+            assert rec is not None
+            if rec.executing and not step.step_type.rerunnable:
+                run.set_step(path, "interrupted", {"attempt": rec.attempt})
+                raise StepInterrupted(
+                    f"step {path!r} was running when the host stopped, and step type "
+                    f"{step.key!r} is not safe to run again (rerunnable = False)")
+            attempt = rec.attempt - 1
+            run.step_state(path).checkpoints = dict(rec.checkpoints) or None
         while True:
             attempt += 1
-            run.set_step(path, "running", {"attempt": attempt}, attempts=attempt)
+            if store is not None and store.pending > store.settings.max_pending:
+                await store.drained()
+            data: dict[str, Any] = {"attempt": attempt}
+            if resumed:
+                data["recovered"] = True
+            else:
+                run.step_state(path).checkpoints = None
+                self.rx.forget_under(path)
+            resumed = False
+            run.set_step(path, "running", data, attempts=attempt)
             engine.observe_step_started(run, path)
             ctx = StepRuntime(self, step, path, attempt)
             try:
@@ -429,7 +501,20 @@ class StepRuntime:
     async def run_workflow(self, name: str, inputs: Mapping[str, Any], *,
                            version: int | None = None) -> dict[str, Any]:
         rx = self._scope.rx
-        return await rx.engine.run_child(rx, self.step_id, name, dict(inputs), version)
+        return await rx.engine.run_child(rx, self.step_id, self.attempt, name, dict(inputs),
+                                         version)
+
+    async def checkpoint(self, key: str, value: Any) -> Any:
+        state = self._run.step_state(self.step_id)
+        if state.checkpoints is not None and key in state.checkpoints:
+            return state.checkpoints[key]
+        problem = json_problem(value)
+        if problem is not None:
+            raise OutputError(f"checkpoint {key!r} of step {self.step_id!r} is not JSON: "
+                              f"{problem}")
+        state.checkpoints = {**(state.checkpoints or {}), key: value}
+        self._run.record("step.checkpoint", self.step_id, {"key": key, "value": value})
+        return value
 
     async def wait_signal(self, event: str, *, timeout: float | None) -> Any:
         rx = self._scope.rx
@@ -440,12 +525,11 @@ class StepRuntime:
             run.set_status("waiting", event=event)
         try:
             with anyio.fail_after(timeout) if timeout is not None else _nullcontext():
-                data = await run.take_signal(event)
+                data = await run.take_signal(event, self.step_id)
         finally:
             rx.waiting -= 1
             if rx.waiting == 0 and run.status == "waiting":
                 run.set_status("running")
-        run.set_step(self.step_id, "running", {"signal": event})
         return data
 
     async def sleep_until(self, deadline: float) -> None:

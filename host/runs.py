@@ -1,9 +1,10 @@
 """Run and step state, and the events that record every change to them.
 
 Every change of a run or a step goes through :meth:`Run.record` (or the helpers that call it):
-it applies the change, appends an event with the run's next sequence number, and only then
-tells anyone. A store plugs in at that one place, so that nothing is reported before it is
-kept.
+it applies the change and appends an event with the run's next sequence number. Recording and
+telling are two steps: without a store, :meth:`Run.publish` follows at once; with one, the store
+calls it once the event is committed, so that no follower (a subscriber, ``runs/wait``, an MCP
+progress notification) ever hears of a change a crash could still undo.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import anyio
 from plait.plugins.types import Message
 
 __all__ = [
+    "STEP_SETTLED",
     "TERMINAL",
+    "TERMINAL_EVENTS",
     "Event",
     "Run",
     "RunStatus",
@@ -36,6 +39,9 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 STEP_SETTLED: frozenset[str] = frozenset({"succeeded", "failed", "skipped", "cancelled"})
 """Step statuses after which a step never runs again in this run."""
+
+TERMINAL_EVENTS: frozenset[str] = frozenset({"run.succeeded", "run.failed", "run.cancelled"})
+"""The event types that end a run."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -67,6 +73,8 @@ class StepState:
     attempts: int = 0
     started_at: float | None = None
     finished_at: float | None = None
+    checkpoints: dict[str, Any] | None = None
+    """Values the current attempt asked to keep across a restart (``ctx.checkpoint``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for ``runs/get``."""
@@ -76,6 +84,8 @@ class StepState:
 
 
 Listener = Callable[[Event], None]
+Sink = Callable[["Run", Event], None]
+"""Where recorded events go before they are told (the store's ``record``)."""
 
 
 @dataclass(eq=False)
@@ -100,6 +110,17 @@ class Run:
     """Top-level steps of the workflow, for progress."""
     settled_steps: int = 0
     idempotency_key: str | None = None
+    digest: str | None = None
+    """The definition snapshot this run executes (the workflow version's content hash)."""
+    parent_step: str | None = None
+    """For a child run: the step path, and ``#attempt``, of the parent step that started it."""
+    seq: int = 0
+    """The sequence number of the last recorded event."""
+    published: int = 0
+    """The sequence number of the last event told to followers (committed, with a store)."""
+    finished: bool = False
+    """Whether the terminal event has been told: what ``wait`` and followers go by."""
+    sink: Sink | None = field(default=None, repr=False)
     _listeners: list[Listener] = field(default_factory=list, repr=False)
     _waiters: list[anyio.Event] = field(default_factory=list, repr=False)
     _signals: dict[str, deque[Any]] = field(default_factory=dict, repr=False)
@@ -109,9 +130,21 @@ class Run:
 
     def record(self, type: str, step: str | None = None, data: dict[str, Any] | None = None
                ) -> Event:
-        """Append an event for a change already applied, then wake every follower."""
-        event = Event(len(self.events) + 1, self.id, type, step, data or {}, time.time())
+        """Append an event for a change already applied; tell followers once it is kept."""
+        self.seq += 1
+        event = Event(self.seq, self.id, type, step, data or {}, time.time())
         self.events.append(event)
+        if self.sink is None:
+            self.publish(event)
+        else:
+            self.sink(self, event)
+        return event
+
+    def publish(self, event: Event) -> None:
+        """Tell every follower about a kept event (in ``seq`` order, each once)."""
+        self.published = event.seq
+        if event.type in TERMINAL_EVENTS:
+            self.finished = True
         for listener in self._listeners:
             listener(event)
         if self._waiters:
@@ -141,7 +174,7 @@ class Run:
         return state
 
     def set_step(self, path: str, status: StepStatus, data: dict[str, Any] | None = None,
-                 **changes: Any) -> Event:
+                 *, type: str | None = None, **changes: Any) -> Event:
         """Change a step's status (and fields like ``output``), recording ``step.<status>``
         (``step.started`` for ``running``)."""
         state = self.step_state(path)
@@ -153,14 +186,15 @@ class Run:
             state.finished_at = now
         for name, value in changes.items():
             setattr(state, name, value)
-        return self.record("step.started" if status == "running" else f"step.{status}",
-                           path, data)
+        if type is None:
+            type = "step.started" if status == "running" else f"step.{status}"
+        return self.record(type, path, data)
 
     # -- followers ---------------------------------------------------------------------------
 
     @property
     def done(self) -> bool:
-        """Whether the run reached a terminal status."""
+        """Whether the run reached a terminal status (possibly not yet kept; see ``finished``)."""
         return self.status in TERMINAL
 
     def listen(self, listener: Listener) -> Callable[[], None]:
@@ -172,22 +206,45 @@ class Run:
         """Every event after ``since``, live, until the run is terminal and all are read."""
         cursor = since
         while True:
-            while cursor < len(self.events):
+            while cursor < self.published:
                 cursor += 1
                 yield self.events[cursor - 1]
-            if self.done:
+            if self.finished:
                 return
             waiter = anyio.Event()
             self._waiters.append(waiter)
             await waiter.wait()
 
     async def wait(self) -> Run:
-        """Return once the run is terminal."""
-        while not self.done:
+        """Return once the run is terminal and that is kept."""
+        while not self.finished:
             waiter = anyio.Event()
             self._waiters.append(waiter)
             await waiter.wait()
         return self
+
+    async def committed(self) -> Run:
+        """Return once every change recorded so far is kept and told (at once without a store).
+
+        A reply that describes the run awaits this first, so it never reports what a crash
+        could undo.
+        """
+        target = self.seq
+        while self.published < target:
+            waiter = anyio.Event()
+            self._waiters.append(waiter)
+            await waiter.wait()
+        return self
+
+    async def view(self) -> dict[str, Any]:
+        """:meth:`to_dict` as the run stands now, returned once all of it is kept.
+
+        The snapshot is taken first, so a change recorded while the commit is awaited is not
+        in it: a reply never shows what a crash could still undo.
+        """
+        snapshot = self.to_dict()
+        await self.committed()
+        return snapshot
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -199,12 +256,20 @@ class Run:
         if waiter is not None:
             waiter.set()
 
-    async def take_signal(self, event: str) -> Any:
-        """Wait for (or take a queued) signal ``event``."""
+    def restore_signals(self, queued: dict[str, deque[Any]]) -> None:
+        """Signals sent but not taken before a restart, oldest first."""
+        self._signals = queued
+
+    async def take_signal(self, event: str, step: str) -> Any:
+        """Wait for (or take a queued) signal ``event`` for ``step``; records ``signal.taken``."""
         while True:
             queue = self._signals.get(event)
             if queue:
-                return queue.popleft()
+                data = queue.popleft()
+                state = self.step_state(step)
+                state.status = "running"
+                self.record("signal.taken", step, {"event": event})
+                return data
             waiter = self._signal_waiters.get(event)
             if waiter is None:
                 waiter = self._signal_waiters[event] = anyio.Event()
@@ -227,6 +292,12 @@ class Run:
             eta = elapsed / done * (total - done)
         return {"done": done, "total": self.total_steps, "percent": round(100 * done / total, 1),
                 "eta": eta}
+
+    def summary(self) -> dict[str, Any]:
+        """The short JSON form of ``runs/list``."""
+        return {"id": self.id, "workflow": self.workflow, "version": self.version,
+                "status": self.status, "created_at": self.created_at,
+                "finished_at": self.finished_at, "parent_id": self.parent_id}
 
     def to_dict(self, *, steps: bool = True) -> dict[str, Any]:
         """JSON form for ``runs/get`` and ``plait run --json``."""

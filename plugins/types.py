@@ -67,7 +67,8 @@ class StepContext(Protocol):
     attempt: int
     """1 for the first attempt, 2 for the first retry, and so on."""
     idempotency_key: str
-    """``run_id/step_id``: stable across retries and restarts, for tools with side effects."""
+    """``run_id/step_id``: the same on every attempt and after a restart, so a tool with side
+    effects can tell the external system "this is the same request" and not act twice."""
     log: logging.Logger
     """A logger named after the step."""
     definition: Mapping[str, Any]
@@ -127,6 +128,20 @@ class StepContext(Protocol):
     async def sleep_until(self, deadline: float) -> None:
         """Sleep until a wall-clock time (``time.time()`` seconds)."""
 
+    async def checkpoint(self, key: str, value: Any) -> Any:
+        """Keep ``value`` for this attempt across a host restart; return the kept one.
+
+        The first call with a key records ``value`` and returns it. When the host stops while
+        the step runs, the step runs again after the restart as the same attempt, and the same
+        call then returns what was recorded the first time instead of the new ``value``. Use it
+        for what must not change on a re-run: a deadline, the id of a job already submitted.
+        A retry (a new attempt) starts with no checkpoints.
+
+        Example::
+
+            deadline = await ctx.checkpoint("deadline", time.time() + config.seconds)
+        """
+
 
 class StepType(ABC):
     """A kind of step. Subclass it, give it a ``key`` and a ``Config``, register it with a hook.
@@ -146,7 +161,9 @@ class StepType(ABC):
     Config: ClassVar[type[StepConfig]]
     """The pydantic model of the step's own fields (common fields like ``id`` excluded)."""
     rerunnable: ClassVar[bool] = True
-    """Safe to run again when a crash interrupted it; ``False`` marks it interrupted instead."""
+    """Whether a step the host stopped in the middle of may simply run again after a restart.
+    ``False`` marks such a step ``interrupted`` instead; it then fails with error type
+    ``interrupted`` and follows its ``on_error`` (a fallback step can take over)."""
     uses_capacity: ClassVar[bool] = True
     """Whether a running step holds a slot of the host-wide step limit. Steps that only wait for
     other steps (loops, branches, sub-workflows) say ``False`` so they cannot deadlock it."""

@@ -28,7 +28,9 @@ class DelayStep(StepType):
             seconds. A time in the past does not wait.
 
     Give exactly one; a step with only ``until`` names its type explicitly. The deadline is
-    recorded in a ``delay.scheduled`` event before the step sleeps.
+    kept with the run before the step sleeps (and told in a ``delay.scheduled`` event), so a
+    host restart neither restarts the wait nor forgets it: a deadline that passed while the
+    host was down ends the step as soon as the run resumes.
 
     Output: null.
 
@@ -87,8 +89,8 @@ class DelayStep(StepType):
             return self.until if self.until is not None else now + (self.delay or 0.0)
 
     async def run(self, ctx: StepContext, config: Config) -> None:
-        """Record the deadline, then sleep until it."""
-        deadline = config.deadline(time.time())
+        """Record the deadline (kept across a restart), then sleep until it."""
+        deadline = await ctx.checkpoint("until", config.deadline(time.time()))
         await ctx.emit("delay.scheduled", {"until": deadline})
         await ctx.sleep_until(deadline)
 

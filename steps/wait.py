@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
@@ -36,6 +37,9 @@ class WaitStep(StepType):
             limits one attempt instead and fails it.
         on_timeout: ``fail`` (default) or ``default``: output ``default`` when time runs out.
         default: the output on timeout. Giving it implies ``on_timeout: default``.
+
+    Signals sent before the step waits are kept for it, and both the signals and the ``within``
+    deadline survive a host restart.
 
     Output: the signal's data (or ``default`` on timeout).
 
@@ -75,8 +79,12 @@ class WaitStep(StepType):
 
     async def run(self, ctx: StepContext, config: Config) -> Any:
         """Wait for the signal; on timeout fail or return the default."""
+        timeout = None
+        if config.within is not None:  # the deadline is kept, so a restart does not extend it
+            deadline = await ctx.checkpoint("deadline", time.time() + config.within)
+            timeout = max(0.0, deadline - time.time())
         try:
-            return await ctx.wait_signal(config.wait, timeout=config.within)
+            return await ctx.wait_signal(config.wait, timeout=timeout)
         except TimeoutError:
             if config.on_timeout == "default":
                 return config.default

@@ -13,7 +13,7 @@ from plait.errors import DefinitionError
 from plait.rpc.dispatcher import Dispatcher
 from plait.rpc.errors import Busy, InvalidParams
 from plait.rpc.session import Session
-from plait.runs import Event, Run
+from plait.runs import Event
 
 if TYPE_CHECKING:
     from plait.app import Host
@@ -101,23 +101,14 @@ class UnsubscribeParams(_Params):
     subscription: str
 
 
-def _summary(run: Run) -> dict[str, Any]:
-    return {"id": run.id, "workflow": run.workflow, "version": run.version,
-            "status": run.status, "created_at": run.created_at, "finished_at": run.finished_at,
-            "parent_id": run.parent_id}
-
-
-def _cursor(run: Run) -> str:
-    return f"{run.created_at!r}|{run.id}"
-
-
-def _after_cursor(runs: list[Run], cursor: str) -> list[Run]:
+def _parse_cursor(cursor: str) -> tuple[float, str]:
+    stamp, sep, run_id = cursor.partition("|")
     try:
-        stamp, _, run_id = cursor.partition("|")
-        key = (float(stamp), run_id)
+        if not sep or not run_id:
+            raise ValueError(cursor)
+        return float(stamp), run_id
     except ValueError:
         raise InvalidParams("cursor is not one this host returned") from None
-    return [r for r in runs if (r.created_at, r.id) < key]
 
 
 def _event_notification(subscription: str, event: Event) -> dict[str, Any]:
@@ -135,6 +126,7 @@ def register_api(dispatcher: Dispatcher, host: Host) -> None:
     @method("workflows/put", DefinitionParams)
     async def put(session: Session, p: DefinitionParams) -> dict[str, Any]:
         compiled = host.register(p.value)
+        await engine().committed()
         return {"name": compiled.name, "version": compiled.version}
 
     @method("workflows/validate", DefinitionParams)
@@ -147,18 +139,19 @@ def register_api(dispatcher: Dispatcher, host: Host) -> None:
 
     @method("workflows/list")
     async def list_workflows(session: Session, p: None) -> dict[str, Any]:
-        return {"workflows": [{"name": c.name, "version": c.version,
-                               "description": c.definition.description}
-                              for c in engine().catalog.current()]}
+        return {"workflows": [{"name": e.name, "version": e.version,
+                               "description": e.description}
+                              for e in engine().catalog.current()]}
 
     @method("workflows/get", GetWorkflowParams)
     async def get_workflow(session: Session, p: GetWorkflowParams) -> dict[str, Any]:
-        compiled = engine().catalog.get(p.name, p.version)
-        return {"workflow": compiled.definition.to_dict() | {"version": compiled.version}}
+        entry = engine().catalog.entry(p.name, p.version)
+        return {"workflow": entry.definition | {"version": entry.version}}
 
     @method("workflows/delete", NameParams)
     async def delete(session: Session, p: NameParams) -> dict[str, Any]:
         engine().catalog.remove(p.name)
+        await engine().committed()
         return {}
 
     @method("workflows/versions", NameParams)
@@ -168,6 +161,7 @@ def register_api(dispatcher: Dispatcher, host: Host) -> None:
     @method("workflows/rollback", RollbackParams)
     async def rollback(session: Session, p: RollbackParams) -> dict[str, Any]:
         compiled = engine().catalog.rollback(p.name, p.version)
+        await engine().committed()
         return {"name": compiled.name, "version": compiled.version}
 
     @method("runs/start", StartParams)
@@ -179,50 +173,44 @@ def register_api(dispatcher: Dispatcher, host: Host) -> None:
 
     @method("runs/get", RunParams)
     async def get_run(session: Session, p: RunParams) -> dict[str, Any]:
-        return {"run": engine().get_run(p.run_id).to_dict()}
+        run = await engine().load_run(p.run_id)
+        return {"run": await run.view()}
 
     @method("runs/list", ListParams)
     async def list_runs(session: Session, p: ListParams) -> dict[str, Any]:
-        runs = engine().list_runs(workflow=p.workflow, status=p.status)
-        if p.created_after is not None:
-            runs = [r for r in runs if r.created_at >= p.created_after]
-        if p.created_before is not None:
-            runs = [r for r in runs if r.created_at < p.created_before]
-        if p.cursor:
-            runs = _after_cursor(runs, p.cursor)
-        page = runs[:p.limit]
-        more = len(runs) > p.limit
-        return {"runs": [_summary(r) for r in page],
-                "nextCursor": _cursor(page[-1]) if more and page else None}
+        page = await engine().list_runs(
+            workflow=p.workflow, status=p.status, created_after=p.created_after,
+            created_before=p.created_before, limit=p.limit,
+            cursor=_parse_cursor(p.cursor) if p.cursor else None)
+        return {"runs": page.runs, "nextCursor": page.next_cursor}
 
     @method("runs/wait", WaitParams)
     async def wait(session: Session, p: WaitParams) -> dict[str, Any]:
-        run = engine().get_run(p.run_id)
+        run = await engine().load_run(p.run_id)
         with anyio.move_on_after(p.timeout):
             await run.wait()
-        return {"run": run.to_dict()}
+        return {"run": await run.view()}
 
     @method("runs/cancel", RunParams)
     async def cancel(session: Session, p: RunParams) -> dict[str, Any]:
-        return {"run": engine().cancel(p.run_id).to_dict()}
+        return {"run": await (await engine().cancel(p.run_id)).view()}
 
     @method("runs/pause", RunParams)
     async def pause(session: Session, p: RunParams) -> dict[str, Any]:
-        return {"run": engine().pause(p.run_id).to_dict()}
+        return {"run": await (await engine().pause(p.run_id)).view()}
 
     @method("runs/resume", RunParams)
     async def resume(session: Session, p: RunParams) -> dict[str, Any]:
-        return {"run": engine().resume(p.run_id).to_dict()}
+        return {"run": await (await engine().resume(p.run_id)).view()}
 
     @method("runs/signal", SignalParams)
     async def signal(session: Session, p: SignalParams) -> dict[str, Any]:
-        engine().signal(p.run_id, p.event, p.data)
+        await engine().signal(p.run_id, p.event, p.data)
         return {}
 
     @method("runs/events", EventsParams)
     async def events(session: Session, p: EventsParams) -> dict[str, Any]:
-        run = engine().get_run(p.run_id)
-        chosen = run.events[p.since:p.since + p.limit]
+        chosen = await engine().events(p.run_id, p.since, p.limit)
         return {"events": [e.to_dict() for e in chosen]}
 
     @method("runs/subscribe", SubscribeParams)
@@ -233,10 +221,14 @@ def register_api(dispatcher: Dispatcher, host: Host) -> None:
         subscription = uuid.uuid4().hex[:16]
         if p.run_id is None and p.since is not None:
             raise InvalidParams("since needs a runId: sequence numbers are per run")
-        run = eng.get_run(p.run_id) if p.run_id is not None else None
+        run = await eng.load_run(p.run_id) if p.run_id is not None else None
         # Events wait in `held` until the reply carrying the subscription id is queued, then
-        # the backlog and whatever arrived meanwhile go out in order: no gap, no repeat.
-        held: list[Event] = list(run.events[p.since or 0:]) if run is not None else []
+        # the backlog and whatever arrived meanwhile go out in order: no gap, no repeat. A run
+        # still in memory has its kept events at hand; one that ended is read from the store.
+        held: list[Event] = []
+        if run is not None:
+            held = (run.events[p.since or 0:run.published] if run.events or not run.finished
+                    else await eng.events(run.id, p.since or 0))
         live = False
 
         def forward(event: Event) -> None:
@@ -277,13 +269,23 @@ def register_api(dispatcher: Dispatcher, host: Host) -> None:
     async def info(session: Session, p: None) -> dict[str, Any]:
         eng = engine()
         statuses: dict[str, int] = {}
-        for run in eng.runs.values():
-            statuses[run.status] = statuses.get(run.status, 0) + 1
+        if eng.store is not None:
+            statuses = await eng.store.counts()
+        else:
+            for run in eng.runs.values():
+                if run.parent_id is None:
+                    statuses[run.status] = statuses.get(run.status, 0) + 1
+        store = eng.store
         return {
             "name": "plait", "version": host.version,
             "uptime": time.time() - (host.started_at or time.time()),
             "limits": host.config.limits.model_dump(),
-            "counts": {"workflows": len(eng.catalog.names()), "runs": len(eng.runs),
+            "store": {"durable": True, "path": str(store.path), "pending": store.pending,
+                      "commits": store.commits, "lastError": store.last_error,
+                      "synchronous": store.settings.synchronous}
+            if store is not None else {"durable": False},
+            "counts": {"workflows": len(eng.catalog.names()),
+                       "runs": sum(statuses.values()), "liveRuns": len(eng.runs),
                        "runsByStatus": statuses, "connections": len(host.sessions),
                        "tools": len(eng.registries.tools)},
             "dataDir": str(host.data_dir) if host.data_dir else None,

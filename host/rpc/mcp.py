@@ -130,12 +130,11 @@ def host_tools(host: Host) -> list[dict[str, Any]]:
     tools = [{"name": t.name, "description": t.description or t.name,
               "inputSchema": t.input_schema}
              for t in (engine.registries.tools[n] for n in engine.registries.tools.names())]
-    for compiled in engine.catalog.current():
-        schema = dict(compiled.definition.inputs)
+    for entry in engine.catalog.current():
+        schema = entry.inputs
         schema.setdefault("type", "object")
-        tools.append({"name": f"{WORKFLOW_TOOL_PREFIX}{compiled.name}",
-                      "description": compiled.definition.description
-                      or f"Run the workflow {compiled.name}",
+        tools.append({"name": f"{WORKFLOW_TOOL_PREFIX}{entry.name}",
+                      "description": entry.description or f"Run the workflow {entry.name}",
                       "inputSchema": schema})
     return tools
 
@@ -179,7 +178,7 @@ async def _call_workflow(host: Host, session: Session, p: CallToolParams) -> dic
     except anyio.get_cancelled_exc_class():
         # notifications/cancelled stops the run; a dropped connection leaves it running.
         if key is not None and key in session.cancelled and not run.done:
-            engine.cancel(run.id)
+            engine.cancel_now(run.id)
         raise
     finally:
         if undo is not None:

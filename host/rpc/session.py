@@ -78,6 +78,10 @@ class Session:
         self._has_writer = False
         self.closed = False
         self._batch_limiter: anyio.CapacityLimiter | None = None
+        self.max_queue = max_queue
+        self.stalled = False
+        """Congested and not draining: publishers stop waiting for it (it will be dropped)."""
+        self._drained = anyio.Event()
 
     def batch_limiter(self, concurrency: int) -> anyio.CapacityLimiter:
         """The limiter every batch of this connection shares, so that two batches sent at once
@@ -98,6 +102,34 @@ class Session:
     def sent(self, text: str) -> None:
         """The writer reports a frame as sent, so its bytes leave the budget."""
         self._queued_bytes -= len(text)
+        if not self._drained.is_set() and not self._above(4):
+            self.stalled = False
+            self._drained.set()
+
+    def _above(self, fraction: int) -> bool:
+        queued = self._send.statistics().current_buffer_used
+        return (queued > self.max_queue // fraction
+                or self._queued_bytes > self.max_queue_bytes // fraction)
+
+    @property
+    def congested(self) -> bool:
+        """More than half of the send queue is in use."""
+        return not self.closed and self._above(2)
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the queue is down to a quarter; False if not.
+
+        A client that drains nothing in that time is marked :attr:`stalled`.
+        """
+        if self._drained.is_set():
+            self._drained = anyio.Event()
+        if not self._above(4):
+            return True
+        with anyio.move_on_after(timeout):
+            await self._drained.wait()
+            return True
+        self.stalled = not self.closed
+        return False
 
     def deliver(self, message: dict[str, Any] | list[Any] | str) -> None:
         """Queue a message without waiting; drop the client if its queue is full."""

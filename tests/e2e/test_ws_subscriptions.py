@@ -200,7 +200,7 @@ async def test_subscriptions_per_connection_are_bounded(tmp_path, pm):
 async def test_subscribe_since_beyond_the_end_waits_for_new_events(served, client):
     run_id = (await client.call("runs/start", {"workflow": "gate"}))["runId"]
     with anyio.fail_after(5):
-        while served.host.engine.runs[run_id].status != "waiting":
+        while (await client.call("runs/get", {"runId": run_id}))["run"]["status"] != "waiting":
             await anyio.sleep(0.01)
     last = len((await client.call("runs/events", {"runId": run_id}))["events"])
     sub = (await client.call("runs/subscribe", {"runId": run_id, "since": last}))[

@@ -185,7 +185,7 @@ async def test_cancel_a_run(pm):
     async with engine:
         run = await engine.start(compiled)
         await anyio.sleep(0.1)
-        engine.cancel(run.id)
+        await engine.cancel(run.id)
         with anyio.fail_after(2):
             await run.wait()
     assert run.status == "cancelled"
@@ -201,12 +201,12 @@ async def test_pause_holds_new_steps_and_resume_continues(pm):
     async with engine:
         run = await engine.start(compiled)
         await anyio.sleep(0.05)
-        engine.pause(run.id)
+        await engine.pause(run.id)
         await anyio.sleep(0.3)
         assert run.status == "paused"
         assert run.steps["a"].status == "succeeded"  # running steps finish
         assert "b" not in run.steps or run.steps["b"].status == "pending"
-        engine.resume(run.id)
+        await engine.resume(run.id)
         with anyio.fail_after(2):
             await run.wait()
     assert run.status == "succeeded"
@@ -417,7 +417,7 @@ async def test_delay_and_wait_signal(pm):
         await anyio.sleep(0.3)
         assert run.steps["approval"].status == "waiting"
         assert run.status == "waiting"
-        engine.signal(run.id, "approve", {"by": "ada"})
+        await engine.signal(run.id, "approve", {"by": "ada"})
         with anyio.fail_after(2):
             await run.wait()
     assert run.status == "succeeded"

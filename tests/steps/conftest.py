@@ -38,6 +38,7 @@ class FakeCtx:
         self.selected: list[str] = []
         self.requests: list = []
         self.slept_until: float | None = None
+        self.checkpoints: dict[str, object] = {}
 
     async def emit(self, type, data=None):
         self.events.append((type, dict(data or {})))
@@ -99,6 +100,9 @@ class FakeCtx:
 
     async def sleep_until(self, deadline):
         self.slept_until = deadline
+
+    async def checkpoint(self, key, value):
+        return self.checkpoints.setdefault(key, value)
 
 
 @pytest.fixture

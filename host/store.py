@@ -1,0 +1,453 @@
+"""The durable run store: every event of every run in SQLite, committed in groups.
+
+Events are the source of truth. :meth:`SqliteStore.record` is the sink every :class:`Run`
+records into: it encodes the event at once (a snapshot, on the event loop) and turns it into
+rows: the event itself, plus the derived ``runs``, ``steps``, ``conversations`` and
+``idempotency`` rows that make queries cheap. A single writer task takes whatever has queued up,
+commits it in one ``BEGIN IMMEDIATE`` transaction in a worker thread, and only then publishes
+the events to the runs' followers. Many changes arriving together therefore share one commit
+(group commit), and nothing is told to anyone before it is on disk.
+
+Rows are applied kind by kind in a fixed order (a run's row is inserted before it is updated,
+whatever the batch holds), keeping the order within each kind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from plait.config import StoreSettings
+from plait.runs import Event, Run, StepState
+from plait.store_schema import DB_FILE, connect, open_database
+
+__all__ = ["RunPage", "SqliteStore", "run_from_row"]
+
+log = logging.getLogger("plait.store")
+
+T = TypeVar("T")
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+# The kinds of rows, in the order a commit applies them.
+_DEFINITION = ("INSERT OR IGNORE INTO definitions (digest, name, definition) VALUES (?, ?, ?)")
+_VERSION = ("INSERT OR IGNORE INTO workflow_versions (name, version, digest, created_at) "
+            "VALUES (?, ?, ?, ?)")
+_WORKFLOW = ("INSERT INTO workflows (name, current, deleted) VALUES (?, ?, ?) "
+             "ON CONFLICT (name) DO UPDATE SET current = excluded.current, "
+             "deleted = excluded.deleted")
+_RUN = ("INSERT INTO runs (id, workflow, version, digest, status, parent_id, parent_step, "
+        "idempotency_key, inputs, total_steps, created_at) "
+        "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)")
+_KEY = "INSERT OR IGNORE INTO idempotency (key, run_id) VALUES (?, ?)"
+_RUN_STATUS = ("UPDATE runs SET status = ?, started_at = ?, finished_at = ?, outputs = ?, "
+               "error = ? WHERE id = ?")
+_EVENT = "INSERT INTO events (run_id, seq, type, step, data, ts) VALUES (?, ?, ?, ?, ?, ?)"
+_STEP = ("INSERT OR REPLACE INTO steps (run_id, path, status, output, error, attempts, "
+         "started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_MESSAGE = "INSERT OR REPLACE INTO conversations (run_id, name, idx, message) VALUES (?, ?, ?, ?)"
+_ORDER: Final = (_DEFINITION, _VERSION, _WORKFLOW, _RUN, _KEY, _RUN_STATUS, _EVENT, _STEP,
+                 _MESSAGE)
+
+_STATUS_OF_EVENT: Final = {
+    "run.started": "running", "run.resumed": "running", "run.paused": "paused",
+    "run.waiting": "waiting", "run.succeeded": "succeeded", "run.failed": "failed",
+    "run.cancelled": "cancelled",
+}
+_SETTLE_EVENTS: Final = frozenset({"step.succeeded", "step.failed", "step.skipped",
+                                   "step.cancelled"})
+PUBLISH_CHUNK: Final = 32
+"""Events published between two turns of the event loop."""
+_UNFINISHED: Final = ("pending", "running", "paused", "waiting")
+_RUN_COLUMNS: Final = ("id, workflow, version, digest, status, parent_id, parent_step, "
+                       "idempotency_key, inputs, outputs, error, total_steps, created_at, "
+                       "started_at, finished_at")
+
+
+def _json(value: Any, what: str) -> str:
+    try:
+        return _encode(value)
+    except (TypeError, ValueError) as exc:  # checked before it gets here; never fail the writer
+        log.error("%s is not JSON (%s); stored as an error marker", what, exc)
+        return _encode({"unserializable": str(exc)})
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """One page of ``runs/list``: summaries, newest first, and the cursor of the next page."""
+
+    runs: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class SqliteStore:
+    """Runs, events, conversations and workflow versions in ``<data_dir>/plait.db``.
+
+    Use as an async context manager: entering opens and checks the file and starts the writer;
+    leaving commits what is queued and closes.
+    """
+
+    def __init__(self, data_dir: str | Path, settings: StoreSettings | None = None) -> None:
+        self.path = Path(data_dir) / DB_FILE
+        self.settings = settings or StoreSettings()
+        self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _ORDER}
+        self._told: list[tuple[Run, Event]] = []
+        self._queued = 0
+        """Rows queued since the store opened."""
+        self._committed = 0
+        """Of those, how many are committed."""
+        self._wake = anyio.Event()
+        self._progress = anyio.Event()
+        self._frozen = False
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.commits = 0
+        """Transactions committed (a measure of how well commits are grouped)."""
+        self.last_error: str | None = None
+        """The last write error, while writes are being retried."""
+        self.pace: Callable[[], Awaitable[None]] | None = None
+        """Awaited between chunks of published events: the host waits here for connections
+        that are still reading to catch up (see ``Host.pace``)."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SqliteStore:
+        self._conn = await anyio.to_thread.run_sync(open_database, self.path, self.settings)
+        self._reader = await anyio.to_thread.run_sync(
+            lambda: connect(self.path, self.settings, readonly=True))
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._writer)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.sync()
+        finally:
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None
+            for conn in (self._conn, self._reader):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._reader = None
+
+    def freeze(self) -> None:
+        """Accept no more changes: the host is stopping, and runs in flight must be found as
+        they were, to be resumed by the next start, not as the shutdown left them."""
+        self._frozen = True
+
+    # -- writing -----------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Rows queued but not yet committed."""
+        return self._queued - self._committed
+
+    def _queue(self, sql: str, row: tuple[Any, ...]) -> None:
+        self._rows[sql].append(row)
+        self._queued += 1
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def record(self, run: Run, event: Event) -> None:
+        """The runs' sink: queue ``event`` and the rows it changes; publish after commit."""
+        if self._frozen:
+            return
+        rid = run.id
+        kind = event.type
+        self._queue(_EVENT, (rid, event.seq, kind, event.step,
+                             _json(event.data, f"event {kind} of run {rid}"), event.ts))
+        if kind in _SETTLE_EVENTS and event.step is not None:
+            state = run.steps[event.step]
+            self._queue(_STEP, (rid, event.step, state.status,
+                                None if state.output is None else _json(state.output, "output"),
+                                None if state.error is None else _json(state.error, "error"),
+                                state.attempts, state.started_at, state.finished_at))
+        elif kind in _STATUS_OF_EVENT:
+            self._queue(_RUN_STATUS, (
+                _STATUS_OF_EVENT[kind], run.started_at, run.finished_at,
+                None if run.outputs is None else _json(run.outputs, "outputs"),
+                None if run.error is None else _json(run.error, "error"), rid))
+        elif kind == "run.created":
+            self._queue(_RUN, (rid, run.workflow, run.version, run.digest, run.parent_id,
+                               run.parent_step, run.idempotency_key, _json(run.inputs, "inputs"),
+                               run.total_steps, run.created_at))
+            if run.idempotency_key is not None:
+                self._queue(_KEY, (run.idempotency_key, rid))
+        elif kind == "conversation.appended":
+            name = event.data["conversation"]
+            history = run.conversations.get(name, [])
+            new = event.data["messages"]
+            start = len(history) - len(new)
+            for i, message in enumerate(new):
+                self._queue(_MESSAGE, (rid, name, start + i, _json(message, "message")))
+        self._told.append((run, event))
+
+    def put_workflow(self, name: str, version: int, digest: str, definition: dict[str, Any],
+                     created_at: float) -> None:
+        """Queue a workflow version (its content stored once per digest) and make it current."""
+        self._queue(_DEFINITION, (digest, name, _json(definition, f"workflow {name}")))
+        self._queue(_VERSION, (name, version, digest, created_at))
+        self._queue(_WORKFLOW, (name, version, 0))
+
+    def set_current(self, name: str, version: int, *, deleted: bool = False) -> None:
+        """Queue a change of which version is current, or the deletion of the workflow."""
+        self._queue(_WORKFLOW, (name, version, int(deleted)))
+
+    async def sync(self) -> None:
+        """Return once everything queued before the call is committed."""
+        target = self._queued
+        while self._committed < target:
+            if self._tg is None:
+                raise RuntimeError("the store is closed")
+            await self._progress.wait()
+
+    async def drained(self) -> None:
+        """Wait while too many changes wait for the disk (backpressure on new steps)."""
+        while self.pending > self.settings.max_pending // 2:
+            await self._progress.wait()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            if not self._queued - self._committed:
+                continue
+            rows, self._rows = self._rows, {sql: [] for sql in _ORDER}
+            told, self._told = self._told, []
+            target = self._queued
+            await self._commit(rows)
+            self._committed = target
+            self.commits += 1
+            for i, (run, event) in enumerate(told, 1):
+                try:
+                    run.publish(event)
+                except Exception:  # a follower's bug must not stop the writer
+                    log.exception("a follower of run %s failed on event %s", run.id, event.seq)
+                if i % PUBLISH_CHUNK == 0:
+                    # A commit may release thousands of events at once; let the connections'
+                    # writers send them out, so a client that reads is never dropped for
+                    # falling behind a burst it could not have read yet.
+                    await (self.pace() if self.pace is not None else anyio.sleep(0))
+            progress, self._progress = self._progress, anyio.Event()
+            progress.set()
+
+    async def _commit(self, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+        """Commit one batch, retrying while the disk or a lock refuses it; never drop it."""
+        delay = 0.05
+        while True:
+            try:
+                await anyio.to_thread.run_sync(self._apply, rows, False)
+                self.last_error = None
+                return
+            except sqlite3.IntegrityError as exc:
+                # A row that can never go in (a bug, or a row already there): keep the rest.
+                log.error("store: a batch broke a constraint (%s); applying row by row", exc)
+                await anyio.to_thread.run_sync(self._apply, rows, True)
+                return
+            except sqlite3.Error as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("store: commit failed (%s); retrying in %.2fs", exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _apply(self, rows: dict[str, list[tuple[Any, ...]]], one_by_one: bool) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql in _ORDER:
+                batch = rows[sql]
+                if not batch:
+                    continue
+                if not one_by_one:
+                    conn.executemany(sql, batch)
+                    continue
+                for row in batch:
+                    try:
+                        conn.execute(sql, row)
+                    except sqlite3.IntegrityError as exc:
+                        log.error("store: dropped a row that breaks a constraint (%s): %s %r",
+                                  exc, sql.split("(")[0], row[:3])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._read_lock:
+                assert self._reader is not None, "the store is closed"
+                return fn(self._reader)
+
+        return await anyio.to_thread.run_sync(locked)
+
+    async def catalog(self) -> list[dict[str, Any]]:
+        """Every workflow with every version: ``{name, current, deleted, versions: [...]}``."""
+
+        def read(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            out = {name: {"name": name, "current": current, "deleted": bool(deleted),
+                          "versions": []}
+                   for name, current, deleted in c.execute(
+                       "SELECT name, current, deleted FROM workflows ORDER BY name")}
+            for name, version, digest, created_at, definition in c.execute(
+                    "SELECT v.name, v.version, v.digest, v.created_at, d.definition "
+                    "FROM workflow_versions v JOIN definitions d ON d.digest = v.digest "
+                    "ORDER BY v.name, v.version"):
+                if name in out:
+                    out[name]["versions"].append({
+                        "version": version, "digest": digest, "created_at": created_at,
+                        "definition": json.loads(definition)})
+            return list(out.values())
+
+        return await self._read(read)
+
+    async def definition(self, digest: str) -> dict[str, Any] | None:
+        """The definition a run snapshotted, by its digest."""
+        row = await self._read(lambda c: c.execute(
+            "SELECT definition FROM definitions WHERE digest = ?", (digest,)).fetchone())
+        return None if row is None else json.loads(row[0])
+
+    async def run_row(self, run_id: str) -> dict[str, Any] | None:
+        """A run's row, decoded, or ``None``."""
+        row = await self._read(lambda c: c.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone())
+        return None if row is None else _decode_run(row)
+
+    async def load_run(self, run_id: str) -> Run | None:
+        """A run as stored: its row and settled steps (for runs no longer in memory)."""
+
+        def read(c: sqlite3.Connection) -> tuple[Any, list[Any]] | None:
+            row = c.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?",
+                            (run_id,)).fetchone()
+            if row is None:
+                return None
+            steps = c.execute("SELECT path, status, output, error, attempts, started_at, "
+                              "finished_at FROM steps WHERE run_id = ?", (run_id,)).fetchall()
+            return row, steps
+
+        found = await self._read(read)
+        if found is None:
+            return None
+        row, steps = found
+        return run_from_row(_decode_run(row), {
+            path: StepState(status=status, output=_maybe(output), error=_maybe(error),
+                            attempts=attempts, started_at=started, finished_at=finished)
+            for path, status, output, error, attempts, started, finished in steps})
+
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None
+                     ) -> list[Event]:
+        """Committed events of a run with ``seq > since``, in order."""
+        sql = ("SELECT seq, type, step, data, ts FROM events WHERE run_id = ? AND seq > ? "
+               "ORDER BY seq")
+        params: tuple[Any, ...] = (run_id, since)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (limit,)
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        return [Event(seq, run_id, kind, step, json.loads(data), ts)
+                for seq, kind, step, data, ts in rows]
+
+    async def list_runs(self, *, workflow: str | None = None, status: str | None = None,
+                        created_after: float | None = None, created_before: float | None = None,
+                        cursor: tuple[float, str] | None = None, limit: int = 50) -> RunPage:
+        """Top-level runs, newest first, filtered, one page after ``cursor``."""
+        where = ["parent_id IS NULL"]
+        params: list[Any] = []
+        for clause, value in (("workflow = ?", workflow), ("status = ?", status),
+                              ("created_at >= ?", created_after),
+                              ("created_at < ?", created_before)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        if cursor is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params += [cursor[0], cursor[0], cursor[1]]
+        sql = (f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(where)} "
+               "ORDER BY created_at DESC, id DESC LIMIT ?")
+        params.append(limit + 1)
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        runs = [_decode_run(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        last = runs[-1] if runs else None
+        return RunPage([_summary(r) for r in runs],
+                       f"{last['created_at']!r}|{last['id']}" if more and last else None)
+
+    async def run_for_key(self, key: str) -> str | None:
+        """The run started with idempotency key ``key``, if any."""
+        row = await self._read(lambda c: c.execute(
+            "SELECT run_id FROM idempotency WHERE key = ?", (key,)).fetchone())
+        return None if row is None else row[0]
+
+    async def child_run(self, parent_id: str, parent_step: str) -> dict[str, Any] | None:
+        """The child run a parent's step attempt started, if it got that far."""
+        row = await self._read(lambda c: c.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE parent_id = ? AND parent_step = ? "
+            "ORDER BY created_at DESC LIMIT 1", (parent_id, parent_step)).fetchone())
+        return None if row is None else _decode_run(row)
+
+    async def unfinished_runs(self) -> list[dict[str, Any]]:
+        """Top-level runs that had not ended when the host stopped, oldest first."""
+        marks = ", ".join("?" for _ in _UNFINISHED)
+        rows = await self._read(lambda c: c.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks}) AND parent_id IS NULL "
+            "ORDER BY created_at, id", _UNFINISHED).fetchall())
+        return [_decode_run(r) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        """Top-level runs by status."""
+        rows = await self._read(lambda c: c.execute(
+            "SELECT status, count(*) FROM runs WHERE parent_id IS NULL GROUP BY status"
+        ).fetchall())
+        return dict(rows)
+
+
+def _maybe(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _decode_run(row: Iterable[Any]) -> dict[str, Any]:
+    out = dict(zip(_RUN_COLUMNS.split(", "), row, strict=True))
+    for key in ("inputs", "outputs", "error"):
+        out[key] = _maybe(out[key])
+    return out
+
+
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: row[key] for key in ("id", "workflow", "version", "status", "created_at",
+                                      "finished_at", "parent_id")}
+
+
+def run_from_row(row: dict[str, Any], steps: dict[str, StepState] | None = None) -> Run:
+    """A :class:`Run` built from its stored row (no events; ``finished`` when terminal)."""
+    run = Run(id=row["id"], workflow=row["workflow"], version=row["version"],
+              inputs=row["inputs"] or {}, parent_id=row["parent_id"], status=row["status"],
+              outputs=row["outputs"], error=row["error"], created_at=row["created_at"],
+              started_at=row["started_at"], finished_at=row["finished_at"],
+              total_steps=row["total_steps"], idempotency_key=row["idempotency_key"],
+              digest=row["digest"], parent_step=row["parent_step"])
+    run.steps = steps or {}
+    run.settled_steps = sum(1 for path, s in run.steps.items()
+                            if "." not in path and "[" not in path
+                            and s.status in ("succeeded", "failed", "skipped", "cancelled"))
+    run.finished = run.done
+    return run
