@@ -15,7 +15,7 @@ from plait.engine import Engine
 from plait.loader import load as _load
 from plait.memo import ToolCache
 from plait.models import WorkflowDef
-from plait.plugins.manager import PluginManager, create_plugin_manager
+from plait.plugins.manager import PluginManager
 from plait.runs import Event, Run
 
 __all__ = ["load", "run", "run_sync", "stream"]
@@ -40,8 +40,7 @@ async def _session(
 ) -> AsyncIterator[tuple[Engine, CompiledWorkflow]]:
     """A started engine with ``workflow`` (and its sub-workflows) registered."""
     config = config or load_config()
-    pm = pm or create_plugin_manager(entry_points=config.plugins.entry_points,
-                                     blocked=config.plugins.disabled, extra=plugins)
+    pm = pm or config.plugin_manager(plugins)
     cache = ToolCache(cache_dir if config.cache.enabled else None,
                       size_limit=config.cache.size_limit)
     cache.open()

@@ -26,7 +26,7 @@ from plait.engine import Engine
 from plait.errors import ConfigError, DefinitionError
 from plait.memo import ToolCache
 from plait.models import WorkflowDef
-from plait.plugins.manager import PluginManager, create_plugin_manager
+from plait.plugins.manager import PluginManager
 from plait.rpc.api import register_api
 from plait.rpc.dispatcher import Dispatcher
 from plait.rpc.mcp import register_mcp
@@ -68,15 +68,16 @@ class Host:
         workflows: str | os.PathLike[str] | None = None,
         plugins: Iterable[object] = (),
         pm: PluginManager | None = None,
+        recover_runs: bool = True,
     ) -> None:
         self.config = config or load_config()
+        self.recover_runs = recover_runs
+        """Resume unfinished runs at start (off for commands that pick runs themselves)."""
         if data_dir is not None:
             self.config.host.data_dir = str(data_dir)
         if workflows is not None:
             self.config.host.workflows = str(workflows)
-        self.pm = pm or create_plugin_manager(
-            entry_points=self.config.plugins.entry_points,
-            blocked=self.config.plugins.disabled, extra=plugins)
+        self.pm = pm or self.config.plugin_manager(plugins)
         self.started_at: float | None = None
         self.load_errors: dict[str, DefinitionError] = {}
         self.engine: Engine | None = None
@@ -125,7 +126,8 @@ class Host:
             stack.push_async_callback(self._stopping)
             if self.config.host.workflows:
                 self.load_folder(self.config.host.workflows)
-            self.recovered = await self.engine.recover()
+            if self.recover_runs:
+                self.recovered = await self.engine.recover()
             if self.recovered:
                 log.info("resumed %d unfinished run(s)", len(self.recovered))
             self.started_at = time.time()

@@ -1,4 +1,4 @@
-"""The ``plait`` command: run, validate, graph, schema and plugins.
+"""The ``plait`` command: run, validate, graph, schema, serve, call, mcp, runs and plugins.
 
 Each sub-command is one small function; ``main`` only parses arguments and maps errors to exit
 codes (0 ok, 1 the run or check failed, 2 bad usage or input).
@@ -16,12 +16,12 @@ from typing import Any
 
 import anyio
 
+from plait.cli_runs import add_runs_parser
 from plait.config import HostConfig, load_config
 from plait.engine import Engine
 from plait.errors import ConfigError, DefinitionError, InputsInvalid, PlaitError
 from plait.graph import render_graph
 from plait.memo import ToolCache
-from plait.plugins.manager import create_plugin_manager
 from plait.progress import ProgressView
 from plait.schema import workflow_schema
 
@@ -107,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_mcp)
 
+    add_runs_parser(sub)
+
     p = sub.add_parser("plugins", help="list loaded plugins and those that failed")
     p.add_argument("--config")
     p.add_argument("--json", action="store_true")
@@ -115,8 +117,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _engine(config: HostConfig, *, cache: bool = False) -> Engine:
-    pm = create_plugin_manager(entry_points=config.plugins.entry_points,
-                               blocked=config.plugins.disabled)
+    pm = config.plugin_manager()
     tool_cache = ToolCache(None)
     if cache and config.cache.enabled and not config.memory_only:
         from plait.datadir import ensure_private_dir
@@ -226,8 +227,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     """List plugins with what they contribute, and the ones that failed to load."""
     config = load_config(args.config)
-    pm = create_plugin_manager(entry_points=config.plugins.entry_points,
-                               blocked=config.plugins.disabled)
+    pm = config.plugin_manager()
     infos = pm.info()
     if args.json:
         print(json.dumps({"plugins": [i.to_dict() for i in infos],
@@ -294,52 +294,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _client_target(args: argparse.Namespace) -> tuple[str, str]:
-    import os
+    from plait.rpc.client import host_url, read_token
 
     config = _serve_config(args)
-    url = args.url or f"ws://127.0.0.1:{config.host.port}/rpc"
-    token = args.token or os.environ.get("PLAIT_TOKEN")
-    if not token:
-        path = Path(config.host.data_dir) / "token"
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except OSError:
-            raise ConfigError(f"no token: pass --token, set PLAIT_TOKEN, or start the host "
-                              f"with data dir {config.host.data_dir} ({path} is missing)") \
-                from None
-    return url, token
+    url = host_url(config.host.data_dir, config.host.port, args.url)
+    return url, read_token(config.host.data_dir, args.token)
 
 
 def cmd_call(args: argparse.Namespace) -> int:
     """Send one request and print the result (exit 1 when the answer is an error)."""
-    from websockets.asyncio.client import connect
+    from plait.rpc.client import call
+    from plait.rpc.errors import RpcError
 
     url, token = _client_target(args)
     try:
         params = json.loads(args.params) if args.params else {}
     except ValueError as exc:
         raise ConfigError(f"params are not JSON: {exc}") from None
-
-    async def call() -> dict[str, Any]:
-        async with connect(url, additional_headers={"Authorization": f"Bearer {token}"},
-                           open_timeout=10, max_size=None) as ws:
-            await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": args.method,
-                                      "params": params}))
-            with anyio.fail_after(args.timeout):
-                while True:
-                    reply = json.loads(await ws.recv())
-                    if isinstance(reply, dict) and reply.get("id") == 1:
-                        return reply
-
     try:
-        reply = anyio.run(call)
+        result = anyio.run(lambda: call(url, token, args.method, params, timeout=args.timeout))
     except OSError as exc:
         print(f"error: cannot reach {url}: {exc}", file=sys.stderr)
         return 1
-    if "error" in reply:
-        print(json.dumps(reply["error"], indent=2), file=sys.stderr)
+    except RpcError as exc:
+        print(json.dumps(exc.to_error_data(), indent=2), file=sys.stderr)
         return 1
-    print(json.dumps(reply.get("result"), indent=2))
+    print(json.dumps(result, indent=2))
     return 0
 
 

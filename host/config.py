@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plait.errors import ConfigError
+
+if TYPE_CHECKING:
+    from plait.plugins.manager import PluginManager
 
 __all__ = [
     "CacheSettings",
@@ -120,6 +123,9 @@ class PluginSettings(_Section):
     """Plugin names not to load: built-in modules (``plait.steps.delay``) or entry points."""
     entry_points: bool = True
     """Load third-party plugins from the ``plait`` entry-point group."""
+    modules: list[str] = Field(default_factory=list)
+    """Plugin modules to import by name, for plugins that are not installed packages (the
+    module must be importable: on ``PYTHONPATH`` or next to the config)."""
 
 
 class EnvSettings(_Section):
@@ -141,6 +147,14 @@ class HostConfig(_Section):
     agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Named agents: ``[agents.reviewer] provider = "openai"`` plus the provider's own keys."""
     mcp_servers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def plugin_manager(self, extra: Iterable[object] = ()) -> PluginManager:
+        """A plugin manager loading what ``[plugins]`` says, plus ``extra`` plugin objects."""
+        from plait.plugins.manager import create_plugin_manager
+
+        return create_plugin_manager(entry_points=self.plugins.entry_points,
+                                     blocked=self.plugins.disabled,
+                                     modules=self.plugins.modules, extra=extra)
 
     @property
     def memory_only(self) -> bool:

@@ -14,7 +14,7 @@ import inspect
 import logging
 import os
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from copy import deepcopy
 from types import TracebackType
 from typing import Any
@@ -250,8 +250,7 @@ class Engine:
         run = rx.run
         scope = None
         try:
-            with anyio.CancelScope() as cancel_scope:
-                rx.cancel_scope = cancel_scope
+            with rx.cancel_scope as cancel_scope:
                 if not resume or run.status == "pending":
                     run.set_status("running")
                 self._observe("run_started", run=run)
@@ -345,17 +344,24 @@ class Engine:
 
     # -- recovery ----------------------------------------------------------------------------
 
-    async def recover(self) -> list[Run]:
-        """Resume every top-level run the store holds unfinished; returns them.
+    async def recover(self, run_ids: Collection[str] | None = None, *,
+                      hold: bool = False) -> list[Run]:
+        """Resume every top-level run the store holds unfinished (or only ``run_ids``).
 
         Paused runs stay paused and waiting runs keep waiting (with their deadlines); a run
-        whose definition no longer compiles fails with the reason instead of vanishing.
+        whose definition no longer compiles fails with the reason instead of vanishing. With
+        ``hold``, no step starts until the run is resumed or cancelled (``plait runs cancel``
+        on a data dir uses this to end a run without running any of it).
         """
         if self.store is None or self._tg is None:
             return []
         resumed = []
         for row in await self.store.unfinished_runs():
+            if run_ids is not None and row["id"] not in run_ids:
+                continue
             rx, compiled = await self._restore(row, 0)
+            if hold:
+                rx.pause()
             resumed.append(rx.run)
             if compiled is not None:
                 self._tg.start_soon(self._execute_quietly, rx, compiled, True)
@@ -402,6 +408,9 @@ class Engine:
         run = self.runs.get(run_id)
         if run is None and self.store is not None:
             run = await self.store.load_run(run_id)
+            if run is not None and not run.finished:  # stopped mid-run: its events tell more
+                _load_state(run, [], replay(await self.store.events(run_id)))
+                run.events, run.finished = [], False
         if run is None:
             raise RunNotFound(run_id)
         return run
@@ -469,10 +478,8 @@ class Engine:
         rx = self.executions.get(run_id)
         if rx is None:
             return False
-        if rx.paused:
-            rx.resume()  # let held steps see the cancellation
-        if rx.cancel_scope is not None:
-            rx.cancel_scope.cancel()
+        # Steps held by a pause are cancelled where they wait: they never start.
+        rx.cancel_scope.cancel()  # entering a scope cancelled early cancels at once
         return True
 
     async def pause(self, run_id: str) -> Run:

@@ -27,7 +27,7 @@ from plait.errors import (
     StepTimeout,
     TemplateError,
 )
-from plait.plugins.types import Agent, Message
+from plait.plugins.types import Agent, Message, ToolContext
 from plait.values import PLUGIN_ERRORS, json_problem
 
 if TYPE_CHECKING:
@@ -67,7 +67,9 @@ class RunExecution:
         self.resumed = recovered is not None
         self.paused = False
         self.unpaused = anyio.Event()
-        self.cancel_scope: anyio.CancelScope | None = None
+        self.cancel_scope = anyio.CancelScope()
+        """The run's scope, made here so that a cancel arriving before the run's task starts
+        still takes effect."""
         self.limiter = engine.run_limiter(run.workflow)
         self.vars: dict[str, Any] = {}
         self.waiting = 0
@@ -441,7 +443,8 @@ class StepRuntime:
     def render(self, template: Template, **extra: Any) -> Any:
         return self._scope.render(template, self._step, getattr(template, "where", ""), extra)
 
-    async def call_tool(self, name: str, args: Mapping[str, Any], *, cache: Any = None) -> Any:
+    async def call_tool(self, name: str, args: Mapping[str, Any], *, cache: Any = None,
+                        key: str | None = None) -> Any:
         step = self._step
         extra_key = None
         policy = step.cache
@@ -457,8 +460,11 @@ class StepRuntime:
         async def cached(tool: str, key: str) -> None:
             self._run.record("step.cached", self.step_id, {"tool": tool, "key": key})
 
+        idempotency_key = self.idempotency_key if key is None else \
+            f"{self.idempotency_key}/{key}"
         return await self._scope.rx.engine.tools.call(
-            name, args, policy=policy, extra_key=extra_key, on_cached=cached)
+            name, args, policy=policy, extra_key=extra_key, on_cached=cached,
+            context=ToolContext(self.run_id, self.step_id, self.attempt, idempotency_key))
 
     def tool_specs(self, names: Sequence[str]) -> list[dict[str, Any]]:
         return self._scope.rx.engine.tools.specs(tuple(names))

@@ -13,7 +13,7 @@ from plait.errors import OutputError, RunError, ToolFailed, ToolNotFound
 from plait.memo import ToolCache, cache_key
 from plait.models import CachePolicy
 from plait.plugins.registry import Registry
-from plait.plugins.types import Tool
+from plait.plugins.types import Tool, ToolContext
 from plait.values import PLUGIN_ERRORS, json_problem
 
 __all__ = ["ToolRunner"]
@@ -74,6 +74,7 @@ class ToolRunner:
         policy: CachePolicy | None = None,
         extra_key: str | None = None,
         on_cached: Callable[[str, str], Any] | None = None,
+        context: ToolContext | None = None,
     ) -> Any:
         """Call tool ``name``; consult and fill the cache when the policy allows.
 
@@ -81,6 +82,7 @@ class ToolRunner:
             policy: the calling step's ``cache:`` policy, if any.
             extra_key: the rendered ``cache.key`` template, added to the cache key.
             on_cached: called with (tool name, key) on a cache hit (emits ``step.cached``).
+            context: what the tool may know of the call (for tools that ask for it).
         """
         tool = self.get(name)
         if not isinstance(args, Mapping):
@@ -99,19 +101,21 @@ class ToolRunner:
                     if on_cached is not None:
                         await on_cached(tool.name, key)
                     return value
-        value = await self._invoke(tool, dict(args))
+        value = await self._invoke(tool, dict(args), context)
         if key is not None:
             await self.cache.set(key, value, ttl=effective.ttl if effective else None)
         return value
 
-    async def _invoke(self, tool: Tool, args: dict[str, Any]) -> Any:
+    async def _invoke(self, tool: Tool, args: dict[str, Any],
+                      context: ToolContext | None) -> Any:
         limiter = self._limiters.get(tool.name)
+        call: Any = tool.call
         try:
             if limiter is None:
-                value = await tool.call(args)
+                value = await (call(args, context) if tool.takes_context else call(args))
             else:
                 async with limiter:
-                    value = await tool.call(args)
+                    value = await (call(args, context) if tool.takes_context else call(args))
         except RunError:
             raise
         except PLUGIN_ERRORS as exc:

@@ -20,6 +20,7 @@ from plait.plugins.types import (
     StepType,
     Tool,
     ToolCall,
+    ToolContext,
     tool,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "StepType",
     "Tool",
     "ToolCall",
+    "ToolContext",
     "create_plugin_manager",
     "hookimpl",
     "hookspec",

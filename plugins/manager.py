@@ -238,6 +238,7 @@ def create_plugin_manager(
     entry_points: bool = True,
     blocked: Iterable[str] = (),
     builtins: Iterable[str] = DEFAULT_PLUGINS,
+    modules: Iterable[str] = (),
     extra: Iterable[object] = (),
 ) -> PluginManager:
     """A fresh manager with the built-ins, the installed ``plait`` plugins and ``extra`` objects.
@@ -246,6 +247,8 @@ def create_plugin_manager(
         entry_points: load third-party plugins from the ``plait`` entry-point group.
         blocked: plugin names (built-in module names or entry-point names) not to load.
         builtins: the built-in plugin modules; tests may pass fewer.
+        modules: plugin modules to import by name (``[plugins] modules``): local plugins that
+            are not installed as packages. One that fails to import is reported and skipped.
         extra: plugin objects or modules registered last (tests, embedding programs).
     """
     pm = PluginManager()
@@ -255,6 +258,8 @@ def create_plugin_manager(
         pm.load_module(name, builtin=True)
     if entry_points:
         pm.load_entry_points()
+    for name in modules:
+        pm.load_module(name)
     for i, plugin in enumerate(extra):
         name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{i}"
         if not pm.is_blocked(name):

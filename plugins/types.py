@@ -36,6 +36,7 @@ __all__ = [
     "StepType",
     "Tool",
     "ToolCall",
+    "ToolContext",
     "tool",
 ]
 
@@ -81,9 +82,13 @@ class StepContext(Protocol):
         """Render one of the step's deferred templates, with ``extra`` roots (``item``, ...)."""
 
     async def call_tool(
-        self, name: str, args: Mapping[str, Any], *, cache: Any = None
+        self, name: str, args: Mapping[str, Any], *, cache: Any = None, key: str | None = None
     ) -> Any:
-        """Call a registered tool through its concurrency limit and the result cache."""
+        """Call a registered tool through its concurrency limit and the result cache.
+
+        ``key`` tells apart several calls one step makes (an agent's tool calls): it is added
+        to the idempotency key the tool sees in its :class:`ToolContext`.
+        """
 
     def tool_specs(self, names: Sequence[str]) -> list[dict[str, Any]]:
         """Describe tools for a model: ``[{name, description, input_schema}]``.
@@ -198,6 +203,26 @@ class StepType(ABC):
 
 
 @dataclass(frozen=True, slots=True)
+class ToolContext:
+    """What a tool may know about the call it serves. A tool function receives it by declaring
+    a parameter annotated ``ToolContext`` (left out of its argument schema).
+
+    Example::
+
+        def charge(order: str, amount: int, context: ToolContext) -> str:
+            return payments.charge(order, amount, idempotency_key=context.idempotency_key)
+    """
+
+    run_id: str | None = None
+    """The run calling, or ``None`` for a direct call (MCP ``tools/call``)."""
+    step_id: str | None = None
+    attempt: int | None = None
+    idempotency_key: str | None = None
+    """``run_id/step_id`` (plus ``/<call id>`` for an agent's tool calls): the same on every
+    attempt and after a restart, so the external system can tell a repeat from a new request."""
+
+
+@dataclass(frozen=True, slots=True)
 class Tool:
     """A callable the engine can run by name, with a JSON Schema for its arguments.
 
@@ -219,6 +244,8 @@ class Tool:
     """Default time to live of cached results, in seconds (``None``: until evicted)."""
     max_concurrency: int | None = None
     """How many calls may run at once, host-wide (``None``: unlimited)."""
+    takes_context: bool = False
+    """``call`` takes a second argument, the :class:`ToolContext` of the call."""
 
     @classmethod
     def from_function(
@@ -248,17 +275,19 @@ class Tool:
             return default if found is None else found
 
         tool_name = option("name", name) or fn.__name__
-        model = _arguments_model(fn, tool_name)
+        model, context_param = _arguments_model(fn, tool_name)
         is_async = inspect.iscoroutinefunction(fn)
         run_in_thread = (not is_async) and bool(option("blocking", blocking, True))
 
-        async def call(args: dict[str, Any]) -> Any:
+        async def call(args: dict[str, Any], context: ToolContext | None = None) -> Any:
             try:
                 parsed = model.model_validate(args)
             except ValidationError as exc:
                 raise ToolFailed(tool_name, f"invalid arguments: {_brief(exc)}",
                                  retryable=False) from None
             kwargs = {k: getattr(parsed, k) for k in type(parsed).model_fields}
+            if context_param is not None:
+                kwargs[context_param] = context or ToolContext()
             if is_async:
                 return await fn(**kwargs)
             if run_in_thread:
@@ -277,6 +306,7 @@ class Tool:
             cacheable=option("cacheable", cacheable),
             cache_ttl=option("cache_ttl", cache_ttl),
             max_concurrency=option("max_concurrency", max_concurrency),
+            takes_context=context_param is not None,
         )
 
 
@@ -310,19 +340,26 @@ def tool(
     return mark
 
 
-def _arguments_model(fn: Callable[..., Any], tool_name: str) -> type[BaseModel]:
+def _arguments_model(fn: Callable[..., Any], tool_name: str
+                     ) -> tuple[type[BaseModel], str | None]:
+    """The arguments' model, and the name of the parameter that takes the ToolContext."""
     fields: dict[str, Any] = {}
+    context_param = None
     hints = inspect.get_annotations(fn, eval_str=True)
     for param in inspect.signature(fn).parameters.values():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         annotation = hints.get(param.name, Any)
+        if annotation is ToolContext:
+            context_param = param.name
+            continue
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (annotation, default)
     safe = "".join(c if c.isalnum() else "_" for c in tool_name)
-    return create_model(  # type: ignore[call-overload, no-any-return]
+    model = create_model(  # type: ignore[call-overload]
         f"{safe}_args", __config__=ConfigDict(extra="forbid"), **fields
     )
+    return model, context_param
 
 
 def _schema(model: type[BaseModel]) -> dict[str, Any]:

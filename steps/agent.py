@@ -188,7 +188,7 @@ class _Session:
                 event["error"] = error
             else:
                 try:
-                    result = await self.ctx.call_tool(call.name, call.arguments)
+                    result = await self.ctx.call_tool(call.name, call.arguments, key=call.id)
                 except RunCancelled:
                     raise
                 except RunError as exc:

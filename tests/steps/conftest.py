@@ -49,7 +49,7 @@ class FakeCtx:
     def render(self, template, **extra):
         return template(**extra)
 
-    async def call_tool(self, name, args, *, cache=None):
+    async def call_tool(self, name, args, *, cache=None, key=None):
         self.tool_calls.append((name, dict(args)))
         if name not in self.tools:
             raise ToolNotFound(name, list(self.tools))
