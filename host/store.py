@@ -143,7 +143,9 @@ class SqliteStore:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
             self._tg = None
-            for conn in (self._conn, self._reader):
+            # The reader first: the last connection to close checkpoints the WAL into the
+            # database file, and only the writer can.
+            for conn in (self._reader, self._conn):
                 if conn is not None:
                     conn.close()
             self._conn = self._reader = None

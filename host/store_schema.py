@@ -107,8 +107,12 @@ _MOVE_ASIDE = ("it was left as it is: move it aside (or restore a backup) to sta
                "empty store")
 
 
-def connect(path: Path, settings: StoreSettings, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: Path, settings: StoreSettings, *, readonly: bool = False,
+            wal: bool = True) -> sqlite3.Connection:
     """A connection with the store's settings applied and checked (no schema work).
+
+    ``wal=False`` leaves the journal mode alone, because switching to WAL rewrites the file's
+    header: :func:`open_database` switches only once it knows the file is a plait store.
 
     Autocommit mode: writers issue ``BEGIN IMMEDIATE`` themselves, so a transaction takes the
     write lock at its start instead of failing half-way.
@@ -126,7 +130,7 @@ def connect(path: Path, settings: StoreSettings, *, readonly: bool = False) -> s
     except sqlite3.Error as exc:
         raise StoreError(str(path), f"cannot open: {exc}") from None
     try:
-        _configure(conn, path, settings, readonly)
+        _configure(conn, path, settings, wal=wal and not readonly)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise StoreCorrupt(str(path), f"cannot be read as a SQLite database ({exc}); "
@@ -137,15 +141,12 @@ def connect(path: Path, settings: StoreSettings, *, readonly: bool = False) -> s
     return conn
 
 
-def _configure(conn: sqlite3.Connection, path: Path, settings: StoreSettings,
-               readonly: bool) -> None:
+def _configure(conn: sqlite3.Connection, path: Path, settings: StoreSettings, *,
+               wal: bool) -> None:
     busy_ms = int(settings.busy_timeout * 1000)
     conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
-    if not readonly:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise StoreError(str(path), f"could not switch to WAL journaling (got {mode!r}); "
-                                        "put the data dir on a local file system")
+    if wal:
+        _use_wal(conn, path)
     conn.execute(f"PRAGMA synchronous = {settings.synchronous}")
     wanted = {"FULL": 2, "NORMAL": 1}[settings.synchronous]
     got = conn.execute("PRAGMA synchronous").fetchone()[0]
@@ -153,6 +154,13 @@ def _configure(conn: sqlite3.Connection, path: Path, settings: StoreSettings,
         raise StoreError(str(path), f"synchronous is {got}, expected {settings.synchronous}")
     if conn.execute("PRAGMA busy_timeout").fetchone()[0] < busy_ms:
         raise StoreError(str(path), "busy_timeout did not take")
+
+
+def _use_wal(conn: sqlite3.Connection, path: Path) -> None:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StoreError(str(path), f"could not switch to WAL journaling (got {mode!r}); "
+                                    "put the data dir on a local file system")
 
 
 def open_database(path: Path, settings: StoreSettings) -> sqlite3.Connection:
@@ -163,10 +171,11 @@ def open_database(path: Path, settings: StoreSettings) -> sqlite3.Connection:
         StoreError: created by a newer plait, or the settings could not be applied.
     """
     existed = path.exists() and path.stat().st_size > 0
-    conn = connect(path, settings)
+    conn = connect(path, settings, wal=False)
     try:
         if existed:
-            _check(conn, path, settings)
+            _check(conn, path, settings)  # before anything writes to the file
+        _use_wal(conn, path)
         _migrate(conn, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
