@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 from pydantic import ValidationError
 
 from plait.compiler import CompiledStep, Scope
@@ -243,8 +244,15 @@ class ScopeExecution:
         """Guard, render, attempt with retries, and settle one step."""
         path = self.prefix + step.id
         run = self.rx.run
-        while self.rx.paused:  # held here, inside the scope's task group, until resumed
+        rec = self.rx.recovered.get(path) if self.rx.recovered else None
+        in_flight = rec is not None and rec.status in ("running", "waiting")
+        # Held here, inside the scope's task group, until resumed; a step that was already
+        # running when the host stopped is not new, so a pause does not hold it.
+        while self.rx.paused and not in_flight:
             await self.rx.unpaused.wait()
+        # A run cancelled before this task got going must not record a start (cheap: it
+        # neither yields nor switches tasks unless the run is cancelled).
+        await anyio.lowlevel.checkpoint_if_cancelled()
         try:
             if step.when is not None and not self.truthy(step.when, step, "when"):
                 self.release(step, "skipped", data={"reason": "when was false"})
