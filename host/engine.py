@@ -496,7 +496,11 @@ class Engine:
     async def resume(self, run_id: str) -> Run:
         """Continue a paused run."""
         rx = await self._live(run_id, "resume", ("paused",))
-        rx.run.set_status("waiting" if rx.waiting else "running")
+        # Right after a restart a waiting step may not have re-entered its wait yet; its
+        # recovered record still says where it is.
+        waiting = rx.waiting or any(rec.status == "waiting"
+                                    for rec in (rx.recovered or {}).values())
+        rx.run.set_status("waiting" if waiting else "running")
         rx.resume()
         return rx.run
 

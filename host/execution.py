@@ -331,6 +331,8 @@ class ScopeExecution:
                     f"{step.key!r} is not safe to run again (rerunnable = False)")
             attempt = rec.attempt - 1
             run.step_state(path).checkpoints = dict(rec.checkpoints) or None
+            if rec.retry_at is not None:  # the backoff the host stopped in keeps its deadline
+                await anyio.sleep(max(0.0, rec.retry_at - time.time()))
         while True:
             attempt += 1
             if store is not None and store.pending > store.settings.max_pending:

@@ -46,6 +46,8 @@ class StepRecord:
     finished_at: float | None = None
     taken: tuple[str, Any] | None = None
     """The signal the step's current attempt took: (event, data)."""
+    retry_at: float | None = None
+    """When the next attempt was due, if the step was waiting out a retry's backoff."""
 
     @property
     def settled(self) -> bool:
@@ -112,12 +114,14 @@ def _apply(rec: StepRecord, kind: str, data: dict[str, Any], ts: float,
         if attempt != rec.attempt:  # a new attempt starts clean; a resumed one keeps its own
             rec.checkpoints = {}
         rec.status, rec.attempts, rec.attempt, rec.executing = "running", attempt, attempt, True
+        rec.retry_at = None
         rec.started_at = rec.started_at if data.get("recovered") else ts
         rec.taken = None
     elif kind == "step.retrying":
         rec.attempt = int(data.get("attempt", rec.attempt)) + 1
         rec.executing = False
         rec.checkpoints = {}
+        rec.retry_at = ts + float(data.get("delay") or 0.0)
     elif kind == "step.waiting":
         rec.status = "waiting"
     elif kind == "signal.taken":
