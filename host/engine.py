@@ -261,17 +261,17 @@ class Engine:
             if cancel_scope.cancelled_caught:
                 raise RunCancelled(f"run {run.id} was cancelled")
         except RunCancelled as exc:
-            self._finish(rx, "cancelled", error=exc.to_dict())
+            self._finish(rx, "cancelled", compiled, error=exc.to_dict())
             raise
         except anyio.get_cancelled_exc_class():
             if self.store is None or not self.stopping:
                 with anyio.CancelScope(shield=True):
-                    self._finish(rx, "cancelled", error={"type": "cancelled",
-                                                         "message": "the host stopped"})
+                    self._finish(rx, "cancelled", compiled, error={
+                        "type": "cancelled", "message": "the host stopped"})
             raise  # with a store, the next start resumes the run
         except RunError as exc:
             error = exc.error if isinstance(exc, StepFailed) else exc.to_dict()
-            self._finish(rx, "failed", error=error)
+            self._finish(rx, "failed", compiled, error=error)
             raise
         run.outputs = outputs
         self._finish(rx, "succeeded", outputs=outputs)
@@ -283,11 +283,16 @@ class Engine:
         except TemplateError as exc:
             raise exc.located(field=field) from None
 
-    def _finish(self, rx: RunExecution, status: str, **data: Any) -> None:
+    def _finish(self, rx: RunExecution, status: str, compiled: CompiledWorkflow | None = None,
+                **data: Any) -> None:
         run = rx.run
         for path, state in run.steps.items():
             if state.status in ("pending", "running", "waiting"):
                 run.set_step(path, "cancelled")
+        if compiled is not None and status != "succeeded":
+            for step in compiled.scope.steps:  # the rest, never started, are cancelled too
+                if step.id not in run.steps:
+                    run.set_step(step.id, "cancelled", {"reason": "never started"})
         if "error" in data:
             run.error = data["error"]
         run.set_status(status, **data)  # type: ignore[arg-type]

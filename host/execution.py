@@ -41,6 +41,10 @@ __all__ = ["RunExecution", "ScopeExecution", "StepRuntimeError"]
 
 log = logging.getLogger("plait.steps")
 
+INLINE_BUDGET = 200
+"""Inline steps one scheduling pass runs before the rest wait for a task of their own, so
+that a long chain of pure steps still lets the event loop serve everything else."""
+
 
 class StepRuntimeError(RunError):
     """A step's code raised something that is not a plait error; names the plugin."""
@@ -132,24 +136,44 @@ class ScopeExecution:
             raise self.failure
 
     def start(self, index: int) -> None:
-        """Start a ready step, or settle it as skipped when its dependencies say so."""
+        """Start a ready step, or settle it as skipped when its dependencies say so.
+
+        Works through a list of ready steps: an inline step (a pure computation) runs right
+        here and adds its dependents to the list; any other step gets a task of its own.
+        """
         pending = [index]
+        budget = INLINE_BUDGET
         while pending:
             i = pending.pop()
             step = self.scope.steps[i]
             reason = self.skip_reason(step)
-            if reason is None:
-                rec = self.rx.recovered and self.rx.recovered.get(self.prefix + step.id)
-                if rec and rec.status in ("succeeded", "failed"):
-                    pending.extend(self.replay(step))
-                    continue
-                assert self.tg is not None
-                self.status[i] = "running"
-                self.tg.start_soon(self.run_step, step)
+            if reason is not None:
+                if step.fallback_for is not None and reason == "fallback not needed":
+                    self.unneeded[i] = True
+                pending.extend(self.settle(step, "skipped", data={"reason": reason}))
                 continue
-            if step.fallback_for is not None and reason == "fallback not needed":
-                self.unneeded[i] = True
-            pending.extend(self.settle(step, "skipped", data={"reason": reason}))
+            rec = self.rx.recovered and self.rx.recovered.get(self.prefix + step.id)
+            if rec and rec.status in ("succeeded", "failed"):
+                pending.extend(self.replay(step))
+                continue
+            self.status[i] = "running"
+            if step.step_type.inline and budget and not rec and self.may_inline():
+                budget -= 1
+                pending.extend(self.run_inline(step))
+                continue
+            assert self.tg is not None
+            self.tg.start_soon(self.run_step, step)
+
+    def may_inline(self) -> bool:
+        """Whether a step may run right now without a task: not paused, nothing cancelled."""
+        if self.rx.paused or self.rx.cancel_scope.cancel_called:
+            return False
+        scope: ScopeExecution | None = self
+        while scope is not None:
+            if scope.tg is not None and scope.tg.cancel_scope.cancel_called:
+                return False
+            scope = scope.parent
+        return True
 
     def skip_reason(self, step: CompiledStep) -> str | None:
         """Why a ready step must not run, or ``None`` when it should."""
@@ -240,25 +264,83 @@ class ScopeExecution:
 
     # -- one step ----------------------------------------------------------------------------
 
-    async def run_step(self, step: CompiledStep) -> None:
-        """Guard, render, attempt with retries, and settle one step."""
+    def run_inline(self, step: CompiledStep) -> list[int]:
+        """Run an inline step's first attempt here and now; return the dependents it readied.
+
+        A failure that its retry policy retries continues in a task (the backoff must wait).
+        """
+        path = self.prefix + step.id
+        run = self.rx.run
+        config = None
+        try:
+            if step.when is not None and not self.truthy(step.when, step, "when"):
+                return self.settle(step, "skipped", data={"reason": "when was false"})
+            config = self.configure(step)
+            run.set_step(path, "running", {"attempt": 1}, attempts=1)
+            self.rx.engine.observe_step_started(run, path)
+            output = self.attempt_inline(step, StepRuntime(self, step, path, 1), config)
+        except RunError as exc:
+            if config is not None and step.retry.attempts > 1 and _retryable(
+                    exc, step.retry.retry_on):
+                assert self.tg is not None
+                self.tg.start_soon(self.run_step, step, (config, 1, exc))
+                return []
+            return self.settle_failure(step, exc)
+        return self.settle(step, "succeeded", output=output)
+
+    def attempt_inline(self, step: CompiledStep, ctx: StepRuntime, config: Any) -> Any:
+        """Drive an inline step's ``run`` to its end without an event loop turn."""
+        coro = step.step_type.run(ctx, config)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            output = done.value
+        except RunError:
+            raise
+        except PLUGIN_ERRORS as exc:
+            raise self.plugin_error(step, exc) from exc
+        else:
+            coro.close()
+            raise StepRuntimeError(
+                f"step type {step.key!r} (plugin {self.rx.engine.step_type_owner(step.key)!r})"
+                " says it is inline, but its run() waited for something; an inline step type "
+                "must not await anything that suspends (set inline = False)")
+        problem = json_problem(output)
+        if problem is not None:
+            raise OutputError(f"step type {step.key!r} returned a value that is not JSON: "
+                              f"{problem}")
+        return output
+
+    async def run_step(self, step: CompiledStep,
+                       retry: tuple[Any, int, RunError] | None = None) -> None:
+        """Guard, render, attempt with retries, and settle one step.
+
+        ``retry`` continues an inline step whose first attempt failed: (config, attempt,
+        error).
+        """
         path = self.prefix + step.id
         run = self.rx.run
         rec = self.rx.recovered.get(path) if self.rx.recovered else None
-        in_flight = rec is not None and rec.status in ("running", "waiting")
+        in_flight = retry is not None or (rec is not None and rec.status in ("running",
+                                                                             "waiting"))
         # Held here, inside the scope's task group, until resumed; a step that was already
-        # running when the host stopped is not new, so a pause does not hold it.
+        # running (before a restart, or an inline step now retrying) is not new, so a pause
+        # does not hold it.
         while self.rx.paused and not in_flight:
             await self.rx.unpaused.wait()
         # A run cancelled before this task got going must not record a start (cheap: it
         # neither yields nor switches tasks unless the run is cancelled).
         await anyio.lowlevel.checkpoint_if_cancelled()
         try:
-            if step.when is not None and not self.truthy(step.when, step, "when"):
-                self.release(step, "skipped", data={"reason": "when was false"})
-                return
-            config = self.configure(step)
-            output = await self.attempts(step, path, config)
+            if retry is not None:
+                config, attempt, error = retry
+                output = await self.attempts(step, path, config, after=(attempt, error))
+            else:
+                if step.when is not None and not self.truthy(step.when, step, "when"):
+                    self.release(step, "skipped", data={"reason": "when was false"})
+                    return
+                config = self.configure(step)
+                output = await self.attempts(step, path, config)
         except anyio.get_cancelled_exc_class():
             if run.steps.get(path) is not None and run.steps[path].status not in (
                     "succeeded", "failed", "skipped", "cancelled"):
@@ -266,19 +348,22 @@ class ScopeExecution:
                 self.status[step.index] = "cancelled"
             raise
         except RunError as exc:
-            self.on_failure(step, exc)
+            for d in self.settle_failure(step, exc):
+                self.start(d)
             return
         self.release(step, "succeeded", output=output)
 
-    def on_failure(self, step: CompiledStep, exc: RunError) -> None:
+    def settle_failure(self, step: CompiledStep, exc: RunError) -> list[int]:
+        """Settle a failed step by its ``on_error``; return the dependents it readied."""
         error = exc.to_dict()
         if isinstance(exc, StepFailed) and exc.step_id == self.prefix + step.id:
             error = exc.error
         if step.on_error == "fail":
             self.settle(step, "failed", error=error)
             self.fail_scope(StepFailed(self.prefix + step.id, str(exc), error=error))
-        else:  # continue, or fallback: dependents (and the fallback) decide
-            self.release(step, "failed", error=error)
+            return []
+        # continue, or fallback: dependents (and the fallback) decide
+        return self.settle(step, "failed", error=error)
 
     def truthy(self, template: Template, step: CompiledStep, field: str) -> bool:
         return bool(self.render(template, step, field))
@@ -308,19 +393,21 @@ class ScopeExecution:
             raise ConfigInvalid(f"step {self.prefix + step.id!r} has an invalid configuration "
                                 f"after rendering: {problems}") from None
 
-    async def attempts(self, step: CompiledStep, path: str, config: Any) -> Any:
+    async def attempts(self, step: CompiledStep, path: str, config: Any,
+                       after: tuple[int, RunError] | None = None) -> Any:
         """Run attempts until one succeeds or the retry policy gives up.
 
         A step that was in flight when the host stopped continues as the same attempt (same
         idempotency key, same checkpoints); if its type is not safe to run again it is marked
-        ``interrupted`` and fails instead, following its ``on_error``.
+        ``interrupted`` and fails instead, following its ``on_error``. ``after`` continues from
+        a failed attempt (attempt number, error) that ran elsewhere.
         """
         retry = step.retry
         run = self.rx.run
         engine = self.rx.engine
         store = engine.store
-        attempt = 0
-        rec = self.rx.take_record(path)
+        attempt, error = after if after is not None else (0, None)
+        rec = self.rx.take_record(path) if after is None else None
         resumed = rec is not None and rec.status in ("running", "waiting")
         if resumed:
             assert rec is not None
@@ -334,6 +421,13 @@ class ScopeExecution:
             if rec.retry_at is not None:  # the backoff the host stopped in keeps its deadline
                 await anyio.sleep(max(0.0, rec.retry_at - time.time()))
         while True:
+            if error is not None:
+                if attempt >= retry.attempts or not _retryable(error, retry.retry_on):
+                    raise error
+                delay = retry.delay(attempt)
+                run.record("step.retrying", path, {"attempt": attempt, "delay": delay,
+                                                   "error": error.to_dict()})
+                await anyio.sleep(delay)
             attempt += 1
             if store is not None and store.pending > store.settings.max_pending:
                 await store.drained()
@@ -356,12 +450,6 @@ class ScopeExecution:
                 return output
             except RunError as exc:
                 error = exc
-            if attempt >= retry.attempts or not _retryable(error, retry.retry_on):
-                raise error
-            delay = retry.delay(attempt)
-            run.record("step.retrying", path, {"attempt": attempt, "delay": delay,
-                                               "error": error.to_dict()})
-            await anyio.sleep(delay)
 
     async def attempt(self, step: CompiledStep, ctx: StepRuntime, config: Any) -> Any:
         timeout = step.timeout
@@ -377,9 +465,13 @@ class ScopeExecution:
         except RunError:
             raise
         except PLUGIN_ERRORS as exc:
-            plugin = self.rx.engine.step_type_owner(step.key)
-            raise StepRuntimeError(f"step type {step.key!r} (plugin {plugin!r}) raised "
-                                   f"{type(exc).__name__}: {exc}") from exc
+            raise self.plugin_error(step, exc) from exc
+
+    def plugin_error(self, step: CompiledStep, exc: BaseException) -> StepRuntimeError:
+        """A step type's own exception, as a step error naming its plugin."""
+        plugin = self.rx.engine.step_type_owner(step.key)
+        return StepRuntimeError(f"step type {step.key!r} (plugin {plugin!r}) raised "
+                                f"{type(exc).__name__}: {exc}")
 
 
 class _nullcontext:
@@ -399,7 +491,10 @@ class _acquire:
     async def __aenter__(self) -> None:
         for i, lim in enumerate(self.limiters):
             try:
-                await lim.acquire()
+                try:
+                    lim.acquire_nowait()  # no event-loop turn when a slot is free
+                except anyio.WouldBlock:
+                    await lim.acquire()
             except BaseException:
                 for held in reversed(self.limiters[:i]):
                     held.release()

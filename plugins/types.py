@@ -172,6 +172,12 @@ class StepType(ABC):
     uses_capacity: ClassVar[bool] = True
     """Whether a running step holds a slot of the host-wide step limit. Steps that only wait for
     other steps (loops, branches, sub-workflows) say ``False`` so they cannot deadlock it."""
+    inline: ClassVar[bool] = False
+    """``run`` is a pure computation that never waits for anything (a transform, a branch
+    choice): the engine then runs it in its scheduler, without a task of its own, which makes
+    such a step several times cheaper. A step type that says so and awaits something that
+    suspends fails with a clear error. Retries still apply; a ``timeout`` cannot interrupt
+    code that never waits (templates have their own time limit)."""
     deferred: ClassVar[frozenset[str]] = frozenset()
     """Config fields the step renders itself (with ``ctx.render``) instead of the engine."""
     expressions: ClassVar[frozenset[str]] = frozenset()

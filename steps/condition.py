@@ -40,6 +40,7 @@ class IfStep(StepType):
     key = "if"
     description = "Evaluate a condition; skip the steps of the branch not taken."
     uses_capacity = False
+    inline = True
     expressions = frozenset({"if"})
 
     class Config(StepConfig):

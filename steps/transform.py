@@ -32,6 +32,7 @@ class TransformStep(StepType):
     key = "transform"
     description = "Evaluate a value or a mapping of expressions."
     uses_capacity = False
+    inline = True
 
     class Config(StepConfig):
         """The fields of a ``transform`` step."""

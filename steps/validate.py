@@ -75,6 +75,7 @@ class ValidateStep(StepType):
     key = "validate"
     description = "Check a value against a JSON Schema and assertions."
     uses_capacity = False
+    inline = True
     expressions = frozenset({"assert"})
 
     class Config(StepConfig):
