@@ -1,8 +1,14 @@
 """Running a compiled graph of steps: scheduling, guards, retries, timeouts, errors, bodies.
 
 Each step starts the moment its own dependencies settle: there is no superstep barrier, so a
-slow branch never delays an independent fast one. A scope (the workflow's top level, or one
-run of a nested body) owns one task group; its steps are tasks in it.
+slow branch never delays an independent fast one.
+
+Tasks are the expensive part, so the scheduler makes as few as it can. An inline step (a pure
+computation) runs within the scheduling pass that found it ready. A task that finishes a step
+goes on with one of the steps that became ready and spawns tasks only for the others, so a
+chain of steps runs in one task. A scope (the workflow's top level, or one run of a nested body)
+opens its task group only when two steps are ready at once; a sequential scope runs entirely in
+the task that runs the scope.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import ChainMap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -37,6 +43,10 @@ if TYPE_CHECKING:
     from plait.runs import Run
     from plait.templating import Template
 
+Ready = list[tuple["CompiledStep | None", Any]]
+"""Work for a task: (step, the failed attempt an inline step continues from, or None), or
+(None, step indices) for a scheduling pass that stopped to let the event loop run."""
+
 __all__ = ["RunExecution", "ScopeExecution", "StepRuntimeError"]
 
 log = logging.getLogger("plait.steps")
@@ -62,6 +72,9 @@ class ConfigInvalid(RunError):
 class RunExecution:
     """The live part of one run: its engine, state, limits, pause gate and cancel scope."""
 
+    __slots__ = ("active", "cancel_scope", "depth", "engine", "limiter", "paused", "recovered",
+                 "resumed", "run", "unpaused", "vars", "waiting")
+
     def __init__(self, engine: Engine, run: Run, depth: int = 0,
                  recovered: dict[str, StepRecord] | None = None) -> None:
         self.engine = engine
@@ -71,7 +84,7 @@ class RunExecution:
         """After a restart: what the events say of each step path, used up as steps reach it."""
         self.resumed = recovered is not None
         self.paused = False
-        self.unpaused = anyio.Event()
+        self.unpaused: anyio.Event | None = None
         self.cancel_scope = anyio.CancelScope()
         """The run's scope, made here so that a cancel arriving before the run's task starts
         still takes effect."""
@@ -89,7 +102,8 @@ class RunExecution:
     def resume(self) -> None:
         """Start the steps that became ready while paused."""
         self.paused = False
-        self.unpaused.set()
+        if self.unpaused is not None:
+            self.unpaused.set()
 
     def take_record(self, path: str) -> StepRecord | None:
         """The recovered record of ``path``, once: a later run of the same path is new."""
@@ -128,22 +142,46 @@ class ScopeExecution:
 
     async def execute(self) -> None:
         """Run every step of the scope; raise the first unhandled step failure."""
-        async with anyio.create_task_group() as tg:
-            self.tg = tg
-            for i in self.scope.roots:
-                self.start(i)
+        ready = self.schedule(self.scope.roots)
+        while len(ready) == 1 and self.failure is None:  # sequential so far: no task group
+            ready = await self.run_item(*ready[0])
+        if ready and self.failure is None:
+            async with anyio.create_task_group() as tg:
+                self.tg = tg
+                await self.drive(ready)
         if self.failure is not None:
             raise self.failure
 
-    def start(self, index: int) -> None:
-        """Start a ready step, or settle it as skipped when its dependencies say so.
+    async def drive(self, ready: Ready) -> None:
+        """Run ready steps: one in this task, the others in new tasks; go on with what the
+        one run here makes ready."""
+        while ready:
+            assert self.tg is not None
+            for item in ready[1:]:
+                self.tg.start_soon(self.drive, [item])
+            ready = await self.run_item(*ready[0])
 
-        Works through a list of ready steps: an inline step (a pure computation) runs right
-        here and adds its dependents to the list; any other step gets a task of its own.
+    async def run_item(self, step: CompiledStep | None, extra: Any) -> Ready:
+        """Run one piece of work of :data:`Ready`."""
+        if step is None:  # a long pass of inline steps gives the event loop a turn
+            await anyio.lowlevel.checkpoint()
+            return self.schedule(extra)
+        return await self.run_step(step, extra)
+
+    def schedule(self, indices: Iterable[int]) -> Ready:
+        """Settle or run what can be done at once; return the steps that need a task.
+
+        Works through a list of ready steps: a step whose dependencies say so is skipped, a
+        replayed one is settled from its record, and an inline step runs right here; each adds
+        its dependents to the list. The rest are returned for :meth:`drive` to run.
         """
-        pending = [index]
+        pending = list(indices)
+        out: Ready = []
         budget = INLINE_BUDGET
         while pending:
+            if not budget:
+                out.append((None, pending))
+                break
             i = pending.pop()
             step = self.scope.steps[i]
             reason = self.skip_reason(step)
@@ -157,20 +195,24 @@ class ScopeExecution:
                 pending.extend(self.replay(step))
                 continue
             self.status[i] = "running"
-            if step.step_type.inline and budget and not rec and self.may_inline():
+            if step.step_type.inline and not rec and self.may_inline():
                 budget -= 1
-                pending.extend(self.run_inline(step))
+                dependents, retry = self.run_inline(step)
+                if retry is not None:
+                    out.append((step, retry))
+                pending.extend(dependents)
                 continue
-            assert self.tg is not None
-            self.tg.start_soon(self.run_step, step)
+            out.append((step, None))
+        return out
 
     def may_inline(self) -> bool:
-        """Whether a step may run right now without a task: not paused, nothing cancelled."""
+        """Whether a step may run right now, in this pass: not paused, nothing cancelled."""
         if self.rx.paused or self.rx.cancel_scope.cancel_called:
             return False
         scope: ScopeExecution | None = self
         while scope is not None:
-            if scope.tg is not None and scope.tg.cancel_scope.cancel_called:
+            if scope.failure is not None or (
+                    scope.tg is not None and scope.tg.cancel_scope.cancel_called):
                 return False
             scope = scope.parent
         return True
@@ -250,31 +292,28 @@ class ScopeExecution:
                 ready.append(d)
         return ready
 
-    def release(self, step: CompiledStep, status: str, **kw: Any) -> None:
-        """Settle from inside a step task and start whatever became ready."""
-        for d in self.settle(step, status, **kw):
-            self.start(d)
-
     def fail_scope(self, error: RunError) -> None:
         """Stop the scope: the first unhandled failure wins and the rest are cancelled."""
         if self.failure is None:
             self.failure = error
-        assert self.tg is not None
-        self.tg.cancel_scope.cancel()
+        if self.tg is not None:
+            self.tg.cancel_scope.cancel()
 
     # -- one step ----------------------------------------------------------------------------
 
-    def run_inline(self, step: CompiledStep) -> list[int]:
-        """Run an inline step's first attempt here and now; return the dependents it readied.
+    def run_inline(self, step: CompiledStep
+                   ) -> tuple[list[int], tuple[Any, int, RunError] | None]:
+        """Run an inline step's first attempt here and now.
 
-        A failure that its retry policy retries continues in a task (the backoff must wait).
+        Returns the dependents it readied, or, for a failure its retry policy retries, where
+        the retries (which must wait out a backoff) continue from.
         """
         path = self.prefix + step.id
         run = self.rx.run
         config = None
         try:
             if step.when is not None and not self.truthy(step.when, step, "when"):
-                return self.settle(step, "skipped", data={"reason": "when was false"})
+                return self.settle(step, "skipped", data={"reason": "when was false"}), None
             config = self.configure(step)
             run.set_step(path, "running", {"attempt": 1}, attempts=1)
             self.rx.engine.observe_step_started(run, path)
@@ -282,11 +321,9 @@ class ScopeExecution:
         except RunError as exc:
             if config is not None and step.retry.attempts > 1 and _retryable(
                     exc, step.retry.retry_on):
-                assert self.tg is not None
-                self.tg.start_soon(self.run_step, step, (config, 1, exc))
-                return []
-            return self.settle_failure(step, exc)
-        return self.settle(step, "succeeded", output=output)
+                return [], (config, 1, exc)
+            return self.settle_failure(step, exc), None
+        return self.settle(step, "succeeded", output=output), None
 
     def attempt_inline(self, step: CompiledStep, ctx: StepRuntime, config: Any) -> Any:
         """Drive an inline step's ``run`` to its end without an event loop turn."""
@@ -312,8 +349,8 @@ class ScopeExecution:
         return output
 
     async def run_step(self, step: CompiledStep,
-                       retry: tuple[Any, int, RunError] | None = None) -> None:
-        """Guard, render, attempt with retries, and settle one step.
+                       retry: tuple[Any, int, RunError] | None = None) -> Ready:
+        """Guard, render, attempt with retries, and settle one step; return what it readied.
 
         ``retry`` continues an inline step whose first attempt failed: (config, attempt,
         error).
@@ -327,8 +364,9 @@ class ScopeExecution:
         # running (before a restart, or an inline step now retrying) is not new, so a pause
         # does not hold it.
         while self.rx.paused and not in_flight:
+            assert self.rx.unpaused is not None
             await self.rx.unpaused.wait()
-        # A run cancelled before this task got going must not record a start (cheap: it
+        # A run cancelled before this step got going must not record a start (cheap: it
         # neither yields nor switches tasks unless the run is cancelled).
         await anyio.lowlevel.checkpoint_if_cancelled()
         try:
@@ -337,8 +375,8 @@ class ScopeExecution:
                 output = await self.attempts(step, path, config, after=(attempt, error))
             else:
                 if step.when is not None and not self.truthy(step.when, step, "when"):
-                    self.release(step, "skipped", data={"reason": "when was false"})
-                    return
+                    return self.schedule(self.settle(step, "skipped",
+                                                     data={"reason": "when was false"}))
                 config = self.configure(step)
                 output = await self.attempts(step, path, config)
         except anyio.get_cancelled_exc_class():
@@ -348,10 +386,8 @@ class ScopeExecution:
                 self.status[step.index] = "cancelled"
             raise
         except RunError as exc:
-            for d in self.settle_failure(step, exc):
-                self.start(d)
-            return
-        self.release(step, "succeeded", output=output)
+            return self.schedule(self.settle_failure(step, exc))
+        return self.schedule(self.settle(step, "succeeded", output=output))
 
     def settle_failure(self, step: CompiledStep, exc: RunError) -> list[int]:
         """Settle a failed step by its ``on_error``; return the dependents it readied."""

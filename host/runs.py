@@ -122,7 +122,8 @@ class Run:
     """Whether the terminal event has been told: what ``wait`` and followers go by."""
     sink: Sink | None = field(default=None, repr=False)
     _listeners: list[Listener] = field(default_factory=list, repr=False)
-    _waiters: list[anyio.Event] = field(default_factory=list, repr=False)
+    _waiters: list[tuple[int, anyio.Event]] = field(default_factory=list, repr=False)
+    """(seq, event): set once ``published`` reaches seq (``-1``: once the run is finished)."""
     _signals: dict[str, deque[Any]] = field(default_factory=dict, repr=False)
     _signal_waiters: dict[str, anyio.Event] = field(default_factory=dict, repr=False)
 
@@ -148,10 +149,22 @@ class Run:
         for listener in self._listeners:
             listener(event)
         if self._waiters:
-            waiters, self._waiters = self._waiters, []
-            for w in waiters:
-                w.set()
-        return event
+            self._wake()
+
+    def _wake(self) -> None:
+        published, finished = self.published, self.finished
+        keep = []
+        for target, waiter in self._waiters:
+            if (finished if target < 0 else published >= target):
+                waiter.set()
+            else:
+                keep.append((target, waiter))
+        self._waiters = keep
+
+    async def _until(self, target: int) -> None:
+        waiter = anyio.Event()
+        self._waiters.append((target, waiter))
+        await waiter.wait()
 
     def set_status(self, status: RunStatus, **data: Any) -> Event:
         """Move the run to ``status`` and record ``run.<status>`` (``run.started`` or
@@ -211,16 +224,12 @@ class Run:
                 yield self.events[cursor - 1]
             if self.finished:
                 return
-            waiter = anyio.Event()
-            self._waiters.append(waiter)
-            await waiter.wait()
+            await self._until(cursor + 1)
 
     async def wait(self) -> Run:
         """Return once the run is terminal and that is kept."""
-        while not self.finished:
-            waiter = anyio.Event()
-            self._waiters.append(waiter)
-            await waiter.wait()
+        if not self.finished:
+            await self._until(-1)
         return self
 
     async def committed(self) -> Run:
@@ -230,10 +239,8 @@ class Run:
         could undo.
         """
         target = self.seq
-        while self.published < target:
-            waiter = anyio.Event()
-            self._waiters.append(waiter)
-            await waiter.wait()
+        if self.published < target:
+            await self._until(target)
         return self
 
     async def view(self) -> dict[str, Any]:
