@@ -13,7 +13,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import uuid
 from collections.abc import Callable, Collection, Mapping
 from copy import deepcopy
 from types import TracebackType
@@ -42,7 +41,7 @@ from plait.memo import ToolCache
 from plait.models import WorkflowDef
 from plait.plugins.manager import PluginManager
 from plait.recovery import RecoveredRun, replay
-from plait.runs import TERMINAL_EVENTS, Event, Run
+from plait.runs import TERMINAL_EVENTS, Event, Run, new_run_id
 from plait.store import RunPage, SqliteStore, run_from_row
 from plait.templating import TemplateEngine, TemplateLimits
 from plait.tools import ToolRunner
@@ -183,7 +182,7 @@ class Engine:
         problems = compiled.check_inputs(values)
         if problems:
             raise InputsInvalid(compiled.name, problems)
-        run = Run(id=run_id or uuid.uuid4().hex, workflow=compiled.name,
+        run = Run(id=run_id or new_run_id(), workflow=compiled.name,
                   version=compiled.version, inputs=values, parent_id=parent_id,
                   total_steps=len(compiled.scope.steps), digest=compiled.digest,
                   parent_step=parent_step, idempotency_key=idempotency_key)

@@ -489,19 +489,30 @@ class ScopeExecution:
 
     async def attempt(self, step: CompiledStep, ctx: StepRuntime, config: Any) -> Any:
         timeout = step.timeout
-        limiters = self.rx.limiter, (self.rx.engine.step_limiter if
-                                     step.step_type.uses_capacity else None)
+        run_limit = self.rx.limiter
+        host_limit = self.rx.engine.step_limiter if step.step_type.uses_capacity else None
         try:
-            with anyio.fail_after(timeout) if timeout else _nullcontext():
-                async with _acquire(limiters):
-                    return await step.step_type.run(ctx, config)
-        except TimeoutError:
+            if not timeout:
+                return await self._limited(step, ctx, config, run_limit, host_limit)
+            with anyio.CancelScope(deadline=anyio.current_time() + timeout):
+                return await self._limited(step, ctx, config, run_limit, host_limit)
+            # Only the deadline's own cancellation ends up here: a cancel from outside the
+            # scope goes on propagating.
             raise StepTimeout(f"step {ctx.step_id!r} timed out after {timeout} s "
-                              f"(attempt {ctx.attempt})") from None
+                              f"(attempt {ctx.attempt})")
         except RunError:
             raise
         except PLUGIN_ERRORS as exc:
             raise self.plugin_error(step, exc) from exc
+
+    async def _limited(self, step: CompiledStep, ctx: StepRuntime, config: Any,
+                       run_limit: anyio.CapacityLimiter | None,
+                       host_limit: anyio.CapacityLimiter | None) -> Any:
+        """Run the step type inside its limiters (taken in a fixed order: no deadlock)."""
+        if run_limit is None and host_limit is None:
+            return await step.step_type.run(ctx, config)
+        async with _acquire((run_limit, host_limit)):
+            return await step.step_type.run(ctx, config)
 
     def plugin_error(self, step: CompiledStep, exc: BaseException) -> StepRuntimeError:
         """A step type's own exception, as a step error naming its plugin."""
@@ -556,7 +567,7 @@ def _retryable(error: RunError, retry_on: Sequence[str]) -> bool:
 class StepRuntime:
     """The :class:`plait.plugins.StepContext` the engine gives one attempt of one step."""
 
-    __slots__ = ("_scope", "_step", "attempt", "definition", "idempotency_key", "log",
+    __slots__ = ("_log", "_scope", "_step", "attempt", "definition", "idempotency_key",
                  "run_id", "step_id")
 
     def __init__(self, scope: ScopeExecution, step: CompiledStep, path: str,
@@ -568,7 +579,15 @@ class StepRuntime:
         self.attempt = attempt
         self.idempotency_key = f"{self.run_id}/{path}"
         self.definition = step.definition
-        self.log = logging.LoggerAdapter(log, {"run_id": self.run_id, "step": path})
+        self._log: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger that names the run and step (made when a step first logs)."""
+        if self._log is None:
+            self._log = logging.LoggerAdapter(log, {"run_id": self.run_id,
+                                                    "step": self.step_id})
+        return self._log
 
     @property
     def _run(self) -> Run:

@@ -9,6 +9,7 @@ progress notification) ever hears of a change a crash could still undo.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,7 @@ __all__ = [
     "RunStatus",
     "StepState",
     "StepStatus",
+    "new_run_id",
 ]
 
 RunStatus = Literal["pending", "running", "paused", "waiting", "succeeded", "failed", "cancelled"]
@@ -44,9 +46,13 @@ TERMINAL_EVENTS: frozenset[str] = frozenset({"run.succeeded", "run.failed", "run
 """The event types that end a run."""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Event:
-    """One change of a run, numbered in order: ``seq`` starts at 1 and has no gaps."""
+    """One change of a run, numbered in order: ``seq`` starts at 1 and has no gaps.
+
+    Not to be changed once recorded (it is not frozen only because frozen dataclasses cost
+    several times more to create, and every change of every run makes one).
+    """
 
     seq: int
     run_id: str
@@ -82,6 +88,18 @@ class StepState:
                 "attempts": self.attempts, "started_at": self.started_at,
                 "finished_at": self.finished_at}
 
+
+def new_run_id() -> str:
+    """A unique run id: 128 random bits as 32 hex digits, like a uuid4's hex.
+
+    Made without a system call (``uuid4`` reads ``os.urandom`` each time): a run id names a
+    run, it is not a secret, so a PRNG seeded once from the OS is enough. Random from the
+    first digit, so a short prefix tells runs apart.
+    """
+    return f"{_ids.getrandbits(128):032x}"
+
+
+_ids = random.Random()  # seeded from os.urandom once, at import
 
 Listener = Callable[[Event], None]
 Sink = Callable[["Run", Event], None]

@@ -184,7 +184,7 @@ def register_api(dispatcher: Dispatcher, host: Host) -> None:
             cursor=_parse_cursor(p.cursor) if p.cursor else None)
         return {"runs": page.runs, "nextCursor": page.next_cursor}
 
-    @method("runs/wait", WaitParams)
+    @method("runs/wait", WaitParams, cancellable=True)
     async def wait(session: Session, p: WaitParams) -> dict[str, Any]:
         run = await engine().load_run(p.run_id)
         with anyio.move_on_after(p.timeout):

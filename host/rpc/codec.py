@@ -3,13 +3,22 @@
 Python's ``json`` accepts ``NaN`` and ``Infinity`` and parses integers of any length; the wire
 must not. Nesting is bounded before parsing, so a deeply nested message costs a scan, not a
 recursion.
+
+orjson is the fast path both ways. It is strict where the wire must be (no ``NaN``, no
+``Infinity``, no overflowing floats), but it turns integers beyond 64 bits into floats and
+declines what the standard library takes (lone surrogates, integers beyond 64 bits on the way
+out): texts with a long digit run, and anything orjson declines, go through the strict
+standard-library path, so the answer is always the same as without orjson.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
+
+import orjson
 
 from plait.rpc.errors import InternalError, ParseError
 
@@ -41,6 +50,8 @@ def _parse_float(text: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_parse_int,
                             parse_float=_parse_float)
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+_LONG_NUMBER = re.compile(r"\d{19}")
+"""A digit run orjson might read as a float (integers beyond 64 bits)."""
 
 
 def _too_deep(text: str, limit: int) -> bool:
@@ -77,6 +88,11 @@ def decode(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     # Cheap pre-check: only texts with many brackets can be too deep.
     if text.count("[") + text.count("{") > max_depth and _too_deep(text, max_depth):
         raise ParseError(data={"reason": f"nested deeper than {max_depth}"})
+    if _LONG_NUMBER.search(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # the standard library decides, and says why
     try:
         return _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
@@ -85,7 +101,15 @@ def decode(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
 
 
 def encode(message: Any) -> str:
-    """Serialize a message as standard JSON; raise :class:`InternalError` if it cannot be."""
+    """Serialize a message as standard JSON; raise :class:`InternalError` if it cannot be.
+
+    Results are checked for non-finite numbers before they get here (orjson would write
+    ``null`` for them).
+    """
+    try:
+        return orjson.dumps(message).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        pass
     try:
         return _ENCODER.encode(message)
     except (TypeError, ValueError, RecursionError) as exc:

@@ -10,6 +10,7 @@ on modern revisions, no null or reused ids) and cancellation are enforced here.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from jsonrpcserver.async_dispatcher import dispatch_to_response_pure
+from jsonrpcserver.async_dispatcher import dispatch_request
+from jsonrpcserver.dispatcher import create_request, to_response
 from jsonrpcserver.response import ErrorResponse, SuccessResponse
 from jsonrpcserver.result import Error, Success
 from pydantic import BaseModel, ValidationError
@@ -58,6 +60,9 @@ class MethodSpec:
     """An MCP method: needs ``initialize`` first on every transport."""
     before_init: bool = False
     """Allowed before ``initialize`` even on a strict MCP session (``initialize``, ``ping``)."""
+    cancellable: bool = False
+    """Can take long, so ``notifications/cancelled`` may stop it (it runs in a cancel scope).
+    Quick methods answer before a cancel could arrive and spare the scope."""
 
 
 def to_rpc_error(exc: BaseException) -> RpcError:
@@ -130,11 +135,12 @@ class Dispatcher:
         self._table[spec.name] = self._wrap(spec)
 
     def method(self, name: str, params: type[BaseModel] | None = None, *, mcp: bool = False,
-               before_init: bool = False) -> Callable[[Handler], Handler]:
+               before_init: bool = False, cancellable: bool = False
+               ) -> Callable[[Handler], Handler]:
         """Decorator form of :meth:`add`."""
 
         def register(handler: Handler) -> Handler:
-            self.add(MethodSpec(name, handler, params, mcp, before_init))
+            self.add(MethodSpec(name, handler, params, mcp, before_init, cancellable))
             return handler
 
         return register
@@ -224,15 +230,20 @@ class Dispatcher:
             await self._call(message, session)
             return None
         key = id_key(request_id)
-        session.inflight[key] = scope = anyio.CancelScope()
+        spec = self.methods.get(message["method"])
+        scope = anyio.CancelScope() if spec is not None and spec.cancellable else None
+        session.inflight[key] = scope
         current = CURRENT_REQUEST.set(key)
         try:
-            with scope:
+            if scope is None:
                 response = await self._call(message, session)
+            else:
+                with scope:
+                    response = await self._call(message, session)
         finally:
             CURRENT_REQUEST.reset(current)
             session.inflight.pop(key, None)
-        if scope.cancelled_caught or key in session.cancelled:
+        if (scope is not None and scope.cancelled_caught) or key in session.cancelled:
             session.cancelled.discard(key)
             return None  # cancelled by the client: no response (MCP)
         return response
@@ -258,12 +269,15 @@ class Dispatcher:
         return None
 
     async def _call(self, message: dict[str, Any], session: Session) -> dict[str, Any] | None:
-        response = await dispatch_to_response_pure(
-            deserializer=lambda m: m, validator=lambda m: m, methods=self._table,
-            context=session, post_process=lambda r: r, request=message)  # type: ignore[arg-type]
-        if response is None:
+        # jsonrpcserver's per-request layer: method lookup, binding, the call, the response.
+        # Its outer layer (parsing, schema validation, batches through asyncio.gather) is
+        # what the host does itself, item by item and bounded; skipping it saves ~0.1 ms.
+        request, result = await dispatch_request(self._table, session,  # type: ignore[arg-type]
+                                                 create_request(message))
+        if "id" not in message:
             return None
         # jsonrpcserver answers with oslash's Right(success) / Left(error).
+        response = to_response(request, result)
         response = getattr(response, "_value", getattr(response, "_error", response))
         if isinstance(response, SuccessResponse):
             return {"jsonrpc": "2.0", "result": response.result, "id": response.id}
@@ -296,6 +310,9 @@ class Dispatcher:
                 return Error(err.code, err.message, err.data)
             return Success(result)
 
+        # jsonrpcserver binds the arguments to the handler's signature on every call; a
+        # ready-made signature spares it the introspection.
+        call.__signature__ = inspect.signature(call)  # type: ignore[attr-defined]
         return call
 
 

@@ -108,7 +108,7 @@ def register_mcp(dispatcher: Dispatcher, host: Host) -> None:
     async def list_tools(session: Session, p: ListToolsParams) -> dict[str, Any]:
         return {"tools": host_tools(host)}
 
-    @method("tools/call", CallToolParams, mcp=True)
+    @method("tools/call", CallToolParams, mcp=True, cancellable=True)
     async def call_tool(session: Session, p: CallToolParams) -> dict[str, Any]:
         if p.name.startswith(WORKFLOW_TOOL_PREFIX):
             return await _call_workflow(host, session, p)

@@ -65,7 +65,8 @@ class Session:
         self.initialized = False
         self.client_info: dict[str, Any] = {}
         self.client_capabilities: dict[str, Any] = {}
-        self.inflight: dict[tuple[str, Any], anyio.CancelScope] = {}
+        self.inflight: dict[tuple[str, Any], anyio.CancelScope | None] = {}
+        """Requests being answered, by id; the scope of those that can be cancelled."""
         self.cancelled: set[tuple[str, Any]] = set()
         self.max_inflight = max_inflight
         self.subscriptions: dict[str, Callable[[], None]] = {}

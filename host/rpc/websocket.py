@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -143,19 +144,31 @@ class WebSocketTransport:
     # -- a connection ------------------------------------------------------------------------
 
     async def _connection(self, ws: ServerConnection) -> None:
+        """Read messages and hand them to this connection's workers.
+
+        Workers are tasks that serve one message after another; one is added whenever a
+        message arrives and none is free (a ``runs/wait`` holds its worker while others go
+        on), up to ``max_inflight + 8``. Past that the reader waits, and TCP pushes back on a
+        flooding client. Spawning a worker per burst instead of a task per message keeps a
+        request's cost close to the transport's own.
+        """
         self.open += 1
         session = Session(transport="websocket", max_inflight=self.max_inflight,
                           max_queue=self.max_queue, max_queue_bytes=self.max_queue_bytes)
         self.host.sessions.add(session)
-        slots = anyio.Semaphore(self.max_inflight + 8)
+        most = self.max_inflight + 8
+        inbox, taken = anyio.create_memory_object_stream[str | bytes](most)
+        workers = 0
         try:
-            async with anyio.create_task_group() as tg:
+            async with anyio.create_task_group() as tg, inbox, taken:
                 session.on_overflow = lambda: tg.start_soon(_drop, ws)
                 tg.start_soon(self._writer, ws, session)
                 try:
                     async for message in ws:
-                        await slots.acquire()  # a flooding client waits: TCP pushes back
-                        tg.start_soon(self._serve_one, message, session, slots)
+                        if inbox.statistics().tasks_waiting_receive == 0 and workers < most:
+                            workers += 1
+                            tg.start_soon(self._worker, taken.clone(), session)
+                        await inbox.send(message)
                 except ConnectionClosed:
                     pass
                 tg.cancel_scope.cancel()  # replies can no longer be sent; runs go on
@@ -164,12 +177,11 @@ class WebSocketTransport:
             self.host.sessions.discard(session)
             self.open -= 1
 
-    async def _serve_one(self, message: str | bytes, session: Session,
-                         slots: anyio.Semaphore) -> None:
-        try:
-            await self.dispatcher.serve(message, session)
-        finally:
-            slots.release()
+    async def _worker(self, messages: MemoryObjectReceiveStream[str | bytes],
+                      session: Session) -> None:
+        async with messages:
+            async for message in messages:
+                await self.dispatcher.serve(message, session)
 
     async def _writer(self, ws: ServerConnection, session: Session) -> None:
         try:
@@ -177,6 +189,14 @@ class WebSocketTransport:
                 async for text in outbox:
                     await ws.send(text)
                     session.sent(text)
+                    # Send what else is queued without an event-loop turn per frame.
+                    while True:
+                        try:
+                            text = outbox.receive_nowait()
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                        await ws.send(text)
+                        session.sent(text)
         except ConnectionClosed:
             pass
 
