@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
 import plait
+from plait.app import tune_gc
 from plait.config import HostConfig
 
 
@@ -53,6 +54,7 @@ async def plait_server(mode: str) -> None:
     """plait's host with its WebSocket transport."""
     with tempfile.TemporaryDirectory() as tmp:
         async with plait.Host(_config(mode, tmp)) as host:
+            tune_gc()  # as plait serve does
 
             def ready(url: str, token: str) -> None:
                 print(f"READY {url} {token}", flush=True)
@@ -126,6 +128,7 @@ async def first_step_latency(mode: str, samples: int) -> dict[str, Any]:
     latencies = []
     with tempfile.TemporaryDirectory() as tmp:
         async with plait.Host(_config(mode, tmp), plugins=[plugin]) as host:
+            tune_gc()  # as plait serve does
             host.register(workflow)
             found: list[tuple[str, str]] = []
             up = anyio.Event()

@@ -2,7 +2,8 @@
 
 Each function runs one measurement in this process and returns a dict of figures; the driver
 (``bench/run.py``) runs each in a fresh subprocess so that peak RSS belongs to that workload
-alone.
+alone. Both sides run with the garbage-collector settings ``plait serve`` uses
+(``plait.app.tune_gc``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import anyio
 
 import plait
+from plait.app import tune_gc
 from plait.config import HostConfig
 
 
@@ -82,6 +84,7 @@ async def plait_graph(kind: str, n: int, mode: str, repeats: int) -> dict[str, A
     definition = chain(n) if kind == "W1" else fanout(n)
     with tempfile.TemporaryDirectory() as tmp:
         async with plait.Host(_config(mode, tmp), plugins=[_plugin()]) as host:
+            tune_gc()  # as plait serve does
             host.register(definition)
             per_step = []
             for _ in range(repeats + 1):  # the first run warms up
@@ -100,6 +103,7 @@ async def plait_runs(n: int, mode: str) -> dict[str, Any]:
     """W3 on plait: ``n`` concurrent runs of THREE_STEPS; runs/s and peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
         async with plait.Host(_config(mode, tmp), plugins=[_plugin()]) as host:
+            tune_gc()  # as plait serve does
             host.register(THREE_STEPS)
             await _plait_batch(host, 200)  # warm up
             gc.collect()
@@ -137,6 +141,7 @@ async def asyncio_graph(kind: str, n: int, repeats: int) -> dict[str, Any]:
             await task
         return 1
 
+    tune_gc()  # the same collector settings as plait's side
     per_step = []
     for _ in range(repeats + 1):
         gc.collect()
@@ -164,6 +169,7 @@ async def asyncio_runs(n: int) -> dict[str, Any]:
         await asyncio.sleep(0.01)
         return value + 1
 
+    tune_gc()  # the same collector settings as plait's side
     await asyncio.gather(*(one(i) for i in range(200)))
     gc.collect()
     base = peak_rss_mb()

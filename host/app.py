@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import secrets
@@ -36,7 +37,7 @@ from plait.rpc.websocket import RPC_PATH, WebSocketTransport
 from plait.runs import Run
 from plait.store import SqliteStore
 
-__all__ = ["Host"]
+__all__ = ["Host", "tune_gc"]
 
 log = logging.getLogger("plait.host")
 
@@ -47,6 +48,23 @@ TOKEN_FILE = "token"
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 PACE_SECONDS = 0.25
 """How long event publication waits for a congested connection to drain before going on."""
+
+
+GC_THRESHOLDS = (100_000, 50, 20)
+"""Collection thresholds for a process that is a plait host (see :func:`tune_gc`)."""
+
+
+def tune_gc() -> None:
+    """Collect garbage less often, for a process whose job is to be a plait host.
+
+    A host holds many small live objects (runs, steps, events); with CPython's default
+    thresholds the cyclic collector rescans them over and over while runs pile up, which cost
+    about a fifth of the throughput with 10,000 runs in flight (``bench/``). Everything loaded
+    at start is frozen out of collection, and the first generation holds 100,000 objects before
+    it is collected. ``plait serve`` calls this; an embedding program decides for itself.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class Host:

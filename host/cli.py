@@ -267,12 +267,13 @@ def _serve_config(args: argparse.Namespace) -> HostConfig:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the host until interrupted: WebSocket by default, stdio with ``--stdio``."""
-    from plait.app import Host
+    from plait.app import Host, tune_gc
 
     config = _serve_config(args)  # logs go to stderr: on --stdio, stdout is the protocol
 
     async def main() -> None:
         async with Host(config) as host:
+            tune_gc()  # this process is the host: everything loaded so far stays
             for path, error in host.load_errors.items():
                 print(f"warning: {path} not loaded: {error}", file=sys.stderr)
             if args.stdio:
