@@ -119,6 +119,9 @@ class RunExecution:
 class ScopeExecution:
     """One run of one scope: the step states of its graph and the task group running them."""
 
+    __slots__ = ("context", "failure", "parent", "prefix", "rx", "scope", "selected", "status",
+                 "tg", "unneeded", "views", "waiting")
+
     def __init__(self, rx: RunExecution, scope: Scope, prefix: str,
                  parent: ScopeExecution | None, extra: Mapping[str, Any] | None = None) -> None:
         self.rx = rx

@@ -106,7 +106,7 @@ Sink = Callable[["Run", Event], None]
 """Where recorded events go before they are told (the store's ``record``)."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Run:
     """A run: its identity, inputs, status, step states, outputs and event history."""
 
@@ -142,8 +142,8 @@ class Run:
     _listeners: list[Listener] = field(default_factory=list, repr=False)
     _waiters: list[tuple[int, anyio.Event]] = field(default_factory=list, repr=False)
     """(seq, event): set once ``published`` reaches seq (``-1``: once the run is finished)."""
-    _signals: dict[str, deque[Any]] = field(default_factory=dict, repr=False)
-    _signal_waiters: dict[str, anyio.Event] = field(default_factory=dict, repr=False)
+    _signals: dict[str, deque[Any]] | None = field(default=None, repr=False)
+    _signal_waiters: dict[str, anyio.Event] | None = field(default=None, repr=False)
 
     # -- the one place changes go through -------------------------------------------------
 
@@ -275,9 +275,11 @@ class Run:
 
     def signal(self, event: str, data: Any = None) -> None:
         """Deliver a signal; kept until a ``wait`` step takes it."""
+        if self._signals is None:
+            self._signals = {}
         self._signals.setdefault(event, deque()).append(data)
         self.record("run.signal", None, {"event": event, "data": data})
-        waiter = self._signal_waiters.pop(event, None)
+        waiter = self._signal_waiters.pop(event, None) if self._signal_waiters else None
         if waiter is not None:
             waiter.set()
 
@@ -288,13 +290,15 @@ class Run:
     async def take_signal(self, event: str, step: str) -> Any:
         """Wait for (or take a queued) signal ``event`` for ``step``; records ``signal.taken``."""
         while True:
-            queue = self._signals.get(event)
+            queue = self._signals.get(event) if self._signals else None
             if queue:
                 data = queue.popleft()
                 state = self.step_state(step)
                 state.status = "running"
                 self.record("signal.taken", step, {"event": event})
                 return data
+            if self._signal_waiters is None:
+                self._signal_waiters = {}
             waiter = self._signal_waiters.get(event)
             if waiter is None:
                 waiter = self._signal_waiters[event] = anyio.Event()
