@@ -43,6 +43,7 @@ from plait.memo import ToolCache
 from plait.models import CachePolicy, RetryPolicy, StepDef, WorkflowDef
 from plait.plugins import (
     Agent,
+    AgentContext,
     AgentProvider,
     AgentReply,
     AgentRequest,
@@ -61,6 +62,7 @@ from plait.runs import Event, Run, StepState
 
 __all__ = [
     "Agent",
+    "AgentContext",
     "AgentFailed",
     "AgentNotFound",
     "AgentProvider",

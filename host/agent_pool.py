@@ -1,7 +1,18 @@
-"""Named agents from the host configuration, built by their providers on first use."""
+"""Named agents from the host configuration, built by their providers on first use.
+
+Every agent gets the same wrappers whatever its provider: ``max_concurrency`` (completions in
+flight), a ``requests_per_minute`` / ``tokens_per_minute`` budget, and provider errors turned
+into step errors. The budget is a pair of buckets that refill continuously; a completion
+reserves one request and its estimated tokens (a quarter of the conversation's characters,
+plus ``max_tokens`` or 256 for the answer) and the estimate is corrected by the usage the
+provider reports. A step that has to wait for the budget shows as ``waiting``, with the reason,
+until it may go on.
+"""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,19 +23,86 @@ from plait.plugins.registry import Registry
 from plait.plugins.types import Agent, AgentProvider, AgentReply, AgentRequest
 from plait.values import PLUGIN_ERRORS
 
-__all__ = ["AgentPool"]
+__all__ = ["AgentPool", "Budget"]
+
+POOL_KEYS = ("max_concurrency", "requests_per_minute", "tokens_per_minute")
+"""Keys of an ``[agents.<name>]`` table that the pool handles for every provider."""
+ANSWER_TOKENS = 256
+"""Tokens an answer is assumed to take when the agent sets no ``max_tokens``."""
+
+
+class Budget:
+    """Requests and tokens per minute: buckets that start full and refill continuously."""
+
+    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None,
+                 clock: Any = time.monotonic) -> None:
+        self.rpm = requests_per_minute
+        self.tpm = tokens_per_minute
+        self.requests = float(requests_per_minute or 0)
+        self.tokens = float(tokens_per_minute or 0)
+        self._clock = clock
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        elapsed, self._at = now - self._at, now
+        if self.rpm:
+            self.requests = min(self.rpm, self.requests + elapsed * self.rpm / 60)
+        if self.tpm:
+            self.tokens = min(self.tpm, self.tokens + elapsed * self.tpm / 60)
+
+    def wait(self, tokens: int) -> tuple[float, str | None]:
+        """Seconds until one request with ``tokens`` may go, and which limit holds it."""
+        self._refill()
+        waits = []
+        if self.rpm and self.requests < 1:
+            waits.append(((1 - self.requests) * 60 / self.rpm, "requests_per_minute"))
+        if self.tpm:
+            need = min(tokens, self.tpm)  # a request larger than the budget waits for it full
+            if self.tokens < need:
+                waits.append(((need - self.tokens) * 60 / self.tpm, "tokens_per_minute"))
+        return max(waits) if waits else (0.0, None)
+
+    def take(self, tokens: int) -> None:
+        """Spend one request and ``tokens`` tokens (call right after :meth:`wait` said 0)."""
+        if self.rpm:
+            self.requests -= 1
+        if self.tpm:
+            self.tokens -= min(tokens, self.tpm)
+
+    def correct(self, tokens: int) -> None:
+        """Charge (or give back) the difference between the estimate and the real usage."""
+        if self.tpm:
+            self.tokens = min(self.tpm, self.tokens - tokens)
+
+
+def estimate_tokens(request: AgentRequest, answer: int) -> int:
+    """A rough token count of a completion: characters / 4, plus the answer's budget."""
+    chars = sum(len(m.content) + sum(len(json.dumps(c.arguments)) for c in m.tool_calls)
+                for m in request.messages)
+    chars += sum(len(json.dumps(t)) for t in request.tools)
+    return chars // 4 + answer
 
 
 class _Limited:
-    """An agent behind its ``max_concurrency`` limit, with provider errors made step errors."""
+    """An agent behind its concurrency limit and budget, with provider errors made step
+    errors."""
 
-    def __init__(self, name: str, agent: Agent, limit: int | None) -> None:
+    def __init__(self, name: str, agent: Agent, config: Mapping[str, Any]) -> None:
         self.name = name
-        self.max_concurrency = limit
+        limit = config.get("max_concurrency")
+        self.max_concurrency = int(limit) if limit else None
         self._agent = agent
-        self._limiter = anyio.CapacityLimiter(limit) if limit else None
+        self._limiter = anyio.CapacityLimiter(self.max_concurrency) if limit else None
+        rpm, tpm = config.get("requests_per_minute"), config.get("tokens_per_minute")
+        self._budget = Budget(rpm, tpm) if rpm or tpm else None
+        self._answer = int(config.get("max_tokens") or ANSWER_TOKENS)
 
     async def complete(self, request: AgentRequest) -> AgentReply:
+        estimate = 0
+        if self._budget is not None:
+            estimate = estimate_tokens(request, self._answer)
+            await self._reserve(request, estimate)
         try:
             if self._limiter is None:
                 reply = await self._agent.complete(request)
@@ -38,7 +116,31 @@ class _Limited:
         if not isinstance(reply, AgentReply):
             raise AgentFailed(self.name, f"provider returned {type(reply).__name__}, "
                                          "not an AgentReply", retryable=False)
+        if self._budget is not None:
+            used = reply.usage.get("total_tokens") or (
+                reply.usage.get("prompt_tokens", 0) + reply.usage.get("completion_tokens", 0))
+            if used:
+                self._budget.correct(int(used) - estimate)
         return reply
+
+    async def _reserve(self, request: AgentRequest, tokens: int) -> None:
+        assert self._budget is not None
+        shown = False
+        try:
+            while True:
+                seconds, limit = self._budget.wait(tokens)
+                if seconds <= 0:
+                    self._budget.take(tokens)
+                    return
+                if not shown and request.context is not None:
+                    shown = True
+                    await request.context.waiting(
+                        f"agent {self.name!r}: waiting {seconds:.1f}s for its {limit} budget")
+                await anyio.sleep(seconds)
+        finally:
+            if shown and request.context is not None:
+                with anyio.CancelScope(shield=True):
+                    await request.context.waiting(None)
 
 
 class AgentPool:
@@ -68,10 +170,20 @@ class AgentPool:
             raise AgentFailed(name, f"provider {provider_name!r} is not installed; providers: "
                                     f"{', '.join(self.providers.names()) or 'none'}",
                               retryable=False)
+        own = {k: v for k, v in config.items() if k not in POOL_KEYS}
         try:
-            made = provider.create(name, config)
+            made = provider.create(name, own)
         except Exception as exc:
             raise AgentFailed(name, f"invalid configuration: {exc}", retryable=False) from exc
-        limit = config.get("max_concurrency")
-        agent = self._agents[name] = _Limited(name, made, int(limit) if limit else None)
+        agent = self._agents[name] = _Limited(name, made, config)
         return agent
+
+    async def aclose(self) -> None:
+        """Close what providers opened (HTTP clients), for agents that have ``aclose``."""
+        for limited in self._agents.values():
+            close = getattr(limited._agent, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except PLUGIN_ERRORS:  # closing never fails the host
+                    pass

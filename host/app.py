@@ -24,14 +24,16 @@ from plait.datadir import (
     write_host_info,
 )
 from plait.engine import Engine
-from plait.errors import ConfigError, DefinitionError
+from plait.errors import AgentFailed, ConfigError, DefinitionError
+from plait.mcp_tools import McpTools
 from plait.memo import ToolCache
 from plait.models import WorkflowDef
 from plait.plugins.manager import PluginManager
 from plait.rpc.api import register_api
 from plait.rpc.dispatcher import Dispatcher
+from plait.rpc.errors import RpcError
 from plait.rpc.mcp import register_mcp
-from plait.rpc.session import Session
+from plait.rpc.session import Session, SessionClosed
 from plait.rpc.stdio import serve_stdio
 from plait.rpc.websocket import RPC_PATH, WebSocketTransport
 from plait.runs import Run
@@ -100,6 +102,8 @@ class Host:
         self.load_errors: dict[str, DefinitionError] = {}
         self.engine: Engine | None = None
         self.store: SqliteStore | None = None
+        self.mcp: McpTools | None = None
+        """The MCP servers whose tools this host offers (``[mcp_servers]``)."""
         self.recovered: list[Run] = []
         """The runs the last start found unfinished and resumed."""
         self._stack: AsyncExitStack | None = None
@@ -141,6 +145,9 @@ class Host:
             stack.callback(cache.close)
             self.engine = Engine(self.pm, self.config, cache=cache, store=self.store)
             await stack.enter_async_context(self.engine)
+            self.engine.sampler = self.sample
+            self.mcp = await stack.enter_async_context(
+                McpTools(self.engine.tools, self.config.mcp_servers))
             stack.push_async_callback(self._stopping)
             if self.config.host.workflows:
                 self.load_folder(self.config.host.workflows)
@@ -211,6 +218,33 @@ class Host:
     async def get_run(self, run_id: str) -> Run:
         """The run with that id, live or from the store."""
         return await self._engine().load_run(run_id)
+
+    async def sample(self, run: Run, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send ``sampling/createMessage`` for ``run`` to a client and return its result.
+
+        The client that started the run is asked when it declared the ``sampling``
+        capability; otherwise each other connected client that did, until one answers.
+        """
+        origin = run.origin if isinstance(run.origin, Session) else None
+        candidates = ([origin] if origin is not None else []) + [
+            s for s in self.sessions if s is not origin]
+        for session in candidates:
+            if session.closed or "sampling" not in session.client_capabilities:
+                continue
+            try:
+                return dict(await session.request("sampling/createMessage", params,
+                                                  timeout=timeout) or {})
+            except SessionClosed:
+                continue  # gone meanwhile: ask the next one
+            except TimeoutError:
+                raise AgentFailed("sampling", f"the client did not answer sampling/"
+                                              f"createMessage within {timeout:g}s") from None
+            except RpcError as exc:
+                raise AgentFailed("sampling", f"the client refused sampling/createMessage: "
+                                              f"{exc.message}", retryable=False) from None
+        raise AgentFailed("sampling", "no connected MCP client declared the sampling "
+                                      "capability; connect one (an IDE through plait serve "
+                                      "--stdio or plait mcp) and retry")
 
     # -- serving -----------------------------------------------------------------------------
 

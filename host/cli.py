@@ -172,7 +172,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _run_and_show(engine: Engine, compiled: Any, inputs: dict[str, Any],
                         view: ProgressView) -> Any:
-    async with engine:
+    from plait.mcp_tools import McpTools
+
+    async with engine, McpTools(engine.tools, engine.config.mcp_servers):
         run = await engine.start(compiled, inputs)
         with view:
             async for event in run.follow():

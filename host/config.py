@@ -147,6 +147,8 @@ class HostConfig(_Section):
     agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Named agents: ``[agents.reviewer] provider = "openai"`` plus the provider's own keys."""
     mcp_servers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """MCP servers whose tools the host offers as ``<server>.<tool>`` (see ``plait.mcp_tools``):
+    ``command``/``args``/``env``/``cwd`` or ``url``/``headers``, ``timeout``, ..."""
 
     def plugin_manager(self, extra: Iterable[object] = ()) -> PluginManager:
         """A plugin manager loading what ``[plugins]`` says, plus ``extra`` plugin objects."""

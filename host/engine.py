@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from copy import deepcopy
 from types import TracebackType
 from typing import Any
@@ -51,6 +51,9 @@ __all__ = ["Engine"]
 
 log = logging.getLogger("plait.engine")
 
+Sampler = Callable[[Run, dict[str, Any], float], Awaitable[dict[str, Any]]]
+"""(run, sampling/createMessage params, timeout) → the client's result."""
+
 OBSERVER_SECONDS = 10.0
 """How long an async lifecycle observer may take before it is cancelled."""
 CANCEL_SECONDS = 5.0
@@ -84,6 +87,8 @@ class Engine:
         """Called with every event of every run (subscriptions to all runs)."""
         self.step_limiter = anyio.CapacityLimiter(limits.max_concurrent_steps)
         self.stopping = False
+        self.sampler: Sampler | None = None
+        """Sends a run's ``sampling/createMessage`` to a connected client; set by the host."""
         self._run_limiters: dict[str, anyio.CapacityLimiter | None] = {}
         self._snapshots: dict[str, CompiledWorkflow] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -119,6 +124,8 @@ class Engine:
             await self._tg.__aexit__(None, None, None)
         finally:
             self._tg = None
+            with anyio.CancelScope(shield=True):
+                await self.agents.aclose()
         return None
 
     # -- workflows ---------------------------------------------------------------------------
@@ -209,10 +216,12 @@ class Engine:
                 self.idempotency.pop(run.idempotency_key, None)
 
     async def start(self, compiled: CompiledWorkflow, inputs: Mapping[str, Any] | None = None,
-                    *, run_id: str | None = None, idempotency_key: str | None = None) -> Run:
+                    *, run_id: str | None = None, idempotency_key: str | None = None,
+                    origin: Any = None) -> Run:
         """Create a run and start it in the background; returns once its creation is kept.
 
         With an ``idempotency_key`` already used, the existing run is returned instead.
+        ``origin`` is the client connection that asked (sampling asks it first).
         """
         if self._tg is None:
             raise RuntimeError("the engine is not started: use `async with engine:`")
@@ -221,6 +230,7 @@ class Engine:
             if existing is not None:
                 return existing
         run = self.prepare(compiled, inputs, run_id=run_id, idempotency_key=idempotency_key)
+        run.origin = origin
         rx = RunExecution(self, run)
         self.executions[run.id] = rx
         self._tg.start_soon(self._execute_quietly, rx, compiled, False)
@@ -319,6 +329,7 @@ class Engine:
                                  parent_step=parent_step)
         except InputsInvalid as exc:
             raise StepFailed(step_path, str(exc)) from None
+        child.origin = parent.run.origin
         parent.run.record("run.child", step_path, {"child": child.id, "workflow": name})
         rx = RunExecution(self, child, parent.depth + 1)
         self.executions[child.id] = rx

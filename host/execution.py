@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from plait.compiler import CompiledStep, Scope
 from plait.errors import (
+    AgentFailed,
     AgentNotFound,
     OutputError,
     RunCancelled,
@@ -688,7 +689,8 @@ class StepRuntime:
     async def wait_signal(self, event: str, *, timeout: float | None) -> Any:
         rx = self._scope.rx
         run = rx.run
-        run.set_step(self.step_id, "waiting", {"event": event, "timeout": timeout})
+        run.set_step(self.step_id, "waiting", {"event": event, "timeout": timeout},
+                     reason=f"signal {event!r}")
         rx.waiting += 1
         if run.status == "running":
             run.set_status("waiting", event=event)
@@ -703,3 +705,20 @@ class StepRuntime:
 
     async def sleep_until(self, deadline: float) -> None:
         await anyio.sleep(max(0.0, deadline - time.time()))
+
+    async def waiting(self, reason: str | None) -> None:
+        run = self._run
+        state = run.step_state(self.step_id)
+        if reason is None:
+            if state.status == "waiting":
+                state.status, state.reason = "running", None
+                run.record("step.resumed", self.step_id, {})
+            return
+        run.set_step(self.step_id, "waiting", {"reason": reason}, reason=reason)
+
+    async def sample(self, params: Mapping[str, Any], *, timeout: float) -> dict[str, Any]:
+        sampler = self._scope.rx.engine.sampler
+        if sampler is None:
+            raise AgentFailed("sampling", "this engine serves no clients, so none can run a "
+                                          "sampling request (use a host, plait serve)")
+        return await sampler(self._run, dict(params), timeout)

@@ -124,6 +124,8 @@ def _apply(rec: StepRecord, kind: str, data: dict[str, Any], ts: float,
         rec.retry_at = ts + float(data.get("delay") or 0.0)
     elif kind == "step.waiting":
         rec.status = "waiting"
+    elif kind == "step.resumed":
+        rec.status = "running"
     elif kind == "signal.taken":
         queue = signals.get(data["event"])
         rec.taken = (data["event"], queue.popleft() if queue else None)

@@ -81,12 +81,17 @@ class StepState:
     finished_at: float | None = None
     checkpoints: dict[str, Any] | None = None
     """Values the current attempt asked to keep across a restart (``ctx.checkpoint``)."""
+    reason: str | None = None
+    """What a ``waiting`` step waits for (a signal, a rate budget)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for ``runs/get``."""
-        return {"status": self.status, "output": self.output, "error": self.error,
-                "attempts": self.attempts, "started_at": self.started_at,
-                "finished_at": self.finished_at}
+        out = {"status": self.status, "output": self.output, "error": self.error,
+               "attempts": self.attempts, "started_at": self.started_at,
+               "finished_at": self.finished_at}
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
 
 
 def new_run_id() -> str:
@@ -132,6 +137,9 @@ class Run:
     """The definition snapshot this run executes (the workflow version's content hash)."""
     parent_step: str | None = None
     """For a child run: the step path, and ``#attempt``, of the parent step that started it."""
+    origin: Any = field(default=None, repr=False)
+    """The client connection that started the run, if any (not kept: gone after a restart);
+    the sampling provider asks it first."""
     seq: int = 0
     """The sequence number of the last recorded event."""
     published: int = 0
@@ -210,6 +218,8 @@ class Run:
         (``step.started`` for ``running``)."""
         state = self.step_state(path)
         state.status = status
+        if state.reason is not None and status != "waiting":
+            state.reason = None
         now = time.time()
         if status == "running":
             state.started_at = now

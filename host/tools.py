@@ -35,6 +35,18 @@ class ToolRunner:
             if limit:
                 self._limiters[name] = anyio.CapacityLimiter(limit)
 
+    def add(self, tool: Tool, *, owner: str, replace: bool = False) -> None:
+        """Register a tool from a source other than a plugin (an MCP server), with its limit."""
+        self.tools.add(tool.name, tool, plugin=owner, replace=replace)
+        limit = self._setting(tool.name, "max_concurrency") or tool.max_concurrency
+        if limit:
+            self._limiters[tool.name] = anyio.CapacityLimiter(limit)
+
+    def remove(self, name: str) -> None:
+        """Forget a tool added with :meth:`add`."""
+        self.tools.remove(name)
+        self._limiters.pop(name, None)
+
     def _setting(self, name: str, key: str) -> Any:
         settings = self.settings.get(name)
         return getattr(settings, key) if settings is not None else None

@@ -11,6 +11,7 @@ from plait.plugins.manager import (
 from plait.plugins.registry import Registries, Registry
 from plait.plugins.types import (
     Agent,
+    AgentContext,
     AgentProvider,
     AgentReply,
     AgentRequest,
@@ -27,6 +28,7 @@ from plait.plugins.types import (
 __all__ = [
     "DEFAULT_PLUGINS",
     "Agent",
+    "AgentContext",
     "AgentProvider",
     "AgentReply",
     "AgentRequest",

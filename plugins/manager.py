@@ -40,6 +40,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plait.steps.workflow",
     "plait.steps.wait",
     "plait.agents.scripted",
+    "plait.agents.sampling",
+    "plait.agents.openai",
     "plait.stdtools",
 )
 """Module names of the built-in plugins, registered before the ``plait`` entry points."""

@@ -34,6 +34,11 @@ class Registry(Generic[T]):
         self._items[name] = obj
         self._owners[name] = plugin
 
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (a tool source that went away); unknown names are ignored."""
+        self._items.pop(name, None)
+        self._owners.pop(name, None)
+
     def get(self, name: str) -> T | None:
         """The object registered as ``name``, or ``None``."""
         return self._items.get(name)

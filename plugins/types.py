@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Agent",
+    "AgentContext",
     "AgentProvider",
     "AgentReply",
     "AgentRequest",
@@ -145,6 +146,20 @@ class StepContext(Protocol):
         Example::
 
             deadline = await ctx.checkpoint("deadline", time.time() + config.seconds)
+        """
+
+    async def waiting(self, reason: str | None) -> None:
+        """Show the step as ``waiting`` with ``reason`` (for a rate budget, say); ``None``
+        shows it running again. The reason appears in the step's state in ``runs/get``."""
+
+    async def sample(self, params: Mapping[str, Any], *, timeout: float) -> dict[str, Any]:
+        """Ask a connected MCP client to run a completion (``sampling/createMessage``).
+
+        The client that started the run is asked when it can sample, else any connected
+        client that declared the ``sampling`` capability. Returns the client's result.
+
+        Raises:
+            AgentFailed: no client can sample, it refused, or it did not answer in time.
         """
 
 
@@ -438,6 +453,19 @@ class Message:
         )
 
 
+class AgentContext(Protocol):
+    """What a provider may ask of the step it answers (the step's :class:`StepContext`)."""
+
+    async def emit(self, type: str, data: Mapping[str, Any] | None = None) -> None:
+        """Record an event of the step (``agent.delta`` for streamed text)."""
+
+    async def waiting(self, reason: str | None) -> None:
+        """Show the step as waiting (on a budget, say), or running again with ``None``."""
+
+    async def sample(self, params: Mapping[str, Any], *, timeout: float) -> dict[str, Any]:
+        """Have a connected MCP client run the completion (``sampling/createMessage``)."""
+
+
 @dataclass(slots=True)
 class AgentRequest:
     """What the agent step asks a provider for: the next assistant message."""
@@ -450,6 +478,9 @@ class AgentRequest:
     """When set, the final answer must be JSON matching this schema."""
     step_id: str = ""
     run_id: str = ""
+    context: AgentContext | None = None
+    """The step's services, for providers that stream, wait or sample (``None`` outside a
+    step, in tests of a provider alone)."""
 
 
 @dataclass(slots=True)

@@ -153,6 +153,7 @@ class _Session:
         request = AgentRequest(
             messages=_system_first(self.messages), tools=specs,
             output_schema=cfg.output_schema, step_id=ctx.step_id, run_id=ctx.run_id,
+            context=ctx,
         )
         try:
             reply = await agent.complete(request)

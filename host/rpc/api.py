@@ -168,7 +168,7 @@ def register_api(dispatcher: Dispatcher, host: Host) -> None:
     async def start(session: Session, p: StartParams) -> dict[str, Any]:
         eng = engine()
         run = await eng.start(eng.catalog.get(p.workflow, p.version), p.inputs,
-                              idempotency_key=p.idempotency_key)
+                              idempotency_key=p.idempotency_key, origin=session)
         return {"runId": run.id, "status": run.status}
 
     @method("runs/get", RunParams)
@@ -289,4 +289,5 @@ def register_api(dispatcher: Dispatcher, host: Host) -> None:
                        "runsByStatus": statuses, "connections": len(host.sessions),
                        "tools": len(eng.registries.tools)},
             "dataDir": str(host.data_dir) if host.data_dir else None,
+            "mcpServers": host.mcp.info() if host.mcp is not None else {},
         }

@@ -157,7 +157,7 @@ async def _call_workflow(host: Host, session: Session, p: CallToolParams) -> dic
     compiled = engine.catalog.get(name)
     _check_arguments(compiled.definition.inputs, p.arguments, p.name)
     try:
-        run = await engine.start(compiled, p.arguments)
+        run = await engine.start(compiled, p.arguments, origin=session)
     except InputsInvalid as exc:
         raise InvalidParams(str(exc), {"problems": exc.problems}) from None
     token = p.meta.get("progressToken")

@@ -50,7 +50,7 @@ def test_builtins_register_through_the_hooks():
     for step_type in STEP_TYPES:
         assert regs.step_types.get(step_type.key) is step_type
     assert sorted(regs.step_types.names()) == sorted(t.key for t in STEP_TYPES)
-    assert regs.agent_providers.names() == ["scripted"]
+    assert regs.agent_providers.names() == ["openai", "sampling", "scripted"]
 
 
 def test_capacity_and_rerun_flags():
