@@ -50,7 +50,10 @@ class _Settings(BaseModel):
 
     provider: str = "openai"
     model: str = Field(min_length=1)
-    base_url: str = "https://api.openai.com/v1"
+    base_url: str = Field(default_factory=lambda: os.environ.get(
+        "OPENAI_BASE_URL", "https://api.openai.com/v1"))
+    """The endpoint; by default ``$OPENAI_BASE_URL`` (as the OpenAI SDK reads it), else
+    OpenAI's."""
     api_key_env: str | None = "OPENAI_API_KEY"
     """The environment variable holding the key; unset or empty sends no Authorization (local
     servers need none)."""

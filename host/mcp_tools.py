@@ -49,7 +49,9 @@ class McpServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     command: str | None = None
-    """The program to start; the host speaks MCP to it over its stdin and stdout."""
+    """The program to start; the host speaks MCP to it over its stdin and stdout. A bare name
+    is looked for next to the host's own Python first (its virtualenv's ``bin``: ``python``,
+    or a server installed with plait such as ``mcp-server-time``), then on ``PATH``."""
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment variables for the program (added to the host's own)."""
@@ -97,6 +99,21 @@ def parse_servers(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, McpServe
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
     return servers
+
+
+def resolve_command(command: str) -> str:
+    """A bare program name, found next to the running Python first, then on ``PATH``."""
+    import os
+    import shutil
+    import sys
+    from pathlib import Path
+
+    if os.sep in command:
+        return command
+    beside = Path(sys.executable).parent / command
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(command) or command
 
 
 def tool_value(result: Any) -> Any:
@@ -154,7 +171,7 @@ class McpServer:
         if s.command is not None:
             import os
 
-            target: Any = StdioServerParameters(command=s.command, args=s.args,
+            target: Any = StdioServerParameters(command=resolve_command(s.command), args=s.args,
                                                 env={**os.environ, **s.env} if s.env else None,
                                                 cwd=s.cwd)
         elif s.headers:
