@@ -65,6 +65,7 @@ class Budget:
 
     def take(self, tokens: int) -> None:
         """Spend one request and ``tokens`` tokens (call right after :meth:`wait` said 0)."""
+        self._refill()  # time that passed is credited before the spend, within the cap
         if self.rpm:
             self.requests -= 1
         if self.tpm:
@@ -72,6 +73,7 @@ class Budget:
 
     def correct(self, tokens: int) -> None:
         """Charge (or give back) the difference between the estimate and the real usage."""
+        self._refill()
         if self.tpm:
             self.tokens = min(self.tpm, self.tokens - tokens)
 
