@@ -25,10 +25,17 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from plait.errors import AgentFailed
-from plait.plugins import AgentReply, AgentRequest, Message, ToolCall, hookimpl
+from plait.plugins import (
+    AgentReply,
+    AgentRequest,
+    Message,
+    ToolCall,
+    agent_settings,
+    hookimpl,
+)
 
 if TYPE_CHECKING:
     from plait.plugins.types import RegisterAgent
@@ -329,16 +336,7 @@ class OpenAIProvider:
 
     def create(self, name: str, config: Mapping[str, Any]) -> OpenAIAgent:
         """Validate the table and build the agent; a bad table raises ``ValueError``."""
-        try:
-            settings = _Settings.model_validate(dict(config))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: "
-                f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
-                for e in exc.errors(include_url=False))
-            raise ValueError(f"agent {name!r} (openai): invalid configuration: "
-                             f"{problems}") from None
-        return OpenAIAgent(name, settings)
+        return OpenAIAgent(name, agent_settings(_Settings, name, "openai", config))
 
 
 @hookimpl

@@ -12,10 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from plait.errors import AgentFailed
-from plait.plugins import AgentReply, AgentRequest, Message, ToolCall, hookimpl
+from plait.plugins import (
+    AgentReply,
+    AgentRequest,
+    Message,
+    ToolCall,
+    agent_settings,
+    hookimpl,
+)
 
 if TYPE_CHECKING:
     from plait.plugins.types import RegisterAgent
@@ -131,14 +138,7 @@ class SamplingProvider:
 
     def create(self, name: str, config: Mapping[str, Any]) -> SamplingAgent:
         """Validate the table and build the agent; a bad table raises ``ValueError``."""
-        try:
-            settings = _Settings.model_validate(dict(config))
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                                 for e in exc.errors(include_url=False))
-            raise ValueError(f"agent {name!r} (sampling): invalid configuration: "
-                             f"{problems}") from None
-        return SamplingAgent(name, settings)
+        return SamplingAgent(name, agent_settings(_Settings, name, "sampling", config))
 
 
 @hookimpl

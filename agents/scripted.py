@@ -7,10 +7,17 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from plait.errors import AgentFailed
-from plait.plugins import AgentReply, AgentRequest, Message, ToolCall, hookimpl
+from plait.plugins import (
+    AgentReply,
+    AgentRequest,
+    Message,
+    ToolCall,
+    agent_settings,
+    hookimpl,
+)
 
 if TYPE_CHECKING:
     from plait.plugins.types import RegisterAgent
@@ -143,23 +150,7 @@ class ScriptedProvider:
 
     def create(self, name: str, config: Mapping[str, Any]) -> ScriptedAgent:
         """Validate the table and build the agent; a bad table raises ``ValueError``."""
-        try:
-            settings = _Settings.model_validate(dict(config))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{_where(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
-                for err in exc.errors(include_url=False)
-            )
-            raise ValueError(f"agent {name!r} (scripted): invalid configuration: "
-                             f"{problems}") from None
-        return ScriptedAgent(name, settings)
-
-
-def _where(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return (out or "<table>").replace("json_", "json")
+        return ScriptedAgent(name, agent_settings(_Settings, name, "scripted", config))
 
 
 @hookimpl

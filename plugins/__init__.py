@@ -22,6 +22,7 @@ from plait.plugins.types import (
     Tool,
     ToolCall,
     ToolContext,
+    agent_settings,
     tool,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolContext",
+    "agent_settings",
     "create_plugin_manager",
     "hookimpl",
     "hookspec",

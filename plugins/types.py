@@ -38,6 +38,7 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolContext",
+    "agent_settings",
     "tool",
 ]
 
@@ -500,6 +501,38 @@ class Agent(Protocol):
 
     async def complete(self, request: AgentRequest) -> AgentReply:
         """Return the next assistant message for the conversation in ``request``."""
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+
+
+def agent_settings(model: type[SettingsT], name: str, provider: str,
+                   config: Mapping[str, Any]) -> SettingsT:
+    """Validate an ``[agents.<name>]`` table with a provider's settings model.
+
+    Raises:
+        ValueError: naming the agent, the provider and every key that is wrong.
+
+    Example::
+
+        def create(self, name, config):
+            return MyAgent(name, agent_settings(MySettings, name, "mine", config))
+    """
+    try:
+        return model.model_validate(dict(config))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            where = ""
+            for part in err["loc"]:
+                where += f"[{part}]" if isinstance(part, int) else (
+                    f".{part}" if where else str(part))
+            where = (where or "<table>").replace("json_", "json")
+            message = "unknown key" if err["type"] == "extra_forbidden" else \
+                err["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}")
+        raise ValueError(f"agent {name!r} ({provider}): invalid configuration: "
+                         f"{'; '.join(problems)}") from None
 
 
 class AgentProvider(Protocol):

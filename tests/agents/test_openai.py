@@ -101,7 +101,8 @@ class FakeOpenAI:
         self.port = self.server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.url = f"{self.base_url}/chat/completions"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
 
     def add(self, *responders):
         self.script.extend(responders)
@@ -332,7 +333,7 @@ async def test_tool_call_round_trip_without_streaming(pm, probe, api):
 
 async def test_streamed_text_is_told_in_deltas(pm, api):
     api.add(sse_reply(streamed_text("Hel", "lo, ", "wor", "ld!", tokens=usage(7, 4)),
-                      pause=0.15))
+                      pause=0.12))
     async with host_for(pm, api) as host:
         run, events = await run_steps(host, {"id": "ask", "agent": "w", "prompt": "hi"})
     assert run.status == "succeeded", run.error
@@ -344,7 +345,7 @@ async def test_streamed_text_is_told_in_deltas(pm, api):
     assert "tools" not in request["body"]
 
     deltas = [e for e in events if e.type == "agent.delta"]
-    assert len(deltas) >= 2, "text streamed over ~0.6 s should be told in several bursts"
+    assert len(deltas) >= 2, "text streamed over ~0.8 s should be told in several bursts"
     assert all(e.step == "ask" for e in deltas)
     assert "".join(e.data["text"] for e in deltas) == "Hello, world!"
     first_delta = events.index(deltas[0])

@@ -362,11 +362,11 @@ async def test_scripted_when_mismatch_fails():
 @pytest.mark.parametrize(("config", "fragment"), [
     ({"provider": "scripted"}, "script: Field required"),
     ({"script": []}, "script: List should have at least 1 item"),
-    ({"script": [{"say": "a"}], "temperature": 1}, "temperature: Extra inputs"),
+    ({"script": [{"say": "a"}], "temperature": 1}, "temperature: unknown key"),
     ({"script": [{"say": "a", "json": 1}]}, "script[0]: give exactly one of say, json, call, "
                                             "calls (got say, json)"),
     ({"script": [{"when": "x"}]}, "script[0]: give exactly one"),
-    ({"script": [{"say": "a"}, {"call": "t", "bogus": 1}]}, "script[1].bogus: Extra inputs"),
+    ({"script": [{"say": "a"}, {"call": "t", "bogus": 1}]}, "script[1].bogus: unknown key"),
     ({"script": [{"calls": [{"args": {}}]}]}, "script[0].calls[0].tool: Field required"),
     ({"script": [{"calls": [{"tool": "t"}], "args": {}}]}, "`args` goes with `call`"),
     ({"script": [{"say": "a", "when": "("}]}, "script[0].when: `when` is not a valid regular"),
