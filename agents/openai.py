@@ -80,11 +80,16 @@ class _Settings(BaseModel):
     """More request fields, as the server takes them (``top_p``, ``seed``, ...)."""
 
 
+def _function_name(tool: str) -> str:
+    """A tool's name as these APIs accept a function name (``git.diff`` → ``git__diff``)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", tool.replace(".", "__"))[:60] or "tool"
+
+
 def _safe_names(tools: list[dict[str, Any]]) -> dict[str, str]:
     """Function name → tool name, for the tools of one request."""
     names: dict[str, str] = {}
     for tool in tools:
-        base = re.sub(r"[^A-Za-z0-9_-]", "_", tool["name"].replace(".", "__"))[:60] or "tool"
+        base = _function_name(tool["name"])
         safe, n = base, 1
         while safe in names:
             n += 1
@@ -104,8 +109,8 @@ def _messages(request: AgentRequest, system: str | None,
                         "content": m.content})
         elif m.role == "assistant" and m.tool_calls:
             out.append({"role": "assistant", "content": m.content or None, "tool_calls": [
-                {"id": c.id, "type": "function",
-                 "function": {"name": to_safe.get(c.name, c.name),
+                {"id": c.id, "type": "function",  # a call of an earlier step's tool too
+                 "function": {"name": to_safe.get(c.name) or _function_name(c.name),
                               "arguments": json.dumps(c.arguments)}}
                 for c in m.tool_calls]})
         else:
@@ -130,10 +135,14 @@ def _retry_after(response: httpx.Response) -> float | None:
 def _error_text(response: httpx.Response) -> str:
     try:
         body = response.json()
-        message = body.get("error", {}).get("message") if isinstance(body, dict) else None
     except ValueError:
-        message = None
-    return message or response.text[:300] or response.reason_phrase
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):  # OpenAI: {"error": {"message": ...}}
+        error = error.get("message")
+    if isinstance(error, str) and error:  # others: {"error": "..."}
+        return error
+    return response.text[:300] or response.reason_phrase
 
 
 class _Retry(Exception):

@@ -475,12 +475,6 @@ async def test_400_fails_at_once_with_the_servers_message(pm, api):
     assert "400" in run.error["message"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agents/openai.py:123 _error_text calls body.get('error', {}).get('message'), which raises "
-    "AttributeError when 'error' is a string ({\"error\": \"...\"}, as text-generation-"
-    "inference answers): the step fails with \"'str' object has no attribute 'get'\" and "
-    "the server's message is lost (a 503 of that shape is not even retried). Fix: use "
-    "error.get('message') only when error is a dict, the string itself when it is a str"))
 async def test_error_body_with_a_string_error(pm, api):
     api.add(json_reply({"error": "model not found", "error_type": "validation"}, status=400))
     async with host_for(pm, api) as host:
@@ -567,13 +561,6 @@ async def test_conversation_carries_over_two_steps(pm, api):
     assert [m.role for m in run.conversations["c"]] == ["user", "assistant", "user", "assistant"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agents/openai.py:98 _messages sends a history tool call's name as "
-    "to_safe.get(c.name, c.name): a call made in an earlier step whose tool this request does "
-    "not list goes out as 'probe.add', which the API rejects (400 \"Invalid "
-    "'messages[1].tool_calls[0].function.name': string does not match pattern\"), so every "
-    "later step of that conversation fails. Fix: map names not in to_safe with the same "
-    "scheme as _safe_names (dots to '__', other bad characters to '_')"))
 async def test_tool_history_continued_by_a_step_without_tools(pm, api):
     api.add(json_reply(completion(tool_calls=[tool_call("call_1", "probe__add",
                                                         {"a": 2, "b": 3})])),
