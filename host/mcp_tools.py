@@ -54,7 +54,9 @@ class McpServerSettings(BaseModel):
     or a server installed with plait such as ``mcp-server-time``), then on ``PATH``."""
     args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
-    """Extra environment variables for the program (added to the host's own)."""
+    """Environment variables for the program. It gets only a minimal environment of its own
+    (``HOME``, ``PATH``, ``USER``, ...: the SDK's safe default) plus these, so the host's
+    secrets (an API key) never reach a server that was not given them."""
     cwd: str | None = None
     url: str | None = None
     """A Streamable HTTP endpoint, instead of a command."""
@@ -169,10 +171,10 @@ class McpServer:
 
         s = self.settings
         if s.command is not None:
-            import os
+            from mcp.client.stdio import get_default_environment
 
             target: Any = StdioServerParameters(command=resolve_command(s.command), args=s.args,
-                                                env={**os.environ, **s.env} if s.env else None,
+                                                env={**get_default_environment(), **s.env},
                                                 cwd=s.cwd)
         elif s.headers:
             import httpx2
@@ -219,7 +221,7 @@ class McpServer:
             if self._broken.is_set():
                 raise ConnectionError("a call failed: the connection looks broken")
             with anyio.fail_after(self.settings.timeout):
-                await client.send_ping()
+                await client.session.send_ping()
 
     def _install(self, listed: list[Any]) -> None:
         names = []

@@ -177,6 +177,28 @@ def make_config(tmp_path: Any, **limits: Any) -> HostConfig:
 
 
 @asynccontextmanager
+async def websocket_of(host: plait.Host, token: str | None = None) -> AsyncIterator[Served]:
+    """The WebSocket server of an entered host, in the caller's event loop."""
+    found: list[tuple[str, str]] = []
+    ready = anyio.Event()
+
+    def on_ready(url: str, given: str) -> None:
+        found.append((url, given))
+        ready.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: host.serve_websocket(token=token, ready=on_ready))
+        with anyio.fail_after(WAIT):
+            await ready.wait()
+        url, given = found[0]
+        port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+        try:
+            yield Served(host, url, given, port)
+        finally:
+            tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
 async def serving(tmp_path: Any, pm: Any, *, token: str | None = None,
                   workflows: tuple[dict[str, Any], ...] = (SLOW, GATE, QUICK),
                   **limits: Any) -> AsyncIterator[Served]:
@@ -185,23 +207,8 @@ async def serving(tmp_path: Any, pm: Any, *, token: str | None = None,
     async with host:
         for definition in workflows:
             host.register(definition)
-        found: list[tuple[str, str]] = []
-        ready = anyio.Event()
-
-        def on_ready(url: str, given: str) -> None:
-            found.append((url, given))
-            ready.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: host.serve_websocket(token=token, ready=on_ready))
-            with anyio.fail_after(WAIT):
-                await ready.wait()
-            url, given = found[0]
-            port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
-            try:
-                yield Served(host, url, given, port)
-            finally:
-                tg.cancel_scope.cancel()
+        async with websocket_of(host, token) as served:
+            yield served
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ is killed to make the host reconnect, and the WebSocket checks use a real host's
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -22,7 +23,7 @@ from mcp import Client, StdioServerParameters
 import plait
 from plait.config import HostConfig
 
-from .conftest import Served
+from .conftest import websocket_of
 
 pytestmark = pytest.mark.anyio
 
@@ -34,7 +35,8 @@ its runs and its stop."""
 
 TIME_ARGS = ["-m", "mcp_server_time", "--local-timezone", "UTC"]
 TIME = {"command": sys.executable, "args": TIME_ARGS}
-GIT = {"command": sys.executable, "args": ["-m", "mcp_server_git"]}
+GIT = {"command": "mcp-server-git"}
+"""A bare name, as in the README: found beside the host's Python (its virtualenv)."""
 
 
 def config(tmp_path, servers, **extra):
@@ -63,28 +65,6 @@ async def started(tmp_path, pm, servers):
     """
     async with plait.Host(config(tmp_path, servers), pm=pm) as host:
         yield host
-
-
-@asynccontextmanager
-async def websocket(host):
-    """The WebSocket server of an entered host, in this event loop."""
-    found = []
-    ready = anyio.Event()
-
-    def on_ready(url, token):
-        found.append((url, token))
-        ready.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: host.serve_websocket(ready=on_ready))
-        with anyio.fail_after(WAIT):
-            await ready.wait()
-        url, token = found[0]
-        port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
-        try:
-            yield Served(host, url, token, port)
-        finally:
-            tg.cancel_scope.cancel()
 
 
 async def listed_directly(args):
@@ -144,7 +124,7 @@ async def test_time_server_tools_are_registered_and_called_by_steps(tmp_path, pm
 
 async def test_time_server_over_websocket_info_and_mcp_tools(tmp_path, pm):
     with anyio.fail_after(LIMIT):
-        async with started(tmp_path, pm, {"time": TIME}) as host, websocket(host) as s:
+        async with started(tmp_path, pm, {"time": TIME}) as host, websocket_of(host) as s:
             async with s.client() as c:
                 info = await c.call("host/info")
                 await c.call("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
@@ -207,6 +187,19 @@ async def test_git_server_reads_a_real_repository(tmp_path, pm):
 # -- reconnecting ----------------------------------------------------------------------------
 
 
+def gone(pid):
+    """Whether process ``pid`` has exited (reaped, or a zombie its parent has not reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
 async def test_a_killed_server_is_reconnected_and_a_retrying_step_succeeds(tmp_path, pm):
     pid_file = tmp_path / "server.pid"
     code = (f"import os,sys,runpy; open({str(pid_file)!r},'w').write(str(os.getpid())); "
@@ -219,11 +212,7 @@ async def test_a_killed_server_is_reconnected_and_a_retrying_step_succeeds(tmp_p
             assert host.mcp.info()["time"]["connects"] == 1
             os.kill(first_pid, signal.SIGKILL)
             with anyio.fail_after(WAIT):
-                while True:  # the process is gone (reaped by its parent, the host's SDK client)
-                    try:
-                        os.kill(first_pid, 0)
-                    except ProcessLookupError:
-                        break
+                while not gone(first_pid):
                     await anyio.sleep(0.05)
             result = await run(host, one_step(
                 "after", "time.get_current_time", {"timezone": "Europe/Paris"},
@@ -260,6 +249,57 @@ async def test_a_server_that_cannot_start_does_not_stop_the_host(tmp_path, pm):
     assert still.status == "succeeded" and still.outputs == {"value": 3.0}
 
 
+# -- the server's process: environment and working directory ------------------------------
+
+
+def reporter(out):
+    """A ``-c`` program that writes what its process sees to ``out`` and exits (no server)."""
+    return ("import json,os; json.dump({'cwd': os.getcwd(), 'mark': os.environ.get("
+            f"'PLAIT_E2E_MARK'), 'extra': os.environ.get('PLAIT_E2E_EXTRA')}}, open({str(out)!r}, "
+            "'w'))")
+
+
+async def seen_by_server(tmp_path, pm, table):
+    out = tmp_path / "seen.json"
+    with anyio.fail_after(LIMIT):
+        async with started(tmp_path, pm, {"probe": {**table, "connect_timeout": 5}}) as host:
+            info = host.mcp.info()["probe"]
+    assert info["status"] == "reconnecting"  # it exited: it is no MCP server
+    return json.loads(out.read_text())
+
+
+async def test_env_is_added_to_a_minimal_environment_and_cwd_is_used(tmp_path, pm,
+                                                                       monkeypatch):
+    monkeypatch.setenv("PLAIT_E2E_MARK", "a host secret")
+    work = tmp_path / "work"
+    work.mkdir()
+    seen = await seen_by_server(tmp_path, pm, {
+        "command": sys.executable, "args": ["-c", reporter(tmp_path / "seen.json")],
+        "env": {"PLAIT_E2E_EXTRA": "extra"}, "cwd": str(work)})
+    # The host's own variables stay with the host; the server gets what its table gives.
+    assert seen == {"cwd": str(work), "mark": None, "extra": "extra"}
+
+
+async def test_a_server_without_env_gets_only_the_minimal_environment(tmp_path, pm,
+                                                                      monkeypatch):
+    monkeypatch.setenv("PLAIT_E2E_MARK", "a host secret")
+    seen = await seen_by_server(tmp_path, pm, {
+        "command": sys.executable, "args": ["-c", reporter(tmp_path / "seen.json")]})
+    assert seen["mark"] is None
+    assert seen["cwd"] == os.getcwd()
+
+
+async def test_pings_keep_a_healthy_connection(tmp_path, pm):
+    with anyio.fail_after(LIMIT):
+        async with started(tmp_path, pm, {"time": {**TIME, "ping_interval": 0.2}}) as host:
+            await anyio.sleep(1.0)  # about five pings
+            info = host.mcp.info()["time"]
+            result = await run(host, one_step("now", "time.get_current_time",
+                                              {"timezone": "UTC"}))
+    assert result.status == "succeeded", result.error
+    assert (info["status"], info["connects"], info["error"]) == ("connected", 1, None)
+
+
 # -- configuration errors --------------------------------------------------------------------
 
 
@@ -277,5 +317,5 @@ async def test_an_invalid_server_table_stops_host_start(tmp_path, pm, table, pro
     assert problem in str(caught.value)
     # Nothing was left held: the same data dir starts cleanly afterwards.
     with anyio.fail_after(LIMIT):
-        async with started(tmp_path, pm, {}) as again:
-            assert again.mcp.info() == {}
+        async with started(tmp_path, pm, {"off": {"command": "x", "enabled": False}}) as again:
+            assert again.mcp.info() == {}  # a disabled server is not started at all

@@ -1,9 +1,11 @@
 """The ``sampling`` agent provider end to end: a connected MCP client runs the completion.
 
 Nothing is mocked. Over stdio the official SDK client launches ``plait serve --stdio`` and
-answers ``sampling/createMessage`` with its ``sampling_callback`` (text, then tool use); over
-WebSocket a raw client that declared the ``sampling`` capability answers for a run another
-client started, and with no such client the run fails saying so.
+answers ``sampling/createMessage`` with its ``sampling_callback`` (text, then a ``tool_use`` of a
+host tool and the text after its ``tool_result``). Over WebSocket, raw clients that declared the
+``sampling`` capability answer for runs other clients started; the client that started a run
+is asked first; a refusal, a client that does not answer in time, and no client able to sample
+at all each fail the step with an error that says so.
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ import json
 from contextlib import asynccontextmanager
 
 import anyio
-import mcp_types as types
 import pytest
-from mcp import Client, StdioServerParameters, stdio_client
+from mcp import Client, StdioServerParameters, stdio_client, types
 
 import plait
 from plait.config import HostConfig
 
-from .conftest import Served
+from .conftest import websocket_of
 from .mcp_helpers import host_env, sdk_runs, stdio_command
 
 pytestmark = pytest.mark.anyio
@@ -55,11 +56,26 @@ outputs:
   answer: "${steps.answer.output}"
 """
 
-ASK = {
-    "name": "ask",
-    "inputs": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
-    "steps": [{"id": "answer", "agent": "helper", "prompt": "${inputs.q}"}],
-    "outputs": {"answer": "${steps.answer.output}"},
+
+def ask(name, agent="helper", **step):
+    """A one-step workflow ``name`` asking ``agent`` the input ``q``."""
+    return {
+        "name": name,
+        "inputs": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+        "steps": [{"id": "answer", "agent": agent, "prompt": "${inputs.q}", **step}],
+        "outputs": {"answer": "${steps.answer.output}"},
+    }
+
+
+WS_WORKFLOWS = (
+    ask("ask", system="Be brief."),
+    ask("ask_retrying", retry={"attempts": 3, "backoff": "fixed", "base": 0.1}),
+    ask("ask_slow", agent="slowpoke"),
+)
+WS_AGENTS = {
+    "helper": {"provider": "sampling", "model": "hinted-model", "max_tokens": 64,
+               "timeout": 5},
+    "slowpoke": {"provider": "sampling", "timeout": 0.5},
 }
 
 PLAIT_TOML = """\
@@ -92,36 +108,55 @@ async def stdio_sampling_host(tmp, callback, capabilities=None):
 
 
 @asynccontextmanager
-async def websocket_host(tmp_path, pm, agents):
-    """A real host with ``[agents]`` and its WebSocket server, inside this event loop."""
+async def websocket_host(tmp_path, pm):
+    """A real host with ``WS_AGENTS`` and ``WS_WORKFLOWS`` and its WebSocket server."""
     config = HostConfig.model_validate({
         "host": {"data_dir": str(tmp_path / "data"), "port": 0},
-        "plugins": {"entry_points": False}, "agents": agents})
-    host = plait.Host(config, pm=pm)
-    async with host:
-        host.register(ASK)
-        found = []
-        ready = anyio.Event()
-
-        def on_ready(url, token):
-            found.append((url, token))
-            ready.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: host.serve_websocket(ready=on_ready))
-            with anyio.fail_after(WAIT):
-                await ready.wait()
-            url, token = found[0]
-            port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
-            try:
-                yield Served(host, url, token, port)
-            finally:
-                tg.cancel_scope.cancel()
+        "plugins": {"entry_points": False}, "agents": WS_AGENTS})
+    async with plait.Host(config, pm=pm) as host:
+        for definition in WS_WORKFLOWS:
+            host.register(definition)
+        async with websocket_of(host) as served:
+            yield served
 
 
-def initialize_params(capabilities):
-    return {"protocolVersion": "2025-11-25", "capabilities": capabilities,
-            "clientInfo": {"name": "plait-e2e", "version": "1"}}
+async def initialize(client, capabilities):
+    result = await client.call("initialize", {
+        "protocolVersion": "2025-11-25", "capabilities": capabilities,
+        "clientInfo": {"name": "plait-e2e", "version": "1"}})
+    await client.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    return result
+
+
+def text_reply(text):
+    def reply(frame):
+        return {"result": {"role": "assistant", "model": "ws-model",
+                           "content": {"type": "text", "text": text}}}
+
+    return reply
+
+
+async def answer(client, asked, reply):
+    """Answer each ``sampling/createMessage`` sent to ``client`` with ``reply(frame)``
+    (``None``: leave it unanswered); every such request is kept in ``asked``."""
+    while True:
+        frame = json.loads(await client.ws.recv())
+        if frame.get("method") == "sampling/createMessage" and "id" in frame:
+            asked.append(frame)
+            response = reply(frame)
+            if response is not None:
+                await client.send({"jsonrpc": "2.0", "id": frame["id"], **response})
+
+
+async def wait_for(client, run_id):
+    """``runs/wait`` until the run ends (bounded); the run as the host shows it."""
+    waited = await client.call("runs/wait", {"runId": run_id, "timeout": 5}, timeout=WAIT)
+    return waited["run"]
+
+
+async def start_and_wait(client, workflow, q="hi"):
+    started = await client.call("runs/start", {"workflow": workflow, "inputs": {"q": q}})
+    return await wait_for(client, started["runId"])
 
 
 # -- stdio: the official SDK client samples --------------------------------------------------
@@ -201,47 +236,99 @@ async def test_sdk_client_uses_a_host_tool_inside_sampling(tmp_path):
 
 async def test_another_websocket_client_that_declared_sampling_answers(tmp_path, pm):
     asked = []
-
-    async def answer_sampling(a):
-        while True:
-            frame = json.loads(await a.ws.recv())
-            if frame.get("method") == "sampling/createMessage" and "id" in frame:
-                asked.append(frame)
-                await a.send({"jsonrpc": "2.0", "id": frame["id"], "result": {
-                    "role": "assistant", "model": "ws-model",
-                    "content": {"type": "text", "text": "answer from A"}}})
-
-    async with websocket_host(tmp_path, pm, {"helper": {"provider": "sampling",
-                                                        "timeout": 5}}) as s:
-        async with s.client() as a, s.client() as b, anyio.create_task_group() as tg:
-            init = await a.call("initialize", initialize_params({"sampling": {}}))
-            assert init["protocolVersion"] == "2025-11-25"
-            await a.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-            tg.start_soon(answer_sampling, a)
-            started = await b.call("runs/start", {"workflow": "ask", "inputs": {"q": "hi"}})
-            waited = await b.call("runs/wait", {"runId": started["runId"], "timeout": 5},
-                                  timeout=WAIT)
-            tg.cancel_scope.cancel()
-    run = waited["run"]
+    with anyio.fail_after(3 * WAIT):
+        async with websocket_host(tmp_path, pm) as s:
+            async with s.client() as a, s.client() as b, anyio.create_task_group() as tg:
+                init = await initialize(a, {"sampling": {}})
+                assert init["protocolVersion"] == "2025-11-25"
+                tg.start_soon(answer, a, asked, text_reply("answer from A"))
+                run = await start_and_wait(b, "ask")  # B never sent initialize
+                tg.cancel_scope.cancel()
     assert run["status"] == "succeeded", run["error"]
     assert run["outputs"] == {"answer": "answer from A"}
     assert len(asked) == 1
     request = asked[0]
     assert isinstance(request["id"], str)
-    assert request["params"]["messages"] == [
-        {"role": "user", "content": {"type": "text", "text": "hi"}}]
+    assert request["params"] == {
+        "messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}],
+        "systemPrompt": "Be brief.", "maxTokens": 64,
+        "modelPreferences": {"hints": [{"name": "hinted-model"}]}}
     assert b.notifications == []  # B, which cannot sample, was never asked
 
 
+async def test_the_client_that_started_the_run_is_asked_first(tmp_path, pm):
+    asked_a, asked_b = [], []
+    with anyio.fail_after(3 * WAIT):
+        async with websocket_host(tmp_path, pm) as s:
+            async with s.client() as a, s.client() as b, s.client() as c:
+                await initialize(a, {"sampling": {}})
+                await initialize(b, {"sampling": {}})
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(answer, a, asked_a, text_reply("from A"))
+                    tg.start_soon(answer, b, asked_b, text_reply("from B"))
+                    # A and B read only sampling requests now: C starts runs for them.
+                    by_c = await start_and_wait(c, "ask")
+                    tg.cancel_scope.cancel()
+                # B starts a run: B is asked, though A could answer too. The request may
+                # come before the answer to runs/start: read both, in either order.
+                await b.send({"jsonrpc": "2.0", "id": "start", "method": "runs/start",
+                              "params": {"workflow": "ask", "inputs": {"q": "mine"}}})
+                frames = [await b.recv(WAIT), await b.recv(WAIT)]
+                [started] = [f["result"] for f in frames if f.get("id") == "start"]
+                [frame] = [f for f in frames if f.get("method") == "sampling/createMessage"]
+                await b.send({"jsonrpc": "2.0", "id": frame["id"],
+                              **text_reply("from B, the origin")(frame)})
+                by_b = await wait_for(c, started["runId"])
+                await a.silent(0.1)  # A was not asked
+    assert by_c["status"] == "succeeded"
+    assert by_c["outputs"]["answer"] in ("from A", "from B")
+    assert len(asked_a) + len(asked_b) == 1
+    assert by_b["status"] == "succeeded", by_b["error"]
+    assert by_b["outputs"] == {"answer": "from B, the origin"}
+    assert frame["params"]["messages"][0]["content"]["text"] == "mine"
+
+
+async def test_a_client_that_refuses_fails_the_step_without_retries(tmp_path, pm):
+    asked = []
+
+    def refuse(frame):
+        return {"error": {"code": -32600, "message": "the user declined"}}
+
+    with anyio.fail_after(3 * WAIT):
+        async with websocket_host(tmp_path, pm) as s:
+            async with s.client() as a, s.client() as b, anyio.create_task_group() as tg:
+                await initialize(a, {"sampling": {}})
+                tg.start_soon(answer, a, asked, refuse)
+                run = await start_and_wait(b, "ask_retrying")
+                tg.cancel_scope.cancel()
+    assert run["status"] == "failed"
+    message = run["error"]["message"]
+    assert "the client refused sampling/createMessage: the user declined" in message, message
+    assert run["steps"]["answer"]["attempts"] == 1  # a refusal is not retried
+    assert len(asked) == 1
+
+
+async def test_a_client_that_does_not_answer_in_time_fails_the_step(tmp_path, pm):
+    asked = []
+    with anyio.fail_after(3 * WAIT):
+        async with websocket_host(tmp_path, pm) as s:
+            async with s.client() as a, s.client() as b, anyio.create_task_group() as tg:
+                await initialize(a, {"sampling": {}})
+                tg.start_soon(answer, a, asked, lambda frame: None)
+                run = await start_and_wait(b, "ask_slow")
+                tg.cancel_scope.cancel()
+    assert run["status"] == "failed"
+    message = run["error"]["message"]
+    assert "did not answer sampling/createMessage within 0.5s" in message, message
+    assert len(asked) == 1
+
+
 async def test_a_run_fails_when_no_connected_client_declared_sampling(tmp_path, pm):
-    async with websocket_host(tmp_path, pm, {"helper": {"provider": "sampling"}}) as s:
-        async with s.client() as b:
+    with anyio.fail_after(3 * WAIT):
+        async with websocket_host(tmp_path, pm) as s, s.client() as b:
             assert (await b.call("host/info"))["counts"]["connections"] == 1
-            started = await b.call("runs/start", {"workflow": "ask", "inputs": {"q": "hi"}})
-            waited = await b.call("runs/wait", {"runId": started["runId"], "timeout": 5},
-                                  timeout=WAIT)
+            run = await start_and_wait(b, "ask")
             await b.silent(0.1)  # no sampling/createMessage came to B
-    run = waited["run"]
     assert run["status"] == "failed"
     assert run["outputs"] is None
     message = run["error"]["message"]
@@ -249,4 +336,3 @@ async def test_a_run_fails_when_no_connected_client_declared_sampling(tmp_path, 
     step = run["steps"]["answer"]
     assert step["status"] == "failed"
     assert step["error"]["type"] == "agent"
-
