@@ -73,8 +73,8 @@ class ConfigInvalid(RunError):
 class RunExecution:
     """The live part of one run: its engine, state, limits, pause gate and cancel scope."""
 
-    __slots__ = ("active", "cancel_scope", "depth", "engine", "limiter", "paused", "recovered",
-                 "resumed", "run", "unpaused", "vars", "waiting")
+    __slots__ = ("cancel_scope", "depth", "engine", "limiter", "paused", "recovered", "run",
+                 "unpaused", "vars", "waiting")
 
     def __init__(self, engine: Engine, run: Run, depth: int = 0,
                  recovered: dict[str, StepRecord] | None = None) -> None:
@@ -83,7 +83,6 @@ class RunExecution:
         self.depth = depth
         self.recovered = recovered
         """After a restart: what the events say of each step path, used up as steps reach it."""
-        self.resumed = recovered is not None
         self.paused = False
         self.unpaused: anyio.Event | None = None
         self.cancel_scope = anyio.CancelScope()
@@ -92,7 +91,6 @@ class RunExecution:
         self.limiter = engine.run_limiter(run.workflow)
         self.vars: dict[str, Any] = {}
         self.waiting = 0
-        self.active = 0
 
     def pause(self) -> None:
         """No new step starts until :meth:`resume`; running ones finish."""
