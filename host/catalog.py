@@ -12,21 +12,18 @@ for, with the reason.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from plait.compiler import CompiledWorkflow
-from plait.errors import DefinitionError, WorkflowNotFound
+from plait.errors import WorkflowNotFound
 
 if TYPE_CHECKING:
     from plait.store import SqliteStore
 
 __all__ = ["Catalog", "CatalogEntry"]
-
-log = logging.getLogger("plait.catalog")
 
 Compile = Callable[[Mapping[str, Any]], CompiledWorkflow]
 
@@ -162,25 +159,9 @@ class Catalog:
             raise WorkflowNotFound(name, version)
         return found
 
-    def current_entry(self, name: str) -> CatalogEntry:
-        """The current version of ``name``, not compiled."""
-        entry = self._entry(name)
-        return entry.versions[entry.current]
-
     def current(self) -> list[CatalogEntry]:
         """The current version of every workflow, by name (not compiled)."""
-        return [self._workflows[n].versions[self._workflows[n].current] for n in self.names()]
-
-    def compiled_current(self) -> list[CompiledWorkflow]:
-        """The current versions that compile; one that does not is logged and left out."""
-        out = []
-        for entry in self.current():
-            try:
-                out.append(self._compiled(entry))
-            except DefinitionError as exc:
-                log.warning("workflow %s version %s no longer compiles: %s", entry.name,
-                            entry.version, exc)
-        return out
+        return [self.entry(name) for name in self.names()]
 
     def remove(self, name: str) -> None:
         """Hide ``name``; its versions stay for the runs that snapshot them."""

@@ -23,7 +23,8 @@ from rich.table import Table
 
 from plait.config import HostConfig
 from plait.datadir import DataDirLock
-from plait.errors import PlaitError
+from plait.errors import InvalidRunState, PlaitError
+from plait.store import parse_cursor
 
 __all__ = ["add_runs_parser"]
 
@@ -119,12 +120,9 @@ async def _local(args: argparse.Namespace, config: HostConfig) -> dict[str, Any]
         assert engine is not None
         command = args.runs_command
         if command == "list":
-            cursor = None
-            if args.cursor:
-                stamp, _, run_id = args.cursor.partition("|")
-                cursor = (float(stamp), run_id)
-            page = await engine.list_runs(workflow=args.workflow, status=args.status,
-                                          limit=args.limit, cursor=cursor)
+            page = await engine.list_runs(
+                workflow=args.workflow, status=args.status, limit=args.limit,
+                cursor=parse_cursor(args.cursor) if args.cursor else None)
             return {"runs": page.runs, "nextCursor": page.next_cursor}
         if command == "show":
             return {"run": await (await engine.load_run(args.run_id)).view()}
@@ -144,8 +142,6 @@ async def _resume_here(host: Any, args: argparse.Namespace) -> dict[str, Any]:
     resumed = await engine.recover([args.run_id])
     if not resumed:
         run = await engine.load_run(args.run_id)  # not found, or already finished
-        from plait.errors import InvalidRunState
-
         raise InvalidRunState(run.id, run.status, "resume")
     run = resumed[0]
     if run.status == "paused":

@@ -201,12 +201,10 @@ def load_config(
     try:
         return HostConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: "
-            f"{'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
-        raise ConfigError(f"invalid config ({source}): {problems}") from None
+        from plait.plugins.types import validation_problems
+
+        raise ConfigError(f"invalid config ({source}): "
+                          f"{'; '.join(validation_problems(exc))}") from None
 
 
 _SECTIONS = ("host", "limits", "cache", "store", "plugins", "env")

@@ -42,7 +42,7 @@ from plait.models import WorkflowDef
 from plait.plugins.manager import PluginManager
 from plait.recovery import RecoveredRun, replay
 from plait.runs import TERMINAL_EVENTS, Event, Run, new_run_id
-from plait.store import RunPage, SqliteStore, run_from_row
+from plait.store import RunPage, SqliteStore, page_cursor, run_from_row
 from plait.templating import TemplateEngine, TemplateLimits
 from plait.tools import ToolRunner
 from plait.values import PLUGIN_ERRORS
@@ -425,7 +425,6 @@ class Engine:
             run = await self.store.load_run(run_id)
             if run is not None and not run.finished:  # stopped mid-run: its events tell more
                 _load_state(run, [], replay(await self.store.events(run_id)))
-                run.events, run.finished = [], False
         if run is None:
             raise RunNotFound(run_id)
         return run
@@ -437,15 +436,13 @@ class Engine:
     async def events(self, run_id: str, since: int = 0, limit: int | None = None
                      ) -> list[Event]:
         """A run's kept events with ``seq > since``, oldest first."""
-        run = self.runs.get(run_id)
-        if run is not None and run.events:
+        run = self.runs.get(run_id)  # in memory: every event, the kept ones up to published
+        if run is not None:
             end = run.published if limit is None else min(run.published, since + limit)
             return run.events[since:end]
-        if self.store is not None and (run is not None or await self.store.run_row(run_id)):
-            return await self.store.events(run_id, since, limit)
-        if run is None:
+        if self.store is None or await self.store.run_row(run_id) is None:
             raise RunNotFound(run_id)
-        return []
+        return await self.store.events(run_id, since, limit)
 
     async def list_runs(self, *, workflow: str | None = None, status: str | None = None,
                         created_after: float | None = None, created_before: float | None = None,
@@ -464,9 +461,9 @@ class Engine:
                        and (cursor is None or (r.created_at, r.id) < cursor)),
                       key=lambda r: (r.created_at, r.id), reverse=True)
         page = runs[:limit]
-        more = len(runs) > limit
+        more = len(runs) > limit and page
         return RunPage([r.summary() for r in page],
-                       f"{page[-1].created_at!r}|{page[-1].id}" if more and page else None)
+                       page_cursor(page[-1].created_at, page[-1].id) if more else None)
 
     # -- control -----------------------------------------------------------------------------
 
@@ -539,7 +536,7 @@ class Engine:
         if workflow not in self._run_limiters:
             limit = None
             if workflow in self.catalog:
-                limit = self.catalog.current_entry(workflow).definition.get("concurrency")
+                limit = self.catalog.entry(workflow).definition.get("concurrency")
             self._run_limiters[workflow] = anyio.CapacityLimiter(limit) if limit else None
         return self._run_limiters[workflow]
 

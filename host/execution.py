@@ -263,10 +263,11 @@ class ScopeExecution:
         self.status[i] = status
         path = self.prefix + step.id
         run = self.rx.run
-        if not replay and status == "skipped" and self.rx.recovered:
+        if status == "skipped" and not replay and self.rx.recovered:
             rec = self.rx.recovered.get(path)
-            replay = rec is not None and rec.status == "skipped" and bool(
-                self.rx.take_record(path))
+            if rec is not None and rec.status == "skipped":  # the events already say so
+                self.rx.take_record(path)
+                replay = True
         state = run.step_state(path)
         view_output = output
         if step.fallback_for is not None and status == "succeeded":
@@ -706,11 +707,9 @@ class StepRuntime:
 
     async def waiting(self, reason: str | None) -> None:
         run = self._run
-        state = run.step_state(self.step_id)
         if reason is None:
-            if state.status == "waiting":
-                state.status, state.reason = "running", None
-                run.record("step.resumed", self.step_id, {})
+            if run.step_state(self.step_id).status == "waiting":
+                run.set_step(self.step_id, "running", {}, type="step.resumed")
             return
         run.set_step(self.step_id, "waiting", {"reason": reason}, reason=reason)
 

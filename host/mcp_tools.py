@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import sys
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +32,7 @@ import anyio.abc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from plait.errors import ConfigError, ToolFailed
-from plait.plugins.types import Tool
+from plait.plugins.types import Tool, validation_problems
 
 if TYPE_CHECKING:
     from mcp import Client
@@ -93,11 +97,7 @@ def parse_servers(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, McpServe
         try:
             servers[name] = McpServerSettings.model_validate(dict(table))
         except ValidationError as exc:
-            for err in exc.errors(include_url=False):
-                where = ".".join(str(p) for p in err["loc"])
-                what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                problems.append(f"mcp_servers.{name}{'.' + where if where else ''}: "
-                                f"{what.removeprefix('Value error, ')}")
+            problems += validation_problems(exc, f"mcp_servers.{name}")
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
     return servers
@@ -105,11 +105,6 @@ def parse_servers(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, McpServe
 
 def resolve_command(command: str) -> str:
     """A bare program name, found next to the running Python first, then on ``PATH``."""
-    import os
-    import shutil
-    import sys
-    from pathlib import Path
-
     if os.sep in command:
         return command
     beside = Path(sys.executable).parent / command

@@ -29,6 +29,7 @@ __all__ = [
     "RunStatus",
     "StepState",
     "StepStatus",
+    "SUMMARY_FIELDS",
     "new_run_id",
 ]
 
@@ -44,6 +45,10 @@ STEP_SETTLED: frozenset[str] = frozenset({"succeeded", "failed", "skipped", "can
 
 TERMINAL_EVENTS: frozenset[str] = frozenset({"run.succeeded", "run.failed", "run.cancelled"})
 """The event types that end a run."""
+
+SUMMARY_FIELDS: tuple[str, ...] = ("id", "workflow", "version", "status", "created_at",
+                                   "finished_at", "parent_id")
+"""What ``runs/list`` tells of each run (attributes of :class:`Run`, columns of the store)."""
 
 
 @dataclass(slots=True)
@@ -215,13 +220,17 @@ class Run:
     def set_step(self, path: str, status: StepStatus, data: dict[str, Any] | None = None,
                  *, type: str | None = None, **changes: Any) -> Event:
         """Change a step's status (and fields like ``output``), recording ``step.<status>``
-        (``step.started`` for ``running``)."""
+        (``step.started`` for ``running``).
+
+        ``type`` names another event for the change: a step going on after a wait
+        (``signal.taken``, ``step.resumed``) is ``running`` again without a new start.
+        """
         state = self.step_state(path)
         state.status = status
         if state.reason is not None and status != "waiting":
             state.reason = None
         now = time.time()
-        if status == "running":
+        if status == "running" and type is None:
             state.started_at = now
         elif status in STEP_SETTLED:
             state.finished_at = now
@@ -303,9 +312,7 @@ class Run:
             queue = self._signals.get(event) if self._signals else None
             if queue:
                 data = queue.popleft()
-                state = self.step_state(step)
-                state.status = "running"
-                self.record("signal.taken", step, {"event": event})
+                self.set_step(step, "running", {"event": event}, type="signal.taken")
                 return data
             if self._signal_waiters is None:
                 self._signal_waiters = {}
@@ -334,9 +341,7 @@ class Run:
 
     def summary(self) -> dict[str, Any]:
         """The short JSON form of ``runs/list``."""
-        return {"id": self.id, "workflow": self.workflow, "version": self.version,
-                "status": self.status, "created_at": self.created_at,
-                "finished_at": self.finished_at, "parent_id": self.parent_id}
+        return {name: getattr(self, name) for name in SUMMARY_FIELDS}
 
     def to_dict(self, *, steps: bool = True) -> dict[str, Any]:
         """JSON form for ``runs/get`` and ``plait run --json``."""

@@ -30,10 +30,10 @@ import anyio.to_thread
 import orjson
 
 from plait.config import StoreSettings
-from plait.runs import Event, Run, StepState
+from plait.runs import STEP_SETTLED, SUMMARY_FIELDS, Event, Run, StepState
 from plait.store_schema import DB_FILE, connect, open_database
 
-__all__ = ["RunPage", "SqliteStore", "run_from_row"]
+__all__ = ["RunPage", "SqliteStore", "page_cursor", "parse_cursor", "run_from_row"]
 
 log = logging.getLogger("plait.store")
 
@@ -74,6 +74,7 @@ _UNFINISHED: Final = ("pending", "running", "paused", "waiting")
 _RUN_COLUMNS: Final = ("id, workflow, version, digest, status, parent_id, parent_step, "
                        "idempotency_key, inputs, outputs, error, total_steps, created_at, "
                        "started_at, finished_at")
+_RUN_FIELDS: Final = tuple(_RUN_COLUMNS.split(", "))
 
 
 def _json(value: Any, what: str) -> str:
@@ -96,6 +97,19 @@ class RunPage:
 
     runs: list[dict[str, Any]]
     next_cursor: str | None
+
+
+def page_cursor(created_at: float, run_id: str) -> str:
+    """The cursor of the page after the run listed last (runs sort by creation, then id)."""
+    return f"{created_at!r}|{run_id}"
+
+
+def parse_cursor(cursor: str) -> tuple[float, str]:
+    """What :func:`page_cursor` made; raises ``ValueError`` for anything else."""
+    stamp, sep, run_id = cursor.partition("|")
+    if not sep or not run_id:
+        raise ValueError(f"not a runs/list cursor: {cursor!r}")
+    return float(stamp), run_id
 
 
 class SqliteStore:
@@ -391,15 +405,14 @@ class SqliteStore:
         if cursor is not None:
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             params += [cursor[0], cursor[0], cursor[1]]
-        sql = (f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(where)} "
+        sql = (f"SELECT {', '.join(SUMMARY_FIELDS)} FROM runs WHERE {' AND '.join(where)} "
                "ORDER BY created_at DESC, id DESC LIMIT ?")
         params.append(limit + 1)
         rows = await self._read(lambda c: c.execute(sql, params).fetchall())
-        runs = [_decode_run(r) for r in rows[:limit]]
-        more = len(rows) > limit
-        last = runs[-1] if runs else None
-        return RunPage([_summary(r) for r in runs],
-                       f"{last['created_at']!r}|{last['id']}" if more and last else None)
+        runs = [dict(zip(SUMMARY_FIELDS, r, strict=True)) for r in rows[:limit]]
+        more = len(rows) > limit and runs
+        return RunPage(runs, page_cursor(runs[-1]["created_at"], runs[-1]["id"])
+                       if more else None)
 
     async def run_for_key(self, key: str) -> str | None:
         """The run started with idempotency key ``key``, if any."""
@@ -435,15 +448,10 @@ def _maybe(text: str | None) -> Any:
 
 
 def _decode_run(row: Iterable[Any]) -> dict[str, Any]:
-    out = dict(zip(_RUN_COLUMNS.split(", "), row, strict=True))
+    out = dict(zip(_RUN_FIELDS, row, strict=True))
     for key in ("inputs", "outputs", "error"):
         out[key] = _maybe(out[key])
     return out
-
-
-def _summary(row: dict[str, Any]) -> dict[str, Any]:
-    return {key: row[key] for key in ("id", "workflow", "version", "status", "created_at",
-                                      "finished_at", "parent_id")}
 
 
 def run_from_row(row: dict[str, Any], steps: dict[str, StepState] | None = None) -> Run:
@@ -456,7 +464,6 @@ def run_from_row(row: dict[str, Any], steps: dict[str, StepState] | None = None)
               digest=row["digest"], parent_step=row["parent_step"])
     run.steps = steps or {}
     run.settled_steps = sum(1 for path, s in run.steps.items()
-                            if "." not in path and "[" not in path
-                            and s.status in ("succeeded", "failed", "skipped", "cancelled"))
+                            if "." not in path and "[" not in path and s.status in STEP_SETTLED)
     run.finished = run.done
     return run

@@ -31,16 +31,18 @@ class ToolRunner:
         self.settings = dict(settings or {})
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
         for name in tools:
-            limit = self._setting(name, "max_concurrency") or tools[name].max_concurrency
-            if limit:
-                self._limiters[name] = anyio.CapacityLimiter(limit)
+            self._limit(tools[name])
+
+    def _limit(self, tool: Tool) -> None:
+        """Give the tool its ``max_concurrency`` limiter (the config's, else its own), if any."""
+        limit = self._setting(tool.name, "max_concurrency") or tool.max_concurrency
+        if limit:
+            self._limiters[tool.name] = anyio.CapacityLimiter(limit)
 
     def add(self, tool: Tool, *, owner: str, replace: bool = False) -> None:
         """Register a tool from a source other than a plugin (an MCP server), with its limit."""
         self.tools.add(tool.name, tool, plugin=owner, replace=replace)
-        limit = self._setting(tool.name, "max_concurrency") or tool.max_concurrency
-        if limit:
-            self._limiters[tool.name] = anyio.CapacityLimiter(limit)
+        self._limit(tool)
 
     def remove(self, name: str) -> None:
         """Forget a tool added with :meth:`add`."""
@@ -122,12 +124,13 @@ class ToolRunner:
                       context: ToolContext | None) -> Any:
         limiter = self._limiters.get(tool.name)
         call: Any = tool.call
+        given = (args, context) if tool.takes_context else (args,)
         try:
             if limiter is None:
-                value = await (call(args, context) if tool.takes_context else call(args))
+                value = await call(*given)
             else:
                 async with limiter:
-                    value = await (call(args, context) if tool.takes_context else call(args))
+                    value = await call(*given)
         except RunError:
             raise
         except PLUGIN_ERRORS as exc:

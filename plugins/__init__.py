@@ -24,6 +24,7 @@ from plait.plugins.types import (
     ToolContext,
     agent_settings,
     tool,
+    validation_problems,
 )
 
 __all__ = [
@@ -50,4 +51,5 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "tool",
+    "validation_problems",
 ]

@@ -40,6 +40,7 @@ __all__ = [
     "ToolContext",
     "agent_settings",
     "tool",
+    "validation_problems",
 ]
 
 ConfigT = TypeVar("ConfigT", bound="StepConfig")
@@ -506,6 +507,24 @@ class Agent(Protocol):
 SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    """Each error of a settings table as ``where: what`` (``script[1].bogus: unknown key``).
+
+    ``prefix`` names the table (``mcp_servers.git``); an error of the whole table is told at
+    the prefix, or at ``<table>`` without one.
+    """
+    problems = []
+    for err in exc.errors(include_url=False):
+        where = prefix
+        for part in err["loc"]:
+            where += f"[{part}]" if isinstance(part, int) else (
+                f".{part}" if where else str(part))
+        message = "unknown key" if err["type"] == "extra_forbidden" else \
+            err["msg"].removeprefix("Value error, ")
+        problems.append(f"{where or '<table>'}: {message}")
+    return problems
+
+
 def agent_settings(model: type[SettingsT], name: str, provider: str,
                    config: Mapping[str, Any]) -> SettingsT:
     """Validate an ``[agents.<name>]`` table with a provider's settings model.
@@ -521,18 +540,8 @@ def agent_settings(model: type[SettingsT], name: str, provider: str,
     try:
         return model.model_validate(dict(config))
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            where = ""
-            for part in err["loc"]:
-                where += f"[{part}]" if isinstance(part, int) else (
-                    f".{part}" if where else str(part))
-            where = (where or "<table>").replace("json_", "json")
-            message = "unknown key" if err["type"] == "extra_forbidden" else \
-                err["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {message}")
         raise ValueError(f"agent {name!r} ({provider}): invalid configuration: "
-                         f"{'; '.join(problems)}") from None
+                         f"{'; '.join(validation_problems(exc))}") from None
 
 
 class AgentProvider(Protocol):

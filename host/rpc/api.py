@@ -14,6 +14,7 @@ from plait.rpc.dispatcher import Dispatcher
 from plait.rpc.errors import Busy, InvalidParams
 from plait.rpc.session import Session
 from plait.runs import Event
+from plait.store import parse_cursor
 
 if TYPE_CHECKING:
     from plait.app import Host
@@ -102,11 +103,8 @@ class UnsubscribeParams(_Params):
 
 
 def _parse_cursor(cursor: str) -> tuple[float, str]:
-    stamp, sep, run_id = cursor.partition("|")
     try:
-        if not sep or not run_id:
-            raise ValueError(cursor)
-        return float(stamp), run_id
+        return parse_cursor(cursor)
     except ValueError:
         raise InvalidParams("cursor is not one this host returned") from None
 
@@ -227,7 +225,7 @@ def register_api(dispatcher: Dispatcher, host: Host) -> None:
         # still in memory has its kept events at hand; one that ended is read from the store.
         held: list[Event] = []
         if run is not None:
-            held = (run.events[p.since or 0:run.published] if run.events or not run.finished
+            held = (run.events[p.since or 0:run.published] if eng.runs.get(run.id) is run
                     else await eng.events(run.id, p.since or 0))
         live = False
 
