@@ -10,6 +10,7 @@ deliberately not a method: its -32601 answer makes current SDK clients fall back
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -21,12 +22,12 @@ from plait.errors import InputsInvalid, RunError
 from plait.rpc.dispatcher import Dispatcher
 from plait.rpc.errors import InvalidParams, NotFound
 from plait.rpc.session import CURRENT_REQUEST, Session, id_key
-from plait.runs import Event
+from plait.runs import STEP_SETTLED, Event, Run
 
 if TYPE_CHECKING:
     from plait.app import Host
 
-__all__ = ["PROTOCOL_VERSIONS", "WORKFLOW_TOOL_PREFIX", "register_mcp"]
+__all__ = ["PROTOCOL_VERSIONS", "WORKFLOW_TOOL_PREFIX", "progress_reporter", "register_mcp"]
 
 PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 """MCP revisions this host speaks, newest first; an unknown request gets the newest."""
@@ -163,15 +164,12 @@ async def _call_workflow(host: Host, session: Session, p: CallToolParams) -> dic
     token = p.meta.get("progressToken")
     undo = None
     if token is not None:
-        def progress(event: Event) -> None:
-            if event.type.startswith("step.") and event.type != "step.started" and (
-                    event.step and "." not in event.step and "[" not in event.step):
-                done = run.progress()
-                session.notify("notifications/progress", {
-                    "progressToken": token, "progress": done["done"],
-                    "total": done["total"], "message": f"{event.step}: {event.type[5:]}"})
+        def send(progress: int, message: str) -> None:
+            session.notify("notifications/progress", {
+                "progressToken": token, "progress": progress, "total": run.total_steps,
+                "message": message})
 
-        undo = run.listen(progress)
+        undo = run.listen(progress_reporter(run, send))
     key = _current_request(session)
     try:
         await run.wait()
@@ -187,6 +185,33 @@ async def _call_workflow(host: Host, session: Session, p: CallToolParams) -> dic
         message = (run.error or {}).get("message", run.status)
         return _text_result(f"run {run.id} {run.status}: {message}", error=True)
     return _text_result(run.outputs or {}) | {"_meta": {"runId": run.id}}
+
+
+def progress_reporter(run: Run, send: Callable[[int, str], None]) -> Callable[[Event], None]:
+    """A run listener that sends (top-level steps settled, message) for each step change.
+
+    The count comes from the events published so far, not from the run's live state: with a
+    store an event is published after its commit, when later steps may have settled already.
+    """
+    read = settled = 0
+
+    def listener(event: Event) -> None:
+        nonlocal read, settled
+        settled += sum(1 for earlier in run.events[read:event.seq]
+                       if _settles_top_level_step(earlier))
+        read = event.seq
+        step = event.step
+        if (step and "." not in step and "[" not in step and event.type.startswith("step.")
+                and event.type != "step.started"):
+            send(min(settled, run.total_steps), f"{step}: {event.type[5:]}")
+
+    return listener
+
+
+def _settles_top_level_step(event: Event) -> bool:
+    step = event.step
+    return (step is not None and "." not in step and "[" not in step
+            and event.type.startswith("step.") and event.type[5:] in STEP_SETTLED)
 
 
 def _current_request(session: Session) -> tuple[str, Any] | None:
