@@ -106,6 +106,11 @@ class StoreSettings(_Section):
     """Run SQLite's ``quick_check`` at start, so a damaged file stops the host at once."""
     max_pending: int = Field(50_000, ge=100)
     """Changes waiting for the disk before new steps wait for it (backpressure)."""
+    keep_finished: int = Field(10_000, ge=0)
+    """Without the durable store: how many finished runs (child runs count) stay in memory for
+    ``runs/get``, ``runs/events`` and ``runs/list``; the longest-finished are forgotten first,
+    so a long-running host does not grow without end. The durable store keeps every run on
+    disk and drops finished ones from memory at once."""
 
 
 class ToolSettings(_Section):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from copy import deepcopy
 from types import TracebackType
@@ -80,7 +81,10 @@ class Engine:
         self.agents = AgentPool(self.registries.agent_providers, self.config.agents)
         self.catalog = Catalog(self.compile, store)
         self.runs: dict[str, Run] = {}
-        """Runs in memory: every run without a store; with one, those not yet finished."""
+        """Runs in memory: with a store, those not yet finished; without one, those and the
+        ``[store] keep_finished`` most recently finished."""
+        self._finished: deque[str] = deque()
+        """Without a store: ids of finished runs still in memory, longest-finished first."""
         self.executions: dict[str, RunExecution] = {}
         self.idempotency: dict[str, str] = {}
         self.listeners: list[Callable[[Event], None]] = []
@@ -209,11 +213,19 @@ class Engine:
     def _on_event(self, event: Event) -> None:
         for listener in self.listeners:
             listener(event)
-        if event.type in TERMINAL_EVENTS and self.store is not None:
-            # Kept and told: from now on the store answers for this run.
-            run = self.runs.pop(event.run_id, None)
-            if run is not None and run.idempotency_key is not None:
-                self.idempotency.pop(run.idempotency_key, None)
+        if event.type in TERMINAL_EVENTS:
+            if self.store is not None:  # kept and told: from now on the store answers for it
+                self._forget(event.run_id)
+                return
+            finished = self._finished
+            finished.append(event.run_id)
+            while len(finished) > self.config.store.keep_finished:
+                self._forget(finished.popleft())
+
+    def _forget(self, run_id: str) -> None:
+        run = self.runs.pop(run_id, None)
+        if run is not None and run.idempotency_key is not None:
+            self.idempotency.pop(run.idempotency_key, None)
 
     async def start(self, compiled: CompiledWorkflow, inputs: Mapping[str, Any] | None = None,
                     *, run_id: str | None = None, idempotency_key: str | None = None,

@@ -559,3 +559,28 @@ async def test_unknown_agent_is_a_clear_step_error(pm):
     run = await plait.run(wf({"id": "a", "agent": "ghost", "prompt": "hi"}), pm=pm)
     assert run.status == "failed"
     assert "ghost" in run.error["message"]
+
+
+async def test_memory_mode_forgets_the_longest_finished_runs_beyond_its_bound(pm):
+    config = HostConfig.model_validate({"store": {"keep_finished": 2}})
+    engine = plait.Engine(pm, config)
+    quick = engine.register(wf({"id": "a", "transform": "${inputs.n}"}))
+    held = engine.register({"name": "held", "steps": [{"id": "w", "wait": "go"}]})
+    async with engine:
+        waiting = await engine.start(held, idempotency_key="held-1")
+        runs = []
+        for n in range(4):
+            run = await engine.start(quick, {"n": n}, idempotency_key=f"quick-{n}")
+            runs.append(await run.wait())
+        for forgotten in runs[:2]:
+            with pytest.raises(plait.RunNotFound):
+                engine.get_run(forgotten.id)
+        assert [engine.get_run(r.id).steps["a"].output for r in runs[2:]] == [2, 3]
+        assert engine.get_run(waiting.id).status == "waiting"  # unfinished runs always stay
+        page = await engine.list_runs()
+        assert {r["id"] for r in page.runs} == {waiting.id, runs[2].id, runs[3].id}
+        # A forgotten run's idempotency key is free again; a kept one still names its run.
+        again = await engine.start(quick, {"n": 0}, idempotency_key="quick-0")
+        assert again.id != runs[0].id
+        assert (await engine.start(quick, {"n": 3}, idempotency_key="quick-3")).id == runs[3].id
+        await engine.cancel(waiting.id)
