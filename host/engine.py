@@ -539,7 +539,8 @@ class Engine:
     # -- services for the execution layer ----------------------------------------------------
 
     def root_context(self, rx: RunExecution) -> dict[str, Any]:
-        """The template roots of a run, before any step: inputs, vars, run, env."""
+        """The template roots of a run, before any step: inputs, vars, run, env (a new dict:
+        the run's top scope adds its ``steps`` to it)."""
         return {"inputs": rx.run.inputs, "vars": rx.vars, "run": rx.run.info(),
                 "env": self._env}
 

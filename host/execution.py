@@ -135,8 +135,13 @@ class ScopeExecution:
         self.views: dict[str, dict[str, Any]] = {}
         steps_view: Mapping[str, Any] = (
             ChainMap(self.views, parent.context["steps"]) if parent else self.views)
-        base = parent.context if parent else rx.engine.root_context(rx)
-        self.context: dict[str, Any] = {**base, "steps": steps_view, **(extra or {})}
+        if parent is None:  # the run's own roots, made for this scope: no copy needed
+            self.context: dict[str, Any] = rx.engine.root_context(rx)
+            self.context["steps"] = steps_view
+            if extra:
+                self.context.update(extra)
+        else:
+            self.context = {**parent.context, "steps": steps_view, **(extra or {})}
         self.failure: RunError | None = None
         self.tg: anyio.abc.TaskGroup | None = None
 
@@ -146,7 +151,9 @@ class ScopeExecution:
         """Run every step of the scope; raise the first unhandled step failure."""
         ready = self.schedule(self.scope.roots)
         while len(ready) == 1 and self.failure is None:  # sequential so far: no task group
-            ready = await self.run_item(*ready[0])
+            step, extra = ready[0]
+            ready = (await self.run_step(step, extra) if step is not None
+                     else await self.next_pass(extra))
         if ready and self.failure is None:
             async with anyio.create_task_group() as tg:
                 self.tg = tg
@@ -161,14 +168,16 @@ class ScopeExecution:
             assert self.tg is not None
             for item in ready[1:]:
                 self.tg.start_soon(self.drive, [item])
-            ready = await self.run_item(*ready[0])
+            # Awaited here rather than through a helper: a step in flight keeps a frame per
+            # level of its await chain.
+            step, extra = ready[0]
+            ready = (await self.run_step(step, extra) if step is not None
+                     else await self.next_pass(extra))
 
-    async def run_item(self, step: CompiledStep | None, extra: Any) -> Ready:
-        """Run one piece of work of :data:`Ready`."""
-        if step is None:  # a long pass of inline steps gives the event loop a turn
-            await anyio.lowlevel.checkpoint()
-            return self.schedule(extra)
-        return await self.run_step(step, extra)
+    async def next_pass(self, indices: Iterable[int]) -> Ready:
+        """Go on with a long pass of inline steps after giving the event loop a turn."""
+        await anyio.lowlevel.checkpoint()
+        return self.schedule(indices)
 
     def schedule(self, indices: Iterable[int]) -> Ready:
         """Settle or run what can be done at once; return the steps that need a task.
@@ -491,14 +500,18 @@ class ScopeExecution:
                 error = exc
 
     async def attempt(self, step: CompiledStep, ctx: StepRuntime, config: Any) -> Any:
+        """One attempt, within its deadline and the run's and host's limiters (one coroutine:
+        a suspended step keeps a frame per level, and there are many steps in flight)."""
         timeout = step.timeout
         run_limit = self.rx.limiter
         host_limit = self.rx.engine.step_limiter if step.step_type.uses_capacity else None
+        limits = (_NO_LIMITS if run_limit is None and host_limit is None
+                  else _acquire(run_limit, host_limit))
         try:
-            if not timeout:
-                return await self._limited(step, ctx, config, run_limit, host_limit)
-            with anyio.CancelScope(deadline=anyio.current_time() + timeout):
-                return await self._limited(step, ctx, config, run_limit, host_limit)
+            with (anyio.CancelScope(deadline=anyio.current_time() + timeout) if timeout
+                  else _NO_SCOPE):
+                async with limits:
+                    return await step.step_type.run(ctx, config)
             # Only the deadline's own cancellation ends up here: a cancel from outside the
             # scope goes on propagating.
             raise StepTimeout(f"step {ctx.step_id!r} timed out after {timeout} s "
@@ -508,15 +521,6 @@ class ScopeExecution:
         except PLUGIN_ERRORS as exc:
             raise self.plugin_error(step, exc) from exc
 
-    async def _limited(self, step: CompiledStep, ctx: StepRuntime, config: Any,
-                       run_limit: anyio.CapacityLimiter | None,
-                       host_limit: anyio.CapacityLimiter | None) -> Any:
-        """Run the step type inside its limiters (taken in a fixed order: no deadlock)."""
-        if run_limit is None and host_limit is None:
-            return await step.step_type.run(ctx, config)
-        async with _acquire((run_limit, host_limit)):
-            return await step.step_type.run(ctx, config)
-
     def plugin_error(self, step: CompiledStep, exc: BaseException) -> StepRuntimeError:
         """A step type's own exception, as a step error naming its plugin."""
         plugin = self.rx.engine.step_type_owner(step.key)
@@ -525,6 +529,8 @@ class ScopeExecution:
 
 
 class _nullcontext:
+    __slots__ = ()
+
     def __enter__(self) -> None:
         return None
 
@@ -533,9 +539,11 @@ class _nullcontext:
 
 
 class _acquire:
-    """Hold up to two optional capacity limiters, in a fixed order (no deadlock)."""
+    """Hold the given capacity limiters, in a fixed order (no deadlock)."""
 
-    def __init__(self, limiters: tuple[anyio.CapacityLimiter | None, ...]) -> None:
+    __slots__ = ("limiters",)
+
+    def __init__(self, *limiters: anyio.CapacityLimiter | None) -> None:
         self.limiters = [lim for lim in limiters if lim is not None]
 
     async def __aenter__(self) -> None:
@@ -553,6 +561,11 @@ class _acquire:
     async def __aexit__(self, *exc: object) -> None:
         for lim in reversed(self.limiters):
             lim.release()
+
+
+_NO_SCOPE = _nullcontext()
+_NO_LIMITS = _acquire()
+"""Stateless, so shared by every attempt without a deadline or without limiters."""
 
 
 def _retryable(error: RunError, retry_on: Sequence[str]) -> bool:

@@ -265,8 +265,10 @@ class Run:
 
     async def wait(self) -> Run:
         """Return once the run is terminal and that is kept."""
-        if not self.finished:
-            await self._until(-1)
+        if not self.finished:  # _until(-1), written out: one frame less per waiting caller
+            waiter = anyio.Event()
+            self._waiters.append((-1, waiter))
+            await waiter.wait()
         return self
 
     async def committed(self) -> Run:

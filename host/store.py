@@ -132,6 +132,8 @@ class SqliteStore:
         self._committed = 0
         """Of those, how many are committed."""
         self._wake = anyio.Event()
+        self._woken = False
+        """Whether ``_wake`` is set (a plain flag: asked once per queued row)."""
         self._progress = anyio.Event()
         self._frozen = False
         self._tg: anyio.abc.TaskGroup | None = None
@@ -186,7 +188,8 @@ class SqliteStore:
     def _queue(self, sql: str, row: tuple[Any, ...]) -> None:
         self._rows[sql].append(row)
         self._queued += 1
-        if not self._wake.is_set():
+        if not self._woken:
+            self._woken = True
             self._wake.set()
 
     def record(self, run: Run, event: Event) -> None:
@@ -250,7 +253,7 @@ class SqliteStore:
     async def _writer(self) -> None:
         while True:
             await self._wake.wait()
-            self._wake = anyio.Event()
+            self._wake, self._woken = anyio.Event(), False
             if not self._queued - self._committed:
                 continue
             rows, self._rows = self._rows, {sql: [] for sql in _ORDER}
