@@ -36,7 +36,7 @@ from plait.rpc.mcp import register_mcp
 from plait.rpc.session import Session, SessionClosed
 from plait.rpc.stdio import serve_stdio
 from plait.rpc.websocket import RPC_PATH, WebSocketTransport
-from plait.runs import Run
+from plait.runs import Event, Run
 from plait.store import SqliteStore
 
 __all__ = ["Host", "tune_gc"]
@@ -214,6 +214,12 @@ class Host:
     async def wait(self, run_id: str) -> Run:
         """Return the run once it is terminal."""
         return await self._engine().wait(run_id)
+
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None
+                     ) -> list[Event]:
+        """A run's kept events with ``seq > since``, oldest first (from the store once the
+        run has left memory; ``Run.events`` of a run read back from the store is empty)."""
+        return await self._engine().events(run_id, since, limit)
 
     async def get_run(self, run_id: str) -> Run:
         """The run with that id, live or from the store."""

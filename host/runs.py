@@ -133,6 +133,8 @@ class Run:
     finished_at: float | None = None
     steps: dict[str, StepState] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    """Every event, while the run is in memory (live, or kept without a store); a finished
+    run read back from the store has none here: ``Host.events`` reads them."""
     conversations: dict[str, list[Message]] = field(default_factory=dict)
     total_steps: int = 0
     """Top-level steps of the workflow, for progress."""

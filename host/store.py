@@ -18,14 +18,18 @@ import json
 import logging
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache, partial
+from itertools import chain
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
 import anyio
 import anyio.abc
+import anyio.from_thread
 import anyio.to_thread
 import orjson
 
@@ -61,6 +65,31 @@ _MESSAGE = "INSERT OR REPLACE INTO conversations (run_id, name, idx, message) VA
 _ORDER: Final = (_DEFINITION, _VERSION, _WORKFLOW, _RUN, _KEY, _RUN_STATUS, _EVENT, _STEP,
                  _MESSAGE)
 
+_RUN_STATUS_FROM = ("UPDATE runs SET status = v.column1, started_at = v.column2, "
+                    "finished_at = v.column3, outputs = v.column4, error = v.column5 FROM (VALUES ")
+
+
+def _multi_row(sql: str) -> tuple[str, str, str]:
+    head, _, group = sql.partition("VALUES ")
+    return head + "VALUES ", group, ""
+
+
+# Statements written many rows at a time: (before the rows, one row, after the rows).
+_MULTI_ROW: Final = {
+    _EVENT: _multi_row(_EVENT), _STEP: _multi_row(_STEP), _RUN: _multi_row(_RUN),
+    _RUN_STATUS: (_RUN_STATUS_FROM, "(?, ?, ?, ?, ?, ?)", ") AS v WHERE runs.id = v.column6"),
+}
+VARIABLES_PER_STATEMENT: Final = 8192
+"""Parameters bound by one statement at most (SQLite allows 32,766 since 3.32)."""
+
+
+@lru_cache(maxsize=64)
+def _rows_sql(sql: str, count: int) -> str:
+    """``sql`` for ``count`` rows at once."""
+    before, row, after = _MULTI_ROW[sql]
+    return before + ", ".join([row] * count) + after
+
+
 _STATUS_OF_EVENT: Final = {
     "run.started": "running", "run.resumed": "running", "run.paused": "paused",
     "run.waiting": "waiting", "run.succeeded": "succeeded", "run.failed": "failed",
@@ -70,6 +99,8 @@ _SETTLE_EVENTS: Final = frozenset({"step.succeeded", "step.failed", "step.skippe
                                    "step.cancelled"})
 PUBLISH_CHUNK: Final = 32
 """Events published between two turns of the event loop."""
+COMMIT_POLL: Final = 0.002
+"""Seconds between two looks for finished commits, while changes are being written."""
 _UNFINISHED: Final = ("pending", "running", "paused", "waiting")
 _RUN_COLUMNS: Final = ("id, workflow, version, digest, status, parent_id, parent_step, "
                        "idempotency_key, inputs, outputs, error, total_steps, created_at, "
@@ -112,6 +143,30 @@ def parse_cursor(cursor: str) -> tuple[float, str]:
     return float(stamp), run_id
 
 
+def _write_rows(conn: sqlite3.Connection, sql: str, batch: list[tuple[Any, ...]]) -> None:
+    """Write ``batch`` with as few statements as the parameter limit allows.
+
+    Not ``executemany``: the sqlite3 module lets go of the GIL around every row it steps, and
+    while the event loop is busy each hand-back waits out the interpreter's switch interval
+    (5 ms), so a commit of a thousand rows row by row could take seconds.
+    """
+    if sql == _RUN_STATUS:  # one row per run, its latest status (an UPDATE ... FROM picks
+        batch = list({row[-1]: row for row in batch}.values())  # any of several matches)
+    per = max(1, VARIABLES_PER_STATEMENT // len(batch[0]))
+    for start in range(0, len(batch), per):
+        chunk = batch[start:start + per]
+        conn.execute(_rows_sql(sql, len(chunk)), list(chain.from_iterable(chunk)))
+
+
+@dataclass(slots=True)
+class _Taken:
+    """A batch the writer took: rows by statement, events to tell, the queue count it ends."""
+
+    rows: dict[str, list[tuple[Any, ...]]]
+    told: list[tuple[Run, Event]]
+    target: int
+
+
 class SqliteStore:
     """Runs, events, conversations and workflow versions in ``<data_dir>/plait.db``.
 
@@ -125,15 +180,24 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
+        self._more = threading.Condition()
+        """Guards the queue below (the event loop adds to it, the writer's thread takes it)
+        and tells the writer there is more."""
+        self._stopping = False
         self._rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _ORDER}
         self._told: list[tuple[Run, Event]] = []
+        self._taking: _Taken | None = None
+        """What the writer took and has not committed yet (kept across a failed commit)."""
         self._queued = 0
         """Rows queued since the store opened."""
         self._committed = 0
         """Of those, how many are committed."""
-        self._wake = anyio.Event()
-        self._woken = False
-        """Whether ``_wake`` is set (a plain flag: asked once per queued row)."""
+        self._told_rows = 0
+        """Of those, how many are committed and their events told."""
+        self._committed_batches: deque[tuple[list[tuple[Run, Event]], int]] = deque()
+        """(events, queue count) of each commit, for the teller; appended by the writer."""
+        self._teller_idle: anyio.Event | None = None
+        """Set when something is queued while the teller has nothing to wait for."""
         self._progress = anyio.Event()
         self._frozen = False
         self._tg: anyio.abc.TaskGroup | None = None
@@ -153,7 +217,11 @@ class SqliteStore:
             lambda: connect(self.path, self.settings, readonly=True))
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._writer)
+        self._tg.start_soon(self._teller)
+        writing = anyio.Event()
+        self._tg.start_soon(partial(anyio.to_thread.run_sync, self._write, writing,
+                                    limiter=anyio.CapacityLimiter(1)))
+        await writing.wait()  # from here on, commits need no turn of the event loop
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -163,6 +231,9 @@ class SqliteStore:
                 await self.sync()
         finally:
             assert self._tg is not None
+            with self._more:  # the writer's thread ends (it cannot be cancelled)
+                self._stopping = True
+                self._more.notify()
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
             self._tg = None
@@ -185,12 +256,19 @@ class SqliteStore:
         """Rows queued but not yet committed."""
         return self._queued - self._committed
 
-    def _queue(self, sql: str, row: tuple[Any, ...]) -> None:
-        self._rows[sql].append(row)
-        self._queued += 1
-        if not self._woken:
-            self._woken = True
-            self._wake.set()
+    def _queue(self, rows: list[tuple[str, tuple[Any, ...]]],
+               told: tuple[Run, Event] | None = None) -> None:
+        with self._more:
+            queue = self._rows
+            for sql, row in rows:
+                queue[sql].append(row)
+            self._queued += len(rows)
+            if told is not None:
+                self._told.append(told)
+            self._more.notify()
+        if self._teller_idle is not None:
+            self._teller_idle.set()
+            self._teller_idle = None
 
     def record(self, run: Run, event: Event) -> None:
         """The runs' sink: queue ``event`` and the rows it changes; publish after commit."""
@@ -198,49 +276,50 @@ class SqliteStore:
             return
         rid = run.id
         kind = event.type
-        self._queue(_EVENT, (rid, event.seq, kind, event.step,
-                             _json(event.data, f"event {kind} of run {rid}"), event.ts))
+        rows: list[tuple[str, tuple[Any, ...]]] = [
+            (_EVENT, (rid, event.seq, kind, event.step,
+                      _json(event.data, f"event {kind} of run {rid}"), event.ts))]
         if kind in _SETTLE_EVENTS and event.step is not None:
             state = run.steps[event.step]
-            self._queue(_STEP, (rid, event.step, state.status,
-                                None if state.output is None else _json(state.output, "output"),
-                                None if state.error is None else _json(state.error, "error"),
-                                state.attempts, state.started_at, state.finished_at))
+            rows.append((_STEP, (rid, event.step, state.status,
+                                 None if state.output is None else _json(state.output, "output"),
+                                 None if state.error is None else _json(state.error, "error"),
+                                 state.attempts, state.started_at, state.finished_at)))
         elif kind in _STATUS_OF_EVENT:
-            self._queue(_RUN_STATUS, (
+            rows.append((_RUN_STATUS, (
                 _STATUS_OF_EVENT[kind], run.started_at, run.finished_at,
                 None if run.outputs is None else _json(run.outputs, "outputs"),
-                None if run.error is None else _json(run.error, "error"), rid))
+                None if run.error is None else _json(run.error, "error"), rid)))
         elif kind == "run.created":
-            self._queue(_RUN, (rid, run.workflow, run.version, run.digest, run.parent_id,
-                               run.parent_step, run.idempotency_key, _json(run.inputs, "inputs"),
-                               run.total_steps, run.created_at))
+            rows.append((_RUN, (rid, run.workflow, run.version, run.digest, run.parent_id,
+                                run.parent_step, run.idempotency_key,
+                                _json(run.inputs, "inputs"), run.total_steps, run.created_at)))
             if run.idempotency_key is not None:
-                self._queue(_KEY, (run.idempotency_key, rid))
+                rows.append((_KEY, (run.idempotency_key, rid)))
         elif kind == "conversation.appended":
             name = event.data["conversation"]
             history = run.conversations.get(name, [])
             new = event.data["messages"]
             start = len(history) - len(new)
             for i, message in enumerate(new):
-                self._queue(_MESSAGE, (rid, name, start + i, _json(message, "message")))
-        self._told.append((run, event))
+                rows.append((_MESSAGE, (rid, name, start + i, _json(message, "message"))))
+        self._queue(rows, (run, event))
 
     def put_workflow(self, name: str, version: int, digest: str, definition: dict[str, Any],
                      created_at: float) -> None:
         """Queue a workflow version (its content stored once per digest) and make it current."""
-        self._queue(_DEFINITION, (digest, name, _json(definition, f"workflow {name}")))
-        self._queue(_VERSION, (name, version, digest, created_at))
-        self._queue(_WORKFLOW, (name, version, 0))
+        self._queue([(_DEFINITION, (digest, name, _json(definition, f"workflow {name}"))),
+                     (_VERSION, (name, version, digest, created_at)),
+                     (_WORKFLOW, (name, version, 0))])
 
     def set_current(self, name: str, version: int, *, deleted: bool = False) -> None:
         """Queue a change of which version is current, or the deletion of the workflow."""
-        self._queue(_WORKFLOW, (name, version, int(deleted)))
+        self._queue([(_WORKFLOW, (name, version, int(deleted)))])
 
     async def sync(self) -> None:
-        """Return once everything queued before the call is committed."""
+        """Return once everything queued before the call is committed and told."""
         target = self._queued
-        while self._committed < target:
+        while self._told_rows < target:
             if self._tg is None:
                 raise RuntimeError("the store is closed")
             await self._progress.wait()
@@ -250,49 +329,91 @@ class SqliteStore:
         while self.pending > self.settings.max_pending // 2:
             await self._progress.wait()
 
-    async def _writer(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake, self._woken = anyio.Event(), False
-            if not self._queued - self._committed:
-                continue
-            rows, self._rows = self._rows, {sql: [] for sql in _ORDER}
-            told, self._told = self._told, []
-            target = self._queued
-            await self._commit(rows)
-            self._committed = target
-            self.commits += 1
-            for i, (run, event) in enumerate(told, 1):
-                try:
-                    run.publish(event)
-                except Exception:  # a follower's bug must not stop the writer
-                    log.exception("a follower of run %s failed on event %s", run.id, event.seq)
-                if i % PUBLISH_CHUNK == 0:
-                    # A commit may release thousands of events at once; let the connections'
-                    # writers send them out, so a client that reads is never dropped for
-                    # falling behind a burst it could not have read yet.
-                    await (self.pace() if self.pace is not None else anyio.sleep(0))
-            progress, self._progress = self._progress, anyio.Event()
-            progress.set()
+    def _advance(self) -> None:
+        progress, self._progress = self._progress, anyio.Event()
+        progress.set()
 
-    async def _commit(self, rows: dict[str, list[tuple[Any, ...]]]) -> None:
-        """Commit one batch, retrying while the disk or a lock refuses it; never drop it."""
+    def _write(self, writing: anyio.Event) -> None:
+        """The writer, in a thread of its own: commit what is queued, batch after batch.
+
+        It never waits for the event loop (an event-loop task that sent each batch to a
+        worker thread would): with thousands of steps ready at once a turn of the loop can
+        take a second, and a writer that waited for its turn between commits would leave the
+        disk idle that long, and every step waiting for room (``max_pending``) with it. The
+        teller picks the commits up.
+        """
+        anyio.from_thread.run_sync(writing.set)
         delay = 0.05
         while True:
+            taken = self._taking
+            if taken is None:
+                with self._more:
+                    while self._queued == self._committed and not self._stopping:
+                        self._more.wait()
+                    if self._queued == self._committed:
+                        return
+                    taken = self._taking = _Taken(self._rows, self._told, self._queued)
+                    self._rows, self._told = {sql: [] for sql in _ORDER}, []
             try:
-                await anyio.to_thread.run_sync(self._apply, rows, False)
-                self.last_error = None
-                return
-            except sqlite3.IntegrityError as exc:
-                # A row that can never go in (a bug, or a row already there): keep the rest.
-                log.error("store: a batch broke a constraint (%s); applying row by row", exc)
-                await anyio.to_thread.run_sync(self._apply, rows, True)
-                return
+                try:
+                    self._apply(taken.rows, False)
+                except sqlite3.IntegrityError as exc:
+                    # A row that can never go in (a bug, or a row already there): keep the
+                    # rest of its batch.
+                    log.error("store: a batch broke a constraint (%s); applying row by row",
+                              exc)
+                    self._apply(taken.rows, True)
             except sqlite3.Error as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if self._stopping:  # only if closing gave up waiting for the commit
+                    log.error("store: commit failed (%s) while closing; %d changes are lost",
+                              exc, self._queued - self._committed)
+                    return
                 log.warning("store: commit failed (%s); retrying in %.2fs", exc, delay)
-                await anyio.sleep(delay)
+                with self._more:
+                    self._more.wait_for(lambda: self._stopping, delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            self.last_error, delay = None, 0.05
+            self._taking = None
+            self._committed = taken.target
+            self.commits += 1
+            self._committed_batches.append((taken.told, taken.target))
+
+    async def _teller(self) -> None:
+        """Publish committed events, in commit order.
+
+        While changes are being written it looks for finished commits every
+        ``COMMIT_POLL`` seconds (the writer's thread does not wait for the event loop to tell
+        it; see ``_write``); with nothing queued it sleeps until something is.
+        """
+        batches = self._committed_batches
+        unpaced = 0  # events told since the connections last had a turn
+        while True:
+            if not batches:
+                if self._told_rows < self._queued:
+                    await anyio.sleep(COMMIT_POLL)
+                else:
+                    idle = self._teller_idle = anyio.Event()
+                    await idle.wait()
+                continue
+            while batches:
+                told, target = batches.popleft()
+                for run, event in told:
+                    try:
+                        run.publish(event)
+                    except Exception:  # a follower's bug must not stop the store
+                        log.exception("a follower of run %s failed on event %s", run.id,
+                                      event.seq)
+                    unpaced += 1
+                    if unpaced == PUBLISH_CHUNK:
+                        # Commits may release thousands of events in a row; let the
+                        # connections' writers send them out, so a client that reads is never
+                        # dropped for falling behind a burst it could not have read yet.
+                        await (self.pace() if self.pace is not None else anyio.sleep(0))
+                        unpaced = 0
+                self._told_rows = target
+                self._advance()
 
     def _apply(self, rows: dict[str, list[tuple[Any, ...]]], one_by_one: bool) -> None:
         conn = self._conn
@@ -303,19 +424,26 @@ class SqliteStore:
                 batch = rows[sql]
                 if not batch:
                     continue
-                if not one_by_one:
+                if one_by_one:
+                    self._apply_one_by_one(conn, sql, batch)
+                elif sql in _MULTI_ROW:
+                    _write_rows(conn, sql, batch)
+                else:
                     conn.executemany(sql, batch)
-                    continue
-                for row in batch:
-                    try:
-                        conn.execute(sql, row)
-                    except sqlite3.IntegrityError as exc:
-                        log.error("store: dropped a row that breaks a constraint (%s): %s %r",
-                                  exc, sql.split("(")[0], row[:3])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _apply_one_by_one(conn: sqlite3.Connection, sql: str,
+                          batch: list[tuple[Any, ...]]) -> None:
+        for row in batch:
+            try:
+                conn.execute(sql, row)
+            except sqlite3.IntegrityError as exc:
+                log.error("store: dropped a row that breaks a constraint (%s): %s %r",
+                          exc, sql.split("(")[0], row[:3])
 
     # -- reading -----------------------------------------------------------------------------
 

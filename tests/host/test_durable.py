@@ -238,9 +238,10 @@ async def test_waiting_run_pause_resume_then_signal(tmp_path, pm):
         assert resumed.status == "waiting", "a resumed run whose step waits is waiting again"
         await host.engine.signal(run_id, "go", {"ok": 1})
         run = await finish(host, run_id)
+        events = await host.events(run_id)  # run.events is empty once read back
     assert run.status == "succeeded"
     assert run.outputs == {"got": {"ok": 1}}
-    kinds = [e.type for e in run.events if e.type.startswith("run.")]
+    kinds = [e.type for e in events if e.type.startswith("run.")]
     assert kinds == ["run.created", "run.started", "run.waiting", "run.paused", "run.waiting",
                      "run.signal", "run.resumed", "run.succeeded"]
 
