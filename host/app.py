@@ -7,7 +7,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -211,9 +211,13 @@ class Host:
                                  idempotency_key=idempotency_key)
         return run.id
 
-    async def wait(self, run_id: str) -> Run:
-        """Return the run once it is terminal."""
-        return await self._engine().wait(run_id)
+    def wait(self, run_id: str) -> Awaitable[Run]:
+        """Await the run's end: the run, once it is terminal.
+
+        A plain function returning the engine's awaitable, not a coroutine of its own: every
+        waiter keeps its await chain in memory for as long as the run goes on.
+        """
+        return self._engine().wait(run_id)
 
     async def events(self, run_id: str, since: int = 0, limit: int | None = None
                      ) -> list[Event]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import ChainMap
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -489,8 +489,21 @@ class ScopeExecution:
             run.set_step(path, "running", data, attempts=attempt)
             engine.observe_step_started(run, path)
             ctx = StepRuntime(self, step, path, attempt)
+            # The attempt itself, within its deadline and the run's and host's limiters;
+            # written out here rather than in a method of its own: a suspended step keeps a
+            # frame per level of its await chain, and many steps are in flight at once.
+            timeout = step.timeout
+            limits = self.limits(step)
             try:
-                output = await self.attempt(step, ctx, config)
+                with (anyio.CancelScope(deadline=anyio.current_time() + timeout) if timeout
+                      else _NO_SCOPE) as deadline:
+                    async with limits:
+                        output = await step.step_type.run(ctx, config)
+                if deadline is not None and deadline.cancelled_caught:
+                    # Only the deadline's own cancellation ends up here: a cancel from
+                    # outside the scope goes on propagating.
+                    raise StepTimeout(f"step {path!r} timed out after {timeout} s "
+                                      f"(attempt {attempt})")
                 problem = json_problem(output)
                 if problem is not None:
                     raise OutputError(f"step type {step.key!r} returned a value that is not "
@@ -498,28 +511,18 @@ class ScopeExecution:
                 return output
             except RunError as exc:
                 error = exc
+            except PLUGIN_ERRORS as exc:
+                error = self.plugin_error(step, exc)
+                error.__cause__ = exc
 
-    async def attempt(self, step: CompiledStep, ctx: StepRuntime, config: Any) -> Any:
-        """One attempt, within its deadline and the run's and host's limiters (one coroutine:
-        a suspended step keeps a frame per level, and there are many steps in flight)."""
-        timeout = step.timeout
+    def limits(self, step: CompiledStep) -> _acquire:
+        """The limiters an attempt of ``step`` holds: the run's and, for steps that do work,
+        the host's."""
         run_limit = self.rx.limiter
         host_limit = self.rx.engine.step_limiter if step.step_type.uses_capacity else None
-        limits = (_NO_LIMITS if run_limit is None and host_limit is None
-                  else _acquire(run_limit, host_limit))
-        try:
-            with (anyio.CancelScope(deadline=anyio.current_time() + timeout) if timeout
-                  else _NO_SCOPE):
-                async with limits:
-                    return await step.step_type.run(ctx, config)
-            # Only the deadline's own cancellation ends up here: a cancel from outside the
-            # scope goes on propagating.
-            raise StepTimeout(f"step {ctx.step_id!r} timed out after {timeout} s "
-                              f"(attempt {ctx.attempt})")
-        except RunError:
-            raise
-        except PLUGIN_ERRORS as exc:
-            raise self.plugin_error(step, exc) from exc
+        if run_limit is None and host_limit is None:
+            return _NO_LIMITS
+        return _acquire(run_limit, host_limit)
 
     def plugin_error(self, step: CompiledStep, exc: BaseException) -> StepRuntimeError:
         """A step type's own exception, as a step error naming its plugin."""
@@ -715,8 +718,9 @@ class StepRuntime:
                 run.set_status("running")
         return data
 
-    async def sleep_until(self, deadline: float) -> None:
-        await anyio.sleep(max(0.0, deadline - time.time()))
+    def sleep_until(self, deadline: float) -> Awaitable[None]:
+        # anyio's sleep itself, not a coroutine around it: one frame less per sleeping step.
+        return anyio.sleep(max(0.0, deadline - time.time()))
 
     async def waiting(self, reason: str | None) -> None:
         run = self._run

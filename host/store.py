@@ -99,8 +99,6 @@ _SETTLE_EVENTS: Final = frozenset({"step.succeeded", "step.failed", "step.skippe
                                    "step.cancelled"})
 PUBLISH_CHUNK: Final = 32
 """Events published between two turns of the event loop."""
-COMMIT_POLL: Final = 0.002
-"""Seconds between two looks for finished commits, while changes are being written."""
 _UNFINISHED: Final = ("pending", "running", "paused", "waiting")
 _RUN_COLUMNS: Final = ("id, workflow, version, digest, status, parent_id, parent_step, "
                        "idempotency_key, inputs, outputs, error, total_steps, created_at, "
@@ -196,8 +194,10 @@ class SqliteStore:
         """Of those, how many are committed and their events told."""
         self._committed_batches: deque[tuple[list[tuple[Run, Event]], int]] = deque()
         """(events, queue count) of each commit, for the teller; appended by the writer."""
-        self._teller_idle: anyio.Event | None = None
-        """Set when something is queued while the teller has nothing to wait for."""
+        self._commit_done = threading.Event()
+        """Set by the writer after each commit, for the kicker."""
+        self._kicked = anyio.Event()
+        """Set on the event loop by the kicker: there are commits to tell."""
         self._progress = anyio.Event()
         self._frozen = False
         self._tg: anyio.abc.TaskGroup | None = None
@@ -218,6 +218,8 @@ class SqliteStore:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._teller)
+        self._tg.start_soon(partial(anyio.to_thread.run_sync, self._kicker,
+                                    limiter=anyio.CapacityLimiter(1)))
         writing = anyio.Event()
         self._tg.start_soon(partial(anyio.to_thread.run_sync, self._write, writing,
                                     limiter=anyio.CapacityLimiter(1)))
@@ -231,9 +233,10 @@ class SqliteStore:
                 await self.sync()
         finally:
             assert self._tg is not None
-            with self._more:  # the writer's thread ends (it cannot be cancelled)
+            with self._more:  # the writer's and kicker's threads end (they cannot be cancelled)
                 self._stopping = True
                 self._more.notify()
+            self._commit_done.set()
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
             self._tg = None
@@ -266,9 +269,6 @@ class SqliteStore:
             if told is not None:
                 self._told.append(told)
             self._more.notify()
-        if self._teller_idle is not None:
-            self._teller_idle.set()
-            self._teller_idle = None
 
     def record(self, run: Run, event: Event) -> None:
         """The runs' sink: queue ``event`` and the rows it changes; publish after commit."""
@@ -340,7 +340,7 @@ class SqliteStore:
         worker thread would): with thousands of steps ready at once a turn of the loop can
         take a second, and a writer that waited for its turn between commits would leave the
         disk idle that long, and every step waiting for room (``max_pending``) with it. The
-        teller picks the commits up.
+        kicker tells the event loop.
         """
         anyio.from_thread.run_sync(writing.set)
         delay = 0.05
@@ -379,24 +379,29 @@ class SqliteStore:
             self._committed = taken.target
             self.commits += 1
             self._committed_batches.append((taken.told, taken.target))
+            self._commit_done.set()
+
+    def _kicker(self) -> None:
+        """In a thread of its own: tell the event loop that commits are done, waiting for its
+        turn here so that the writer never does (several commits in the meantime make one
+        kick)."""
+        while True:
+            self._commit_done.wait()
+            self._commit_done.clear()
+            if self._stopping:
+                return
+            anyio.from_thread.run_sync(self._kick)
+
+    def _kick(self) -> None:
+        self._kicked.set()
 
     async def _teller(self) -> None:
-        """Publish committed events, in commit order.
-
-        While changes are being written it looks for finished commits every
-        ``COMMIT_POLL`` seconds (the writer's thread does not wait for the event loop to tell
-        it; see ``_write``); with nothing queued it sleeps until something is.
-        """
+        """Publish committed events, in commit order, once kicked."""
         batches = self._committed_batches
         unpaced = 0  # events told since the connections last had a turn
         while True:
-            if not batches:
-                if self._told_rows < self._queued:
-                    await anyio.sleep(COMMIT_POLL)
-                else:
-                    idle = self._teller_idle = anyio.Event()
-                    await idle.wait()
-                continue
+            await self._kicked.wait()
+            self._kicked = anyio.Event()
             while batches:
                 told, target = batches.popleft()
                 for run, event in told:

@@ -133,8 +133,8 @@ class StepContext(Protocol):
     async def wait_signal(self, event: str, *, timeout: float | None) -> Any:
         """Wait until the run receives the signal ``event``; return its data."""
 
-    async def sleep_until(self, deadline: float) -> None:
-        """Sleep until a wall-clock time (``time.time()`` seconds)."""
+    def sleep_until(self, deadline: float) -> Awaitable[None]:
+        """Sleep until a wall-clock time (``time.time()`` seconds): ``await`` it."""
 
     async def checkpoint(self, key: str, value: Any) -> Any:
         """Keep ``value`` for this attempt across a host restart; return the kept one.
