@@ -99,6 +99,8 @@ _SETTLE_EVENTS: Final = frozenset({"step.succeeded", "step.failed", "step.skippe
                                    "step.cancelled"})
 PUBLISH_CHUNK: Final = 32
 """Events published between two turns of the event loop."""
+THREAD_CHECK: Final = 1.0
+"""Seconds between two checks, by an idle writer or kicker thread, that the program goes on."""
 _UNFINISHED: Final = ("pending", "running", "paused", "waiting")
 _RUN_COLUMNS: Final = ("id, workflow, version, digest, status, parent_id, parent_step, "
                        "idempotency_key, inputs, outputs, error, total_steps, created_at, "
@@ -154,6 +156,12 @@ def _write_rows(conn: sqlite3.Connection, sql: str, batch: list[tuple[Any, ...]]
     for start in range(0, len(batch), per):
         chunk = batch[start:start + per]
         conn.execute(_rows_sql(sql, len(chunk)), list(chain.from_iterable(chunk)))
+
+
+def _interpreter_ending() -> bool:
+    """Whether the main thread has finished: a store that was never closed (its event loop
+    gone) must not keep the interpreter from exiting by waiting in its threads."""
+    return not threading.main_thread().is_alive()
 
 
 @dataclass(slots=True)
@@ -217,13 +225,20 @@ class SqliteStore:
             lambda: connect(self.path, self.settings, readonly=True))
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._teller)
-        self._tg.start_soon(partial(anyio.to_thread.run_sync, self._kicker,
-                                    limiter=anyio.CapacityLimiter(1)))
-        writing = anyio.Event()
-        self._tg.start_soon(partial(anyio.to_thread.run_sync, self._write, writing,
-                                    limiter=anyio.CapacityLimiter(1)))
-        await writing.wait()  # from here on, commits need no turn of the event loop
+        try:
+            self._tg.start_soon(self._teller)
+            self._tg.start_soon(partial(anyio.to_thread.run_sync, self._kicker,
+                                        limiter=anyio.CapacityLimiter(1)))
+            writing = anyio.Event()
+            self._tg.start_soon(partial(anyio.to_thread.run_sync, self._write, writing,
+                                        limiter=anyio.CapacityLimiter(1)))
+            await writing.wait()  # from here on, commits need no turn of the event loop
+        except BaseException:
+            self._stop_threads()
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None
+            raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -233,10 +248,7 @@ class SqliteStore:
                 await self.sync()
         finally:
             assert self._tg is not None
-            with self._more:  # the writer's and kicker's threads end (they cannot be cancelled)
-                self._stopping = True
-                self._more.notify()
-            self._commit_done.set()
+            self._stop_threads()
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
             self._tg = None
@@ -246,6 +258,13 @@ class SqliteStore:
                 if conn is not None:
                     conn.close()
             self._conn = self._reader = None
+
+    def _stop_threads(self) -> None:
+        """End the writer's and the kicker's threads (they cannot be cancelled)."""
+        with self._more:
+            self._stopping = True
+            self._more.notify()
+        self._commit_done.set()
 
     def freeze(self) -> None:
         """Accept no more changes: the host is stopping, and runs in flight must be found as
@@ -349,7 +368,8 @@ class SqliteStore:
             if taken is None:
                 with self._more:
                     while self._queued == self._committed and not self._stopping:
-                        self._more.wait()
+                        if not self._more.wait(THREAD_CHECK) and _interpreter_ending():
+                            return
                     if self._queued == self._committed:
                         return
                     taken = self._taking = _Taken(self._rows, self._told, self._queued)
@@ -386,7 +406,10 @@ class SqliteStore:
         turn here so that the writer never does (several commits in the meantime make one
         kick)."""
         while True:
-            self._commit_done.wait()
+            if not self._commit_done.wait(THREAD_CHECK):
+                if _interpreter_ending():
+                    return
+                continue
             self._commit_done.clear()
             if self._stopping:
                 return

@@ -10,6 +10,8 @@ import logging
 import random
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 
 import anyio
@@ -350,6 +352,28 @@ async def test_connections_get_a_turn_every_chunk_of_events_however_commits_spli
                 run.record("probe.tick", None, {"i": i})
             await store.sync()  # a commit of ten events, told at once
         assert paced == [PUBLISH_CHUNK * k for k in range(1, 100 // PUBLISH_CHUNK + 1)]
+
+
+def test_a_store_left_open_does_not_keep_the_interpreter_from_exiting(tmp_path):
+    """Its writer and kicker are threads; they notice the program ended and stop."""
+    program = (
+        "import anyio, sys\n"
+        "from plait.store import SqliteStore\n"
+        "from plait.runs import Run\n"
+        "async def main():\n"
+        f"    store = SqliteStore({str(tmp_path)!r})\n"
+        "    await store.__aenter__()  # never closed\n"
+        "    run = Run(id='x', workflow='w', version=1, inputs={})\n"
+        "    run.sink = store.record\n"
+        "    run.record('probe.tick', None, {})\n"
+        "    await store.sync()\n"
+        "anyio.run(main)\n"
+        "print('ended')\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ended"
+    assert query(tmp_path / "plait.db", "SELECT count(*) FROM events") == [(1,)]
 
 
 async def test_a_listener_that_sees_an_event_finds_it_on_disk(tmp_path):
