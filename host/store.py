@@ -21,7 +21,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import cache, partial
 from itertools import chain
 from pathlib import Path
 from types import TracebackType
@@ -79,11 +79,13 @@ _MULTI_ROW: Final = {
     _EVENT: _multi_row(_EVENT), _STEP: _multi_row(_STEP), _RUN: _multi_row(_RUN),
     _RUN_STATUS: (_RUN_STATUS_FROM, "(?, ?, ?, ?, ?, ?)", ") AS v WHERE runs.id = v.column6"),
 }
-VARIABLES_PER_STATEMENT: Final = 8192
-"""Parameters bound by one statement at most (SQLite allows 32,766 since 3.32)."""
+ROWS_PER_STATEMENT: Final = (1024, 128, 16, 4, 1)
+"""The row counts statements are made for: a batch goes in as the fewest of these. Few shapes,
+so the prepared statements SQLite keeps (one per shape) stay few; at most 10,240 parameters
+(SQLite allows 32,766 since 3.32)."""
 
 
-@lru_cache(maxsize=64)
+@cache  # at most len(_MULTI_ROW) * len(ROWS_PER_STATEMENT) texts
 def _rows_sql(sql: str, count: int) -> str:
     """``sql`` for ``count`` rows at once."""
     before, row, after = _MULTI_ROW[sql]
@@ -152,10 +154,14 @@ def _write_rows(conn: sqlite3.Connection, sql: str, batch: list[tuple[Any, ...]]
     """
     if sql == _RUN_STATUS:  # one row per run, its latest status (an UPDATE ... FROM picks
         batch = list({row[-1]: row for row in batch}.values())  # any of several matches)
-    per = max(1, VARIABLES_PER_STATEMENT // len(batch[0]))
-    for start in range(0, len(batch), per):
-        chunk = batch[start:start + per]
-        conn.execute(_rows_sql(sql, len(chunk)), list(chain.from_iterable(chunk)))
+    start, left = 0, len(batch)
+    for per in ROWS_PER_STATEMENT:
+        statement = None
+        while left >= per:
+            statement = statement or _rows_sql(sql, per)
+            conn.execute(statement, list(chain.from_iterable(batch[start:start + per])))
+            start += per
+            left -= per
 
 
 def _interpreter_ending() -> bool:
@@ -186,9 +192,12 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
-        self._more = threading.Condition()
-        """Guards the queue below (the event loop adds to it, the writer's thread takes it)
-        and tells the writer there is more."""
+        self._lock = threading.Lock()
+        """Guards the queue below: the event loop adds to it, the writer's thread takes it."""
+        self._writer_idle = False
+        """The writer found nothing to take and waits for ``_more`` (under ``_lock``)."""
+        self._more = threading.Event()
+        """Set for an idle writer when something is queued, or when the store closes."""
         self._stopping = False
         self._rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _ORDER}
         self._told: list[tuple[Run, Event]] = []
@@ -261,9 +270,9 @@ class SqliteStore:
 
     def _stop_threads(self) -> None:
         """End the writer's and the kicker's threads (they cannot be cancelled)."""
-        with self._more:
+        with self._lock:
             self._stopping = True
-            self._more.notify()
+        self._more.set()
         self._commit_done.set()
 
     def freeze(self) -> None:
@@ -280,14 +289,16 @@ class SqliteStore:
 
     def _queue(self, rows: list[tuple[str, tuple[Any, ...]]],
                told: tuple[Run, Event] | None = None) -> None:
-        with self._more:
+        with self._lock:
             queue = self._rows
             for sql, row in rows:
                 queue[sql].append(row)
             self._queued += len(rows)
             if told is not None:
                 self._told.append(told)
-            self._more.notify()
+            wake, self._writer_idle = self._writer_idle, False
+        if wake:  # only an idle writer needs telling: a busy one looks again by itself
+            self._more.set()
 
     def record(self, run: Run, event: Event) -> None:
         """The runs' sink: queue ``event`` and the rows it changes; publish after commit."""
@@ -365,15 +376,18 @@ class SqliteStore:
         delay = 0.05
         while True:
             taken = self._taking
-            if taken is None:
-                with self._more:
-                    while self._queued == self._committed and not self._stopping:
-                        if not self._more.wait(THREAD_CHECK) and _interpreter_ending():
-                            return
-                    if self._queued == self._committed:
+            while taken is None:
+                with self._lock:
+                    if self._queued != self._committed:
+                        taken = self._taking = _Taken(self._rows, self._told, self._queued)
+                        self._rows, self._told = {sql: [] for sql in _ORDER}, []
+                        break
+                    if self._stopping:
                         return
-                    taken = self._taking = _Taken(self._rows, self._told, self._queued)
-                    self._rows, self._told = {sql: [] for sql in _ORDER}, []
+                    self._writer_idle = True
+                if not self._more.wait(THREAD_CHECK) and _interpreter_ending():
+                    return
+                self._more.clear()
             try:
                 try:
                     self._apply(taken.rows, False)
@@ -390,8 +404,8 @@ class SqliteStore:
                               exc, self._queued - self._committed)
                     return
                 log.warning("store: commit failed (%s); retrying in %.2fs", exc, delay)
-                with self._more:
-                    self._more.wait_for(lambda: self._stopping, delay)
+                self._more.wait(delay)  # set early when the store closes
+                self._more.clear()
                 delay = min(delay * 2, 5.0)
                 continue
             self.last_error, delay = None, 0.05
