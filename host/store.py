@@ -3,10 +3,12 @@
 Events are the source of truth. :meth:`SqliteStore.record` is the sink every :class:`Run`
 records into: it encodes the event at once (a snapshot, on the event loop) and turns it into
 rows: the event itself, plus the derived ``runs``, ``steps``, ``conversations`` and
-``idempotency`` rows that make queries cheap. A single writer task takes whatever has queued up,
-commits it in one ``BEGIN IMMEDIATE`` transaction in a worker thread, and only then publishes
-the events to the runs' followers. Many changes arriving together therefore share one commit
-(group commit), and nothing is told to anyone before it is on disk.
+``idempotency`` rows that make queries cheap. A single writer, in a thread of its own, takes
+whatever has queued up and commits it in one ``BEGIN IMMEDIATE`` transaction, again and again;
+after each commit a kicker thread wakes the teller, a task on the event loop that only then
+publishes the events to the runs' followers, in commit order. Many changes arriving together
+therefore share one commit (group commit), the disk never waits for a turn of the event loop,
+and nothing is told to anyone before it is on disk.
 
 Rows are applied kind by kind in a fixed order (a run's row is inserted before it is updated,
 whatever the batch holds), keeping the order within each kind.

@@ -198,20 +198,20 @@ def progress_reporter(run: Run, send: Callable[[int, str], None]) -> Callable[[E
     def listener(event: Event) -> None:
         nonlocal read, settled
         settled += sum(1 for earlier in run.events[read:event.seq]
-                       if _settles_top_level_step(earlier))
+                       if _top_level_step_event(earlier) and earlier.type[5:] in STEP_SETTLED)
         read = event.seq
-        step = event.step
-        if (step and "." not in step and "[" not in step and event.type.startswith("step.")
-                and event.type != "step.started"):
-            send(min(settled, run.total_steps), f"{step}: {event.type[5:]}")
+        if _top_level_step_event(event) and event.type != "step.started":
+            send(min(settled, run.total_steps), f"{event.step}: {event.type[5:]}")
 
     return listener
 
 
-def _settles_top_level_step(event: Event) -> bool:
+def _top_level_step_event(event: Event) -> bool:
+    """A ``step.*`` event of a step of the workflow itself (not one inside a loop or
+    parallel body)."""
     step = event.step
     return (step is not None and "." not in step and "[" not in step
-            and event.type.startswith("step.") and event.type[5:] in STEP_SETTLED)
+            and event.type.startswith("step."))
 
 
 def _current_request(session: Session) -> tuple[str, Any] | None:
