@@ -18,10 +18,12 @@ import anyio
 from plait.compiler import CompiledWorkflow
 from plait.config import HostConfig, load_config
 from plait.datadir import (
+    TOKEN_FILE,
     DataDirLock,
     ensure_private_dir,
     remove_host_info,
     write_host_info,
+    write_private,
 )
 from plait.engine import Engine
 from plait.errors import AgentFailed, ConfigError, DefinitionError
@@ -45,8 +47,6 @@ log = logging.getLogger("plait.host")
 
 WORKFLOW_SUFFIXES = (".yaml", ".yml", ".json")
 """Files in a workflows folder that are read as workflows."""
-TOKEN_FILE = "token"
-"""The per-launch token, in the data dir, mode 0600."""
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 PACE_SECONDS = 0.25
 """How long event publication waits for a congested connection to drain before going on."""
@@ -274,11 +274,7 @@ class Host:
         """A fresh random token for this launch (256 bits), written 0600 to the data dir."""
         token = secrets.token_urlsafe(32)
         if self.data_dir is not None:
-            path = ensure_private_dir(self.data_dir) / TOKEN_FILE
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(token + "\n")
-            os.chmod(path, 0o600)
+            write_private(ensure_private_dir(self.data_dir) / TOKEN_FILE, token + "\n")
         return token
 
     async def serve_websocket(self, *, token: str | None = None,

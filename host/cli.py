@@ -297,11 +297,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _client_target(args: argparse.Namespace) -> tuple[str, str]:
-    from plait.rpc.client import host_url, read_token
+    from plait.rpc.client import host_target
 
-    config = _serve_config(args)
-    url = host_url(config.host.data_dir, config.host.port, args.url)
-    return url, read_token(config.host.data_dir, args.token)
+    return host_target(_serve_config(args), args.url, args.token)
 
 
 def cmd_call(args: argparse.Namespace) -> int:

@@ -28,9 +28,6 @@ from plait.store import parse_cursor
 
 __all__ = ["add_runs_parser"]
 
-_TERMINAL = ("run.succeeded", "run.failed", "run.cancelled")
-
-
 def add_runs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``plait runs`` and its sub-commands."""
     runs = sub.add_parser("runs", help="list, inspect and control runs (of a data dir, or of "
@@ -88,10 +85,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 async def _remote(args: argparse.Namespace, config: HostConfig) -> dict[str, Any]:
-    from plait.rpc.client import call, host_url, read_token
+    from plait.rpc.client import call, host_target
 
-    url = host_url(config.host.data_dir, config.host.port, args.url)
-    token = read_token(config.host.data_dir, args.token)
+    url, token = host_target(config, args.url, args.token)
 
     def rpc(method: str, **params: Any) -> Awaitable[Any]:
         return call(url, token, method, {k: v for k, v in params.items() if v is not None})

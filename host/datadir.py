@@ -24,15 +24,19 @@ from typing import Any
 from plait.errors import DataDirLocked
 
 __all__ = [
+    "TOKEN_FILE",
     "DataDirLock",
     "ensure_private_dir",
     "read_host_info",
     "remove_host_info",
     "write_host_info",
+    "write_private",
 ]
 
 LOCK_FILE = "host.lock"
 HOST_FILE = "host.json"
+TOKEN_FILE = "token"
+"""The per-launch token, mode 0600."""
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -43,7 +47,8 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by this user only (created 0600, never wider)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
@@ -98,7 +103,7 @@ class DataDirLock:
 
 def write_host_info(data_dir: Path, **info: Any) -> None:
     """Tell local clients where the host listens (``host.json``, 0600)."""
-    _write_private(data_dir / HOST_FILE, json.dumps({"pid": os.getpid(), **info}))
+    write_private(data_dir / HOST_FILE, json.dumps({"pid": os.getpid(), **info}))
 
 
 def read_host_info(data_dir: Path) -> dict[str, Any] | None:

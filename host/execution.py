@@ -175,8 +175,13 @@ class ScopeExecution:
                      else await self.next_pass(extra))
 
     async def next_pass(self, indices: Iterable[int]) -> Ready:
-        """Go on with a long pass of inline steps after giving the event loop a turn."""
-        await anyio.lowlevel.checkpoint()
+        """Go on with a long pass of inline steps after giving the event loop a turn, and
+        the disk time to catch up if too much waits for it."""
+        store = self.rx.engine.store
+        if store is not None and store.backlogged:
+            await store.drained()
+        else:
+            await anyio.lowlevel.checkpoint()
         return self.schedule(indices)
 
     def schedule(self, indices: Iterable[int]) -> Ready:
@@ -189,8 +194,9 @@ class ScopeExecution:
         pending = list(indices)
         out: Ready = []
         budget = INLINE_BUDGET
+        store = self.rx.engine.store
         while pending:
-            if not budget:
+            if not budget or (store is not None and store.backlogged):
                 out.append((None, pending))
                 break
             i = pending.pop()
@@ -477,7 +483,7 @@ class ScopeExecution:
                                                    "error": error.to_dict()})
                 await anyio.sleep(delay)
             attempt += 1
-            if store is not None and store.pending > store.settings.max_pending:
+            if store is not None and store.backlogged:
                 await store.drained()
             data: dict[str, Any] = {"attempt": attempt}
             if resumed:

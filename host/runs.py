@@ -30,6 +30,7 @@ __all__ = [
     "StepState",
     "StepStatus",
     "SUMMARY_FIELDS",
+    "is_top_level",
     "new_run_id",
 ]
 
@@ -97,6 +98,12 @@ class StepState:
         if self.reason is not None:
             out["reason"] = self.reason
         return out
+
+
+def is_top_level(path: str) -> bool:
+    """Whether a step path names a step of the workflow itself, not one inside a loop's or a
+    parallel step's body (``each[3].t``, ``p.a``): what progress counts."""
+    return "." not in path and "[" not in path
 
 
 def new_run_id() -> str:

@@ -36,7 +36,7 @@ import anyio.to_thread
 import orjson
 
 from plait.config import StoreSettings
-from plait.runs import STEP_SETTLED, SUMMARY_FIELDS, Event, Run, StepState
+from plait.runs import STEP_SETTLED, SUMMARY_FIELDS, Event, Run, StepState, is_top_level
 from plait.store_schema import DB_FILE, connect, open_database
 
 __all__ = ["RunPage", "SqliteStore", "page_cursor", "parse_cursor", "run_from_row"]
@@ -99,8 +99,7 @@ _STATUS_OF_EVENT: Final = {
     "run.waiting": "waiting", "run.succeeded": "succeeded", "run.failed": "failed",
     "run.cancelled": "cancelled",
 }
-_SETTLE_EVENTS: Final = frozenset({"step.succeeded", "step.failed", "step.skipped",
-                                   "step.cancelled"})
+_SETTLE_EVENTS: Final = frozenset(f"step.{status}" for status in STEP_SETTLED)
 PUBLISH_CHUNK: Final = 32
 """Events published between two turns of the event loop."""
 THREAD_CHECK: Final = 1.0
@@ -112,9 +111,10 @@ _RUN_COLUMNS: Final = ("id, workflow, version, digest, status, parent_id, parent
 _RUN_FIELDS: Final = tuple(_RUN_COLUMNS.split(", "))
 
 
-def _json(value: Any, what: str) -> str:
+def _json(value: Any, *what: object) -> str:
     """Compact JSON text. orjson first (an order of magnitude faster); the standard library
-    for what orjson declines (integers beyond 64 bits)."""
+    for what orjson declines (integers beyond 64 bits). ``what`` names the value in the error
+    log, joined only if it is needed (this runs for every event)."""
     try:
         return orjson.dumps(value).decode()
     except TypeError:
@@ -122,7 +122,8 @@ def _json(value: Any, what: str) -> str:
     try:
         return _encode(value)
     except (TypeError, ValueError) as exc:  # checked before it gets here; never fail the writer
-        log.error("%s is not JSON (%s); stored as an error marker", what, exc)
+        log.error("%s is not JSON (%s); stored as an error marker",
+                  " ".join(map(str, what)), exc)
         return _encode({"unserializable": str(exc)})
 
 
@@ -203,8 +204,6 @@ class SqliteStore:
         self._stopping = False
         self._rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _ORDER}
         self._told: list[tuple[Run, Event]] = []
-        self._taking: _Taken | None = None
-        """What the writer took and has not committed yet (kept across a failed commit)."""
         self._queued = 0
         """Rows queued since the store opened."""
         self._committed = 0
@@ -289,6 +288,12 @@ class SqliteStore:
         """Rows queued but not yet committed."""
         return self._queued - self._committed
 
+    @property
+    def backlogged(self) -> bool:
+        """Whether more than ``max_pending`` changes wait for the disk: new steps, inline
+        ones included, wait in :meth:`drained` before they start."""
+        return self._queued - self._committed > self.settings.max_pending
+
     def _queue(self, rows: list[tuple[str, tuple[Any, ...]]],
                told: tuple[Run, Event] | None = None) -> None:
         with self._lock:
@@ -310,7 +315,7 @@ class SqliteStore:
         kind = event.type
         rows: list[tuple[str, tuple[Any, ...]]] = [
             (_EVENT, (rid, event.seq, kind, event.step,
-                      _json(event.data, f"event {kind} of run {rid}"), event.ts))]
+                      _json(event.data, "event", kind, "of run", rid), event.ts))]
         if kind in _SETTLE_EVENTS and event.step is not None:
             state = run.steps[event.step]
             rows.append((_STEP, (rid, event.step, state.status,
@@ -340,7 +345,7 @@ class SqliteStore:
     def put_workflow(self, name: str, version: int, digest: str, definition: dict[str, Any],
                      created_at: float) -> None:
         """Queue a workflow version (its content stored once per digest) and make it current."""
-        self._queue([(_DEFINITION, (digest, name, _json(definition, f"workflow {name}"))),
+        self._queue([(_DEFINITION, (digest, name, _json(definition, "workflow", name))),
                      (_VERSION, (name, version, digest, created_at)),
                      (_WORKFLOW, (name, version, 0))])
 
@@ -376,12 +381,12 @@ class SqliteStore:
         """
         anyio.from_thread.run_sync(writing.set)
         delay = 0.05
+        taken: _Taken | None = None  # kept across a failed commit, to be tried again
         while True:
-            taken = self._taking
             while taken is None:
                 with self._lock:
                     if self._queued != self._committed:
-                        taken = self._taking = _Taken(self._rows, self._told, self._queued)
+                        taken = _Taken(self._rows, self._told, self._queued)
                         self._rows, self._told = {sql: [] for sql in _ORDER}, []
                         break
                     if self._stopping:
@@ -411,10 +416,10 @@ class SqliteStore:
                 delay = min(delay * 2, 5.0)
                 continue
             self.last_error, delay = None, 0.05
-            self._taking = None
             self._committed = taken.target
             self.commits += 1
             self._committed_batches.append((taken.told, taken.target))
+            taken = None
             self._commit_done.set()
 
     def _kicker(self) -> None:
@@ -639,6 +644,6 @@ def run_from_row(row: dict[str, Any], steps: dict[str, StepState] | None = None)
               digest=row["digest"], parent_step=row["parent_step"])
     run.steps = steps or {}
     run.settled_steps = sum(1 for path, s in run.steps.items()
-                            if "." not in path and "[" not in path and s.status in STEP_SETTLED)
+                            if is_top_level(path) and s.status in STEP_SETTLED)
     run.finished = run.done
     return run

@@ -15,11 +15,12 @@ from typing import Any
 import anyio
 from websockets.asyncio.client import connect
 
-from plait.datadir import read_host_info
+from plait.config import HostConfig
+from plait.datadir import TOKEN_FILE, read_host_info
 from plait.errors import ConfigError
 from plait.rpc.errors import RpcError
 
-__all__ = ["call", "host_url", "read_token"]
+__all__ = ["call", "host_target", "host_url", "read_token"]
 
 
 def host_url(data_dir: str, port: int, url: str | None = None) -> str:
@@ -36,12 +37,18 @@ def read_token(data_dir: str, token: str | None = None) -> str:
     token = token or os.environ.get("PLAIT_TOKEN")
     if token:
         return token
-    path = Path(data_dir) / "token"
+    path = Path(data_dir) / TOKEN_FILE
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError:
         raise ConfigError(f"no token: pass --token, set PLAIT_TOKEN, or start the host with "
                           f"data dir {data_dir} ({path} is missing)") from None
+
+
+def host_target(config: HostConfig, url: str | None, token: str | None) -> tuple[str, str]:
+    """Where a command-line client goes and what it shows: (URL, token)."""
+    return host_url(config.host.data_dir, config.host.port, url), read_token(
+        config.host.data_dir, token)
 
 
 async def call(url: str, token: str, method: str, params: dict[str, Any] | None = None, *,

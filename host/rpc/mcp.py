@@ -22,7 +22,7 @@ from plait.errors import InputsInvalid, RunError
 from plait.rpc.dispatcher import Dispatcher
 from plait.rpc.errors import InvalidParams, NotFound
 from plait.rpc.session import CURRENT_REQUEST, Session, id_key
-from plait.runs import STEP_SETTLED, Event, Run
+from plait.runs import STEP_SETTLED, Event, Run, is_top_level
 
 if TYPE_CHECKING:
     from plait.app import Host
@@ -209,8 +209,7 @@ def progress_reporter(run: Run, send: Callable[[int, str], None]) -> Callable[[E
 def _top_level_step_event(event: Event) -> bool:
     """A ``step.*`` event of a step of the workflow itself (not one inside a loop or
     parallel body)."""
-    step = event.step
-    return (step is not None and "." not in step and "[" not in step
+    return (event.step is not None and is_top_level(event.step)
             and event.type.startswith("step."))
 
 

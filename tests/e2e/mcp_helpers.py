@@ -32,6 +32,8 @@ WAIT = 5.0
 PLAIT = [sys.executable, "-m", "plait.cli"]
 
 SLOW_STEPS = 4
+SUPPORTED = {"2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"}
+"""MCP revisions the host must speak (written out: the contract, not the host's own list)."""
 SLOW_INPUTS = {"type": "object", "properties": {"seconds": {"type": "number"}},
                "required": ["seconds"]}
 GREET_INPUTS = {"type": "object", "properties": {"name": {"type": "string"}},

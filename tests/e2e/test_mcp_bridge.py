@@ -19,6 +19,7 @@ from .mcp_helpers import (
     GREET_INPUTS,
     SLOW_INPUTS,
     SLOW_STEPS,
+    SUPPORTED,
     WsHost,
     bridge_command,
     sdk_client,
@@ -29,9 +30,6 @@ from .mcp_helpers import (
 )
 
 pytestmark = pytest.mark.anyio
-
-SUPPORTED = {"2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"}
-
 
 @pytest.fixture(scope="module")
 def ws_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WsHost]:

@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from .mcp_helpers import (
+    SUPPORTED,
     host_env,
     is_progress,
     is_response,
@@ -21,9 +22,6 @@ from .mcp_helpers import (
 )
 
 pytestmark = pytest.mark.anyio
-
-SUPPORTED = {"2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"}
-
 
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:

@@ -18,6 +18,7 @@ from .mcp_helpers import (
     GREET_INPUTS,
     SLOW_INPUTS,
     SLOW_STEPS,
+    SUPPORTED,
     WAIT,
     sdk_client,
     sdk_runs,
@@ -26,9 +27,6 @@ from .mcp_helpers import (
 )
 
 pytestmark = pytest.mark.anyio
-
-SUPPORTED = {"2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"}
-
 
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
