@@ -17,6 +17,7 @@ import types
 from typing import Any
 
 import anyio
+import workloads  # bench/ is the script's folder, on sys.path
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
@@ -26,11 +27,7 @@ from plait.config import HostConfig
 
 
 def _config(mode: str, data_dir: str) -> HostConfig:
-    return HostConfig.model_validate({
-        "host": {"data_dir": data_dir if mode == "durable" else ":memory:", "port": 0},
-        "plugins": {"entry_points": False},
-        "limits": {"max_connections": 64, "max_inflight": 256},
-    })
+    return workloads.config(mode, data_dir, max_connections=64, max_inflight=256)
 
 
 # -- servers (each runs until killed, after printing "READY <url> <token>") ---------------------

@@ -43,11 +43,13 @@ def _plugin() -> Any:
     return types.SimpleNamespace(__name__="bench", register_tools=register_tools)
 
 
-def _config(mode: str, data_dir: str) -> HostConfig:
-    host = {"data_dir": data_dir if mode == "durable" else ":memory:"}
+def config(mode: str, data_dir: str, **limits: int) -> HostConfig:
+    """The host of every measurement: runs in memory or in the durable store (synchronous
+    FULL), no third-party plugins, no limit on steps at once; ``limits`` adds to it."""
     return HostConfig.model_validate({
-        "host": host, "plugins": {"entry_points": False},
-        "limits": {"max_concurrent_steps": 1_000_000},
+        "host": {"data_dir": data_dir if mode == "durable" else ":memory:", "port": 0},
+        "plugins": {"entry_points": False},
+        "limits": {"max_concurrent_steps": 1_000_000, **limits},
         "store": {"synchronous": "FULL"},
     })
 
@@ -83,7 +85,7 @@ async def plait_graph(kind: str, n: int, mode: str, repeats: int) -> dict[str, A
     """W1 or W2 on plait: median µs per step over ``repeats`` runs."""
     definition = chain(n) if kind == "W1" else fanout(n)
     with tempfile.TemporaryDirectory() as tmp:
-        async with plait.Host(_config(mode, tmp), plugins=[_plugin()]) as host:
+        async with plait.Host(config(mode, tmp), plugins=[_plugin()]) as host:
             tune_gc()  # as plait serve does
             host.register(definition)
             per_step = []
@@ -102,7 +104,7 @@ async def plait_graph(kind: str, n: int, mode: str, repeats: int) -> dict[str, A
 async def plait_runs(n: int, mode: str) -> dict[str, Any]:
     """W3 on plait: ``n`` concurrent runs of THREE_STEPS; runs/s and peak RSS."""
     with tempfile.TemporaryDirectory() as tmp:
-        async with plait.Host(_config(mode, tmp), plugins=[_plugin()]) as host:
+        async with plait.Host(config(mode, tmp), plugins=[_plugin()]) as host:
             tune_gc()  # as plait serve does
             host.register(THREE_STEPS)
             await _plait_batch(host, 200)  # warm up

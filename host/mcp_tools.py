@@ -222,6 +222,11 @@ class McpServer:
         names = []
         for spec in listed:
             name = f"{self.name}.{spec.name}"
+            holder = self.runner.tools.owner(name)
+            if holder not in (None, self.owner):  # replace=True is for our own tools only
+                log.error("MCP server %s: tool %s is already registered by %s; the server's "
+                          "is not used", self.name, name, holder)
+                continue
             schema = dict(spec.input_schema or {"type": "object"})
             self.runner.add(Tool(
                 name=name, call=self._caller(spec.name), input_schema=schema,

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from contextlib import asynccontextmanager
 
 import anyio
@@ -22,6 +23,7 @@ from mcp import Client, StdioServerParameters
 
 import plait
 from plait.config import HostConfig
+from plait.plugins import create_plugin_manager
 
 from .conftest import websocket_of
 
@@ -319,3 +321,28 @@ async def test_an_invalid_server_table_stops_host_start(tmp_path, pm, table, pro
     with anyio.fail_after(LIMIT):
         async with started(tmp_path, pm, {"off": {"command": "x", "enabled": False}}) as again:
             assert again.mcp.info() == {}  # a disabled server is not started at all
+
+
+async def test_a_server_never_takes_over_a_plugin_tool_of_the_same_name(tmp_path, probe, caplog):
+    """A server named like a plugin's tool prefix leaves the plugin's tool in place, also when
+    the host stops and takes the server's tools away."""
+
+    def get_current_time(timezone: str = "UTC") -> str:
+        return "from the plugin"
+
+    @plait.hookimpl
+    def register_tools(register):
+        register(get_current_time, "time.get_current_time")
+
+    plugin = types.SimpleNamespace(__name__="clash", register_tools=register_tools)
+    pm = create_plugin_manager(entry_points=False, extra=[probe.plugin(), plugin])
+    with anyio.fail_after(LIMIT):
+        async with started(tmp_path, pm, {"time": TIME}) as host:
+            tools = host.engine.registries.tools
+            assert tools.owner("time.get_current_time") == "clash"
+            assert tools.get("time.convert_time") is not None  # the server's other tool
+            run_ = await run(host, one_step("clash", "time.get_current_time",
+                                            {"timezone": "UTC"}))
+            assert run_.outputs == {"value": "from the plugin"}
+        assert tools.owner("time.get_current_time") == "clash"
+    assert "already registered by clash" in caplog.text
