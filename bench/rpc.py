@@ -127,17 +127,8 @@ async def first_step_latency(mode: str, samples: int) -> dict[str, Any]:
         async with plait.Host(_config(mode, tmp), plugins=[plugin]) as host:
             tune_gc()  # as plait serve does
             host.register(workflow)
-            found: list[tuple[str, str]] = []
-            up = anyio.Event()
-
-            def ready(url: str, token: str) -> None:
-                found.append((url, token))
-                up.set()
-
             async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda: host.serve_websocket(ready=ready))
-                await up.wait()
-                url, token = found[0]
+                url, token = await tg.start(host.serve_websocket)
                 async with connect(url, additional_headers={
                         "Authorization": f"Bearer {token}"}) as ws:
                     for i in range(samples + 20):

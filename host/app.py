@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from plait.compiler import CompiledWorkflow
 from plait.config import HostConfig, load_config
@@ -277,9 +278,13 @@ class Host:
             write_private(ensure_private_dir(self.data_dir) / TOKEN_FILE, token + "\n")
         return token
 
-    async def serve_websocket(self, *, token: str | None = None,
-                              ready: Callable[[str, str], None] | None = None) -> None:
-        """Serve JSON-RPC over WebSocket until cancelled; ``ready(url, token)`` once listening."""
+    async def serve_websocket(
+            self, *, token: str | None = None,
+            ready: Callable[[str, str], None] | None = None,
+            task_status: anyio.abc.TaskStatus[tuple[str, str]] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve JSON-RPC over WebSocket until cancelled; once listening, ``ready(url, token)``
+        is called and ``(url, token)`` handed to ``task_group.start``."""
         settings = self.config.host
         if settings.bind not in LOOPBACK and not settings.allow_remote:
             raise ConfigError(f"refusing to bind {settings.bind}: only loopback addresses "
@@ -301,6 +306,7 @@ class Host:
                 write_host_info(self.data_dir, url=url)
             if ready is not None:
                 ready(url, token)
+            task_status.started((url, token))
             await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True):

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -179,18 +180,9 @@ def make_config(tmp_path: Any, **limits: Any) -> HostConfig:
 @asynccontextmanager
 async def websocket_of(host: plait.Host, token: str | None = None) -> AsyncIterator[Served]:
     """The WebSocket server of an entered host, in the caller's event loop."""
-    found: list[tuple[str, str]] = []
-    ready = anyio.Event()
-
-    def on_ready(url: str, given: str) -> None:
-        found.append((url, given))
-        ready.set()
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: host.serve_websocket(token=token, ready=on_ready))
         with anyio.fail_after(WAIT):
-            await ready.wait()
-        url, given = found[0]
+            url, given = await tg.start(partial(host.serve_websocket, token=token))
         port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
         try:
             yield Served(host, url, given, port)
