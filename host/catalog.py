@@ -131,11 +131,15 @@ class Catalog:
         return self._compiled(self.entry(name, version))
 
     def find(self, digest: str) -> CompiledWorkflow | None:
-        """An already compiled version with this content, if any."""
+        """A version with this content, compiled (once, like any version), if any.
+
+        Raises:
+            DefinitionError: it no longer compiles.
+        """
         for entry in self._workflows.values():
             for version in entry.versions.values():
-                if version.digest == digest and version.compiled is not None:
-                    return version.compiled
+                if version.digest == digest:
+                    return self._compiled(version)
         return None
 
     def _compiled(self, entry: CatalogEntry) -> CompiledWorkflow:

@@ -95,6 +95,7 @@ class Engine:
         """Sends a run's ``sampling/createMessage`` to a connected client; set by the host."""
         self._run_limiters: dict[str, anyio.CapacityLimiter | None] = {}
         self._snapshots: dict[str, CompiledWorkflow] = {}
+        """Definitions runs still execute that the catalog no longer holds, by digest."""
         self._tg: anyio.abc.TaskGroup | None = None
         self._observing = 0
         self._observers = {h: pm.has_impls(h) for h in
@@ -172,15 +173,14 @@ class Engine:
         """
         if digest is None:
             return self.catalog.get(name, version)
-        found = self._snapshots.get(digest) or self.catalog.find(digest)
-        if found is None:
+        found = self.catalog.find(digest) or self._snapshots.get(digest)
+        if found is None:  # not in the catalog: only in the store
             definition = await self.store.definition(digest) if self.store else None
             if definition is None:
                 raise DefinitionError(f"the definition snapshot {digest[:12]} of workflow "
                                       f"{name!r} version {version} is missing from the store")
-            found = self.compile(definition)
+            found = self._snapshots[digest] = self.compile(definition)
             found.version = version
-        self._snapshots[digest] = found
         return found
 
     # -- runs --------------------------------------------------------------------------------
@@ -461,9 +461,13 @@ class Engine:
         if run is not None:
             end = run.published if limit is None else min(run.published, since + limit)
             return run.events[since:end]
-        if self.store is None or await self.store.run_row(run_id) is None:
+        if self.store is None:
             raise RunNotFound(run_id)
-        return await self.store.events(run_id, since, limit)
+        events = await self.store.events(run_id, since, limit)
+        # Every kept run has events: only an empty answer needs asking whether it exists.
+        if not events and await self.store.run_row(run_id) is None:
+            raise RunNotFound(run_id)
+        return events
 
     async def list_runs(self, *, workflow: str | None = None, status: str | None = None,
                         created_after: float | None = None, created_before: float | None = None,

@@ -221,12 +221,9 @@ def register_api(dispatcher: Dispatcher, host: Host) -> None:
             raise InvalidParams("since needs a runId: sequence numbers are per run")
         run = await eng.load_run(p.run_id) if p.run_id is not None else None
         # Events wait in `held` until the reply carrying the subscription id is queued, then
-        # the backlog and whatever arrived meanwhile go out in order: no gap, no repeat. A run
-        # still in memory has its kept events at hand; one that ended is read from the store.
-        held: list[Event] = []
-        if run is not None:
-            held = (run.events[p.since or 0:run.published] if eng.runs.get(run.id) is run
-                    else await eng.events(run.id, p.since or 0))
+        # the backlog and whatever arrived meanwhile go out in order: no gap, no repeat (a run
+        # in memory answers without yielding, so nothing arrives before `forward` listens).
+        held = await eng.events(run.id, p.since or 0) if run is not None else []
         live = False
 
         def forward(event: Event) -> None:
