@@ -320,17 +320,19 @@ class Engine:
         self._observe("run_finished", run=run, outcome=status)
 
     async def run_child(self, parent: RunExecution, step_path: str, attempt: int, name: str,
-                        inputs: dict[str, Any], version: int | None) -> dict[str, Any]:
+                        inputs: dict[str, Any], version: int | None, *,
+                        resumed: bool = False) -> dict[str, Any]:
         """Run a sub-workflow inside the calling step, so cancelling the parent cancels it.
 
-        A resumed parent finds the child its step attempt had started and continues that one.
+        A ``resumed`` step attempt (in flight when the host stopped) finds the child it had
+        started and continues that one; only such an attempt can have one.
         """
         limit = self.config.limits.max_run_depth
         if parent.depth + 1 > limit:
             raise StepFailed(step_path, f"sub-workflow nesting is deeper than {limit} "
                                         "(max_run_depth); does a workflow call itself?")
         parent_step = f"{step_path}#{attempt}"
-        if parent.recovered is not None and self.store is not None:
+        if resumed and self.store is not None:
             row = await self.store.child_run(parent.run.id, parent_step)
             if row is not None:
                 return await self._continue_child(parent, row, step_path)

@@ -494,7 +494,7 @@ class ScopeExecution:
             resumed = False
             run.set_step(path, "running", data, attempts=attempt)
             engine.observe_step_started(run, path)
-            ctx = StepRuntime(self, step, path, attempt)
+            ctx = StepRuntime(self, step, path, attempt, "recovered" in data)
             # The attempt itself, within its deadline and the run's and host's limiters;
             # written out here rather than in a method of its own: a suspended step keeps a
             # frame per level of its await chain, and many steps are in flight at once.
@@ -593,11 +593,13 @@ class StepRuntime:
     """The :class:`plait.plugins.StepContext` the engine gives one attempt of one step."""
 
     __slots__ = ("_log", "_scope", "_step", "attempt", "definition", "idempotency_key",
-                 "run_id", "step_id")
+                 "resumed", "run_id", "step_id")
 
     def __init__(self, scope: ScopeExecution, step: CompiledStep, path: str,
-                 attempt: int) -> None:
+                 attempt: int, resumed: bool = False) -> None:
         self._scope = scope
+        self.resumed = resumed
+        """This attempt was in flight when the host stopped, and goes on after a restart."""
         self._step = step
         self.run_id = scope.rx.run.id
         self.step_id = path
@@ -693,7 +695,7 @@ class StepRuntime:
                            version: int | None = None) -> dict[str, Any]:
         rx = self._scope.rx
         return await rx.engine.run_child(rx, self.step_id, self.attempt, name, dict(inputs),
-                                         version)
+                                         version, resumed=self.resumed)
 
     async def checkpoint(self, key: str, value: Any) -> Any:
         state = self._run.step_state(self.step_id)
