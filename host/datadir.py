@@ -68,9 +68,9 @@ class DataDirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()  # its pid, see below
             os.close(fd)
-            holder = read_host_info(self.path.parent) or {}
-            pid = f" (pid {holder['pid']})" if "pid" in holder else ""
+            pid = f" (pid {holder})" if holder.isdigit() else ""
             raise DataDirLocked(str(self.path.parent), f"another plait host{pid} is using it; "
                                 "stop it, talk to it with --url, or use another --data-dir") \
                 from None

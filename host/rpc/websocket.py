@@ -187,16 +187,13 @@ class WebSocketTransport:
         try:
             async with session.outbox as outbox:
                 async for text in outbox:
-                    await ws.send(text)
-                    session.sent(text)
-                    # Send what else is queued without an event-loop turn per frame.
-                    while True:
+                    while True:  # what else is queued goes without an event-loop turn per frame
+                        await ws.send(text)
+                        session.sent(text)
                         try:
                             text = outbox.receive_nowait()
                         except (anyio.WouldBlock, anyio.EndOfStream):
                             break
-                        await ws.send(text)
-                        session.sent(text)
         except ConnectionClosed:
             pass
 

@@ -7,6 +7,7 @@ for a second reader or a competing writer.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 import sqlite3
@@ -584,6 +585,7 @@ async def test_second_host_on_the_same_data_dir_is_refused(tmp_path, pm):
             async with plait.Host(config(data_dir), pm=pm):
                 pytest.fail("two hosts on one data dir")
         assert str(data_dir) in str(exc_info.value)
+        assert f"(pid {os.getpid()})" in str(exc_info.value)  # read from the lock file
         # The refused host did not disturb the one using the dir.
         assert DataDirLock.held(data_dir)
         second = await first.start_run("w", {"x": 1})
