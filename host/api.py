@@ -13,7 +13,6 @@ from plait.compiler import CompiledWorkflow
 from plait.config import HostConfig, load_config
 from plait.engine import Engine
 from plait.loader import load as _load
-from plait.mcp_tools import McpTools
 from plait.memo import ToolCache
 from plait.models import WorkflowDef
 from plait.plugins.manager import PluginManager
@@ -50,7 +49,7 @@ async def _session(
         for extra in workflows:
             engine.register(extra)
         compiled = engine.register(workflow)
-        async with engine, McpTools(engine.tools, config.mcp_servers):
+        async with engine:
             yield engine, compiled
     finally:
         cache.close()

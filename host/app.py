@@ -103,7 +103,6 @@ class Host:
         self.load_errors: dict[str, DefinitionError] = {}
         self.engine: Engine | None = None
         self.store: SqliteStore | None = None
-        self.mcp: McpTools | None = None
         """The MCP servers whose tools this host offers (``[mcp_servers]``)."""
         self.recovered: list[Run] = []
         """The runs the last start found unfinished and resumed."""
@@ -112,6 +111,11 @@ class Host:
         """Connected clients, on any transport."""
         self.version = _version()
         self._dispatcher: Dispatcher | None = None
+
+    @property
+    def mcp(self) -> McpTools | None:
+        """The MCP servers the engine takes tools from, while the host runs."""
+        return self.engine.mcp if self.engine is not None else None
 
     @property
     def data_dir(self) -> Path | None:
@@ -147,8 +151,6 @@ class Host:
             self.engine = Engine(self.pm, self.config, cache=cache, store=self.store)
             await stack.enter_async_context(self.engine)
             self.engine.sampler = self.sample
-            self.mcp = await stack.enter_async_context(
-                McpTools(self.engine.tools, self.config.mcp_servers))
             stack.push_async_callback(self._stopping)
             if self.config.host.workflows:
                 self.load_folder(self.config.host.workflows)

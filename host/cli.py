@@ -172,9 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _run_and_show(engine: Engine, compiled: Any, inputs: dict[str, Any],
                         view: ProgressView) -> Any:
-    from plait.mcp_tools import McpTools
-
-    async with engine, McpTools(engine.tools, engine.config.mcp_servers):
+    async with engine:
         run = await engine.start(compiled, inputs)
         with view:
             async for event in run.follow():

@@ -38,6 +38,7 @@ from plait.errors import (
 )
 from plait.execution import RunExecution, ScopeExecution
 from plait.loader import load
+from plait.mcp_tools import McpTools
 from plait.memo import ToolCache
 from plait.models import WorkflowDef
 from plait.plugins.manager import PluginManager
@@ -91,6 +92,8 @@ class Engine:
         """Called with every event of every run (subscriptions to all runs)."""
         self.step_limiter = anyio.CapacityLimiter(limits.max_concurrent_steps)
         self.stopping = False
+        self.mcp: McpTools | None = None
+        """The configured MCP servers as tool sources, while the engine is entered."""
         self.sampler: Sampler | None = None
         """Sends a run's ``sampling/createMessage`` to a connected client; set by the host."""
         self._run_limiters: dict[str, anyio.CapacityLimiter | None] = {}
@@ -106,15 +109,26 @@ class Engine:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Engine:
+        mcp = McpTools(self.tools, self.config.mcp_servers)  # a bad table fails before anything
         if self.store is not None:
             self.catalog.restore(await self.store.catalog())
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        try:
+            self.mcp = await mcp.__aenter__()
+        except BaseException:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None
+            raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> bool | None:
         assert self._tg is not None
+        if self.mcp is not None:  # the servers' tools go first, as the runs are still there
+            mcp, self.mcp = self.mcp, None
+            await mcp.__aexit__(None, None, None)
         if self._observing:  # let async observers of finished runs finish (each ≤ 10 s)
             with anyio.move_on_after(OBSERVER_SECONDS):
                 while self._observing:

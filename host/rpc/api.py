@@ -284,5 +284,5 @@ def register_api(dispatcher: Dispatcher, host: Host) -> None:
                        "runsByStatus": statuses, "connections": len(host.sessions),
                        "tools": len(eng.registries.tools)},
             "dataDir": str(host.data_dir) if host.data_dir else None,
-            "mcpServers": host.mcp.info() if host.mcp is not None else {},
+            "mcpServers": eng.mcp.info() if eng.mcp is not None else {},
         }
