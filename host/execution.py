@@ -376,8 +376,7 @@ class ScopeExecution:
         path = self.prefix + step.id
         run = self.rx.run
         rec = self.rx.recovered.get(path) if self.rx.recovered else None
-        in_flight = retry is not None or (rec is not None and rec.status in ("running",
-                                                                             "waiting"))
+        in_flight = retry is not None or (rec is not None and rec.in_flight)
         # Held here, inside the scope's task group, until resumed; a step that was already
         # running (before a restart, or an inline step now retrying) is not new, so a pause
         # does not hold it.
@@ -462,7 +461,7 @@ class ScopeExecution:
         store = engine.store
         attempt, error = after if after is not None else (0, None)
         rec = self.rx.take_record(path) if after is None else None
-        resumed = rec is not None and rec.status in ("running", "waiting")
+        resumed = rec is not None and rec.in_flight
         if resumed:
             assert rec is not None
             if rec.executing and not step.step_type.rerunnable:

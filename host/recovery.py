@@ -54,6 +54,12 @@ class StepRecord:
         """Whether the step is replayed instead of run."""
         return self.status in REPLAYED
 
+    @property
+    def in_flight(self) -> bool:
+        """Whether the step was running or waiting when the host stopped: it goes on as the
+        same attempt."""
+        return self.status in ("running", "waiting")
+
     def state(self) -> StepState:
         """The step state shown by ``runs/get`` until the step runs or is replayed."""
         return StepState(status=self.status, output=self.output, error=self.error,  # type: ignore[arg-type]
@@ -74,8 +80,7 @@ class RecoveredRun:
     @property
     def in_flight(self) -> list[str]:
         """Steps that were running or waiting when the host stopped."""
-        return [path for path, rec in self.steps.items()
-                if rec.status in ("running", "waiting")]
+        return [path for path, rec in self.steps.items() if rec.in_flight]
 
 
 def replay(events: Iterable[Event]) -> RecoveredRun:
