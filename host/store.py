@@ -33,11 +33,11 @@ import anyio
 import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
-import orjson
 
 from plait.config import StoreSettings
 from plait.runs import STEP_SETTLED, SUMMARY_FIELDS, Event, Run, StepState, is_top_level
 from plait.store_schema import DB_FILE, connect, open_database
+from plait.values import dumps
 
 __all__ = ["RunPage", "SqliteStore", "page_cursor", "parse_cursor", "run_from_row"]
 
@@ -45,7 +45,6 @@ log = logging.getLogger("plait.store")
 
 T = TypeVar("T")
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 # The kinds of rows, in the order a commit applies them.
 _DEFINITION = ("INSERT OR IGNORE INTO definitions (digest, name, definition) VALUES (?, ?, ?)")
@@ -112,19 +111,15 @@ _RUN_FIELDS: Final = tuple(_RUN_COLUMNS.split(", "))
 
 
 def _json(value: Any, *what: object) -> str:
-    """Compact JSON text. orjson first (an order of magnitude faster); the standard library
-    for what orjson declines (integers beyond 64 bits). ``what`` names the value in the error
-    log, joined only if it is needed (this runs for every event)."""
+    """``value`` as JSON text (:func:`plait.values.dumps`); what is not JSON (checked before it
+    gets here) is logged and stored as an error marker, never failing the writer. ``what``
+    names the value in the log, joined only if it is needed (this runs for every event)."""
     try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        pass
-    try:
-        return _encode(value)
-    except (TypeError, ValueError) as exc:  # checked before it gets here; never fail the writer
+        return dumps(value)
+    except (TypeError, ValueError, RecursionError) as exc:
         log.error("%s is not JSON (%s); stored as an error marker",
                   " ".join(map(str, what)), exc)
-        return _encode({"unserializable": str(exc)})
+        return dumps({"unserializable": str(exc)})
 
 
 @dataclass(frozen=True, slots=True)

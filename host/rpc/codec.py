@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from plait.rpc.errors import InternalError, ParseError
+from plait.values import dumps
 
 __all__ = ["MAX_DEPTH", "MAX_DIGITS", "decode", "encode"]
 
@@ -49,7 +50,6 @@ def _parse_float(text: str) -> float:
 
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_parse_int,
                             parse_float=_parse_float)
-_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 _LONG_NUMBER = re.compile(r"\d{19}")
 """A digit run orjson might read as a float (integers beyond 64 bits)."""
 
@@ -107,11 +107,7 @@ def encode(message: Any) -> str:
     ``null`` for them).
     """
     try:
-        return orjson.dumps(message).decode()
-    except (TypeError, orjson.JSONEncodeError):
-        pass
-    try:
-        return _ENCODER.encode(message)
+        return dumps(message)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InternalError(data={"reason": f"result is not JSON: {type(exc).__name__}"}) \
             from None
