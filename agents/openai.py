@@ -28,6 +28,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from plait.errors import AgentFailed
+from plait.models import RetryPolicy
 from plait.plugins import (
     AgentReply,
     AgentRequest,
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from plait.plugins.types import RegisterAgent
 
 __all__ = ["OpenAIAgent", "OpenAIProvider"]
+
+_BACKOFF = RetryPolicy(base=0.5, max=8.0)
+"""Between retries the server did not time (no Retry-After): 0.5 s, doubling, at most 8 s."""
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 """Statuses worth another try."""
@@ -208,15 +212,14 @@ class OpenAIAgent:
         """One completion, retried on what is worth retrying."""
         to_tool = _safe_names(request.tools)
         body = self.body(request, to_tool)
-        delay = 0.5
         for attempt in range(self.settings.max_retries + 1):
             try:
                 return await self._once(body, to_tool, request)
             except _Retry as exc:
                 if attempt == self.settings.max_retries:
                     raise AgentFailed(self.name, f"{exc} (after {attempt + 1} tries)") from None
-                await anyio.sleep(exc.after if exc.after is not None else delay)
-                delay = min(delay * 2, 8.0)
+                await anyio.sleep(exc.after if exc.after is not None
+                                  else _BACKOFF.delay(attempt + 1))
         raise AssertionError("unreachable")
 
     async def _once(self, body: dict[str, Any], to_tool: Mapping[str, str],
