@@ -27,8 +27,8 @@ import anyio
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from plait.definition.models import RetryPolicy
 from plait.errors import AgentFailed
-from plait.models import RetryPolicy
 from plait.plugins import (
     AgentReply,
     AgentRequest,

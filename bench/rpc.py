@@ -22,8 +22,8 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
 import plait
-from plait.app import tune_gc
 from plait.config import HostConfig
+from plait.host.app import tune_gc
 
 
 def _config(mode: str, data_dir: str) -> HostConfig:

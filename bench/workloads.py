@@ -3,7 +3,7 @@
 Each function runs one measurement in this process and returns a dict of figures; the driver
 (``bench/run.py``) runs each in a fresh subprocess so that peak RSS belongs to that workload
 alone. Both sides run with the garbage-collector settings ``plait serve`` uses
-(``plait.app.tune_gc``).
+(``plait.host.app.tune_gc``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import anyio
 
 import plait
-from plait.app import tune_gc
 from plait.config import HostConfig
+from plait.host.app import tune_gc
 
 
 def peak_rss_mb() -> float:

@@ -4,12 +4,11 @@ This module is the public API: every name in ``__all__`` is re-exported from the
 owns it, and nothing else lives here.
 """
 
-from plait.api import load, run, run_sync, stream
-from plait.app import Host
-from plait.builder import Workflow
-from plait.compiler import CompiledWorkflow, compile_workflow
 from plait.config import HostConfig, load_config
-from plait.engine import Engine
+from plait.definition.builder import Workflow
+from plait.definition.compiler import CompiledWorkflow, compile_workflow
+from plait.definition.models import CachePolicy, RetryPolicy, StepDef, WorkflowDef
+from plait.engine.engine import Engine
 from plait.errors import (
     AgentFailed,
     AgentNotFound,
@@ -39,8 +38,8 @@ from plait.errors import (
     ToolNotFound,
     WorkflowNotFound,
 )
-from plait.memo import ToolCache
-from plait.models import CachePolicy, RetryPolicy, StepDef, WorkflowDef
+from plait.host.app import Host
+from plait.host.oneshot import load, run, run_sync, stream
 from plait.plugins import (
     Agent,
     AgentContext,
@@ -58,7 +57,8 @@ from plait.plugins import (
     hookimpl,
     tool,
 )
-from plait.runs import Event, Run, StepState
+from plait.services.cache import ToolCache
+from plait.state.runs import Event, Run, StepState
 
 __all__ = [
     "Agent",

@@ -152,7 +152,7 @@ class HostConfig(_Section):
     agents: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Named agents: ``[agents.reviewer] provider = "openai"`` plus the provider's own keys."""
     mcp_servers: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    """MCP servers whose tools the host offers as ``<server>.<tool>`` (see ``plait.mcp_tools``):
+    """MCP servers whose tools the host offers as ``<server>.<tool>`` (see ``plait.services.mcp``):
     ``command``/``args``/``env``/``cwd`` or ``url``/``headers``, ``timeout``, ..."""
 
     def plugin_manager(self, extra: Iterable[object] = ()) -> PluginManager:

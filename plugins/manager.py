@@ -42,7 +42,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plait.agents.scripted",
     "plait.agents.sampling",
     "plait.agents.openai",
-    "plait.stdtools",
+    "plait.steps.stdtools",
 )
 """Module names of the built-in plugins, registered before the ``plait`` entry points."""
 

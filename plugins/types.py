@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from plait.errors import ToolFailed
 
 if TYPE_CHECKING:
-    from plait.templating import Template
+    from plait.templates.engine import Template
 
 __all__ = [
     "Agent",

@@ -16,9 +16,9 @@ import anyio
 from websockets.asyncio.client import connect
 
 from plait.config import HostConfig
-from plait.datadir import TOKEN_FILE, read_host_info
 from plait.errors import ConfigError
 from plait.rpc.errors import RpcError
+from plait.store.datadir import TOKEN_FILE, read_host_info
 
 __all__ = ["call", "host_target", "host_url", "read_token"]
 

@@ -23,7 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 PLAIT = [sys.executable, "-c",
-         "import sys; from plait.cli import main; sys.exit(main(sys.argv[1:]))"]
+         "import sys; from plait.cli.commands import main; sys.exit(main(sys.argv[1:]))"]
 
 
 def check_review(out: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 import plait
 from plait.config import HostSettings
 from plait.errors import ConfigError
-from plait.rpc import websocket as ws_module
+from plait.rpc.transports import websocket as ws_module
 
 from .conftest import (
     WAIT,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from plait.rpc.api import MAX_SUBSCRIPTIONS
+from plait.rpc.methods.api import MAX_SUBSCRIPTIONS
 
 from .conftest import Client, serving, ticker
 

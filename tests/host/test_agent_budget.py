@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from plait.agent_pool import Budget, estimate_tokens
 from plait.plugins import AgentRequest, Message, ToolCall
+from plait.services.agents import Budget, estimate_tokens
 
 
 class Clock:

@@ -10,8 +10,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from plait import Engine
-from plait.cli import main
-from plait.loader import parse_text
+from plait.cli.commands import main
+from plait.definition.loader import parse_text
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
@@ -353,13 +353,13 @@ def test_plugins_json_lists_the_builtins(workdir, capsys):
     assert listing["failed"] == []
     by_name = {p["name"]: p for p in listing["plugins"]}
     for module in ("plait.steps.tool", "plait.steps.agent", "plait.steps.loop",
-                   "plait.agents.scripted", "plait.stdtools"):
+                   "plait.agents.scripted", "plait.steps.stdtools"):
         assert by_name[module]["builtin"] is True
     step_types = {t for p in listing["plugins"] for t in p["step_types"]}
     assert step_types >= {"agent", "delay", "if", "loop", "parallel", "tool", "transform",
                           "validate", "wait", "workflow"}
     assert by_name["plait.steps.tool"]["step_types"] == ["tool"]
-    assert "chaos.fail" in by_name["plait.stdtools"]["tools"]
+    assert "chaos.fail" in by_name["plait.steps.stdtools"]["tools"]
     assert by_name["plait.agents.scripted"]["agent_providers"] == ["scripted"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import plait
-from plait import compiler
+from plait.definition import compiler
 
 BUILTIN_TYPES = ("agent", "delay", "if", "loop", "parallel", "tool", "transform", "validate",
                  "wait", "workflow")

@@ -10,7 +10,7 @@ import pytest
 
 import plait
 from plait.config import HostConfig
-from plait.models import RetryPolicy
+from plait.definition.models import RetryPolicy
 from plait.plugins import create_plugin_manager
 
 pytestmark = pytest.mark.anyio
@@ -574,9 +574,10 @@ async def test_memory_mode_forgets_the_longest_finished_runs_beyond_its_bound(pm
             runs.append(await run.wait())
         for forgotten in runs[:2]:
             with pytest.raises(plait.RunNotFound):
-                engine.get_run(forgotten.id)
-        assert [engine.get_run(r.id).steps["a"].output for r in runs[2:]] == [2, 3]
-        assert engine.get_run(waiting.id).status == "waiting"  # unfinished runs always stay
+                await engine.load_run(forgotten.id)
+        assert [(await engine.load_run(r.id)).steps["a"].output for r in runs[2:]] == [2, 3]
+        # unfinished runs always stay
+        assert (await engine.load_run(waiting.id)).status == "waiting"
         page = await engine.list_runs()
         assert {r["id"] for r in page.runs} == {waiting.id, runs[2].id, runs[3].id}
         # A forgotten run's idempotency key is free again; a kept one still names its run.

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import plait
-from plait import loader
+from plait.definition import loader
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from plait.rpc.mcp import progress_reporter
-from plait.runs import Event, Run
+from plait.rpc.methods.mcp import progress_reporter
+from plait.state.runs import Event, Run
 
 
 def test_progress_counts_the_published_event_not_the_live_run() -> None:

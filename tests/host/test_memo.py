@@ -1,4 +1,4 @@
-"""Tests of plait.memo, the tool-result cache (DESIGN.md §5, RELIABILITY.md items 42–47)."""
+"""Tests of plait.services.cache, the tool-result cache."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import anyio
 import diskcache
 import pytest
 
-from plait.memo import DEFAULT_SIZE_LIMIT, SafeJSONDisk, ToolCache, cache_key
+from plait.services.cache import DEFAULT_SIZE_LIMIT, SafeJSONDisk, ToolCache, cache_key
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ async def test_ttl_expires(tool_cache):
 
 @pytest.mark.parametrize("value", [{1, 2}, object(), (1, 2), {1: "a"}, float("nan"), "\ud800"])
 def test_value_that_is_not_json_is_not_stored(tool_cache, caplog, value):
-    caplog.set_level(logging.DEBUG, logger="plait.memo")
+    caplog.set_level(logging.DEBUG, logger="plait.services.cache")
     tool_cache.set_sync("k", value)
     assert tool_cache.get_sync("k") == (False, None)
     assert "not caching" in caplog.text
@@ -392,7 +392,7 @@ def test_lock_contention_is_a_miss_not_an_error(tool_cache, caplog):
 
 _HAMMER = """
 import json, random, sys, time
-from plait.memo import ToolCache
+from plait.services.cache import ToolCache
 
 cache = ToolCache(sys.argv[1], size_limit=1 << 20)
 cache.open()

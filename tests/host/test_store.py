@@ -20,10 +20,10 @@ import pytest
 
 import plait
 from plait.config import HostConfig, StoreSettings
-from plait.datadir import DataDirLock
-from plait.runs import Run
-from plait.store import SqliteStore
-from plait.store_schema import SCHEMA_VERSION, open_database
+from plait.state.runs import Run
+from plait.store.datadir import DataDirLock
+from plait.store.schema import SCHEMA_VERSION, open_database
+from plait.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -319,7 +319,7 @@ async def test_large_batches_keep_every_row_and_each_runs_latest_status(tmp_path
 
 
 async def test_a_row_that_breaks_a_constraint_is_dropped_and_the_rest_kept(tmp_path, caplog):
-    caplog.set_level(logging.ERROR, logger="plait.store")
+    caplog.set_level(logging.ERROR, logger="plait.store.sqlite")
     async with SqliteStore(tmp_path) as store:
         run = Run(id="dup", workflow="w", version=1, inputs={})
         run.sink = store.record
@@ -337,7 +337,7 @@ async def test_a_row_that_breaks_a_constraint_is_dropped_and_the_rest_kept(tmp_p
 
 async def test_connections_get_a_turn_every_chunk_of_events_however_commits_split(tmp_path):
     """Small commits in a row are a burst too: the pace is kept across commits."""
-    from plait.store import PUBLISH_CHUNK
+    from plait.store.sqlite import PUBLISH_CHUNK
 
     async with SqliteStore(tmp_path) as store:
         paced = []
@@ -359,8 +359,8 @@ def test_a_store_left_open_does_not_keep_the_interpreter_from_exiting(tmp_path):
     """Its writer and kicker are threads; they notice the program ended and stop."""
     program = (
         "import anyio, sys\n"
-        "from plait.store import SqliteStore\n"
-        "from plait.runs import Run\n"
+        "from plait.store.sqlite import SqliteStore\n"
+        "from plait.state.runs import Run\n"
         "async def main():\n"
         f"    store = SqliteStore({str(tmp_path)!r})\n"
         "    await store.__aenter__()  # never closed\n"
@@ -599,7 +599,7 @@ async def test_second_host_on_the_same_data_dir_is_refused(tmp_path, pm):
 async def test_memory_data_dir_writes_no_database(tmp_path, pm, monkeypatch):
     monkeypatch.chdir(tmp_path)
     async with plait.Host(config(":memory:"), pm=pm) as host:
-        assert host.store is None
+        assert not host.store.durable
         assert host.data_dir is None
         host.register(ECHO)
         run = await host.wait(await host.start_run("w", {"x": 2}))
@@ -613,7 +613,7 @@ async def test_memory_data_dir_writes_no_database(tmp_path, pm, monkeypatch):
 async def test_non_durable_store_writes_no_database(tmp_path, pm):
     data_dir = tmp_path / "data"
     async with plait.Host(config(data_dir, durable=False), pm=pm) as host:
-        assert host.store is None
+        assert not host.store.durable
         host.register(ECHO)
         run = await host.wait(await host.start_run("w", {"x": 2}))
         assert run.outputs == {"b": 3}
@@ -627,7 +627,7 @@ async def test_non_durable_store_writes_no_database(tmp_path, pm):
 
 
 async def test_runs_wait_out_another_writer_and_lose_nothing(tmp_path, pm, caplog):
-    caplog.set_level(logging.WARNING, logger="plait.store")
+    caplog.set_level(logging.WARNING, logger="plait.store.sqlite")
     async with plait.Host(config(tmp_path / "data"), pm=pm) as host:
         host.register(ECHO)
         await host.engine.committed()

@@ -1,4 +1,4 @@
-"""Tests for plait.templating: syntax, native types, references, sandbox and limits."""
+"""Tests for plait.templates.engine: syntax, native types, references, sandbox and limits."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from plait.errors import (
     TemplateSecurityError,
     TemplateSyntaxError,
 )
-from plait.templating import CONTEXT_ROOTS, Template, TemplateEngine, TemplateLimits
+from plait.templates.engine import CONTEXT_ROOTS, Template, TemplateEngine, TemplateLimits
 
 CTX = {
     "inputs": {"repo": "octo/cat", "pr": 7, "flag": True, "tags": ["a", "b"], "none": None},

@@ -133,11 +133,11 @@ def test_builtins_load_without_failures_and_are_listed():
     assert info["plait.steps.tool"].step_types == ["tool"]
     assert info["plait.steps.delay"].step_types == ["delay"]
     assert info["plait.agents.scripted"].agent_providers == ["scripted"]
-    assert {"files.read", "math.sum"} <= set(info["plait.stdtools"].tools)
+    assert {"files.read", "math.sum"} <= set(info["plait.steps.stdtools"].tools)
     # Each contribution is owned by the plugin the listing names.
     regs = pm.registries
     assert regs.step_types.owner("tool") == "plait.steps.tool"
-    assert regs.tools.owner("math.sum") == "plait.stdtools"
+    assert regs.tools.owner("math.sum") == "plait.steps.stdtools"
     assert regs.agent_providers.owner("scripted") == "plait.agents.scripted"
     # The listing is JSON-ready for `plait plugins --json`.
     json.dumps([p.to_dict() for p in pm.info()])
@@ -367,8 +367,8 @@ def test_duplicate_tool_name_is_refused_and_builtin_stays():
     tools = pm.registries.tools
     [failure] = pm.failures
     assert failure.stage == "register_tools"
-    assert "'tool_thief'" in failure.error and "'plait.stdtools'" in failure.error
-    assert tools.owner("math.sum") == "plait.stdtools"
+    assert "'tool_thief'" in failure.error and "'plait.steps.stdtools'" in failure.error
+    assert tools.owner("math.sum") == "plait.steps.stdtools"
 
 
 async def test_replace_true_overrides_a_builtin_step_type():

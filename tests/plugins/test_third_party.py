@@ -42,7 +42,7 @@ def hello_site(tmp_path_factory):
 
 def plait_cli(*argv, site, cwd):
     """``plait ARGV`` in a child process that has ``site`` on its path: (code, stdout, stderr)."""
-    code = f"from plait.cli import main; raise SystemExit(main({list(argv)!r}))"
+    code = f"from plait.cli.commands import main; raise SystemExit(main({list(argv)!r}))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,

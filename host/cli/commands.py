@@ -1,0 +1,322 @@
+"""The ``plait`` command: run, validate, graph, schema, serve, call, mcp, runs and plugins.
+
+Each sub-command is one small function; ``main`` only parses arguments and maps errors to exit
+codes (0 ok, 1 the run or check failed, 2 bad usage or input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from plait.cli.progress import ProgressView
+from plait.cli.runs import add_runs_parser
+from plait.cli.settings import config_from_args
+from plait.config import HostConfig, load_config
+from plait.definition.graph import render_graph
+from plait.definition.schema import workflow_schema
+from plait.engine.engine import Engine
+from plait.errors import ConfigError, DefinitionError, InputsInvalid, PlaitError
+from plait.host.compose import build_engine, tool_cache
+from plait.store.datadir import ensure_private_dir
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``plait`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (DefinitionError, InputsInvalid, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except PlaitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plait", description="plait: workflows of agents "
+                                     "and tools, run durably and watched live.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a workflow file in this process")
+    p.add_argument("file")
+    p.add_argument("--input", "-i", action="append", default=[], metavar="KEY=VALUE",
+                   help="an input; VALUE is parsed as JSON when it parses, else a string")
+    p.add_argument("--inputs-json", metavar="FILE", help="a JSON file of inputs")
+    p.add_argument("--config", help="host config file (default: ./plait.toml if present)")
+    p.add_argument("--workflows", metavar="DIR", help="folder of workflows that `workflow:` "
+                   "steps may call (default: the file's own folder)")
+    p.add_argument("--json", action="store_true", help="print the finished run as JSON")
+    p.add_argument("--no-cache", action="store_true", help="do not use the tool cache")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check workflow files and report every problem")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("graph", help="draw a workflow's step graph")
+    p.add_argument("file")
+    p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of workflow files")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("serve", help="run the host: JSON-RPC over WebSocket, or stdio for MCP")
+    p.add_argument("--host", dest="bind", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--stdio", action="store_true", help="serve one MCP client on stdin/stdout")
+    p.add_argument("--config")
+    p.add_argument("--data-dir", help="store, cache and token folder; :memory: for none")
+    p.add_argument("--workflows", metavar="DIR", help="register every workflow file in DIR")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow binding a non-loopback address (the token is then the only "
+                        "protection)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("call", help="send one JSON-RPC request to a running host")
+    p.add_argument("method")
+    p.add_argument("params", nargs="?", default=None, help="params as a JSON object")
+    p.add_argument("--url", default=None, help="default ws://127.0.0.1:<port>/rpc")
+    p.add_argument("--token", default=None, help="default: $PLAIT_TOKEN or <data_dir>/token")
+    p.add_argument("--config")
+    p.add_argument("--data-dir")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=cmd_call)
+
+    p = sub.add_parser("mcp", help="bridge an IDE's stdio MCP client to a running host")
+    p.add_argument("--url", default=None, help="default ws://127.0.0.1:<port>/rpc")
+    p.add_argument("--token", default=None, help="default: $PLAIT_TOKEN or <data_dir>/token")
+    p.add_argument("--config")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_mcp)
+
+    add_runs_parser(sub)
+
+    p = sub.add_parser("plugins", help="list loaded plugins and those that failed")
+    p.add_argument("--config")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def _engine(config: HostConfig, *, cache: bool = False) -> Engine:
+    folder = None
+    if cache and config.cache.enabled and not config.memory_only:
+        folder = ensure_private_dir(Path(config.host.data_dir)) / "cache"
+    tool_cache_ = tool_cache(config, folder)
+    tool_cache_.open()
+    return build_engine(config, config.plugin_manager(), cache=tool_cache_)
+
+
+def parse_inputs(pairs: Sequence[str], inputs_json: str | None) -> dict[str, Any]:
+    """``--inputs-json`` then ``--input k=v`` (JSON when it parses, else a string)."""
+    inputs: dict[str, Any] = {}
+    if inputs_json:
+        try:
+            loaded = json.loads(Path(inputs_json).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read --inputs-json {inputs_json}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--inputs-json {inputs_json} must hold a JSON object")
+        inputs.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--input expects KEY=VALUE, got {pair!r}")
+        try:
+            inputs[key] = json.loads(raw)
+        except ValueError:
+            inputs[key] = raw
+    return inputs
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a workflow with a live display; exit 1 when the run does not succeed."""
+    config = load_config(args.config)
+    inputs = parse_inputs(args.input, args.inputs_json)
+    engine = _engine(config, cache=not args.no_cache)
+    try:
+        compiled = engine.register(args.file)
+        folder = args.workflows or config.host.workflows or str(Path(args.file).parent)
+        _register_siblings(engine, Path(folder), Path(args.file))
+        view = ProgressView(compiled, json_mode=args.json)
+        run = anyio.run(_run_and_show, engine, compiled, inputs, view)
+    finally:
+        engine.cache.close()
+    if args.json:
+        print(json.dumps(run.to_dict(), indent=2, default=str))
+    else:
+        view.summary(run)
+    return 0 if run.status == "succeeded" else 1
+
+
+async def _run_and_show(engine: Engine, compiled: Any, inputs: dict[str, Any],
+                        view: ProgressView) -> Any:
+    async with engine:
+        run = await engine.start(compiled, inputs)
+        with view:
+            async for event in run.follow():
+                view.update(run, event)
+        return run
+
+
+def _register_siblings(engine: Engine, folder: Path, main_file: Path) -> None:
+    """Make the other workflows of a folder callable by ``workflow:`` steps."""
+    if not folder.is_dir():
+        raise ConfigError(f"--workflows {folder} is not a folder")
+    for path in sorted(folder.iterdir()):
+        if path.suffix in (".yaml", ".yml", ".json") and path.resolve() != main_file.resolve():
+            try:
+                engine.register(str(path))
+            except DefinitionError as exc:
+                logging.getLogger("plait.cli.commands").debug("not loading %s: %s", path, exc)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate files; print every problem with its path and line."""
+    engine = _engine(load_config(args.config))
+    failed = 0
+    for file in args.files:
+        try:
+            compiled = engine.compile(file)
+        except DefinitionError as exc:
+            failed += 1
+            print(f"{file}: invalid")
+            for issue in exc.issues:
+                line = f":{issue.line}" if issue.line else ""
+                print(f"  {file}{line}: {issue.path or '<workflow>'}: {issue.message}")
+            continue
+        print(f"{file}: ok ({compiled.name}, {compiled.size} steps)")
+    return 1 if failed else 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    """Print the step graph as Mermaid or Graphviz dot."""
+    engine = _engine(load_config(args.config))
+    print(render_graph(engine.compile(args.file), args.format))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of workflow files for the installed step types."""
+    engine = _engine(load_config(args.config))
+    print(json.dumps(workflow_schema(engine.registries.step_types), indent=2))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List plugins with what they contribute, and the ones that failed to load."""
+    config = load_config(args.config)
+    pm = config.plugin_manager()
+    infos = pm.info()
+    if args.json:
+        print(json.dumps({"plugins": [i.to_dict() for i in infos],
+                          "failed": [f.to_dict() for f in pm.failures]}, indent=2))
+        return 1 if pm.failures else 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="plait plugins")
+    for col in ("plugin", "version", "step types", "tools", "agent providers"):
+        table.add_column(col)
+    for info in infos:
+        table.add_row(info.name + (" (built-in)" if info.builtin else ""), info.version or "",
+                      ", ".join(info.step_types), ", ".join(info.tools),
+                      ", ".join(info.agent_providers))
+    console = Console()
+    console.print(table)
+    for failure in pm.failures:
+        where = f" [{failure.entry_point}]" if failure.entry_point else ""
+        console.print(f"[red]failed[/red] {failure.plugin}{where} at {failure.stage}: "
+                      f"{failure.error}", markup=True, highlight=False)
+    return 1 if pm.failures else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the host until interrupted: WebSocket by default, stdio with ``--stdio``."""
+    from plait.host.app import Host, tune_gc
+
+    config = config_from_args(args)  # logs go to stderr: on --stdio, stdout is the protocol
+
+    async def main() -> None:
+        async with Host(config) as host:
+            tune_gc()  # this process is the host: everything loaded so far stays
+            for path, error in host.load_errors.items():
+                print(f"warning: {path} not loaded: {error}", file=sys.stderr)
+            if args.stdio:
+                await host.serve_stdio()
+                return
+
+            def ready(url: str, token: str) -> None:
+                where = host.data_dir / "token" if host.data_dir else "not saved (:memory:)"
+                print(f"plait {host.version} listening on {url}\n"
+                      f"token: {token}\n(token file: {where})", file=sys.stderr, flush=True)
+
+            await host.serve_websocket(ready=ready)
+
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _client_target(args: argparse.Namespace) -> tuple[str, str]:
+    from plait.rpc.client import host_target
+
+    return host_target(config_from_args(args), args.url, args.token)
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    """Send one request and print the result (exit 1 when the answer is an error)."""
+    from plait.rpc.client import call
+    from plait.rpc.errors import RpcError
+
+    url, token = _client_target(args)
+    try:
+        params = json.loads(args.params) if args.params else {}
+    except ValueError as exc:
+        raise ConfigError(f"params are not JSON: {exc}") from None
+    try:
+        result = anyio.run(lambda: call(url, token, args.method, params, timeout=args.timeout))
+    except OSError as exc:
+        print(f"error: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    except RpcError as exc:
+        print(json.dumps(exc.to_error_data(), indent=2), file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """Bridge stdin/stdout (an IDE's MCP client) to a running host."""
+    from plait.rpc.bridge import bridge
+
+    url, token = _client_target(args)
+    try:
+        anyio.run(lambda: bridge(url, token))
+    except OSError as exc:
+        print(f"error: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+

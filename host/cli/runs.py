@@ -1,0 +1,211 @@
+"""``plait runs list|show|events|cancel|resume``: runs of a data dir or of a running host.
+
+Where the commands act: ``--url`` names a host; otherwise, when a host holds the data dir
+(its lock), they talk to that host (its URL is in ``host.json``, its token in ``token``);
+otherwise they open the data dir's store themselves. Offline, ``cancel`` ends a run without
+running any more of it, and ``resume`` continues a stopped or paused run in this process to its
+end, with the live display of ``plait run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from rich.console import Console
+from rich.table import Table
+
+from plait.cli.settings import config_from_args
+from plait.config import HostConfig
+from plait.errors import InvalidRunState, PlaitError
+from plait.state.run_store import parse_cursor
+from plait.store.datadir import DataDirLock
+
+__all__ = ["add_runs_parser"]
+
+def add_runs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``plait runs`` and its sub-commands."""
+    runs = sub.add_parser("runs", help="list, inspect and control runs (of a data dir, or of "
+                                       "a running host)")
+    actions = runs.add_subparsers(dest="runs_command", required=True)
+
+    def action(name: str, help: str, *, run_id: bool = True) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, help=help)
+        if run_id:
+            p.add_argument("run_id", metavar="RUN")
+        p.add_argument("--url", help="a running host (default: the one using the data dir)")
+        p.add_argument("--token")
+        p.add_argument("--config")
+        p.add_argument("--data-dir")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(func=cmd_runs)
+        return p
+
+    p = action("list", "runs, newest first", run_id=False)
+    p.add_argument("--workflow")
+    p.add_argument("--status", choices=("pending", "running", "paused", "waiting",
+                                        "succeeded", "failed", "cancelled"))
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--cursor", help="the next page's cursor, as printed by the last page")
+    action("show", "one run: status, outputs, error and every step")
+    p = action("events", "a run's events, oldest first")
+    p.add_argument("--since", type=int, default=0)
+    p.add_argument("--limit", type=int, default=1000)
+    action("cancel", "cancel a run")
+    action("resume", "resume a paused run (offline: continue a stopped run to its end)")
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """Dispatch to a running host or to the data dir."""
+    from plait.rpc.errors import RpcError
+
+    config = config_from_args(args)
+    data_dir = Path(config.host.data_dir)
+    try:
+        if args.url or (not config.memory_only and DataDirLock.held(data_dir)):
+            result = anyio.run(_remote, args, config)
+        else:
+            result = anyio.run(_local, args, config)
+    except RpcError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: cannot reach the host: {exc}", file=sys.stderr)
+        return 1
+    return _print(args, result)
+
+
+# -- a running host ----------------------------------------------------------------------------
+
+
+async def _remote(args: argparse.Namespace, config: HostConfig) -> dict[str, Any]:
+    from plait.rpc.client import call, host_target
+
+    url, token = host_target(config, args.url, args.token)
+
+    def rpc(method: str, **params: Any) -> Awaitable[Any]:
+        return call(url, token, method, {k: v for k, v in params.items() if v is not None})
+
+    command = args.runs_command
+    if command == "list":
+        return dict(await rpc("runs/list", workflow=args.workflow, status=args.status,
+                              limit=args.limit, cursor=args.cursor))
+    if command == "events":
+        return dict(await rpc("runs/events", runId=args.run_id, since=args.since,
+                              limit=args.limit))
+    method = {"show": "runs/get", "cancel": "runs/cancel", "resume": "runs/resume"}[command]
+    return dict(await rpc(method, runId=args.run_id))
+
+
+# -- the data dir, with no host ----------------------------------------------------------------
+
+
+async def _local(args: argparse.Namespace, config: HostConfig) -> dict[str, Any]:
+    from plait.host.app import Host
+
+    if not config.durable:
+        raise PlaitError("no store to read: the data dir is :memory: or the store is off")
+    async with Host(config, recover_runs=False) as host:
+        engine = host.engine
+        assert engine is not None
+        command = args.runs_command
+        if command == "list":
+            page = await engine.list_runs(
+                workflow=args.workflow, status=args.status, limit=args.limit,
+                cursor=parse_cursor(args.cursor) if args.cursor else None)
+            return {"runs": page.runs, "nextCursor": page.next_cursor}
+        if command == "show":
+            return {"run": await (await engine.load_run(args.run_id)).view()}
+        if command == "events":
+            events = await engine.events(args.run_id, args.since, args.limit)
+            return {"events": [e.to_dict() for e in events]}
+        if command == "cancel":
+            await engine.recover([args.run_id], hold=True)
+            return {"run": await (await engine.cancel(args.run_id)).view()}
+        return await _resume_here(host, args)
+
+
+async def _resume_here(host: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from plait.cli.progress import ProgressView
+
+    engine = host.engine
+    resumed = await engine.recover([args.run_id])
+    if not resumed:
+        run = await engine.load_run(args.run_id)  # not found, or already finished
+        raise InvalidRunState(run.id, run.status, "resume")
+    run = resumed[0]
+    if run.status == "paused":
+        await engine.resume(run.id)
+    view = ProgressView(await engine.snapshot(run.digest, run.workflow, run.version),
+                        json_mode=args.json)
+    with view:
+        async for event in run.follow(run.published):
+            view.update(run, event)
+    return {"run": await run.view()}
+
+
+# -- printing ----------------------------------------------------------------------------------
+
+
+def _print(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0 if result.get("run", {}).get("status") != "failed" else 1
+    console = Console(highlight=False)
+    printers: dict[str, Callable[[Console, dict[str, Any]], None]] = {
+        "list": _print_list, "events": _print_events}
+    printers.get(args.runs_command, _print_run)(console, result)
+    if args.runs_command == "resume" and "run" in result:
+        return 0 if result["run"]["status"] in ("succeeded", "running", "waiting") else 1
+    return 0
+
+
+def _when(ts: float | None) -> str:
+    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _print_list(console: Console, result: dict[str, Any]) -> None:
+    table = Table(show_header=True, header_style="bold")
+    for col in ("run", "workflow", "version", "status", "created", "finished"):
+        table.add_column(col)
+    for r in result["runs"]:
+        table.add_row(r["id"], r["workflow"], str(r["version"]), r["status"],
+                      _when(r["created_at"]), _when(r.get("finished_at")))
+    console.print(table)
+    if result.get("nextCursor"):
+        console.print(f"more: --cursor '{result['nextCursor']}'")
+
+
+def _print_events(console: Console, result: dict[str, Any]) -> None:
+    for e in result["events"]:
+        data = json.dumps(e["data"], ensure_ascii=False)
+        data = data if len(data) <= 100 else data[:99] + "…"
+        millis = int(e["ts"] % 1 * 1000)
+        stamp = f"{time.strftime('%H:%M:%S', time.localtime(e['ts']))}.{millis:03d}"
+        print(f"{e['seq']:>6}  {stamp}  {e['type']:<20} {e['step'] or '':<24} {data}")
+
+
+def _print_run(console: Console, result: dict[str, Any]) -> None:
+    run = result["run"]
+    console.print(f"run {run['id']}  {run['workflow']} v{run['version']}  [bold]{run['status']}"
+                  f"[/bold]  created {_when(run['created_at'])}")
+    if run.get("error"):
+        console.print(f"[red]error:[/red] {run['error'].get('message')}")
+    if run.get("outputs"):
+        console.print_json(data=run["outputs"])
+    table = Table(show_header=True, header_style="bold")
+    for col in ("step", "status", "attempts", "duration", "error"):
+        table.add_column(col)
+    for path, step in (run.get("steps") or {}).items():
+        duration = ""
+        if step.get("started_at") and step.get("finished_at"):
+            duration = f"{step['finished_at'] - step['started_at']:.2f}s"
+        table.add_row(path, step["status"], str(step.get("attempts") or ""), duration,
+                      (step.get("error") or {}).get("message", ""))
+    console.print(table)

@@ -1,0 +1,594 @@
+"""From a :class:`WorkflowDef` to an immutable, validated, ready-to-run :class:`CompiledWorkflow`.
+
+Everything that can be checked before a run is checked here, once per workflow version, and
+every problem is reported at once: unknown step types and fields, duplicate ids, references to
+missing steps, cycles (naming the steps on them), templates that do not parse. Templates are
+compiled here too, so a run never parses one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import ValidationError
+
+from plait.config import Limits
+from plait.definition.loader import issues_from_validation
+from plait.definition.models import CachePolicy, RetryPolicy, StepDef, WorkflowDef
+from plait.errors import DefinitionError, Issue, TemplateSyntaxError
+from plait.plugins.registry import Registry
+from plait.plugins.types import StepConfig, StepType
+from plait.templates.engine import Template, TemplateEngine
+
+__all__ = ["CompiledStep", "CompiledWorkflow", "Scope", "compile_workflow"]
+
+
+@dataclass(eq=False, slots=True)
+class CompiledStep:
+    """One step, resolved and compiled. Read-only once the workflow is compiled."""
+
+    id: str
+    index: int
+    path: str
+    """Where it is in the definition (``steps[3]``, ``steps[1].steps[0]``), for messages."""
+    key: str
+    step_type: StepType
+    config_model: type[StepConfig]
+    static_config: StepConfig | None
+    """The validated config when no field holds a template: built once, reused by every run."""
+    templated: dict[str, Template]
+    """Fields (raw keys) whose value contains templates, rendered per run."""
+    static: dict[str, Any]
+    deferred: dict[str, Template]
+    when: Template | None
+    retry: RetryPolicy
+    timeout: float | None
+    on_error: str
+    """``fail``, ``continue`` or ``fallback``."""
+    fallback: int | None
+    fallback_for: int | None
+    cache: CachePolicy | None
+    cache_key: Template | None
+    cache_when: Template | None
+    bodies: dict[str, Scope]
+    gate: tuple[int, str] | None
+    """(index of the step whose choice gates this one, the branch label)."""
+    definition: dict[str, Any]
+    deps: tuple[int, ...] = ()
+    any_deps: tuple[int, ...] = ()
+    dependents: list[int] = field(default_factory=list)
+    gated: dict[str, list[int]] = field(default_factory=dict)
+    """For a gating step: label → indices of the steps that label runs."""
+
+
+@dataclass(eq=False, slots=True)
+class Scope:
+    """A graph of steps run together: the workflow's top level, or one nested body."""
+
+    steps: list[CompiledStep]
+    by_id: dict[str, int]
+    roots: tuple[int, ...]
+    outer_refs: frozenset[str]
+    """Step ids this scope reads from enclosing scopes."""
+
+    @property
+    def last(self) -> CompiledStep:
+        """The step written last, whose output is a body's default result."""
+        return self.steps[-1]
+
+    def count(self) -> int:
+        """Steps in this scope and every nested body."""
+        return sum(1 + sum(b.count() for b in s.bodies.values()) for s in self.steps)
+
+
+@dataclass(eq=False, slots=True)
+class CompiledWorkflow:
+    """A workflow ready to run any number of times."""
+
+    definition: WorkflowDef
+    name: str
+    version: int
+    digest: str
+    """sha256 of the canonical JSON definition: the identity of this version's content."""
+    scope: Scope
+    outputs: Template
+    vars: Template
+    inputs_validator: Draft202012Validator
+    size: int
+
+    def check_inputs(self, inputs: Mapping[str, Any]) -> list[str]:
+        """Every way ``inputs`` breaks the workflow's input schema (empty when valid)."""
+        return [
+            f"{_json_path(e.absolute_path)}: {e.message}"
+            for e in sorted(self.inputs_validator.iter_errors(dict(inputs)), key=str)
+        ]
+
+
+def definition_digest(wf: WorkflowDef) -> str:
+    """Content hash of a definition, ignoring its version number."""
+    data = wf.to_dict()
+    data.pop("version", None)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def compile_workflow(
+    wf: WorkflowDef,
+    step_types: Registry[type[StepType]],
+    templates: TemplateEngine,
+    limits: Limits | None = None,
+) -> CompiledWorkflow:
+    """Validate and compile ``wf``; raise :class:`DefinitionError` listing every problem."""
+    limits = limits or Limits()
+    c = _Compiler(wf, step_types, templates, limits)
+    scope = c.scope(list(wf.steps), "steps", nested=False, enclosing=())
+    outputs = c.template(wf.outputs, "outputs")
+    top_ids = set(scope.by_id)
+    for ref in sorted(outputs.references - top_ids):
+        c.issue("outputs", f"refers to unknown step {ref!r}")
+    variables = c.template(wf.vars, "vars")
+    if variables.references:
+        c.issue("vars", "vars are computed before any step runs; they may use only inputs")
+    try:
+        validator_cls = Draft202012Validator
+        validator_cls.check_schema(wf.inputs)
+        validator = validator_cls(wf.inputs)
+    except SchemaError as exc:
+        c.issue("inputs", f"not a valid JSON Schema: {exc.message}")
+        validator = Draft202012Validator({})
+    size = scope.count()
+    if size > limits.max_workflow_steps:
+        c.issue("steps", f"{size} steps; the limit is {limits.max_workflow_steps}")
+    if c.issues:
+        issues = sorted(c.issues, key=lambda i: (i.line is None, i.line or 0))
+        raise DefinitionError(issues, source=wf.origin)
+    return CompiledWorkflow(
+        definition=wf, name=wf.name, version=wf.version or 1, digest=definition_digest(wf),
+        scope=scope, outputs=outputs, vars=variables, inputs_validator=validator, size=size,
+    )
+
+
+class _Compiler:
+    def __init__(self, wf: WorkflowDef, step_types: Registry[type[StepType]],
+                 templates: TemplateEngine, limits: Limits) -> None:
+        self.wf = wf
+        self.step_types = step_types
+        self.templates = templates
+        self.limits = limits
+        self.issues: list[Issue] = []
+        self._instances: dict[str, StepType] = {}
+
+    def issue(self, path: str, message: str) -> None:
+        self.issues.append(Issue(path, message, self.wf.line_of(path)))
+
+    def template(self, value: Any, where: str, *, expression: bool = False) -> Template:
+        try:
+            if expression and isinstance(value, str):
+                return self.templates.compile_expression(value, where=where)
+            return self.templates.compile(value, where=where)
+        except TemplateSyntaxError as exc:
+            for issue in exc.issues:
+                self.issue(issue.path or where, issue.message)
+            # Keep the references of the parts that do parse, so their problems are reported
+            # too; the workflow is invalid either way, so this never renders.
+            return _Unrenderable(self._leaf_references(value, where), where)  # type: ignore[return-value]
+
+    def _leaf_references(self, value: Any, where: str) -> frozenset[str]:
+        if isinstance(value, dict):
+            return frozenset().union(*(self._leaf_references(v, f"{where}.{k}")
+                                       for k, v in value.items()))
+        if isinstance(value, list):
+            return frozenset().union(*(self._leaf_references(v, f"{where}[{i}]")
+                                       for i, v in enumerate(value)))
+        if isinstance(value, str):
+            try:
+                return self.templates.compile(value, where=where).references
+            except TemplateSyntaxError:
+                return frozenset()
+        return frozenset()
+
+    # -- scopes ------------------------------------------------------------------------------
+
+    def scope(self, raw_steps: list[Any], path: str, *, nested: bool,
+              enclosing: tuple[str, ...]) -> Scope:
+        defs: list[tuple[int, StepDef]] = []
+        for i, raw in enumerate(raw_steps):
+            if isinstance(raw, StepDef):
+                defs.append((i, raw))
+                continue
+            try:
+                defs.append((i, StepDef.model_validate(raw)))
+            except ValidationError as exc:
+                self.issues.extend(issues_from_validation(
+                    exc, self.wf.source_lines, prefix=f"{path}[{i}]"))
+        by_id: dict[str, int] = {}
+        steps: list[CompiledStep] = []
+        for i, sd in defs:
+            if sd.id in by_id:
+                self.issue(f"{path}[{i}].id", f"duplicate step id {sd.id!r} (first at "
+                                              f"{steps[by_id[sd.id]].path})")
+                continue
+            compiled = self.step(sd, f"{path}[{i}]", len(steps), enclosing)
+            if compiled is not None:
+                by_id[sd.id] = len(steps)
+                steps.append(compiled)
+        outer_refs = self.link(steps, by_id, nested, enclosing)
+        roots = tuple(s.index for s in steps if not s.deps and not s.any_deps)
+        self.check_cycles(steps)
+        return Scope(steps, by_id, roots, frozenset(outer_refs))
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def step(self, sd: StepDef, path: str, index: int, enclosing: tuple[str, ...]
+             ) -> CompiledStep | None:
+        cls = self.resolve_type(sd, path)
+        if cls is None:
+            return None
+        inst = self._instances.get(cls.key)
+        if inst is None:
+            inst = self._instances[cls.key] = cls()
+        raw = dict(sd.config)
+        templated: dict[str, Template] = {}
+        static: dict[str, Any] = {}
+        deferred: dict[str, Template] = {}
+        raw_bodies = _safe(lambda: inst.bodies(raw), {}, self, path)
+        body_lists = {id(b) for b in raw_bodies.values()}
+        for key, value in raw.items():
+            where = f"{path}.{key}"
+            if key in cls.deferred:
+                if _holds_bodies(value, body_lists):
+                    static[key] = value  # as written; compiled below as nested scopes
+                    continue
+                deferred[key] = self.template(value, where, expression=key in cls.expressions)
+                continue
+            if key in cls.expressions and isinstance(value, list):
+                t = self.expression_list(value, where)
+            else:
+                t = self.template(value, where, expression=key in cls.expressions)
+            if t.is_static:
+                static[key] = value
+            else:
+                templated[key] = t
+        static_config = self.check_config(cls, raw, templated, deferred, path)
+        bodies: dict[str, Scope] = {}
+        for label, body in raw_bodies.items():
+            if not isinstance(body, list) or not body:
+                self.issue(f"{path}.{label}", "expected a non-empty list of steps")
+                continue
+            bodies[label] = self.scope(body, _body_path(raw, body, path, label), nested=True,
+                                       enclosing=enclosing + (sd.id,))
+        when = None
+        if sd.when is not None and sd.when is not True:
+            when = self.template(sd.when, f"{path}.when", expression=True)
+        defaults = self.wf.defaults
+        retry = sd.retry or defaults.retry or RetryPolicy()
+        timeout = sd.timeout or defaults.timeout
+        if timeout is None and cls.uses_capacity:
+            timeout = self.limits.default_step_timeout
+        if timeout is not None and timeout > self.limits.max_step_timeout:
+            self.issue(f"{path}.timeout", f"{timeout} s is above the host's maximum of "
+                                          f"{self.limits.max_step_timeout} s")
+        cache, cache_key, cache_when = self.cache(sd.cache, path)
+        return CompiledStep(
+            id=sd.id, index=index, path=path, key=cls.key, step_type=inst,
+            config_model=cls.Config, static_config=static_config, templated=templated,
+            static=static, deferred=deferred, when=when, retry=retry, timeout=timeout,
+            on_error=sd.on_error or defaults.on_error or "fail", fallback=None,
+            fallback_for=None, cache=cache, cache_key=cache_key, cache_when=cache_when,
+            bodies=bodies, gate=None, definition=sd.fields,
+        )
+
+    def expression_list(self, values: list[Any], where: str) -> Template:
+        """A list of expressions (``assert:``) compiled item by item, rendered as a list."""
+        items = [self.template(v, f"{where}[{i}]", expression=True) for i, v in enumerate(values)]
+        return _ListTemplate(items, where)  # type: ignore[return-value]
+
+    def resolve_type(self, sd: StepDef, path: str) -> type[StepType] | None:
+        known = self.step_types.names()
+        if sd.type is not None:
+            cls = self.step_types.get(sd.type)
+            if cls is None:
+                self.issue(f"{path}.type", f"unknown step type {sd.type!r}; known types: "
+                                           f"{', '.join(known)}")
+            return cls
+        keys = [k for k in sd.config if k in self.step_types]
+        if len(keys) > 1:
+            # `wait: any` on a parallel step is a field, not a second type: keep the types
+            # whose config accepts every other candidate key as one of its own fields.
+            owners = [k for k in keys if set(keys) - {k} <= _field_names(self.step_types[k])]
+            keys = owners or keys
+        if len(keys) == 1:
+            return self.step_types[keys[0]]
+        if not keys:
+            fields = ", ".join(sd.config) or "none"
+            self.issue(path, f"unknown step type: none of its fields ({fields}) names a step "
+                             f"type; known types: {', '.join(known)}")
+        else:
+            self.issue(path, f"ambiguous step type: fields {' and '.join(keys)} each name a "
+                             "step type (set `type:` to choose)")
+        return None
+
+    def check_config(self, cls: type[StepType], raw: dict[str, Any],
+                     templated: dict[str, Template], deferred: dict[str, Template],
+                     path: str) -> StepConfig | None:
+        """Validate now what can be validated; type checks of templated fields wait for the run."""
+        candidate = dict(raw)
+        candidate.update(deferred)
+        try:
+            model = cls.Config.model_validate(candidate)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                top = str(err["loc"][0]) if err["loc"] else ""
+                if top in templated and err["type"] not in ("extra_forbidden", "missing"):
+                    continue  # checked again once the template is rendered
+                loc = ".".join(str(p) for p in err["loc"])
+                where = f"{path}.{loc}" if loc else path
+                message = {"extra_forbidden": f"unknown field for a {cls.key!r} step",
+                           "missing": "required field is missing"}.get(
+                    err["type"], err["msg"].removeprefix("Value error, "))
+                self.issue(where, message)
+            return None
+        return None if templated else model
+
+    def cache(self, value: bool | CachePolicy | None, path: str
+              ) -> tuple[CachePolicy | None, Template | None, Template | None]:
+        if value is None:
+            return None, None, None
+        policy = CachePolicy() if value is True else (
+            CachePolicy(enabled=False) if value is False else value)
+        key = self.template(policy.key, f"{path}.cache.key") if policy.key else None
+        when = (self.template(policy.when, f"{path}.cache.when", expression=True)
+                if policy.when else None)
+        return policy, key, when
+
+    # -- the graph ---------------------------------------------------------------------------
+
+    def link(self, steps: list[CompiledStep], by_id: dict[str, int], nested: bool,
+             enclosing: tuple[str, ...]) -> set[str]:
+        """Turn needs, template references, branches and fallbacks into edges."""
+        outer_refs: set[str] = set()
+        hard: list[set[int]] = [set() for _ in steps]
+        soft: list[set[int]] = [set() for _ in steps]
+        for s in steps:
+            needs_any = set(s.definition.get("needs_any") or ())
+            for dep in s.definition.get("needs") or ():
+                self.edge(s, dep, by_id, hard, "needs")
+            for dep in needs_any:
+                self.edge(s, dep, by_id, soft, "needs_any")
+            for ref, where in sorted(self.references(s).items()):
+                if ref in by_id:
+                    if by_id[ref] == s.index:
+                        self.issue(where, f"step {s.id!r} refers to its own output")
+                    elif ref not in needs_any:
+                        hard[s.index].add(by_id[ref])
+                elif ref in enclosing:
+                    self.issue(where, f"step {s.id!r} refers to its enclosing step {ref!r}, "
+                                      "whose output does not exist yet")
+                elif nested:
+                    outer_refs.add(ref)
+                else:
+                    self.issue(where, f"refers to unknown step {ref!r}"
+                                      f"{_suggest(ref, by_id)}")
+            for label, targets in _safe(lambda s=s: s.step_type.branches(s.definition), {},
+                                        self, s.path).items():
+                for target in targets:
+                    t = by_id.get(target)
+                    if t == s.index:
+                        self.issue(f"{s.path}.{label}", f"step {s.id!r} cannot be its own "
+                                                        "branch")
+                        continue
+                    if t is None:
+                        self.issue(f"{s.path}.{label}", f"unknown step {target!r}"
+                                                        f"{_suggest(target, by_id)}")
+                        continue
+                    if steps[t].gate is not None:
+                        self.issue(f"{s.path}.{label}", f"step {target!r} is already a branch "
+                                                        f"of step {steps[steps[t].gate[0]].id!r}")
+                        continue
+                    steps[t].gate = (s.index, label)
+                    s.gated.setdefault(label, []).append(t)
+                    hard[t].add(s.index)
+            if s.on_error not in ("fail", "continue"):
+                f = by_id.get(s.on_error)
+                if f == s.index:
+                    self.issue(f"{s.path}.on_error", f"step {s.id!r} cannot be its own "
+                                                     "fallback")
+                    s.on_error = "fail"
+                elif f is None:
+                    self.issue(f"{s.path}.on_error", f"expected fail, continue or the id of a "
+                                                     f"fallback step; got {s.on_error!r}")
+                    s.on_error = "fail"
+                elif steps[f].fallback_for is not None:
+                    self.issue(f"{s.path}.on_error", f"step {s.on_error!r} is already the "
+                                                     "fallback of another step")
+                    s.on_error = "fail"
+                else:
+                    s.fallback, steps[f].fallback_for = f, s.index
+                    s.on_error = "fallback"
+                    hard[f].add(s.index)
+        # A fallback's dependents wait for it too: they see whichever of the two produced output.
+        for s in steps:
+            if s.fallback is not None:
+                for t in steps:
+                    if s.index in hard[t.index] and t.index != s.fallback:
+                        hard[t.index].add(s.fallback)
+        for s in steps:
+            s.deps = tuple(sorted(hard[s.index] - soft[s.index]))
+            s.any_deps = tuple(sorted(soft[s.index]))
+            for d in (*s.deps, *s.any_deps):
+                steps[d].dependents.append(s.index)
+        return outer_refs
+
+    def references(self, s: CompiledStep) -> dict[str, str]:
+        """Step ids this step's templates read, each with the path of a field reading it."""
+        refs: dict[str, str] = {}
+
+        def add(names: Iterable[str], where: str, raw: Any) -> None:
+            for name in names:
+                refs.setdefault(name, _field_of(raw, name, where))
+
+        for key, t in s.templated.items():
+            add(t.references, f"{s.path}.{key}", s.definition.get(key))
+        for name, t in (("when", s.when), ("cache.key", s.cache_key),
+                        ("cache.when", s.cache_when)):
+            if t is not None:
+                add(t.references, f"{s.path}.{name}", None)
+        # Deferred templates (a loop's `output`) render inside the step's bodies, so they may
+        # name the bodies' own steps as well as outer ones.
+        inner = set().union(*(b.by_id for b in s.bodies.values())) if s.bodies else set()
+        for key, t in s.deferred.items():
+            add(t.references - inner, f"{s.path}.{key}", s.definition.get(key))
+        for label, body in s.bodies.items():
+            add(body.outer_refs, f"{s.path}.{label}", None)
+        return refs
+
+    def edge(self, s: CompiledStep, dep: str, by_id: dict[str, int], into: list[set[int]],
+             field_name: str) -> None:
+        if dep not in by_id:
+            self.issue(f"{s.path}.{field_name}", f"unknown step {dep!r}{_suggest(dep, by_id)}")
+        elif by_id[dep] == s.index:
+            self.issue(f"{s.path}.{field_name}", f"step {s.id!r} cannot need itself")
+        else:
+            into[s.index].add(by_id[dep])
+
+    def check_cycles(self, steps: list[CompiledStep]) -> None:
+        """Kahn's algorithm; whatever is left sits on or behind a cycle, which is named."""
+        indegree = [len(s.deps) + len(s.any_deps) for s in steps]
+        ready = [s.index for s in steps if indegree[s.index] == 0]
+        seen = 0
+        while ready:
+            i = ready.pop()
+            seen += 1
+            for d in steps[i].dependents:
+                indegree[d] -= 1
+                if indegree[d] == 0:
+                    ready.append(d)
+        if seen == len(steps):
+            return
+        cycle = _find_cycle(steps, {s.index for s in steps if indegree[s.index] > 0})
+        names = " → ".join(steps[i].id for i in cycle)
+        self.issue(steps[cycle[0]].path, f"dependency cycle: {names}")
+
+
+class _ListTemplate:
+    """A list of compiled expressions that renders to the list of their values."""
+
+    __slots__ = ("items", "references", "roots", "is_static", "source", "where")
+
+    def __init__(self, items: list[Template], where: str) -> None:
+        self.items = items
+        self.where = where
+        self.source = [t.source for t in items]
+        self.references = frozenset().union(*(t.references for t in items))
+        self.roots = frozenset().union(*(t.roots for t in items))
+        self.is_static = False  # rendered every run: assertions are about the run's values
+
+    def render(self, context: Mapping[str, Any]) -> list[Any]:
+        return [t.render(context) for t in self.items]
+
+
+def _find_cycle(steps: list[CompiledStep], stuck: set[int]) -> list[int]:
+    """A cycle among ``stuck`` steps, as a closed path of indices."""
+    start = min(stuck)
+    path: list[int] = []
+    on_path: dict[int, int] = {}
+    node = start
+    while node not in on_path:
+        on_path[node] = len(path)
+        path.append(node)
+        node = next(d for d in (*steps[node].deps, *steps[node].any_deps) if d in stuck)
+    cycle = path[on_path[node]:]
+    cycle.reverse()  # deps point backwards; name the cycle in the order steps run
+    return [*cycle, cycle[0]]
+
+
+class _Unrenderable:
+    """Stands in for a template that failed to compile: keeps what it references."""
+
+    is_static = False
+    roots: frozenset[str] = frozenset()
+
+    def __init__(self, references: frozenset[str], where: str) -> None:
+        self.references = references
+        self.where = where
+        self.source = None
+
+    def render(self, context: Mapping[str, Any]) -> Any:
+        raise RuntimeError(f"template at {self.where} did not compile")
+
+
+_REF = r"steps(?:\.{0}\b|\[\s*['\"]{0}['\"]\s*\])"
+
+
+def _field_of(raw: Any, ref: str, where: str) -> str:
+    """The path of the first field under ``raw`` whose text names step ``ref``."""
+    import re
+
+    pattern = re.compile(_REF.format(re.escape(ref)))
+
+    def walk(value: Any, path: str) -> str | None:
+        if isinstance(value, str):
+            return path if pattern.search(value) else None
+        items = value.items() if isinstance(value, dict) else (
+            enumerate(value) if isinstance(value, list) else ())
+        for k, v in items:
+            found = walk(v, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}")
+            if found is not None:
+                return found
+        return None
+
+    return walk(raw, where) or where
+
+
+def _body_path(raw: dict[str, Any], body: list[Any], path: str, label: str) -> str:
+    """Where a nested body is written: ``steps[0].steps`` or ``steps[0].parallel.left``."""
+    for key, value in raw.items():
+        if value is body:
+            return f"{path}.{key}"
+        if isinstance(value, dict):
+            for name, inner in value.items():
+                if inner is body:
+                    return f"{path}.{key}.{name}"
+    return f"{path}.{label}"
+
+
+def _field_names(cls: type[StepType]) -> set[str]:
+    return {f.alias or name for name, f in cls.Config.model_fields.items()}
+
+
+def _holds_bodies(value: Any, body_lists: set[int]) -> bool:
+    """Whether a raw field is a body list, or a mapping of them (``parallel:`` branches)."""
+    if id(value) in body_lists:
+        return True
+    return isinstance(value, dict) and bool(value) and all(
+        id(v) in body_lists for v in value.values())
+
+
+def _safe(fn: Any, default: Any, c: _Compiler, path: str) -> Any:
+    """Call a step type's declaration method; a plugin that raises is a definition issue."""
+    try:
+        result = fn()
+    except Exception as exc:  # noqa: BLE001 - plugin code
+        c.issue(path, f"step type failed to describe this step: {type(exc).__name__}: {exc}")
+        return default
+    return result if isinstance(result, dict) else default
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _json_path(parts: Iterable[Any]) -> str:
+    out = "$"
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out

@@ -1,0 +1,65 @@
+"""The JSON Schema of workflow files, built from the step types actually installed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plait.definition.models import WorkflowDef
+from plait.plugins.registry import Registry
+from plait.plugins.types import StepType
+
+__all__ = ["workflow_schema"]
+
+_COMMON = {
+    "id": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+    "type": {"type": "string"},
+    "needs": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    "needs_any": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    "when": {"description": "guard expression: the step is skipped when false"},
+    "retry": {"$ref": "#/$defs/RetryPolicy"},
+    "timeout": {"type": "number", "exclusiveMinimum": 0},
+    "on_error": {"type": "string", "description": "fail, continue, or a fallback step id"},
+    "cache": {"oneOf": [{"type": "boolean"}, {"$ref": "#/$defs/CachePolicy"}]},
+    "description": {"type": "string"},
+}
+
+
+TEMPLATE = {"type": "string", "pattern": r"\$\{|\{\{|\{%|\$[A-Za-z_]",
+            "description": "a template, checked against the field's type once rendered"}
+"""Any step field may hold a template instead of a value of its type."""
+
+
+def _or_template(prop: dict[str, Any]) -> dict[str, Any]:
+    if prop.get("type") == "string" or not prop:
+        return prop
+    return {"anyOf": [prop, TEMPLATE]}
+
+
+def workflow_schema(step_types: Registry[type[StepType]]) -> dict[str, Any]:
+    """JSON Schema (2020-12) for workflow files, one step variant per installed step type."""
+    schema = WorkflowDef.model_json_schema(mode="validation")
+    defs = schema.setdefault("$defs", {})
+    variants = []
+    for key in step_types.names():
+        cls = step_types[key]
+        config = cls.Config.model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
+        defs.update(config.pop("$defs", {}))
+        props = {**_COMMON, **{k: _or_template(v) for k, v in
+                               config.get("properties", {}).items()}}
+        variants.append({
+            "title": f"{key} step",
+            "description": cls.description or (cls.__doc__ or "").strip().split("\n")[0],
+            "type": "object",
+            "properties": props,
+            # The type key may be left out when `type:` names the step type instead.
+            "required": sorted({"id", *config.get("required", ())} - {key}),
+            "anyOf": [{"required": [key]}, {"required": ["type"],
+                                            "properties": {"type": {"const": key}}}],
+            "additionalProperties": False,
+        })
+    schema["properties"]["steps"] = {"type": "array", "minItems": 1,
+                                     "items": {"oneOf": variants}}
+    defs.pop("StepDef", None)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "plait workflow"
+    return schema

@@ -1,0 +1,600 @@
+"""The engine: registered workflows, runs in flight, and the services steps use.
+
+An :class:`Engine` is an async context manager owning one task group; every run is a task in
+it. It is built from a plugin manager's registries, so it names no step type or agent itself.
+
+Every run records into the engine's :class:`~plait.state.RunStore`: replies wait for the
+store to keep what they report, a finished run leaves the engine (the store answers for it),
+and :meth:`Engine.recover` picks up the runs a stopped or crashed host left unfinished. The
+memory store keeps runs for the life of the process; the SQLite store keeps them on disk.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from copy import deepcopy
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from plait.config import HostConfig
+from plait.definition.compiler import CompiledWorkflow, compile_workflow, definition_digest
+from plait.definition.loader import load
+from plait.definition.models import WorkflowDef
+from plait.engine.catalog import Catalog
+from plait.engine.scheduler import RunExecution, Sampler, ScopeExecution
+from plait.errors import (
+    DefinitionError,
+    InputsInvalid,
+    InvalidRunState,
+    RunCancelled,
+    RunError,
+    RunNotFound,
+    StepFailed,
+    TemplateError,
+)
+from plait.plugins.manager import PluginManager
+from plait.services.agents import AgentPool
+from plait.services.cache import ToolCache
+from plait.services.mcp import McpTools
+from plait.services.tools import ToolRunner
+from plait.state.recovery import RecoveredRun, replay
+from plait.state.run_store import RunPage, RunStore, run_from_row
+from plait.state.runs import TERMINAL_EVENTS, Event, Run, new_run_id
+from plait.store.memory import MemoryStore
+from plait.templates.engine import TemplateEngine, TemplateLimits
+from plait.values import PLUGIN_ERRORS
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("plait.engine.engine")
+
+
+OBSERVER_SECONDS = 10.0
+"""How long an async lifecycle observer may take before it is cancelled."""
+CANCEL_SECONDS = 5.0
+"""How long ``cancel`` waits for the run to wind down before answering with where it is."""
+LIVE = ("pending", "running", "paused", "waiting")
+
+
+class Engine:
+    """Compiles workflows, starts and controls runs, and serves steps their tools and agents."""
+
+    def __init__(self, pm: PluginManager, config: HostConfig | None = None, *,
+                 cache: ToolCache | None = None, store: RunStore | None = None,
+                 sampler: Sampler | None = None) -> None:
+        self.pm = pm
+        self.config = config or HostConfig()
+        limits = self.config.limits
+        self.registries = pm.registries
+        self.templates = TemplateEngine(TemplateLimits(
+            max_output=limits.template_output_bytes, max_seconds=limits.template_seconds))
+        pm.call_isolated("prepare_jinja_environment", env=self.templates.env)
+        self.cache = cache or ToolCache(None)
+        self.store: RunStore = (store if store is not None
+                                else MemoryStore(self.config.store.keep_finished))
+        """Where runs are kept (default: in memory, for the life of the process)."""
+        self.tools = ToolRunner(self.registries.tools, self.cache, self.config.tools)
+        self.agents = AgentPool(self.registries.agent_providers, self.config.agents)
+        self.catalog = Catalog(self.compile, self.store)
+        self.runs: dict[str, Run] = {}
+        """Runs not yet finished (a finished run is the store's to answer for)."""
+        self.executions: dict[str, RunExecution] = {}
+        self.idempotency: dict[str, str] = {}
+        self.listeners: list[Callable[[Event], None]] = []
+        """Called with every event of every run (subscriptions to all runs)."""
+        self.step_limiter = anyio.CapacityLimiter(limits.max_concurrent_steps)
+        self.stopping = False
+        self.mcp: McpTools | None = None
+        """The configured MCP servers as tool sources, while the engine is entered."""
+        self.sampler = sampler
+        """Sends a run's ``sampling/createMessage`` to a connected client (the host's)."""
+        self._run_limiters: dict[str, anyio.CapacityLimiter | None] = {}
+        self._snapshots: dict[str, CompiledWorkflow] = {}
+        """Definitions runs still execute that the catalog no longer holds, by digest."""
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._observing = 0
+        self._observers = {h: pm.has_impls(h) for h in
+                           ("run_started", "run_finished", "step_started", "step_finished")}
+        env_allow = self.config.env.allow
+        self._env = {k: os.environ[k] for k in env_allow if k in os.environ}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        mcp = McpTools(self.tools, self.config.mcp_servers)  # a bad table fails before anything
+        self.catalog.restore(await self.store.catalog())
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            self.mcp = await mcp.__aenter__()
+        except BaseException:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
+        assert self._tg is not None
+        if self.mcp is not None:  # the servers' tools go first, as the runs are still there
+            mcp, self.mcp = self.mcp, None
+            await mcp.__aexit__(None, None, None)
+        if self._observing:  # let async observers of finished runs finish (each ≤ 10 s)
+            with anyio.move_on_after(OBSERVER_SECONDS):
+                while self._observing:
+                    await anyio.sleep(0.005)
+        self.stopping = True
+        self.store.freeze()  # runs in flight stay as they are, to be resumed next start
+        self._tg.cancel_scope.cancel()
+        try:
+            # The body's own exception is not handed to the task group, so it propagates as
+            # itself instead of inside an exception group.
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            self._tg = None
+            with anyio.CancelScope(shield=True):
+                await self.agents.aclose()
+        return None
+
+    # -- workflows ---------------------------------------------------------------------------
+
+    def compile(self, source: WorkflowDef | Mapping[str, Any] | str | os.PathLike[str], *,
+                text_only: bool = False) -> CompiledWorkflow:
+        """Load (if needed) and compile a workflow against this engine's plugins.
+
+        ``text_only``: a string is the definition's text, never a file name (see ``load``).
+        """
+        wf = source if isinstance(source, WorkflowDef) else load(
+            source, hook=self._load_hook, text_only=text_only)
+        return compile_workflow(wf, self.registries.step_types, self.templates,
+                                self.config.limits)
+
+    def register(self, source: WorkflowDef | Mapping[str, Any] | str | os.PathLike[str]
+                 ) -> CompiledWorkflow:
+        """Compile and register a workflow so runs and sub-workflow steps can name it.
+
+        With a store the new version is queued for the disk; await :meth:`committed` before
+        telling anyone it exists.
+        """
+        return self.catalog.add(self.compile(source))
+
+    async def committed(self) -> None:
+        """Return once every change made so far is kept (at once in memory)."""
+        await self.store.sync()
+
+    def _load_hook(self, text: str, path: str | None) -> Mapping[str, Any] | None:
+        results = self.pm.call_isolated("load_workflow", firstresult=True, source=text,
+                                        path=path)
+        return next((r for r in results if r is not None), None)
+
+    def digest(self, wf: WorkflowDef) -> str:
+        """The content hash used to decide whether a definition changed."""
+        return definition_digest(wf)
+
+    async def snapshot(self, digest: str | None, name: str, version: int) -> CompiledWorkflow:
+        """The compiled definition a stored run executes: its own snapshot, by digest.
+
+        Raises:
+            DefinitionError: the snapshot is missing or no longer compiles (a step type's
+                plugin is gone, say).
+        """
+        if digest is None:
+            return self.catalog.get(name, version)
+        found = self.catalog.find(digest) or self._snapshots.get(digest)
+        if found is None:  # not in the catalog: only in the store
+            definition = await self.store.definition(digest)
+            if definition is None:
+                raise DefinitionError(f"the definition snapshot {digest[:12]} of workflow "
+                                      f"{name!r} version {version} is missing from the store")
+            found = self._snapshots[digest] = self.compile(definition)
+            found.version = version
+        return found
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def prepare(self, compiled: CompiledWorkflow, inputs: Mapping[str, Any] | None, *,
+                run_id: str | None = None, parent_id: str | None = None,
+                parent_step: str | None = None, idempotency_key: str | None = None) -> Run:
+        """Check inputs (applying schema defaults) and create the run record."""
+        values = _with_defaults(compiled.definition.inputs, dict(inputs or {}))
+        problems = compiled.check_inputs(values)
+        if problems:
+            raise InputsInvalid(compiled.name, problems)
+        run = Run(id=run_id or new_run_id(), workflow=compiled.name,
+                  version=compiled.version, inputs=values, parent_id=parent_id,
+                  total_steps=len(compiled.scope.steps), digest=compiled.digest,
+                  parent_step=parent_step, idempotency_key=idempotency_key)
+        self._adopt(run)
+        run.record("run.created", None, {"workflow": compiled.name,
+                                         "version": compiled.version, "inputs": values})
+        return run
+
+    def _adopt(self, run: Run) -> None:
+        self.store.attach(run)
+        self.runs[run.id] = run
+        if run.idempotency_key is not None:
+            self.idempotency[run.idempotency_key] = run.id
+        run.listen(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        for listener in self.listeners:
+            listener(event)
+        if event.type in TERMINAL_EVENTS:  # kept and told: from now on the store answers
+            run = self.runs.pop(event.run_id, None)
+            if run is not None:
+                if run.idempotency_key is not None:
+                    self.idempotency.pop(run.idempotency_key, None)
+                self.store.release(run)
+
+    async def start(self, compiled: CompiledWorkflow, inputs: Mapping[str, Any] | None = None,
+                    *, run_id: str | None = None, idempotency_key: str | None = None,
+                    origin: Any = None) -> Run:
+        """Create a run and start it in the background; returns once its creation is kept.
+
+        With an ``idempotency_key`` already used, the existing run is returned instead.
+        ``origin`` is the client connection that asked (sampling asks it first).
+        """
+        if self._tg is None:
+            raise RuntimeError("the engine is not started: use `async with engine:`")
+        if idempotency_key is not None:
+            existing = await self._by_key(idempotency_key)
+            if existing is not None:
+                return existing
+        run = self.prepare(compiled, inputs, run_id=run_id, idempotency_key=idempotency_key)
+        run.origin = origin
+        rx = RunExecution(self, run)
+        self.executions[run.id] = rx
+        self._tg.start_soon(self.execute, rx, compiled, False, True)
+        return await run.committed()
+
+    async def _by_key(self, key: str) -> Run | None:
+        run_id = self.idempotency.get(key)
+        if run_id is None:
+            run_id = await self.store.run_for_key(key) or self.idempotency.get(key)
+        return None if run_id is None else await self.load_run(run_id)
+
+    async def execute(self, rx: RunExecution, compiled: CompiledWorkflow,
+                      resume: bool = False, quiet: bool = False) -> dict[str, Any] | None:
+        """Run to a terminal state; returns the outputs or raises the failure (also recorded).
+
+        With ``resume``, the run continues from its recovered state: a paused or waiting run
+        stays so, and the steps its events settled are replayed instead of run. ``quiet``
+        returns ``None`` instead of raising a failure (a run in the background: the failure is
+        recorded on it; one coroutine less per run in flight than a wrapper catching it).
+        """
+        run = rx.run
+        scope = None
+        try:
+            with rx.cancel_scope as cancel_scope:
+                if not resume or run.status == "pending":
+                    run.set_status("running")
+                self._observe("run_started", run=run)
+                scope = ScopeExecution(rx, compiled.scope, "", None)
+                rx.vars.update(self._render_top(compiled.vars, scope, "vars") or {})
+                await scope.execute()
+                outputs = self._render_top(compiled.outputs, scope, "outputs") or {}
+            if cancel_scope.cancelled_caught:
+                raise RunCancelled(f"run {run.id} was cancelled")
+        except RunCancelled as exc:
+            self._finish(rx, "cancelled", compiled, error=exc.to_dict())
+            if quiet:
+                return None
+            raise
+        except anyio.get_cancelled_exc_class():
+            if not self.store.durable or not self.stopping:
+                with anyio.CancelScope(shield=True):
+                    self._finish(rx, "cancelled", compiled, error={
+                        "type": "cancelled", "message": "the host stopped"})
+            raise  # with a store, the next start resumes the run
+        except RunError as exc:
+            error = exc.error if isinstance(exc, StepFailed) else exc.to_dict()
+            self._finish(rx, "failed", compiled, error=error)
+            if quiet:
+                return None
+            raise
+        run.outputs = outputs
+        self._finish(rx, "succeeded", outputs=outputs)
+        return outputs
+
+    def _render_top(self, template: Any, scope: ScopeExecution, field: str) -> Any:
+        try:
+            return template.render(scope.context)
+        except TemplateError as exc:
+            raise exc.located(field=field) from None
+
+    def _finish(self, rx: RunExecution, status: str, compiled: CompiledWorkflow | None = None,
+                **data: Any) -> None:
+        run = rx.run
+        for path, state in run.steps.items():
+            if state.status in ("pending", "running", "waiting"):
+                run.set_step(path, "cancelled")
+        if compiled is not None and status != "succeeded":
+            for step in compiled.scope.steps:  # the rest, never started, are cancelled too
+                if step.id not in run.steps:
+                    run.set_step(step.id, "cancelled", {"reason": "never started"})
+        if "error" in data:
+            run.error = data["error"]
+        run.set_status(status, **data)  # type: ignore[arg-type]
+        self.executions.pop(run.id, None)
+        self._observe("run_finished", run=run, outcome=status)
+
+    async def run_child(self, parent: RunExecution, step_path: str, attempt: int, name: str,
+                        inputs: dict[str, Any], version: int | None, *,
+                        resumed: bool = False) -> dict[str, Any]:
+        """Run a sub-workflow inside the calling step, so cancelling the parent cancels it.
+
+        A ``resumed`` step attempt (in flight when the host stopped) finds the child it had
+        started and continues that one; only such an attempt can have one.
+        """
+        limit = self.config.limits.max_run_depth
+        if parent.depth + 1 > limit:
+            raise StepFailed(step_path, f"sub-workflow nesting is deeper than {limit} "
+                                        "(max_run_depth); does a workflow call itself?")
+        parent_step = f"{step_path}#{attempt}"
+        if resumed:
+            row = await self.store.child_run(parent.run.id, parent_step)
+            if row is not None:
+                return await self._continue_child(parent, row, step_path)
+        compiled = self.catalog.get(name, version)
+        try:
+            child = self.prepare(compiled, inputs, parent_id=parent.run.id,
+                                 parent_step=parent_step)
+        except InputsInvalid as exc:
+            raise StepFailed(step_path, str(exc)) from None
+        child.origin = parent.run.origin
+        parent.run.record("run.child", step_path, {"child": child.id, "workflow": name})
+        rx = RunExecution(self, child, parent.depth + 1)
+        self.executions[child.id] = rx
+        return await self._child_outcome(rx, compiled, step_path, resume=False)
+
+    async def _child_outcome(self, rx: RunExecution, compiled: CompiledWorkflow | None,
+                             step_path: str, *, resume: bool) -> dict[str, Any]:
+        child = rx.run
+        try:
+            if compiled is None:
+                raise RunError(child.error["message"] if child.error else "cannot resume")
+            outputs = await self.execute(rx, compiled, resume=resume)
+        except RunError as exc:
+            raise StepFailed(step_path, f"child run {child.id} of workflow {child.workflow!r} "
+                                        f"failed: {exc}") from None
+        assert outputs is not None  # not quiet: a failure raises
+        return outputs
+
+    async def _continue_child(self, parent: RunExecution, row: dict[str, Any],
+                              step_path: str) -> dict[str, Any]:
+        if row["status"] == "succeeded":
+            return dict(row["outputs"] or {})
+        if row["status"] in ("failed", "cancelled"):
+            message = (row["error"] or {}).get("message", row["status"])
+            raise StepFailed(step_path, f"child run {row['id']} of workflow "
+                                        f"{row['workflow']!r} {row['status']}: {message}")
+        rx, compiled = await self._restore(row, parent.depth + 1)
+        return await self._child_outcome(rx, compiled, step_path, resume=True)
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    async def recover(self, run_ids: Collection[str] | None = None, *,
+                      hold: bool = False) -> list[Run]:
+        """Resume every top-level run the store holds unfinished (or only ``run_ids``).
+
+        Paused runs stay paused and waiting runs keep waiting (with their deadlines); a run
+        whose definition no longer compiles fails with the reason instead of vanishing. With
+        ``hold``, no step starts until the run is resumed or cancelled (``plait runs cancel``
+        on a data dir uses this to end a run without running any of it).
+        """
+        if self._tg is None:
+            return []
+        resumed = []
+        for row in await self.store.unfinished_runs():
+            if run_ids is not None and row["id"] not in run_ids:
+                continue
+            rx, compiled = await self._restore(row, 0)
+            if hold:
+                rx.pause()
+            resumed.append(rx.run)
+            if compiled is not None:
+                self._tg.start_soon(self.execute, rx, compiled, True, True)
+        return resumed
+
+    async def _restore(self, row: dict[str, Any], depth: int
+                       ) -> tuple[RunExecution, CompiledWorkflow | None]:
+        """Rebuild a stored run in memory from its events, ready to execute again."""
+        events = await self.store.events(row["id"])
+        state = replay(events)
+        run = run_from_row(row)
+        _load_state(run, events, state)
+        self._adopt(run)
+        rx = RunExecution(self, run, depth, recovered=state.steps)
+        self.executions[run.id] = rx
+        if row["status"] == "paused":
+            rx.pause()
+        run.record("run.recovered", None, {"status": row["status"],
+                                           "interrupted": state.in_flight})
+        try:
+            compiled = await self.snapshot(row["digest"], row["workflow"], row["version"])
+        except (DefinitionError, LookupError) as exc:
+            log.error("cannot resume run %s: %s", run.id, exc)
+            self._finish(rx, "failed", error={
+                "type": "definition",
+                "message": f"cannot resume after a restart: workflow {run.workflow!r} version "
+                           f"{run.version} no longer loads: {exc}"})
+            return rx, None
+        return rx, compiled
+
+    # -- looking runs up ---------------------------------------------------------------------
+
+    async def load_run(self, run_id: str) -> Run:
+        """The run with that id: in memory, else from the store; raises :class:`RunNotFound`."""
+        run = self.runs.get(run_id)
+        if run is None:
+            run = await self.store.load_run(run_id)
+            if run is not None and not run.finished:  # stopped mid-run: its events tell more
+                _load_state(run, [], replay(await self.store.events(run_id)))
+        if run is None:
+            raise RunNotFound(run_id)
+        return run
+
+    def wait(self, run_id: str) -> Awaitable[Run]:
+        """Await run ``run_id``'s end (kept): the run, once it is terminal.
+
+        A run in memory is awaited directly, without a coroutine of this method in between
+        (each waiter holds its await chain for as long as the run goes on).
+        """
+        run = self.runs.get(run_id)
+        return run.wait() if run is not None else self._load_and_wait(run_id)
+
+    async def _load_and_wait(self, run_id: str) -> Run:
+        return await (await self.load_run(run_id)).wait()
+
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None
+                     ) -> list[Event]:
+        """A run's kept events with ``seq > since``, oldest first."""
+        run = self.runs.get(run_id)  # in memory: every event, the kept ones up to published
+        if run is not None:
+            end = run.published if limit is None else min(run.published, since + limit)
+            return run.events[since:end]
+        events = await self.store.events(run_id, since, limit)
+        # Every kept run has events: only an empty answer needs asking whether it exists.
+        if not events and await self.store.run_row(run_id) is None:
+            raise RunNotFound(run_id)
+        return events
+
+    async def list_runs(self, *, workflow: str | None = None, status: str | None = None,
+                        created_after: float | None = None, created_before: float | None = None,
+                        cursor: tuple[float, str] | None = None, limit: int = 50) -> RunPage:
+        """Top-level runs, newest first, filtered, a page at a time."""
+        return await self.store.list_runs(
+            workflow=workflow, status=status, created_after=created_after,
+            created_before=created_before, cursor=cursor, limit=limit)
+
+    # -- control -----------------------------------------------------------------------------
+
+    async def _live(self, run_id: str, action: str, allowed: tuple[str, ...]) -> RunExecution:
+        run = await self.load_run(run_id)
+        rx = self.executions.get(run_id)
+        if rx is None or run.status not in allowed:
+            raise InvalidRunState(run_id, run.status, action)
+        return rx
+
+    async def cancel(self, run_id: str) -> Run:
+        """Cancel a run: running steps are cancelled, the rest marked cancelled.
+
+        Returns once the run has ended (or after a few seconds, as it then stands).
+        """
+        rx = await self._live(run_id, "cancel", LIVE)
+        self.cancel_now(run_id)
+        with anyio.move_on_after(CANCEL_SECONDS):
+            await rx.run.wait()
+        return rx.run
+
+    def cancel_now(self, run_id: str) -> bool:
+        """Start cancelling a run in memory without waiting; False if it is not live."""
+        rx = self.executions.get(run_id)
+        if rx is None:
+            return False
+        # Steps held by a pause are cancelled where they wait: they never start.
+        rx.cancel_scope.cancel()  # entering a scope cancelled early cancels at once
+        return True
+
+    async def pause(self, run_id: str) -> Run:
+        """Stop starting new steps of a run; running ones finish.
+
+        Returns the run at once; ``await run.view()`` (or ``run.committed()``) to know the
+        change is kept. The same holds for :meth:`resume`.
+        """
+        rx = await self._live(run_id, "pause", ("running", "waiting"))
+        rx.pause()
+        rx.run.set_status("paused")
+        return rx.run
+
+    async def resume(self, run_id: str) -> Run:
+        """Continue a paused run."""
+        rx = await self._live(run_id, "resume", ("paused",))
+        # Right after a restart a waiting step may not have re-entered its wait yet; its
+        # recovered record still says where it is.
+        waiting = rx.waiting or any(rec.status == "waiting"
+                                    for rec in (rx.recovered or {}).values())
+        rx.run.set_status("waiting" if waiting else "running")
+        rx.resume()
+        return rx.run
+
+    async def signal(self, run_id: str, event: str, data: Any = None) -> None:
+        """Deliver a signal to a run's ``wait`` steps (kept until one takes it)."""
+        run = await self.load_run(run_id)
+        if run.done or run_id not in self.executions:
+            raise InvalidRunState(run_id, run.status, "signal")
+        run.signal(event, data)
+        await run.committed()
+
+    # -- services for the execution layer ----------------------------------------------------
+
+    def root_context(self, rx: RunExecution) -> dict[str, Any]:
+        """The template roots of a run, before any step: inputs, vars, run, env (a new dict:
+        the run's top scope adds its ``steps`` to it)."""
+        return {"inputs": rx.run.inputs, "vars": rx.vars, "run": rx.run.info(),
+                "env": self._env}
+
+    def run_limiter(self, workflow: str) -> anyio.CapacityLimiter | None:
+        """The per-workflow step limit (``concurrency:``), shared by that workflow's runs."""
+        if workflow not in self._run_limiters:
+            limit = None
+            if workflow in self.catalog:
+                limit = self.catalog.entry(workflow).definition.get("concurrency")
+            self._run_limiters[workflow] = anyio.CapacityLimiter(limit) if limit else None
+        return self._run_limiters[workflow]
+
+    def step_type_owner(self, key: str) -> str | None:
+        """The plugin that registered a step type, for error messages."""
+        return self.registries.step_types.owner(key)
+
+    def observe_step_started(self, run: Run, step: str) -> None:
+        """Tell ``step_started`` observers, if any plugin listens."""
+        if self._observers["step_started"]:
+            self._observe("step_started", run=run, step=step)
+
+    def observe_step_finished(self, run: Run, step: str, outcome: str) -> None:
+        """Tell ``step_finished`` observers, if any plugin listens."""
+        if self._observers["step_finished"]:
+            self._observe("step_finished", run=run, step=step, outcome=outcome)
+
+    def _observe(self, hook: str, **kwargs: Any) -> None:
+        if not self._observers.get(hook, True):
+            return
+        for result in self.pm.call_isolated(hook, **kwargs):
+            if inspect.isawaitable(result) and self._tg is not None:
+                self._observing += 1
+                self._tg.start_soon(self._await_observer, hook, result)
+
+    async def _await_observer(self, hook: str, awaitable: Any) -> None:
+        try:
+            with anyio.fail_after(OBSERVER_SECONDS):
+                await awaitable
+        except PLUGIN_ERRORS as exc:  # an observer never aborts anything
+            log.error("observer %s failed: %s", hook, exc)
+        finally:
+            self._observing -= 1
+
+
+def _with_defaults(schema: Mapping[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
+    """Fill top-level input defaults declared in the schema (``properties.x.default``)."""
+    for name, prop in (schema.get("properties") or {}).items():
+        if name not in inputs and isinstance(prop, Mapping) and "default" in prop:
+            inputs[name] = deepcopy(prop["default"])
+    return inputs
+
+
+def _load_state(run: Run, events: list[Event], state: RecoveredRun) -> None:
+    """Put a recovered run's events, step states, signals and conversations in place."""
+    run.events = events
+    run.seq = run.published = state.seq
+    run.finished = False
+    run.steps = {path: rec.state() for path, rec in state.steps.items()}
+    run.conversations = state.conversations
+    run.restore_signals(state.signals)

@@ -1,0 +1,463 @@
+"""The host: configuration, plugins, cache and engine wired together, embeddable in a program."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from plait.config import HostConfig, load_config
+from plait.definition.compiler import CompiledWorkflow
+from plait.definition.models import WorkflowDef
+from plait.engine.catalog import CatalogEntry
+from plait.engine.engine import Engine
+from plait.errors import AgentFailed, ConfigError, DefinitionError, Issue
+from plait.host.compose import build_engine, tool_cache
+from plait.plugins.manager import PluginManager
+from plait.plugins.types import Tool
+from plait.rpc.dispatcher import Dispatcher
+from plait.rpc.errors import RpcError
+from plait.rpc.methods.api import register_api
+from plait.rpc.methods.mcp import register_mcp
+from plait.rpc.session import Session, SessionClosed
+from plait.rpc.transports.stdio import serve_stdio
+from plait.rpc.transports.websocket import RPC_PATH, WebSocketTransport
+from plait.services.mcp import McpTools
+from plait.state.run_store import RunPage, RunStore
+from plait.state.runs import Event, Run
+from plait.store.datadir import (
+    TOKEN_FILE,
+    DataDirLock,
+    ensure_private_dir,
+    remove_host_info,
+    write_host_info,
+    write_private,
+)
+from plait.store.memory import MemoryStore
+from plait.store.sqlite import SqliteStore
+
+__all__ = ["Host", "tune_gc"]
+
+log = logging.getLogger("plait.host")
+
+WORKFLOW_SUFFIXES = (".yaml", ".yml", ".json")
+"""Files in a workflows folder that are read as workflows."""
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+PACE_SECONDS = 0.25
+"""How long event publication waits for a congested connection to drain before going on."""
+
+
+GC_THRESHOLDS = (100_000, 50, 20)
+"""Collection thresholds for a process that is a plait host (see :func:`tune_gc`)."""
+
+
+def tune_gc() -> None:
+    """Collect garbage less often, for a process whose job is to be a plait host.
+
+    A host holds many small live objects (runs, steps, events); with CPython's default
+    thresholds the cyclic collector rescans them over and over while runs pile up, which cost
+    about a fifth of the throughput with 10,000 runs in flight (``bench/``). Everything loaded
+    at start is frozen out of collection, and the first generation holds 100,000 objects before
+    it is collected. ``plait serve`` calls this; an embedding program decides for itself.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+class Host:
+    """The whole plait host in one object.
+
+    Example::
+
+        host = plait.Host(data_dir=".plait")
+        async with host:
+            run_id = await host.start_run("hello", {"name": "ada"})
+            run = await host.wait(run_id)
+    """
+
+    def __init__(
+        self,
+        config: HostConfig | None = None,
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+        workflows: str | os.PathLike[str] | None = None,
+        plugins: Iterable[object] = (),
+        pm: PluginManager | None = None,
+        recover_runs: bool = True,
+    ) -> None:
+        self.config = config or load_config()
+        self.recover_runs = recover_runs
+        """Resume unfinished runs at start (off for commands that pick runs themselves)."""
+        if data_dir is not None:
+            self.config.host.data_dir = str(data_dir)
+        if workflows is not None:
+            self.config.host.workflows = str(workflows)
+        self.pm = pm or self.config.plugin_manager(plugins)
+        self.started_at: float | None = None
+        self.load_errors: dict[str, DefinitionError] = {}
+        self.engine: Engine | None = None
+        """The engine, while the host runs."""
+        self.recovered: list[Run] = []
+        """The runs the last start found unfinished and resumed."""
+        self._stack: AsyncExitStack | None = None
+        self.sessions: set[Session] = set()
+        """Connected clients, on any transport."""
+        self.version = _version()
+        self._dispatcher: Dispatcher | None = None
+
+    @property
+    def mcp(self) -> McpTools | None:
+        """The MCP servers the engine takes tools from, while the host runs."""
+        return self.engine.mcp if self.engine is not None else None
+
+    @property
+    def data_dir(self) -> Path | None:
+        """Where the store, cache and token live (``None`` in memory-only mode)."""
+        return None if self.config.memory_only else Path(self.config.host.data_dir)
+
+    @property
+    def store(self) -> RunStore:
+        """Where this host keeps its runs, while it runs."""
+        return self._engine().store
+
+    async def __aenter__(self) -> Host:
+        """Lock the data dir, open the store and cache, load workflows, resume runs.
+
+        Raises:
+            DataDirLocked: another host uses the data dir.
+            StoreCorrupt: the store is damaged; it is left untouched.
+        """
+        async with AsyncExitStack() as stack:
+            if self.data_dir is not None:
+                ensure_private_dir(self.data_dir)
+            store: RunStore
+            if self.config.durable:
+                assert self.data_dir is not None
+                lock = DataDirLock(self.data_dir)
+                lock.acquire()
+                stack.callback(lock.release)
+                store = await stack.enter_async_context(
+                    SqliteStore(self.data_dir, self.config.store, pace=self.pace))
+            else:
+                store = MemoryStore(self.config.store.keep_finished)
+            cache = tool_cache(self.config,
+                               None if self.data_dir is None else self.data_dir / "cache")
+            cache.open()
+            stack.callback(cache.close)
+            self.engine = build_engine(self.config, self.pm, store=store, cache=cache,
+                                       sampler=self.sample)
+            await stack.enter_async_context(self.engine)
+            stack.push_async_callback(self._stopping)
+            if self.config.host.workflows:
+                self.load_folder(self.config.host.workflows)
+            if self.recover_runs:
+                self.recovered = await self.engine.recover()
+            if self.recovered:
+                log.info("resumed %d unfinished run(s)", len(self.recovered))
+            self.started_at = time.time()
+            self.pm.hook.host_started.call_historic(kwargs={"host": self})
+            self._stack = stack.pop_all()
+        return self
+
+    async def pace(self) -> None:
+        """Let connections that fell behind a burst of events catch up, briefly.
+
+        Only clients that keep draining are waited for; one that drains nothing within
+        :data:`PACE_SECONDS` is marked stalled, no longer waited for, and dropped when its
+        bounded queue overflows (RELIABILITY item 31).
+        """
+        await anyio.sleep(0)
+        for session in [s for s in self.sessions if s.congested and not s.stalled]:
+            await session.drained(PACE_SECONDS)
+
+    async def _stopping(self) -> None:
+        self.pm.call_isolated("host_stopping", host=self)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        """Stop: runs in flight are left as they are in the store, resumed by the next start."""
+        assert self._stack is not None
+        stack, self._stack = self._stack, None
+        await stack.__aexit__(exc_type, exc, tb)
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            raise RuntimeError("the host is not started: use `async with host:`")
+        return self.engine
+
+    def load_folder(self, folder: str | os.PathLike[str]) -> list[CompiledWorkflow]:
+        """Register every workflow file in ``folder``; a bad file is reported and skipped."""
+        loaded = []
+        for path in sorted(Path(folder).iterdir()):
+            if path.suffix not in WORKFLOW_SUFFIXES or not path.is_file():
+                continue
+            try:
+                loaded.append(self._engine().register(str(path)))
+            except DefinitionError as exc:
+                self.load_errors[str(path)] = exc
+                log.warning("skipping workflow file %s: %s", path, exc)
+        return loaded
+
+    def register(self, source: WorkflowDef | Mapping[str, Any] | str | os.PathLike[str]
+                 ) -> CompiledWorkflow:
+        """Register (or update) a workflow; identical content keeps its version.
+
+        A one-line string that names an existing file, or a path, is read as that file (for
+        programs embedding the host); clients of the API go through :meth:`put_workflow`,
+        whose text is always a definition.
+        """
+        return self._engine().register(source)
+
+    async def start_run(self, workflow: str, inputs: Mapping[str, Any] | None = None, *,
+                        version: int | None = None, idempotency_key: str | None = None) -> str:
+        """Start a run of a registered workflow; returns its id once the start is kept."""
+        run = await self.launch(workflow, inputs, version=version,
+                                idempotency_key=idempotency_key)
+        return run.id
+
+    def wait(self, run_id: str) -> Awaitable[Run]:
+        """Await the run's end: the run, once it is terminal.
+
+        A plain function returning the engine's awaitable, not a coroutine of its own: every
+        waiter keeps its await chain in memory for as long as the run goes on.
+        """
+        return self._engine().wait(run_id)
+
+    # -- the HostApi the JSON-RPC methods use (plait.rpc.host_api) ---------------------------
+
+    async def put_workflow(self, source: WorkflowDef | Mapping[str, Any] | str
+                           ) -> CompiledWorkflow:
+        """Register a workflow from a client (text is a definition, never a path); returns
+        once the new version is kept."""
+        engine = self._engine()
+        compiled = engine.catalog.add(engine.compile(source, text_only=True))
+        await engine.committed()
+        return compiled
+
+    def validate_workflow(self, source: WorkflowDef | Mapping[str, Any] | str) -> list[Issue]:
+        """Every problem of a client's definition (text is a definition, never a path)."""
+        try:
+            self._engine().compile(source, text_only=True)
+        except DefinitionError as exc:
+            return list(exc.issues)
+        return []
+
+    def list_workflows(self) -> list[CatalogEntry]:
+        """The current version of every registered workflow."""
+        return self._engine().catalog.current()
+
+    def get_workflow(self, name: str, version: int | None = None) -> CatalogEntry:
+        """A registered workflow version (the current one by default)."""
+        return self._engine().catalog.entry(name, version)
+
+    def workflow_versions(self, name: str) -> list[dict[str, Any]]:
+        """``[{version, created_at, current}]`` of a workflow, oldest first."""
+        return self._engine().catalog.versions(name)
+
+    async def delete_workflow(self, name: str) -> None:
+        """Unregister a workflow, once that is kept."""
+        engine = self._engine()
+        engine.catalog.remove(name)
+        await engine.committed()
+
+    async def rollback_workflow(self, name: str, version: int) -> CompiledWorkflow:
+        """Make an earlier version current again, once that is kept."""
+        engine = self._engine()
+        compiled = engine.catalog.rollback(name, version)
+        await engine.committed()
+        return compiled
+
+    async def launch(self, workflow: str, inputs: Mapping[str, Any] | None = None, *,
+                     version: int | None = None, idempotency_key: str | None = None,
+                     origin: Session | None = None) -> Run:
+        """Start a run of a registered workflow; returns the run once its start is kept."""
+        engine = self._engine()
+        return await engine.start(engine.catalog.get(workflow, version), inputs,
+                                  idempotency_key=idempotency_key, origin=origin)
+
+    async def get_run(self, run_id: str) -> Run:
+        """The run with that id, live or from the store."""
+        return await self._engine().load_run(run_id)
+
+    async def list_runs(self, *, workflow: str | None = None, status: str | None = None,
+                        created_after: float | None = None, created_before: float | None = None,
+                        cursor: tuple[float, str] | None = None, limit: int = 50) -> RunPage:
+        """Top-level runs, newest first, filtered, a page at a time."""
+        return await self._engine().list_runs(
+            workflow=workflow, status=status, created_after=created_after,
+            created_before=created_before, cursor=cursor, limit=limit)
+
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None
+                     ) -> list[Event]:
+        """A run's kept events with ``seq > since``, oldest first (from the store once the
+        run has left memory; ``Run.events`` of a run read back from the store is empty)."""
+        return await self._engine().events(run_id, since, limit)
+
+    def follow_all(self, listener: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``listener`` with every told event of every run; returns the undo."""
+        listeners = self._engine().listeners
+        listeners.append(listener)
+        return lambda: listeners.remove(listener)
+
+    async def cancel_run(self, run_id: str) -> Run:
+        """Cancel a run; returns once it ended (or after a few seconds, as it then stands)."""
+        return await self._engine().cancel(run_id)
+
+    def cancel_soon(self, run_id: str) -> bool:
+        """Start cancelling a live run without waiting; False if it is not live."""
+        return self._engine().cancel_now(run_id)
+
+    async def pause_run(self, run_id: str) -> Run:
+        """Start no new steps of a run; running ones finish."""
+        return await self._engine().pause(run_id)
+
+    async def resume_run(self, run_id: str) -> Run:
+        """Continue a paused run."""
+        return await self._engine().resume(run_id)
+
+    async def signal_run(self, run_id: str, event: str, data: Any = None) -> None:
+        """Deliver a signal to a run's ``wait`` steps, once it is kept."""
+        await self._engine().signal(run_id, event, data)
+
+    def tools(self) -> list[Tool]:
+        """Every registered tool (plugins' and MCP servers'), by name."""
+        registry = self._engine().registries.tools
+        return [registry[name] for name in registry.names()]
+
+    def tool(self, name: str) -> Tool | None:
+        """The registered tool of that name, if any."""
+        return self._engine().registries.tools.get(name)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> Any:
+        """Call a registered tool directly, through the cache as a tool step would."""
+        return await self._engine().tools.call(name, arguments)
+
+    def plugins_info(self) -> dict[str, Any]:
+        """Loaded plugins with what they add, and those that failed to load."""
+        return {"plugins": [i.to_dict() for i in self.pm.info()],
+                "failed": [f.to_dict() for f in self.pm.failures]}
+
+    async def info(self) -> dict[str, Any]:
+        """Version, uptime, limits, the store, counts and MCP servers (``host/info``)."""
+        engine = self._engine()
+        statuses = await engine.store.counts()
+        return {
+            "name": "plait", "version": self.version,
+            "uptime": time.time() - (self.started_at or time.time()),
+            "limits": self.config.limits.model_dump(),
+            "store": engine.store.describe(),
+            "counts": {"workflows": len(engine.catalog.names()),
+                       "runs": sum(statuses.values()), "liveRuns": len(engine.runs),
+                       "runsByStatus": statuses, "connections": len(self.sessions),
+                       "tools": len(engine.registries.tools)},
+            "dataDir": str(self.data_dir) if self.data_dir else None,
+            "mcpServers": engine.mcp.info() if engine.mcp is not None else {},
+        }
+
+    async def sample(self, run: Run, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send ``sampling/createMessage`` for ``run`` to a client and return its result.
+
+        The client that started the run is asked when it declared the ``sampling``
+        capability; otherwise each other connected client that did, until one answers.
+        """
+        origin = run.origin if isinstance(run.origin, Session) else None
+        candidates = ([origin] if origin is not None else []) + [
+            s for s in self.sessions if s is not origin]
+        for session in candidates:
+            if session.closed or "sampling" not in session.client_capabilities:
+                continue
+            try:
+                return dict(await session.request("sampling/createMessage", params,
+                                                  timeout=timeout) or {})
+            except SessionClosed:
+                continue  # gone meanwhile: ask the next one
+            except TimeoutError:
+                raise AgentFailed("sampling", f"the client did not answer sampling/"
+                                              f"createMessage within {timeout:g}s") from None
+            except RpcError as exc:
+                raise AgentFailed("sampling", f"the client refused sampling/createMessage: "
+                                              f"{exc.message}", retryable=False) from None
+        raise AgentFailed("sampling", "no connected MCP client declared the sampling "
+                                      "capability; connect one (an IDE through plait serve "
+                                      "--stdio or plait mcp) and retry")
+
+    # -- serving -----------------------------------------------------------------------------
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The JSON-RPC dispatcher with the plait and MCP methods, shared by all transports."""
+        if self._dispatcher is None:
+            limits = self.config.limits
+            self._dispatcher = Dispatcher(max_batch=limits.max_batch,
+                                          batch_concurrency=limits.batch_concurrency,
+                                          max_depth=limits.max_nesting)
+            register_api(self._dispatcher, self)
+            register_mcp(self._dispatcher, self)
+        return self._dispatcher
+
+    def issue_token(self) -> str:
+        """A fresh random token for this launch (256 bits), written 0600 to the data dir."""
+        token = secrets.token_urlsafe(32)
+        if self.data_dir is not None:
+            write_private(ensure_private_dir(self.data_dir) / TOKEN_FILE, token + "\n")
+        return token
+
+    async def serve_websocket(
+            self, *, token: str | None = None,
+            ready: Callable[[str, str], None] | None = None,
+            task_status: anyio.abc.TaskStatus[tuple[str, str]] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve JSON-RPC over WebSocket until cancelled; once listening, ``ready(url, token)``
+        is called and ``(url, token)`` handed to ``task_group.start``."""
+        settings = self.config.host
+        if settings.bind not in LOOPBACK and not settings.allow_remote:
+            raise ConfigError(f"refusing to bind {settings.bind}: only loopback addresses "
+                              "unless host.allow_remote is true (--allow-remote)")
+        if settings.bind not in LOOPBACK:
+            log.warning("listening on %s: reachable from other machines; the token is the "
+                        "only protection", settings.bind)
+        token = token or self.issue_token()
+        transport = WebSocketTransport(
+            self, self.dispatcher, token=token, limits=self.config.limits, bind=settings.bind,
+            port=settings.port, allowed_origins=settings.allowed_origins)
+        port = await transport.start()
+        try:
+            shown = f"[{settings.bind}]" if ":" in settings.bind else settings.bind
+            url = f"ws://{shown}:{port}{RPC_PATH}"
+            if self.data_dir is not None:
+                write_host_info(self.data_dir, url=url)
+            if ready is not None:
+                ready(url, token)
+            task_status.started((url, token))
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self.data_dir is not None:
+                    remove_host_info(self.data_dir)
+                await transport.stop()
+
+    async def serve_stdio(self) -> None:
+        """Serve one MCP client on this process's stdin/stdout until stdin closes."""
+        limits = self.config.limits
+        await serve_stdio(self.dispatcher, self.sessions,
+                          max_message_bytes=limits.max_message_bytes,
+                          max_inflight=limits.max_inflight)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("plait")
+    except Exception:  # noqa: BLE001 - running from a checkout without metadata
+        return "0+unknown"

@@ -1,0 +1,250 @@
+"""The plait methods of DESIGN §7: workflows, runs, subscriptions, plugins and host info."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from plait.rpc.dispatcher import Dispatcher
+from plait.rpc.errors import Busy, InvalidParams
+from plait.rpc.session import Session
+from plait.state.run_store import parse_cursor
+from plait.state.runs import Event
+
+if TYPE_CHECKING:
+    from plait.rpc.host_api import HostApi
+
+__all__ = ["MAX_SUBSCRIPTIONS", "register_api"]
+
+MAX_SUBSCRIPTIONS = 100
+"""Subscriptions one connection may hold at once."""
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
+
+
+class DefinitionParams(_Params):
+    definition: dict[str, Any] | None = None
+    source: str | None = Field(None, max_length=4 << 20)
+
+    @model_validator(mode="after")
+    def _one(self) -> DefinitionParams:
+        if (self.definition is None) == (self.source is None):
+            raise ValueError("give exactly one of definition (an object) or source (YAML text)")
+        return self
+
+    @property
+    def value(self) -> dict[str, Any] | str:
+        return self.definition if self.definition is not None else self.source  # type: ignore[return-value]
+
+
+class NameParams(_Params):
+    name: str
+
+
+class GetWorkflowParams(_Params):
+    name: str
+    version: int | None = Field(None, ge=1)
+
+
+class RollbackParams(_Params):
+    name: str
+    version: int = Field(ge=1)
+
+
+class StartParams(_Params):
+    workflow: str
+    version: int | None = Field(None, ge=1)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(None, alias="idempotencyKey", max_length=256)
+
+
+class RunParams(_Params):
+    run_id: str = Field(alias="runId")
+
+
+class WaitParams(RunParams):
+    timeout: float | None = Field(None, gt=0, le=3600)
+
+
+class SignalParams(RunParams):
+    event: str = Field(min_length=1, max_length=256)
+    data: Any = None
+
+
+class EventsParams(RunParams):
+    since: int = Field(0, ge=0)
+    limit: int = Field(1000, ge=1, le=10000)
+
+
+class ListParams(_Params):
+    workflow: str | None = None
+    status: Literal["pending", "running", "paused", "waiting", "succeeded", "failed",
+                    "cancelled"] | None = None
+    limit: int = Field(50, ge=1, le=500)
+    cursor: str | None = None
+    created_after: float | None = Field(None, alias="createdAfter")
+    created_before: float | None = Field(None, alias="createdBefore")
+
+
+class SubscribeParams(_Params):
+    run_id: str | None = Field(None, alias="runId")
+    since: int | None = Field(None, ge=0)
+
+
+class UnsubscribeParams(_Params):
+    subscription: str
+
+
+def _parse_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        return parse_cursor(cursor)
+    except ValueError:
+        raise InvalidParams("cursor is not one this host returned") from None
+
+
+def _event_notification(subscription: str, event: Event) -> dict[str, Any]:
+    return {"subscription": subscription, "runId": event.run_id, "seq": event.seq,
+            "type": event.type, "step": event.step, "data": event.data, "ts": event.ts}
+
+
+def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
+    """Add the plait methods, bound to ``host``, to ``dispatcher``."""
+    method = dispatcher.method
+
+    @method("workflows/put", DefinitionParams)
+    async def put(session: Session, p: DefinitionParams) -> dict[str, Any]:
+        compiled = await host.put_workflow(p.value)
+        return {"name": compiled.name, "version": compiled.version}
+
+    @method("workflows/validate", DefinitionParams)
+    async def validate(session: Session, p: DefinitionParams) -> dict[str, Any]:
+        issues = host.validate_workflow(p.value)
+        return {"valid": not issues, "errors": [i.to_dict() for i in issues]}
+
+    @method("workflows/list")
+    async def list_workflows(session: Session, p: None) -> dict[str, Any]:
+        return {"workflows": [{"name": e.name, "version": e.version,
+                               "description": e.description}
+                              for e in host.list_workflows()]}
+
+    @method("workflows/get", GetWorkflowParams)
+    async def get_workflow(session: Session, p: GetWorkflowParams) -> dict[str, Any]:
+        entry = host.get_workflow(p.name, p.version)
+        return {"workflow": entry.definition | {"version": entry.version}}
+
+    @method("workflows/delete", NameParams)
+    async def delete(session: Session, p: NameParams) -> dict[str, Any]:
+        await host.delete_workflow(p.name)
+        return {}
+
+    @method("workflows/versions", NameParams)
+    async def versions(session: Session, p: NameParams) -> dict[str, Any]:
+        return {"versions": host.workflow_versions(p.name)}
+
+    @method("workflows/rollback", RollbackParams)
+    async def rollback(session: Session, p: RollbackParams) -> dict[str, Any]:
+        compiled = await host.rollback_workflow(p.name, p.version)
+        return {"name": compiled.name, "version": compiled.version}
+
+    @method("runs/start", StartParams)
+    async def start(session: Session, p: StartParams) -> dict[str, Any]:
+        run = await host.launch(p.workflow, p.inputs, version=p.version,
+                                idempotency_key=p.idempotency_key, origin=session)
+        return {"runId": run.id, "status": run.status}
+
+    @method("runs/get", RunParams)
+    async def get_run(session: Session, p: RunParams) -> dict[str, Any]:
+        run = await host.get_run(p.run_id)
+        return {"run": await run.view()}
+
+    @method("runs/list", ListParams)
+    async def list_runs(session: Session, p: ListParams) -> dict[str, Any]:
+        page = await host.list_runs(
+            workflow=p.workflow, status=p.status, created_after=p.created_after,
+            created_before=p.created_before, limit=p.limit,
+            cursor=_parse_cursor(p.cursor) if p.cursor else None)
+        return {"runs": page.runs, "nextCursor": page.next_cursor}
+
+    @method("runs/wait", WaitParams, cancellable=True)
+    async def wait(session: Session, p: WaitParams) -> dict[str, Any]:
+        run = await host.get_run(p.run_id)
+        with anyio.move_on_after(p.timeout):
+            await run.wait()
+        return {"run": await run.view()}
+
+    @method("runs/cancel", RunParams)
+    async def cancel(session: Session, p: RunParams) -> dict[str, Any]:
+        return {"run": await (await host.cancel_run(p.run_id)).view()}
+
+    @method("runs/pause", RunParams)
+    async def pause(session: Session, p: RunParams) -> dict[str, Any]:
+        return {"run": await (await host.pause_run(p.run_id)).view()}
+
+    @method("runs/resume", RunParams)
+    async def resume(session: Session, p: RunParams) -> dict[str, Any]:
+        return {"run": await (await host.resume_run(p.run_id)).view()}
+
+    @method("runs/signal", SignalParams)
+    async def signal(session: Session, p: SignalParams) -> dict[str, Any]:
+        await host.signal_run(p.run_id, p.event, p.data)
+        return {}
+
+    @method("runs/events", EventsParams)
+    async def events(session: Session, p: EventsParams) -> dict[str, Any]:
+        chosen = await host.events(p.run_id, p.since, p.limit)
+        return {"events": [e.to_dict() for e in chosen]}
+
+    @method("runs/subscribe", SubscribeParams)
+    async def subscribe(session: Session, p: SubscribeParams) -> dict[str, Any]:
+        if len(session.subscriptions) >= MAX_SUBSCRIPTIONS:
+            raise Busy(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
+        subscription = uuid.uuid4().hex[:16]
+        if p.run_id is None and p.since is not None:
+            raise InvalidParams("since needs a runId: sequence numbers are per run")
+        run = await host.get_run(p.run_id) if p.run_id is not None else None
+        # Events wait in `held` until the reply carrying the subscription id is queued, then
+        # the backlog and whatever arrived meanwhile go out in order: no gap, no repeat (a run
+        # in memory answers without yielding, so nothing arrives before `forward` listens).
+        held = await host.events(run.id, p.since or 0) if run is not None else []
+        live = False
+
+        def forward(event: Event) -> None:
+            if live:
+                session.notify("runs/event", _event_notification(subscription, event))
+            else:
+                held.append(event)
+
+        def go_live() -> None:
+            nonlocal live
+            for event in held:
+                session.notify("runs/event", _event_notification(subscription, event))
+            held.clear()
+            live = True
+
+        if run is None:
+            session.subscriptions[subscription] = host.follow_all(forward)
+        else:
+            session.subscriptions[subscription] = run.listen(forward)
+        session.after_reply(go_live)
+        return {"subscription": subscription}
+
+    @method("runs/unsubscribe", UnsubscribeParams)
+    async def unsubscribe(session: Session, p: UnsubscribeParams) -> dict[str, Any]:
+        undo = session.subscriptions.pop(p.subscription, None)
+        if undo is None:
+            raise InvalidParams(f"no subscription {p.subscription!r} on this connection")
+        undo()
+        return {}
+
+    @method("plugins/list")
+    async def plugins(session: Session, p: None) -> dict[str, Any]:
+        return host.plugins_info()
+
+    @method("host/info")
+    async def info(session: Session, p: None) -> dict[str, Any]:
+        return await host.info()

@@ -1,0 +1,215 @@
+"""MCP over the same dispatcher: the handshake, tools (host tools and every workflow), cancel.
+
+Every registered workflow is also a tool, ``workflow.<name>``, whose input schema is the
+workflow's inputs; calling it starts a run, reports progress when the call carries a progress
+token, and returns the run's outputs. ``server/discover`` (the stateless revision's probe) is
+deliberately not a method: its -32601 answer makes current SDK clients fall back to
+``initialize`` at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field
+
+from plait.errors import InputsInvalid, RunError
+from plait.rpc.dispatcher import Dispatcher
+from plait.rpc.errors import InvalidParams, NotFound
+from plait.rpc.session import CURRENT_REQUEST, Session, id_key
+from plait.state.runs import STEP_SETTLED, Event, Run, is_top_level
+
+if TYPE_CHECKING:
+    from plait.rpc.host_api import HostApi
+
+__all__ = ["PROTOCOL_VERSIONS", "WORKFLOW_TOOL_PREFIX", "progress_reporter", "register_mcp"]
+
+PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
+"""MCP revisions this host speaks, newest first; an unknown request gets the newest."""
+WORKFLOW_TOOL_PREFIX = "workflow."
+"""Workflows appear as tools named ``workflow.<name>``."""
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class InitializeParams(_Params):
+    protocol_version: str = Field(alias="protocolVersion")
+    capabilities: dict[str, Any] = Field(default_factory=dict)
+    client_info: dict[str, Any] = Field(default_factory=dict, alias="clientInfo")
+
+
+class ListToolsParams(_Params):
+    cursor: str | None = None
+
+
+class CallToolParams(_Params):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict, alias="_meta")
+
+
+class CancelledParams(_Params):
+    request_id: str | int | None = Field(None, alias="requestId")
+    reason: str | None = None
+
+
+def _text_result(value: Any, *, error: bool = False) -> dict[str, Any]:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": error}
+    if isinstance(value, dict) and not error:
+        result["structuredContent"] = value
+    return result
+
+
+def register_mcp(dispatcher: Dispatcher, host: HostApi) -> None:
+    """Add the MCP methods, bound to ``host``, to ``dispatcher``."""
+    method = dispatcher.method
+
+    @method("initialize", InitializeParams, before_init=True)
+    async def initialize(session: Session, p: InitializeParams) -> dict[str, Any]:
+        version = (p.protocol_version if p.protocol_version in PROTOCOL_VERSIONS
+                   else PROTOCOL_VERSIONS[0])
+        session.mcp_version = version
+        session.client_capabilities = p.capabilities
+        session.client_info = p.client_info
+        session.initialized = True
+        return {
+            "protocolVersion": version,
+            "capabilities": {"tools": {"listChanged": False}},
+            "serverInfo": {"name": "plait", "version": host.version},
+            "instructions": "plait runs workflows of tools and agents. Every registered "
+                            "workflow is a tool named workflow.<name>.",
+        }
+
+    @method("notifications/initialized", _Params, before_init=True)
+    async def initialized(session: Session, p: _Params) -> None:
+        return None
+
+    @method("ping", _Params, before_init=True)
+    async def ping(session: Session, p: _Params) -> dict[str, Any]:
+        return {}
+
+    @method("notifications/cancelled", CancelledParams, before_init=True)
+    async def cancelled(session: Session, p: CancelledParams) -> None:
+        key = id_key(p.request_id)
+        scope = session.inflight.get(key)
+        if scope is not None:
+            session.cancelled.add(key)
+            scope.cancel()
+        return None
+
+    @method("tools/list", ListToolsParams, mcp=True)
+    async def list_tools(session: Session, p: ListToolsParams) -> dict[str, Any]:
+        return {"tools": host_tools(host)}
+
+    @method("tools/call", CallToolParams, mcp=True, cancellable=True)
+    async def call_tool(session: Session, p: CallToolParams) -> dict[str, Any]:
+        if p.name.startswith(WORKFLOW_TOOL_PREFIX):
+            return await _call_workflow(host, session, p)
+        tool = host.tool(p.name)
+        if tool is None:
+            raise NotFound(f"unknown tool {p.name!r}")
+        _check_arguments(tool.input_schema, p.arguments, p.name)
+        try:
+            value = await host.call_tool(p.name, p.arguments)
+        except RunError as exc:
+            return _text_result(str(exc), error=True)
+        return _text_result(value)
+
+
+def host_tools(host: HostApi) -> list[dict[str, Any]]:
+    """The MCP tool list: registered tools, then one tool per workflow."""
+    tools = [{"name": t.name, "description": t.description or t.name,
+              "inputSchema": t.input_schema} for t in host.tools()]
+    for entry in host.list_workflows():
+        schema = entry.inputs
+        schema.setdefault("type", "object")
+        tools.append({"name": f"{WORKFLOW_TOOL_PREFIX}{entry.name}",
+                      "description": entry.description or f"Run the workflow {entry.name}",
+                      "inputSchema": schema})
+    return tools
+
+
+def _check_arguments(schema: dict[str, Any], arguments: dict[str, Any], name: str) -> None:
+    try:
+        validator = Draft202012Validator(schema)
+        problems = [f"{'.'.join(str(p) for p in e.absolute_path) or 'arguments'}: {e.message}"
+                    for e in validator.iter_errors(arguments)]
+    except SchemaError as exc:
+        problems = [f"the tool's input schema is invalid: {exc.message}"]
+    if problems:
+        raise InvalidParams(f"invalid arguments for {name}: " + "; ".join(problems),
+                            {"problems": problems})
+
+
+async def _call_workflow(host: HostApi, session: Session, p: CallToolParams
+                         ) -> dict[str, Any]:
+    name = p.name[len(WORKFLOW_TOOL_PREFIX):]
+    entry = host.get_workflow(name)
+    _check_arguments(entry.inputs, p.arguments, p.name)
+    try:
+        run = await host.launch(name, p.arguments, version=entry.version, origin=session)
+    except InputsInvalid as exc:
+        raise InvalidParams(str(exc), {"problems": exc.problems}) from None
+    token = p.meta.get("progressToken")
+    undo = None
+    if token is not None:
+        def send(progress: int, message: str) -> None:
+            session.notify("notifications/progress", {
+                "progressToken": token, "progress": progress, "total": run.total_steps,
+                "message": message})
+
+        undo = run.listen(progress_reporter(run, send))
+    key = _current_request(session)
+    try:
+        await run.wait()
+    except anyio.get_cancelled_exc_class():
+        # notifications/cancelled stops the run; a dropped connection leaves it running.
+        if key is not None and key in session.cancelled and not run.done:
+            host.cancel_soon(run.id)
+        raise
+    finally:
+        if undo is not None:
+            undo()
+    if run.status != "succeeded":
+        message = (run.error or {}).get("message", run.status)
+        return _text_result(f"run {run.id} {run.status}: {message}", error=True)
+    return _text_result(run.outputs or {}) | {"_meta": {"runId": run.id}}
+
+
+def progress_reporter(run: Run, send: Callable[[int, str], None]) -> Callable[[Event], None]:
+    """A run listener that sends (top-level steps settled, message) for each step change.
+
+    The count comes from the events published so far, not from the run's live state: with a
+    store an event is published after its commit, when later steps may have settled already.
+    """
+    read = settled = 0
+
+    def listener(event: Event) -> None:
+        nonlocal read, settled
+        settled += sum(1 for earlier in run.events[read:event.seq]
+                       if _top_level_step_event(earlier) and earlier.type[5:] in STEP_SETTLED)
+        read = event.seq
+        if _top_level_step_event(event) and event.type != "step.started":
+            send(min(settled, run.total_steps), f"{event.step}: {event.type[5:]}")
+
+    return listener
+
+
+def _top_level_step_event(event: Event) -> bool:
+    """A ``step.*`` event of a step of the workflow itself (not one inside a loop or
+    parallel body)."""
+    return (event.step is not None and is_top_level(event.step)
+            and event.type.startswith("step."))
+
+
+def _current_request(session: Session) -> tuple[str, Any] | None:
+    """The in-flight key of the request being handled (set by the dispatcher)."""
+    return CURRENT_REQUEST.get(None)

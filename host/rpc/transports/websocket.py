@@ -1,0 +1,214 @@
+"""The WebSocket transport: ``ws://127.0.0.1:8765/rpc``, one JSON-RPC message per text frame.
+
+The handshake is where a browser-borne attack is stopped: the ``Host`` header must name this
+server (DNS rebinding), a browser ``Origin`` must be on the allow-list, and every connection
+must present the per-launch token (``Authorization: Bearer`` or ``?token=``), compared in
+constant time. ``GET /health`` is answered over plain HTTP for liveness probes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from plait.rpc.dispatcher import Dispatcher
+from plait.rpc.session import Session
+
+if TYPE_CHECKING:
+    from plait.config import Limits
+    from plait.rpc.host_api import HostApi
+
+__all__ = ["RPC_PATH", "WebSocketTransport"]
+
+log = logging.getLogger("plait.ws")
+
+
+class _RedactToken(logging.Filter):
+    """websockets traces handshakes at DEBUG; the token must never reach a log."""
+
+    _PATTERNS = (re.compile(r"(token=)[^&\s]+"), re.compile(r"(Bearer )\S+"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = message
+        for pattern in self._PATTERNS:
+            redacted = pattern.sub(r"\1<redacted>", redacted)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+protocol_log = logging.getLogger("plait.ws.protocol")
+"""The logger websockets writes its protocol trace to, with the token redacted."""
+protocol_log.addFilter(_RedactToken())
+
+RPC_PATH = "/rpc"
+"""Where the JSON-RPC endpoint is."""
+HEALTH_PATH = "/health"
+PING_INTERVAL = 20.0
+"""Seconds between keepalive pings; a peer silent for ``PING_INTERVAL + PING_TIMEOUT`` is
+dropped."""
+PING_TIMEOUT = 20.0
+OPEN_TIMEOUT = 10.0
+"""A handshake not completed in this many seconds is dropped."""
+
+
+class WebSocketTransport:
+    """Serves the dispatcher to WebSocket clients with the checks above."""
+
+    def __init__(self, host: HostApi, dispatcher: Dispatcher, *, token: str, limits: Limits,
+                 bind: str = "127.0.0.1", port: int = 0, allowed_origins: Iterable[str] = ()
+                 ) -> None:
+        self.host = host
+        self.dispatcher = dispatcher
+        self.token = token
+        self.allowed_origins = frozenset(allowed_origins)
+        self.max_inflight = limits.max_inflight
+        self.max_queue = limits.send_queue_messages
+        self.max_queue_bytes = limits.send_queue_bytes
+        self.limits = limits
+        self.requested_port = port
+        self.port = 0
+        self.bind = bind
+        self.server: Server | None = None
+        self.open = 0
+
+    async def start(self) -> int:
+        """Listen; returns the port (useful when configured as 0)."""
+        self.server = await serve(
+            self._connection, self.bind, self.requested_port,
+            process_request=self._check, max_size=self.limits.max_message_bytes,
+            ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT, open_timeout=OPEN_TIMEOUT,
+            server_header="plait", logger=protocol_log,
+        )
+        sockets = list(self.server.sockets)
+        self.port = sockets[0].getsockname()[1] if sockets else self.requested_port
+        return self.port
+
+    async def stop(self) -> None:
+        """Close the listener and every connection."""
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    # -- the handshake -------------------------------------------------------------------------
+
+    def _allowed_hosts(self) -> set[str]:
+        names = {"127.0.0.1", "localhost", "[::1]"}
+        if self.bind not in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):
+            names.add(f"[{self.bind}]" if ":" in self.bind else self.bind)
+        return {f"{name}:{self.port}" for name in names}
+
+    def _check(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        host_header = request.headers.get("Host", "")
+        if host_header not in self._allowed_hosts():
+            return _refuse(connection, HTTPStatus.FORBIDDEN, "Host header not allowed")
+        if url.path == HEALTH_PATH:
+            return connection.respond(HTTPStatus.OK, json.dumps({
+                "status": "ok", "name": "plait", "version": self.host.version,
+                "connections": self.open, "limits": self.limits.model_dump()}) + "\n")
+        if url.path != RPC_PATH:
+            return _refuse(connection, HTTPStatus.NOT_FOUND, f"the endpoint is {RPC_PATH}")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in self.allowed_origins:
+            return _refuse(connection, HTTPStatus.FORBIDDEN, "Origin not allowed")
+        if not self._token_ok(request.headers, url.query):
+            return _refuse(connection, HTTPStatus.UNAUTHORIZED, "a valid token is required")
+        if self.open >= self.limits.max_connections:
+            return _refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE,
+                           f"too many connections (limit {self.limits.max_connections})")
+        return None
+
+    def _token_ok(self, headers: Headers, query: str) -> bool:
+        given = ""
+        auth = headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            given = auth[len("Bearer "):].strip()
+        elif query:
+            given = (parse_qs(query).get("token") or [""])[0]
+        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+
+    # -- a connection ------------------------------------------------------------------------
+
+    async def _connection(self, ws: ServerConnection) -> None:
+        """Read messages and hand them to this connection's workers.
+
+        Workers are tasks that serve one message after another; one is added whenever a
+        message arrives and none is free (a ``runs/wait`` holds its worker while others go
+        on), up to ``max_inflight + 8``. Past that the reader waits, and TCP pushes back on a
+        flooding client. Spawning a worker per burst instead of a task per message keeps a
+        request's cost close to the transport's own.
+        """
+        self.open += 1
+        session = Session(transport="websocket", max_inflight=self.max_inflight,
+                          max_queue=self.max_queue, max_queue_bytes=self.max_queue_bytes)
+        self.host.sessions.add(session)
+        most = self.max_inflight + 8
+        inbox, taken = anyio.create_memory_object_stream[str | bytes](most)
+        workers = 0
+        try:
+            async with anyio.create_task_group() as tg, inbox, taken:
+                session.on_overflow = lambda: tg.start_soon(_drop, ws)
+                tg.start_soon(self._writer, ws, session)
+                try:
+                    async for message in ws:
+                        if inbox.statistics().tasks_waiting_receive == 0 and workers < most:
+                            workers += 1
+                            tg.start_soon(self._worker, taken.clone(), session)
+                        await inbox.send(message)
+                except ConnectionClosed:
+                    pass
+                tg.cancel_scope.cancel()  # replies can no longer be sent; runs go on
+        finally:
+            session.close()
+            self.host.sessions.discard(session)
+            self.open -= 1
+
+    async def _worker(self, messages: MemoryObjectReceiveStream[str | bytes],
+                      session: Session) -> None:
+        async with messages:
+            async for message in messages:
+                await self.dispatcher.serve(message, session)
+
+    async def _writer(self, ws: ServerConnection, session: Session) -> None:
+        try:
+            async with session.outbox as outbox:
+                async for text in outbox:
+                    while True:  # what else is queued goes without an event-loop turn per frame
+                        await ws.send(text)
+                        session.sent(text)
+                        try:
+                            text = outbox.receive_nowait()
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+        except ConnectionClosed:
+            pass
+
+
+def _refuse(connection: ServerConnection, status: HTTPStatus, reason: str) -> Response:
+    log.info("refused a handshake: %s %s", int(status), reason)
+    return connection.respond(status, reason + "\n")
+
+
+async def _drop(ws: ServerConnection) -> None:
+    """Close a client that stopped reading: try a 1008 close, then cut the connection."""
+    with anyio.move_on_after(1):
+        await ws.close(1008, "send queue full: the client is not reading")
+    transport: Any = getattr(ws, "transport", None)
+    if transport is not None:
+        transport.abort()

@@ -1,0 +1,143 @@
+"""Calling tools by name: argument checks, per-tool concurrency limits and the result cache."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+
+from plait.config import ToolSettings
+from plait.definition.models import CachePolicy
+from plait.errors import OutputError, RunError, ToolFailed, ToolNotFound
+from plait.plugins.registry import Registry
+from plait.plugins.types import Tool, ToolContext
+from plait.services.cache import ToolCache, cache_key
+from plait.values import PLUGIN_ERRORS, json_problem
+
+__all__ = ["ToolRunner"]
+
+log = logging.getLogger("plait.services.tools")
+
+
+class ToolRunner:
+    """Runs registered tools for steps and agents, the same way for both."""
+
+    def __init__(self, tools: Registry[Tool], cache: ToolCache,
+                 settings: Mapping[str, ToolSettings] | None = None) -> None:
+        self.tools = tools
+        self.cache = cache
+        self.settings = dict(settings or {})
+        self._limiters: dict[str, anyio.CapacityLimiter] = {}
+        for name in tools:
+            self._limit(tools[name])
+
+    def _limit(self, tool: Tool) -> None:
+        """Give the tool its ``max_concurrency`` limiter (the config's, else its own), if any."""
+        limit = self._setting(tool.name, "max_concurrency") or tool.max_concurrency
+        if limit:
+            self._limiters[tool.name] = anyio.CapacityLimiter(limit)
+
+    def add(self, tool: Tool, *, owner: str, replace: bool = False) -> None:
+        """Register a tool from a source other than a plugin (an MCP server), with its limit."""
+        self.tools.add(tool.name, tool, plugin=owner, replace=replace)
+        self._limit(tool)
+
+    def remove(self, name: str) -> None:
+        """Forget a tool added with :meth:`add`."""
+        self.tools.remove(name)
+        self._limiters.pop(name, None)
+
+    def _setting(self, name: str, key: str) -> Any:
+        settings = self.settings.get(name)
+        return getattr(settings, key) if settings is not None else None
+
+    def get(self, name: str) -> Tool:
+        """The tool called ``name``; raises :class:`ToolNotFound` listing what exists."""
+        tool = self.tools.get(name)
+        if tool is None:
+            raise ToolNotFound(name, self.tools.names())
+        return tool
+
+    def specs(self, names: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
+        """``[{name, description, input_schema}]`` for a model's tool list."""
+        return [{"name": t.name, "description": t.description, "input_schema": t.input_schema}
+                for t in (self.get(n) for n in names)]
+
+    def policy(self, tool: Tool, step_policy: CachePolicy | None) -> CachePolicy | None:
+        """The cache policy of one call: the step's, else the tool's default; never for
+        tools that declare side effects."""
+        cacheable = self._setting(tool.name, "cacheable")
+        if cacheable is None:
+            cacheable = tool.cacheable
+        if cacheable is False or not self.cache.enabled:
+            return None
+        if step_policy is not None:
+            return step_policy if step_policy.enabled else None
+        if cacheable:
+            ttl = self._setting(tool.name, "cache_ttl") or tool.cache_ttl
+            return CachePolicy(ttl=ttl)
+        return None
+
+    async def call(
+        self,
+        name: str,
+        args: Mapping[str, Any],
+        *,
+        policy: CachePolicy | None = None,
+        extra_key: str | None = None,
+        on_cached: Callable[[str, str], Any] | None = None,
+        context: ToolContext | None = None,
+    ) -> Any:
+        """Call tool ``name``; consult and fill the cache when the policy allows.
+
+        Args:
+            policy: the calling step's ``cache:`` policy, if any.
+            extra_key: the rendered ``cache.key`` template, added to the cache key.
+            on_cached: called with (tool name, key) on a cache hit (emits ``step.cached``).
+            context: what the tool may know of the call (for tools that ask for it).
+        """
+        tool = self.get(name)
+        if not isinstance(args, Mapping):
+            raise ToolFailed(name, f"arguments must be a mapping, got {type(args).__name__}",
+                             retryable=False)
+        effective = self.policy(tool, policy)
+        key = None
+        if effective is not None:
+            try:
+                key = cache_key(tool.name, tool.version, args, extra_key)
+            except (TypeError, ValueError):
+                key = None  # arguments that are not JSON cannot be keyed; call uncached
+            if key is not None:
+                hit, value = await self.cache.get(key)
+                if hit:
+                    if on_cached is not None:
+                        await on_cached(tool.name, key)
+                    return value
+        value = await self._invoke(tool, dict(args), context)
+        if key is not None:
+            await self.cache.set(key, value, ttl=effective.ttl if effective else None)
+        return value
+
+    async def _invoke(self, tool: Tool, args: dict[str, Any],
+                      context: ToolContext | None) -> Any:
+        limiter = self._limiters.get(tool.name)
+        call: Any = tool.call
+        given = (args, context) if tool.takes_context else (args,)
+        try:
+            if limiter is None:
+                value = await call(*given)
+            else:
+                async with limiter:
+                    value = await call(*given)
+        except RunError:
+            raise
+        except PLUGIN_ERRORS as exc:
+            owner = self.tools.owner(tool.name)
+            source = f" (plugin {owner!r})" if owner else ""
+            raise ToolFailed(tool.name, f"{type(exc).__name__}: {exc}{source}") from exc
+        problem = json_problem(value)
+        if problem is not None:
+            raise OutputError(f"tool {tool.name!r} returned a value that is not JSON: {problem}")
+        return value

@@ -1,0 +1,149 @@
+"""Rebuilding a run from its events after a restart.
+
+The store keeps every event, so a run's state is a fold over them. :func:`replay` computes what
+the scheduler needs to pick up where the run stopped: for every step path, whether it settled
+(and with what output, error and chosen branches) or was in flight (and which attempt, with
+which checkpoints); the signals sent but not yet taken; and each conversation's history.
+
+The scheduler then walks the graph as usual: a settled step is settled again from its record
+without running (so a committed step never runs twice), and an in-flight step runs again as
+the same attempt with the same idempotency key.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from plait.plugins.types import Message
+from plait.state.runs import Event, StepState
+
+__all__ = ["REPLAYED", "RecoveredRun", "StepRecord", "replay"]
+
+REPLAYED: frozenset[str] = frozenset({"succeeded", "failed", "skipped"})
+"""Settled statuses replayed from the record. A cancelled step (a losing ``wait: any``
+branch, or a shutdown) runs again if its scope runs again."""
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """What the events say about one step path."""
+
+    status: str = "pending"
+    output: Any = None
+    error: dict[str, Any] | None = None
+    attempts: int = 0
+    attempt: int = 1
+    """The attempt to run when the step resumes: the one in flight, or the next after a
+    failed attempt that was waiting to be retried."""
+    executing: bool = False
+    """An attempt had started and not ended: its work may have been half done."""
+    branches: list[str] | None = None
+    checkpoints: dict[str, Any] = field(default_factory=dict)
+    started_at: float | None = None
+    finished_at: float | None = None
+    taken: tuple[str, Any] | None = None
+    """The signal the step's current attempt took: (event, data)."""
+    retry_at: float | None = None
+    """When the next attempt was due, if the step was waiting out a retry's backoff."""
+
+    @property
+    def settled(self) -> bool:
+        """Whether the step is replayed instead of run."""
+        return self.status in REPLAYED
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether the step was running or waiting when the host stopped: it goes on as the
+        same attempt."""
+        return self.status in ("running", "waiting")
+
+    def state(self) -> StepState:
+        """The step state shown by ``runs/get`` until the step runs or is replayed."""
+        return StepState(status=self.status, output=self.output, error=self.error,  # type: ignore[arg-type]
+                         attempts=self.attempts, started_at=self.started_at,
+                         finished_at=self.finished_at,
+                         checkpoints=dict(self.checkpoints) or None)
+
+
+@dataclass(slots=True)
+class RecoveredRun:
+    """A run's state as of its last committed event."""
+
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+    signals: dict[str, deque[Any]] = field(default_factory=dict)
+    conversations: dict[str, list[Message]] = field(default_factory=dict)
+    seq: int = 0
+
+    @property
+    def in_flight(self) -> list[str]:
+        """Steps that were running or waiting when the host stopped."""
+        return [path for path, rec in self.steps.items() if rec.in_flight]
+
+
+def replay(events: Iterable[Event]) -> RecoveredRun:
+    """Fold a run's events (in ``seq`` order) into its recovered state."""
+    out = RecoveredRun()
+    steps = out.steps
+    for event in events:
+        out.seq = event.seq
+        kind, data, path = event.type, event.data, event.step
+        if kind == "run.signal":
+            out.signals.setdefault(data["event"], deque()).append(data.get("data"))
+            continue
+        if kind == "conversation.appended":
+            out.conversations.setdefault(data["conversation"], []).extend(
+                Message.from_dict(m) for m in data["messages"])
+            continue
+        if path is None:
+            continue
+        rec = steps.get(path)
+        if rec is None:
+            rec = steps[path] = StepRecord()
+        _apply(rec, kind, data, event.ts, out.signals)
+    # A signal taken by an attempt that never finished goes back to the front of its queue.
+    for rec in steps.values():
+        if rec.taken is not None and not rec.settled:
+            name, value = rec.taken
+            out.signals.setdefault(name, deque()).appendleft(value)
+            rec.taken = None
+    return out
+
+
+def _apply(rec: StepRecord, kind: str, data: dict[str, Any], ts: float,
+           signals: dict[str, deque[Any]]) -> None:
+    if kind == "step.started":
+        attempt = int(data.get("attempt", rec.attempt))
+        if attempt != rec.attempt:  # a new attempt starts clean; a resumed one keeps its own
+            rec.checkpoints = {}
+        rec.status, rec.attempts, rec.attempt, rec.executing = "running", attempt, attempt, True
+        rec.retry_at = None
+        rec.started_at = rec.started_at if data.get("recovered") else ts
+        rec.taken = None
+    elif kind == "step.retrying":
+        rec.attempt = int(data.get("attempt", rec.attempt)) + 1
+        rec.executing = False
+        rec.checkpoints = {}
+        rec.retry_at = ts + float(data.get("delay") or 0.0)
+    elif kind == "step.waiting":
+        rec.status = "waiting"
+    elif kind == "step.resumed":
+        rec.status = "running"
+    elif kind == "signal.taken":
+        queue = signals.get(data["event"])
+        rec.taken = (data["event"], queue.popleft() if queue else None)
+        rec.status = "running"
+    elif kind == "step.checkpoint":
+        rec.checkpoints[data["key"]] = data.get("value")
+    elif kind in ("step.succeeded", "step.failed", "step.skipped", "step.cancelled",
+                  "step.interrupted"):
+        rec.status = kind[5:]
+        rec.executing = False
+        rec.finished_at = ts
+        if kind == "step.succeeded":
+            rec.output = data.get("output")
+            rec.branches = data.get("branches")
+        elif kind == "step.failed":
+            rec.error = data.get("error")

@@ -1,0 +1,172 @@
+"""What the engine needs from wherever runs are kept: the :class:`RunStore` protocol.
+
+Two stores implement it: :class:`plait.store.SqliteStore` (durable, the default) and
+:class:`plait.store.MemoryStore` (a process's lifetime, bounded). The engine talks to this
+protocol only, so it never asks whether there is a store: there always is one, and the memory
+store simply tells every event at once and forgets the oldest finished runs.
+
+A stored run travels as a *row*: a plain dict with :data:`RUN_FIELDS` as keys (JSON values
+already decoded), which :func:`run_from_row` turns back into a :class:`Run`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from plait.state.runs import STEP_SETTLED, Event, Run, StepState, is_top_level
+
+__all__ = [
+    "RUN_FIELDS",
+    "UNFINISHED",
+    "RunPage",
+    "RunStore",
+    "page_cursor",
+    "parse_cursor",
+    "row_of",
+    "run_from_row",
+]
+
+RUN_FIELDS: tuple[str, ...] = (
+    "id", "workflow", "version", "digest", "status", "parent_id", "parent_step",
+    "idempotency_key", "inputs", "outputs", "error", "total_steps", "created_at",
+    "started_at", "finished_at")
+"""The keys of a run row (the columns of the SQLite ``runs`` table)."""
+
+UNFINISHED: tuple[str, ...] = ("pending", "running", "paused", "waiting")
+"""Run statuses of a run that has not ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """One page of ``runs/list``: summaries, newest first, and the cursor of the next page."""
+
+    runs: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def page_cursor(created_at: float, run_id: str) -> str:
+    """The cursor of the page after the run listed last (runs sort by creation, then id)."""
+    return f"{created_at!r}|{run_id}"
+
+
+def parse_cursor(cursor: str) -> tuple[float, str]:
+    """What :func:`page_cursor` made; raises ``ValueError`` for anything else."""
+    stamp, sep, run_id = cursor.partition("|")
+    if not sep or not run_id:
+        raise ValueError(f"not a runs/list cursor: {cursor!r}")
+    return float(stamp), run_id
+
+
+def run_from_row(row: dict[str, Any], steps: dict[str, StepState] | None = None) -> Run:
+    """A :class:`Run` built from its stored row (no events; ``finished`` when terminal)."""
+    run = Run(id=row["id"], workflow=row["workflow"], version=row["version"],
+              inputs=row["inputs"] or {}, parent_id=row["parent_id"], status=row["status"],
+              outputs=row["outputs"], error=row["error"], created_at=row["created_at"],
+              started_at=row["started_at"], finished_at=row["finished_at"],
+              total_steps=row["total_steps"], idempotency_key=row["idempotency_key"],
+              digest=row["digest"], parent_step=row["parent_step"])
+    run.steps = steps or {}
+    run.settled_steps = sum(1 for path, s in run.steps.items()
+                            if is_top_level(path) and s.status in STEP_SETTLED)
+    run.finished = run.done
+    return run
+
+
+def row_of(run: Run) -> dict[str, Any]:
+    """The row of a run as it stands (what :func:`run_from_row` reads)."""
+    return {name: getattr(run, name) for name in RUN_FIELDS}
+
+
+class RunStore(Protocol):
+    """Where runs, their events and workflow versions are kept.
+
+    Writes are queued and never wait; :meth:`sync` returns once everything queued is kept and
+    told. Reads answer from what is kept.
+    """
+
+    @property
+    def durable(self) -> bool:
+        """Whether runs outlive the process (a stopping host leaves them to be resumed)."""
+        ...
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether so many changes wait to be kept that new steps should wait first."""
+        ...
+
+    def attach(self, run: Run) -> None:
+        """Take a new or recovered run in: its events go to this store from now on."""
+        ...
+
+    def release(self, run: Run) -> None:
+        """The run ended and that was told; the engine lets go of it."""
+        ...
+
+    def put_workflow(self, name: str, version: int, digest: str, definition: dict[str, Any],
+                     created_at: float) -> None:
+        """Queue a workflow version (its content kept once per digest) and make it current."""
+        ...
+
+    def set_current(self, name: str, version: int, *, deleted: bool = False) -> None:
+        """Queue a change of which version is current, or the deletion of the workflow."""
+        ...
+
+    def freeze(self) -> None:
+        """Accept no more changes: the host stops, runs in flight stay as they are."""
+        ...
+
+    async def sync(self) -> None:
+        """Return once everything queued before the call is kept and told."""
+        ...
+
+    async def drained(self) -> None:
+        """Wait while too many changes wait to be kept (backpressure on new steps)."""
+        ...
+
+    async def catalog(self) -> list[dict[str, Any]]:
+        """Every workflow with every version: ``{name, current, deleted, versions: [...]}``."""
+        ...
+
+    async def definition(self, digest: str) -> dict[str, Any] | None:
+        """The definition a run snapshotted, by its digest."""
+        ...
+
+    async def run_row(self, run_id: str) -> dict[str, Any] | None:
+        """A run's row, or ``None``."""
+        ...
+
+    async def load_run(self, run_id: str) -> Run | None:
+        """A kept run with its settled steps, or ``None``."""
+        ...
+
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None
+                     ) -> list[Event]:
+        """Kept events of a run with ``seq > since``, in order."""
+        ...
+
+    async def list_runs(self, *, workflow: str | None = None, status: str | None = None,
+                        created_after: float | None = None, created_before: float | None = None,
+                        cursor: tuple[float, str] | None = None, limit: int = 50) -> RunPage:
+        """Top-level runs, newest first, filtered, one page after ``cursor``."""
+        ...
+
+    async def run_for_key(self, key: str) -> str | None:
+        """The run started with idempotency key ``key``, if any."""
+        ...
+
+    async def child_run(self, parent_id: str, parent_step: str) -> dict[str, Any] | None:
+        """The row of the child run a parent's step attempt started, if any."""
+        ...
+
+    async def unfinished_runs(self) -> list[dict[str, Any]]:
+        """Rows of top-level runs that had not ended when the last host stopped."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """Top-level runs by status."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What ``host/info`` reports of the store."""
+        ...

@@ -1,0 +1,630 @@
+"""The durable run store: every event of every run in SQLite, committed in groups.
+
+Events are the source of truth. :meth:`SqliteStore.record` is the sink every :class:`Run`
+records into: it encodes the event at once (a snapshot, on the event loop) and turns it into
+rows: the event itself, plus the derived ``runs``, ``steps``, ``conversations`` and
+``idempotency`` rows that make queries cheap. A single writer, in a thread of its own, takes
+whatever has queued up and commits it in one ``BEGIN IMMEDIATE`` transaction, again and again;
+after each commit a kicker thread wakes the teller, a task on the event loop that only then
+publishes the events to the runs' followers, in commit order. Many changes arriving together
+therefore share one commit (group commit), the disk never waits for a turn of the event loop,
+and nothing is told to anyone before it is on disk.
+
+Rows are applied kind by kind in a fixed order (a run's row is inserted before it is updated,
+whatever the batch holds), keeping the order within each kind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from functools import cache, partial
+from itertools import chain
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import anyio.to_thread
+
+from plait.config import StoreSettings
+from plait.state.run_store import (
+    RUN_FIELDS,
+    UNFINISHED,
+    RunPage,
+    page_cursor,
+    run_from_row,
+)
+from plait.state.runs import STEP_SETTLED, SUMMARY_FIELDS, Event, Run, StepState
+from plait.store.schema import DB_FILE, connect, open_database
+from plait.values import dumps
+
+__all__ = ["SqliteStore"]
+
+log = logging.getLogger("plait.store.sqlite")
+
+T = TypeVar("T")
+
+
+# The kinds of rows, in the order a commit applies them.
+_DEFINITION = ("INSERT OR IGNORE INTO definitions (digest, name, definition) VALUES (?, ?, ?)")
+_VERSION = ("INSERT OR IGNORE INTO workflow_versions (name, version, digest, created_at) "
+            "VALUES (?, ?, ?, ?)")
+_WORKFLOW = ("INSERT INTO workflows (name, current, deleted) VALUES (?, ?, ?) "
+             "ON CONFLICT (name) DO UPDATE SET current = excluded.current, "
+             "deleted = excluded.deleted")
+_RUN = ("INSERT INTO runs (id, workflow, version, digest, status, parent_id, parent_step, "
+        "idempotency_key, inputs, total_steps, created_at) "
+        "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)")
+_KEY = "INSERT OR IGNORE INTO idempotency (key, run_id) VALUES (?, ?)"
+_RUN_STATUS = ("UPDATE runs SET status = ?, started_at = ?, finished_at = ?, outputs = ?, "
+               "error = ? WHERE id = ?")
+_EVENT = "INSERT INTO events (run_id, seq, type, step, data, ts) VALUES (?, ?, ?, ?, ?, ?)"
+_STEP = ("INSERT OR REPLACE INTO steps (run_id, path, status, output, error, attempts, "
+         "started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_MESSAGE = "INSERT OR REPLACE INTO conversations (run_id, name, idx, message) VALUES (?, ?, ?, ?)"
+_ORDER: Final = (_DEFINITION, _VERSION, _WORKFLOW, _RUN, _KEY, _RUN_STATUS, _EVENT, _STEP,
+                 _MESSAGE)
+
+_RUN_STATUS_FROM = ("UPDATE runs SET status = v.column1, started_at = v.column2, "
+                    "finished_at = v.column3, outputs = v.column4, error = v.column5 FROM (VALUES ")
+
+
+def _multi_row(sql: str) -> tuple[str, str, str]:
+    head, _, group = sql.partition("VALUES ")
+    return head + "VALUES ", group, ""
+
+
+# Statements written many rows at a time: (before the rows, one row, after the rows).
+_MULTI_ROW: Final = {
+    _EVENT: _multi_row(_EVENT), _STEP: _multi_row(_STEP), _RUN: _multi_row(_RUN),
+    _RUN_STATUS: (_RUN_STATUS_FROM, "(?, ?, ?, ?, ?, ?)", ") AS v WHERE runs.id = v.column6"),
+}
+ROWS_PER_STATEMENT: Final = (1024, 128, 16, 4, 1)
+"""The row counts statements are made for: a batch goes in as the fewest of these. Few shapes,
+so the prepared statements SQLite keeps (one per shape) stay few; at most 10,240 parameters
+(SQLite allows 32,766 since 3.32)."""
+
+
+@cache  # at most len(_MULTI_ROW) * len(ROWS_PER_STATEMENT) texts
+def _rows_sql(sql: str, count: int) -> str:
+    """``sql`` for ``count`` rows at once."""
+    before, row, after = _MULTI_ROW[sql]
+    return before + ", ".join([row] * count) + after
+
+
+_STATUS_OF_EVENT: Final = {
+    "run.started": "running", "run.resumed": "running", "run.paused": "paused",
+    "run.waiting": "waiting", "run.succeeded": "succeeded", "run.failed": "failed",
+    "run.cancelled": "cancelled",
+}
+_SETTLE_EVENTS: Final = frozenset(f"step.{status}" for status in STEP_SETTLED)
+PUBLISH_CHUNK: Final = 32
+"""Events published between two turns of the event loop."""
+THREAD_CHECK: Final = 1.0
+"""Seconds between two checks, by an idle writer or kicker thread, that the program goes on."""
+_RUN_COLUMNS: Final = ", ".join(RUN_FIELDS)
+
+
+def _json(value: Any, *what: object) -> str:
+    """``value`` as JSON text (:func:`plait.values.dumps`); what is not JSON (checked before it
+    gets here) is logged and stored as an error marker, never failing the writer. ``what``
+    names the value in the log, joined only if it is needed (this runs for every event)."""
+    try:
+        return dumps(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        log.error("%s is not JSON (%s); stored as an error marker",
+                  " ".join(map(str, what)), exc)
+        return dumps({"unserializable": str(exc)})
+
+
+def _write_rows(conn: sqlite3.Connection, sql: str, batch: list[tuple[Any, ...]]) -> None:
+    """Write ``batch`` with as few statements as the parameter limit allows.
+
+    Not ``executemany``: the sqlite3 module lets go of the GIL around every row it steps, and
+    while the event loop is busy each hand-back waits out the interpreter's switch interval
+    (5 ms), so a commit of a thousand rows row by row could take seconds.
+    """
+    if sql == _RUN_STATUS:  # one row per run, its latest status (an UPDATE ... FROM picks
+        batch = list({row[-1]: row for row in batch}.values())  # any of several matches)
+    start, left = 0, len(batch)
+    for per in ROWS_PER_STATEMENT:
+        statement = None
+        while left >= per:
+            statement = statement or _rows_sql(sql, per)
+            conn.execute(statement, list(chain.from_iterable(batch[start:start + per])))
+            start += per
+            left -= per
+
+
+def _interpreter_ending() -> bool:
+    """Whether the main thread has finished: a store that was never closed (its event loop
+    gone) must not keep the interpreter from exiting by waiting in its threads."""
+    return not threading.main_thread().is_alive()
+
+
+@dataclass(slots=True)
+class _Taken:
+    """A batch the writer took: rows by statement, events to tell, the queue count it ends."""
+
+    rows: dict[str, list[tuple[Any, ...]]]
+    told: list[tuple[Run, Event]]
+    target: int
+
+
+class SqliteStore:
+    """Runs, events, conversations and workflow versions in ``<data_dir>/plait.db``.
+
+    Use as an async context manager: entering opens and checks the file and starts the writer;
+    leaving commits what is queued and closes.
+    """
+
+    def __init__(self, data_dir: str | Path, settings: StoreSettings | None = None, *,
+                 pace: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.path = Path(data_dir) / DB_FILE
+        self.settings = settings or StoreSettings()
+        self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._lock = threading.Lock()
+        """Guards the queue below: the event loop adds to it, the writer's thread takes it."""
+        self._writer_idle = False
+        """The writer found nothing to take and waits for ``_more`` (under ``_lock``)."""
+        self._more = threading.Event()
+        """Set for an idle writer when something is queued, or when the store closes."""
+        self._stopping = False
+        self._rows: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _ORDER}
+        self._told: list[tuple[Run, Event]] = []
+        self._queued = 0
+        """Rows queued since the store opened."""
+        self._committed = 0
+        """Of those, how many are committed."""
+        self._told_rows = 0
+        """Of those, how many are committed and their events told."""
+        self._committed_batches: deque[tuple[list[tuple[Run, Event]], int]] = deque()
+        """(events, queue count) of each commit, for the teller; appended by the writer."""
+        self._commit_done = threading.Event()
+        """Set by the writer after each commit, for the kicker."""
+        self._kicked = anyio.Event()
+        """Set on the event loop by the kicker: there are commits to tell."""
+        self._progress = anyio.Event()
+        self._frozen = False
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.commits = 0
+        """Transactions committed (a measure of how well commits are grouped)."""
+        self.last_error: str | None = None
+        """The last write error, while writes are being retried."""
+        self.pace = pace
+        """Awaited between chunks of published events: the host waits here for connections
+        that are still reading to catch up (see ``Host.pace``)."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SqliteStore:
+        self._conn = await anyio.to_thread.run_sync(open_database, self.path, self.settings)
+        self._reader = await anyio.to_thread.run_sync(
+            lambda: connect(self.path, self.settings, readonly=True))
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            self._tg.start_soon(self._teller)
+            self._tg.start_soon(partial(anyio.to_thread.run_sync, self._kicker,
+                                        limiter=anyio.CapacityLimiter(1)))
+            writing = anyio.Event()
+            self._tg.start_soon(partial(anyio.to_thread.run_sync, self._write, writing,
+                                        limiter=anyio.CapacityLimiter(1)))
+            await writing.wait()  # from here on, commits need no turn of the event loop
+        except BaseException:
+            self._stop_threads()
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.sync()
+        finally:
+            assert self._tg is not None
+            self._stop_threads()
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._tg = None
+            # The reader first: the last connection to close checkpoints the WAL into the
+            # database file, and only the writer can.
+            for conn in (self._reader, self._conn):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._reader = None
+
+    def _stop_threads(self) -> None:
+        """End the writer's and the kicker's threads (they cannot be cancelled)."""
+        with self._lock:
+            self._stopping = True
+        self._more.set()
+        self._commit_done.set()
+
+    @property
+    def durable(self) -> bool:
+        """Always: runs outlive the process."""
+        return True
+
+    def attach(self, run: Run) -> None:
+        """Take a run in: its events are committed here before anyone is told of them."""
+        run.sink = self.record
+
+    def release(self, run: Run) -> None:
+        """Nothing to do: a finished run is answered for from the file."""
+
+    def describe(self) -> dict[str, Any]:
+        """The file, what waits for it, and how the writer fares (``host/info``)."""
+        return {"durable": True, "path": str(self.path), "pending": self.pending,
+                "commits": self.commits, "lastError": self.last_error,
+                "synchronous": self.settings.synchronous}
+
+    def freeze(self) -> None:
+        """Accept no more changes: the host is stopping, and runs in flight must be found as
+        they were, to be resumed by the next start, not as the shutdown left them."""
+        self._frozen = True
+
+    # -- writing -----------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Rows queued but not yet committed."""
+        return self._queued - self._committed
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether more than ``max_pending`` changes wait for the disk: new steps, inline
+        ones included, wait in :meth:`drained` before they start."""
+        return self._queued - self._committed > self.settings.max_pending
+
+    def _queue(self, rows: list[tuple[str, tuple[Any, ...]]],
+               told: tuple[Run, Event] | None = None) -> None:
+        with self._lock:
+            queue = self._rows
+            for sql, row in rows:
+                queue[sql].append(row)
+            self._queued += len(rows)
+            if told is not None:
+                self._told.append(told)
+            wake, self._writer_idle = self._writer_idle, False
+        if wake:  # only an idle writer needs telling: a busy one looks again by itself
+            self._more.set()
+
+    def record(self, run: Run, event: Event) -> None:
+        """The runs' sink: queue ``event`` and the rows it changes; publish after commit."""
+        if self._frozen:
+            return
+        rid = run.id
+        kind = event.type
+        rows: list[tuple[str, tuple[Any, ...]]] = [
+            (_EVENT, (rid, event.seq, kind, event.step,
+                      _json(event.data, "event", kind, "of run", rid), event.ts))]
+        if kind in _SETTLE_EVENTS and event.step is not None:
+            state = run.steps[event.step]
+            rows.append((_STEP, (rid, event.step, state.status,
+                                 None if state.output is None else _json(state.output, "output"),
+                                 None if state.error is None else _json(state.error, "error"),
+                                 state.attempts, state.started_at, state.finished_at)))
+        elif kind in _STATUS_OF_EVENT:
+            rows.append((_RUN_STATUS, (
+                _STATUS_OF_EVENT[kind], run.started_at, run.finished_at,
+                None if run.outputs is None else _json(run.outputs, "outputs"),
+                None if run.error is None else _json(run.error, "error"), rid)))
+        elif kind == "run.created":
+            rows.append((_RUN, (rid, run.workflow, run.version, run.digest, run.parent_id,
+                                run.parent_step, run.idempotency_key,
+                                _json(run.inputs, "inputs"), run.total_steps, run.created_at)))
+            if run.idempotency_key is not None:
+                rows.append((_KEY, (run.idempotency_key, rid)))
+        elif kind == "conversation.appended":
+            name = event.data["conversation"]
+            history = run.conversations.get(name, [])
+            new = event.data["messages"]
+            start = len(history) - len(new)
+            for i, message in enumerate(new):
+                rows.append((_MESSAGE, (rid, name, start + i, _json(message, "message"))))
+        self._queue(rows, (run, event))
+
+    def put_workflow(self, name: str, version: int, digest: str, definition: dict[str, Any],
+                     created_at: float) -> None:
+        """Queue a workflow version (its content stored once per digest) and make it current."""
+        self._queue([(_DEFINITION, (digest, name, _json(definition, "workflow", name))),
+                     (_VERSION, (name, version, digest, created_at)),
+                     (_WORKFLOW, (name, version, 0))])
+
+    def set_current(self, name: str, version: int, *, deleted: bool = False) -> None:
+        """Queue a change of which version is current, or the deletion of the workflow."""
+        self._queue([(_WORKFLOW, (name, version, int(deleted)))])
+
+    async def sync(self) -> None:
+        """Return once everything queued before the call is committed and told."""
+        target = self._queued
+        while self._told_rows < target:
+            if self._tg is None:
+                raise RuntimeError("the store is closed")
+            await self._progress.wait()
+
+    async def drained(self) -> None:
+        """Wait while too many changes wait for the disk (backpressure on new steps)."""
+        while self.pending > self.settings.max_pending // 2:
+            await self._progress.wait()
+
+    def _advance(self) -> None:
+        progress, self._progress = self._progress, anyio.Event()
+        progress.set()
+
+    def _write(self, writing: anyio.Event) -> None:
+        """The writer, in a thread of its own: commit what is queued, batch after batch.
+
+        It never waits for the event loop (an event-loop task that sent each batch to a
+        worker thread would): with thousands of steps ready at once a turn of the loop can
+        take a second, and a writer that waited for its turn between commits would leave the
+        disk idle that long, and every step waiting for room (``max_pending``) with it. The
+        kicker tells the event loop.
+        """
+        anyio.from_thread.run_sync(writing.set)
+        delay = 0.05
+        taken: _Taken | None = None  # kept across a failed commit, to be tried again
+        while True:
+            while taken is None:
+                with self._lock:
+                    if self._queued != self._committed:
+                        taken = _Taken(self._rows, self._told, self._queued)
+                        self._rows, self._told = {sql: [] for sql in _ORDER}, []
+                        break
+                    if self._stopping:
+                        return
+                    self._writer_idle = True
+                if not self._more.wait(THREAD_CHECK) and _interpreter_ending():
+                    return
+                self._more.clear()
+            try:
+                try:
+                    self._apply(taken.rows, False)
+                except sqlite3.IntegrityError as exc:
+                    # A row that can never go in (a bug, or a row already there): keep the
+                    # rest of its batch.
+                    log.error("store: a batch broke a constraint (%s); applying row by row",
+                              exc)
+                    self._apply(taken.rows, True)
+            except sqlite3.Error as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if self._stopping:  # only if closing gave up waiting for the commit
+                    log.error("store: commit failed (%s) while closing; %d changes are lost",
+                              exc, self._queued - self._committed)
+                    return
+                log.warning("store: commit failed (%s); retrying in %.2fs", exc, delay)
+                self._more.wait(delay)  # set early when the store closes
+                self._more.clear()
+                delay = min(delay * 2, 5.0)
+                continue
+            self.last_error, delay = None, 0.05
+            self._committed = taken.target
+            self.commits += 1
+            self._committed_batches.append((taken.told, taken.target))
+            taken = None
+            self._commit_done.set()
+
+    def _kicker(self) -> None:
+        """In a thread of its own: tell the event loop that commits are done, waiting for its
+        turn here so that the writer never does (several commits in the meantime make one
+        kick)."""
+        while True:
+            if not self._commit_done.wait(THREAD_CHECK):
+                if _interpreter_ending():
+                    return
+                continue
+            self._commit_done.clear()
+            if self._stopping:
+                return
+            anyio.from_thread.run_sync(self._kick)
+
+    def _kick(self) -> None:
+        self._kicked.set()
+
+    async def _teller(self) -> None:
+        """Publish committed events, in commit order, once kicked."""
+        batches = self._committed_batches
+        unpaced = 0  # events told since the connections last had a turn
+        while True:
+            await self._kicked.wait()
+            self._kicked = anyio.Event()
+            while batches:
+                told, target = batches.popleft()
+                for run, event in told:
+                    try:
+                        run.publish(event)
+                    except Exception:  # a follower's bug must not stop the store
+                        log.exception("a follower of run %s failed on event %s", run.id,
+                                      event.seq)
+                    unpaced += 1
+                    if unpaced == PUBLISH_CHUNK:
+                        # Commits may release thousands of events in a row; let the
+                        # connections' writers send them out, so a client that reads is never
+                        # dropped for falling behind a burst it could not have read yet.
+                        await (self.pace() if self.pace is not None else anyio.sleep(0))
+                        unpaced = 0
+                self._told_rows = target
+                self._advance()
+
+    def _apply(self, rows: dict[str, list[tuple[Any, ...]]], one_by_one: bool) -> None:
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql in _ORDER:
+                batch = rows[sql]
+                if not batch:
+                    continue
+                if one_by_one:
+                    self._apply_one_by_one(conn, sql, batch)
+                elif sql in _MULTI_ROW:
+                    _write_rows(conn, sql, batch)
+                else:
+                    conn.executemany(sql, batch)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _apply_one_by_one(conn: sqlite3.Connection, sql: str,
+                          batch: list[tuple[Any, ...]]) -> None:
+        for row in batch:
+            try:
+                conn.execute(sql, row)
+            except sqlite3.IntegrityError as exc:
+                log.error("store: dropped a row that breaks a constraint (%s): %s %r",
+                          exc, sql.split("(")[0], row[:3])
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._read_lock:
+                assert self._reader is not None, "the store is closed"
+                return fn(self._reader)
+
+        return await anyio.to_thread.run_sync(locked)
+
+    async def catalog(self) -> list[dict[str, Any]]:
+        """Every workflow with every version: ``{name, current, deleted, versions: [...]}``."""
+
+        def read(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            out = {name: {"name": name, "current": current, "deleted": bool(deleted),
+                          "versions": []}
+                   for name, current, deleted in c.execute(
+                       "SELECT name, current, deleted FROM workflows ORDER BY name")}
+            for name, version, digest, created_at, definition in c.execute(
+                    "SELECT v.name, v.version, v.digest, v.created_at, d.definition "
+                    "FROM workflow_versions v JOIN definitions d ON d.digest = v.digest "
+                    "ORDER BY v.name, v.version"):
+                if name in out:
+                    out[name]["versions"].append({
+                        "version": version, "digest": digest, "created_at": created_at,
+                        "definition": json.loads(definition)})
+            return list(out.values())
+
+        return await self._read(read)
+
+    async def definition(self, digest: str) -> dict[str, Any] | None:
+        """The definition a run snapshotted, by its digest."""
+        row = await self._read(lambda c: c.execute(
+            "SELECT definition FROM definitions WHERE digest = ?", (digest,)).fetchone())
+        return None if row is None else json.loads(row[0])
+
+    async def run_row(self, run_id: str) -> dict[str, Any] | None:
+        """A run's row, decoded, or ``None``."""
+        row = await self._read(lambda c: c.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone())
+        return None if row is None else _decode_run(row)
+
+    async def load_run(self, run_id: str) -> Run | None:
+        """A run as stored: its row and settled steps (for runs no longer in memory)."""
+
+        def read(c: sqlite3.Connection) -> tuple[Any, list[Any]] | None:
+            row = c.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?",
+                            (run_id,)).fetchone()
+            if row is None:
+                return None
+            steps = c.execute("SELECT path, status, output, error, attempts, started_at, "
+                              "finished_at FROM steps WHERE run_id = ?", (run_id,)).fetchall()
+            return row, steps
+
+        found = await self._read(read)
+        if found is None:
+            return None
+        row, steps = found
+        return run_from_row(_decode_run(row), {
+            path: StepState(status=status, output=_maybe(output), error=_maybe(error),
+                            attempts=attempts, started_at=started, finished_at=finished)
+            for path, status, output, error, attempts, started, finished in steps})
+
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None
+                     ) -> list[Event]:
+        """Committed events of a run with ``seq > since``, in order."""
+        sql = ("SELECT seq, type, step, data, ts FROM events WHERE run_id = ? AND seq > ? "
+               "ORDER BY seq")
+        params: tuple[Any, ...] = (run_id, since)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (limit,)
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        return [Event(seq, run_id, kind, step, json.loads(data), ts)
+                for seq, kind, step, data, ts in rows]
+
+    async def list_runs(self, *, workflow: str | None = None, status: str | None = None,
+                        created_after: float | None = None, created_before: float | None = None,
+                        cursor: tuple[float, str] | None = None, limit: int = 50) -> RunPage:
+        """Top-level runs, newest first, filtered, one page after ``cursor``."""
+        where = ["parent_id IS NULL"]
+        params: list[Any] = []
+        for clause, value in (("workflow = ?", workflow), ("status = ?", status),
+                              ("created_at >= ?", created_after),
+                              ("created_at < ?", created_before)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        if cursor is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params += [cursor[0], cursor[0], cursor[1]]
+        sql = (f"SELECT {', '.join(SUMMARY_FIELDS)} FROM runs WHERE {' AND '.join(where)} "
+               "ORDER BY created_at DESC, id DESC LIMIT ?")
+        params.append(limit + 1)
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        runs = [dict(zip(SUMMARY_FIELDS, r, strict=True)) for r in rows[:limit]]
+        more = len(rows) > limit and runs
+        return RunPage(runs, page_cursor(runs[-1]["created_at"], runs[-1]["id"])
+                       if more else None)
+
+    async def run_for_key(self, key: str) -> str | None:
+        """The run started with idempotency key ``key``, if any."""
+        row = await self._read(lambda c: c.execute(
+            "SELECT run_id FROM idempotency WHERE key = ?", (key,)).fetchone())
+        return None if row is None else row[0]
+
+    async def child_run(self, parent_id: str, parent_step: str) -> dict[str, Any] | None:
+        """The child run a parent's step attempt started, if it got that far."""
+        row = await self._read(lambda c: c.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE parent_id = ? AND parent_step = ? "
+            "ORDER BY created_at DESC LIMIT 1", (parent_id, parent_step)).fetchone())
+        return None if row is None else _decode_run(row)
+
+    async def unfinished_runs(self) -> list[dict[str, Any]]:
+        """Top-level runs that had not ended when the host stopped, oldest first."""
+        marks = ", ".join("?" for _ in UNFINISHED)
+        rows = await self._read(lambda c: c.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks}) AND parent_id IS NULL "
+            "ORDER BY created_at, id", UNFINISHED).fetchall())
+        return [_decode_run(r) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        """Top-level runs by status."""
+        rows = await self._read(lambda c: c.execute(
+            "SELECT status, count(*) FROM runs WHERE parent_id IS NULL GROUP BY status"
+        ).fetchall())
+        return dict(rows)
+
+
+def _maybe(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _decode_run(row: Iterable[Any]) -> dict[str, Any]:
+    out = dict(zip(RUN_FIELDS, row, strict=True))
+    for key in ("inputs", "outputs", "error"):
+        out[key] = _maybe(out[key])
+    return out
