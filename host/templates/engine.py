@@ -6,8 +6,9 @@ a literal ``$``. A string that is exactly one ``${expr}`` or one ``$root.path`` 
 type of its value; anything else renders to a string.
 
 Security: templates run in :class:`PlaitSandbox`, under a per-render budget of size, iteration
-and time limits (both in :mod:`plait.templates.sandbox`, whose docstring lists the guards). The context holds only what the caller passes, and names that are neither a root nor a
-global are refused at compile time.
+and time limits (both in :mod:`plait.templates.sandbox`, whose docstring lists the guards). The
+context holds only what the caller passes, and names that are neither a root nor a global are
+refused at compile time.
 
 Semantics worth knowing: ``a.b`` on a dict prefers the key ``b`` over a dict method of that name
 (the data is JSON); everything a template outputs or returns must be a JSON value, so a range, a
@@ -44,10 +45,10 @@ from plait.errors import (
 from plait.templates.sandbox import (
     BUDGET,
     SCALARS,
-    PlaitSandbox,
-    TemplateLimits,
     Budget,
     Guard,
+    PlaitSandbox,
+    TemplateLimits,
     to_json,
     weight,
 )

@@ -47,7 +47,16 @@ from jinja2.visitor import NodeTransformer
 
 from plait.errors import TemplateError, TemplateLimitError, TemplateSecurityError
 
-__all__ = ["BUDGET", "SCALARS", "Budget", "Guard", "PlaitSandbox", "TemplateLimits", "to_json", "weight"]
+__all__ = [
+    "BUDGET",
+    "SCALARS",
+    "Budget",
+    "Guard",
+    "PlaitSandbox",
+    "TemplateLimits",
+    "to_json",
+    "weight",
+]
 
 _ITER, _CONCAT, _SIZE = "__plait_iter", "__plait_concat", "__plait_size"
 _WORK_FACTOR = 16
