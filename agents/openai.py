@@ -61,8 +61,9 @@ class _Settings(BaseModel):
 
     provider: str = "openai"
     model: str = Field(min_length=1)
-    base_url: str = Field(default_factory=lambda: os.environ.get(
-        "OPENAI_BASE_URL", "https://api.openai.com/v1"))
+    base_url: str = Field(
+        default_factory=lambda: os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
+    )
     """The endpoint; by default ``$OPENAI_BASE_URL`` (as the OpenAI SDK reads it), else
     OpenAI's."""
     api_key_env: str | None = "OPENAI_API_KEY"
@@ -102,21 +103,33 @@ def _safe_names(tools: list[dict[str, Any]]) -> dict[str, str]:
     return names
 
 
-def _messages(request: AgentRequest, system: str | None,
-              to_safe: Mapping[str, str]) -> list[dict[str, Any]]:
+def _messages(
+    request: AgentRequest, system: str | None, to_safe: Mapping[str, str]
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if system and not any(m.role == "system" for m in request.messages):
         out.append({"role": "system", "content": system})
     for m in request.messages:
         if m.role == "tool":
-            out.append({"role": "tool", "tool_call_id": m.tool_call_id or "",
-                        "content": m.content})
+            out.append({"role": "tool", "tool_call_id": m.tool_call_id or "", "content": m.content})
         elif m.role == "assistant" and m.tool_calls:
-            out.append({"role": "assistant", "content": m.content or None, "tool_calls": [
-                {"id": c.id, "type": "function",  # a call of an earlier step's tool too
-                 "function": {"name": to_safe.get(c.name) or _function_name(c.name),
-                              "arguments": json.dumps(c.arguments)}}
-                for c in m.tool_calls]})
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": m.content or None,
+                    "tool_calls": [
+                        {
+                            "id": c.id,
+                            "type": "function",  # a call of an earlier step's tool too
+                            "function": {
+                                "name": to_safe.get(c.name) or _function_name(c.name),
+                                "arguments": json.dumps(c.arguments),
+                            },
+                        }
+                        for c in m.tool_calls
+                    ],
+                }
+            )
         else:
             out.append({"role": m.role, "content": m.content})
     return out
@@ -170,8 +183,11 @@ class OpenAIAgent:
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             headers = {"Content-Type": "application/json", **self.settings.headers}
-            key = os.environ.get(self.settings.api_key_env or "") if \
-                self.settings.api_key_env else None
+            key = (
+                os.environ.get(self.settings.api_key_env or "")
+                if self.settings.api_key_env
+                else None
+            )
             if key:
                 headers["Authorization"] = f"Bearer {key}"
             self._client = httpx.AsyncClient(headers=headers, timeout=self.settings.timeout)
@@ -187,13 +203,19 @@ class OpenAIAgent:
         """The request body for a conversation."""
         s = self.settings
         to_safe = {tool: safe for safe, tool in to_tool.items()}
-        body: dict[str, Any] = {"model": s.model,
-                                "messages": _messages(request, s.system, to_safe)}
+        body: dict[str, Any] = {"model": s.model, "messages": _messages(request, s.system, to_safe)}
         if request.tools:
-            body["tools"] = [{"type": "function", "function": {
-                "name": to_safe[t["name"]], "description": t.get("description") or "",
-                "parameters": t.get("input_schema") or {"type": "object"}}}
-                for t in request.tools]
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": to_safe[t["name"]],
+                        "description": t.get("description") or "",
+                        "parameters": t.get("input_schema") or {"type": "object"},
+                    },
+                }
+                for t in request.tools
+            ]
         if s.temperature is not None:
             body["temperature"] = s.temperature
         if s.max_tokens is not None:
@@ -201,8 +223,10 @@ class OpenAIAgent:
         if request.output_schema is not None and s.response_format == "json_object":
             body["response_format"] = {"type": "json_object"}
         elif request.output_schema is not None and s.response_format == "json_schema":
-            body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "output", "schema": request.output_schema}}
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": request.output_schema},
+            }
         if s.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -218,22 +242,29 @@ class OpenAIAgent:
             except _Retry as exc:
                 if attempt == self.settings.max_retries:
                     raise AgentFailed(self.name, f"{exc} (after {attempt + 1} tries)") from None
-                await anyio.sleep(exc.after if exc.after is not None
-                                  else _BACKOFF.delay(attempt + 1))
+                await anyio.sleep(
+                    exc.after if exc.after is not None else _BACKOFF.delay(attempt + 1)
+                )
         raise AssertionError("unreachable")
 
-    async def _once(self, body: dict[str, Any], to_tool: Mapping[str, str],
-                    request: AgentRequest) -> AgentReply:
+    async def _once(
+        self, body: dict[str, Any], to_tool: Mapping[str, str], request: AgentRequest
+    ) -> AgentReply:
         try:
             async with self._http().stream("POST", self.url, json=body) as response:
                 if response.status_code in RETRY_STATUS:
                     await response.aread()
-                    raise _Retry(f"{self.url} answered {response.status_code}: "
-                                 f"{_error_text(response)}", _retry_after(response))
+                    raise _Retry(
+                        f"{self.url} answered {response.status_code}: {_error_text(response)}",
+                        _retry_after(response),
+                    )
                 if response.status_code >= 400:
                     await response.aread()
-                    raise AgentFailed(self.name, f"{self.url} answered {response.status_code}:"
-                                                 f" {_error_text(response)}", retryable=False)
+                    raise AgentFailed(
+                        self.name,
+                        f"{self.url} answered {response.status_code}: {_error_text(response)}",
+                        retryable=False,
+                    )
                 if body.get("stream"):
                     return await self._read_stream(response, to_tool, request)
                 await response.aread()
@@ -243,36 +274,47 @@ class OpenAIAgent:
         except httpx.TransportError as exc:
             raise _Retry(f"cannot reach {self.url}: {exc}") from None
         except ValueError as exc:  # a body that is not JSON
-            raise AgentFailed(self.name, f"{self.url} answered something that is not JSON: "
-                                         f"{exc}") from None
+            raise AgentFailed(
+                self.name, f"{self.url} answered something that is not JSON: {exc}"
+            ) from None
 
     def _reply(self, data: Mapping[str, Any], to_tool: Mapping[str, str]) -> AgentReply:
         try:
             message = data["choices"][0]["message"]
         except (KeyError, IndexError, TypeError):
-            raise AgentFailed(self.name, f"the answer has no choices[0].message: "
-                                         f"{str(data)[:200]}") from None
-        calls = [self._call(c.get("id") or f"call_{i}", c.get("function") or {}, to_tool)
-                 for i, c in enumerate(message.get("tool_calls") or [])]
-        return AgentReply(Message(role="assistant", content=message.get("content") or "",
-                                  tool_calls=calls), usage=_usage(data.get("usage")))
+            raise AgentFailed(
+                self.name, f"the answer has no choices[0].message: {str(data)[:200]}"
+            ) from None
+        calls = [
+            self._call(c.get("id") or f"call_{i}", c.get("function") or {}, to_tool)
+            for i, c in enumerate(message.get("tool_calls") or [])
+        ]
+        return AgentReply(
+            Message(role="assistant", content=message.get("content") or "", tool_calls=calls),
+            usage=_usage(data.get("usage")),
+        )
 
-    def _call(self, call_id: str, function: Mapping[str, Any],
-              to_tool: Mapping[str, str]) -> ToolCall:
+    def _call(
+        self, call_id: str, function: Mapping[str, Any], to_tool: Mapping[str, str]
+    ) -> ToolCall:
         name = str(function.get("name") or "")
         raw = function.get("arguments") or "{}"
         try:
             arguments = json.loads(raw) if isinstance(raw, str) else dict(raw)
         except ValueError:
-            raise AgentFailed(self.name, f"the model called {name!r} with arguments that are "
-                                         f"not JSON: {str(raw)[:200]}") from None
+            raise AgentFailed(
+                self.name,
+                f"the model called {name!r} with arguments that are not JSON: {str(raw)[:200]}",
+            ) from None
         if not isinstance(arguments, dict):
-            raise AgentFailed(self.name, f"the model called {name!r} with arguments that are "
-                                         "not an object")
+            raise AgentFailed(
+                self.name, f"the model called {name!r} with arguments that are not an object"
+            )
         return ToolCall(call_id, to_tool.get(name, name), arguments)
 
-    async def _read_stream(self, response: httpx.Response, to_tool: Mapping[str, str],
-                           request: AgentRequest) -> AgentReply:
+    async def _read_stream(
+        self, response: httpx.Response, to_tool: Mapping[str, str], request: AgentRequest
+    ) -> AgentReply:
         text: list[str] = []
         pending: list[str] = []
         calls: dict[int, dict[str, Any]] = {}
@@ -282,8 +324,11 @@ class OpenAIAgent:
 
         async def tell(force: bool = False) -> None:
             nonlocal last, told
-            if pending and request.context is not None and (
-                    force or time.monotonic() - last >= DELTA_SECONDS):
+            if (
+                pending
+                and request.context is not None
+                and (force or time.monotonic() - last >= DELTA_SECONDS)
+            ):
                 await request.context.emit("agent.delta", {"text": "".join(pending)})
                 pending.clear()
                 last, told = time.monotonic(), True
@@ -316,20 +361,28 @@ class OpenAIAgent:
                 raise AgentFailed(self.name, f"the stream broke: {exc}") from None
             raise _Retry(f"the stream from {self.url} broke: {exc}") from None
         await tell(force=True)
-        tool_calls = [self._call(c.get("id") or f"call_{i}",
-                                 {"name": c.get("name"), "arguments": c["arguments"] or "{}"},
-                                 to_tool)
-                      for i, c in sorted(calls.items())]
-        return AgentReply(Message(role="assistant", content="".join(text),
-                                  tool_calls=tool_calls), usage=usage)
+        tool_calls = [
+            self._call(
+                c.get("id") or f"call_{i}",
+                {"name": c.get("name"), "arguments": c["arguments"] or "{}"},
+                to_tool,
+            )
+            for i, c in sorted(calls.items())
+        ]
+        return AgentReply(
+            Message(role="assistant", content="".join(text), tool_calls=tool_calls), usage=usage
+        )
 
 
 def _usage(usage: Any) -> dict[str, int]:
     if not isinstance(usage, Mapping):
         return {}
-    return {k: int(v) for k, v in usage.items()
-            if k in ("prompt_tokens", "completion_tokens", "total_tokens")
-            and isinstance(v, int | float)}
+    return {
+        k: int(v)
+        for k, v in usage.items()
+        if k in ("prompt_tokens", "completion_tokens", "total_tokens")
+        and isinstance(v, int | float)
+    }
 
 
 class OpenAIProvider:

@@ -49,13 +49,20 @@ class _Settings(BaseModel):
 
 def _blocks(message: Message) -> list[dict[str, Any]]:
     if message.role == "tool":
-        return [{"type": "tool_result", "toolUseId": message.tool_call_id or "",
-                 "content": [{"type": "text", "text": message.content}]}]
+        return [
+            {
+                "type": "tool_result",
+                "toolUseId": message.tool_call_id or "",
+                "content": [{"type": "text", "text": message.content}],
+            }
+        ]
     blocks: list[dict[str, Any]] = []
     if message.content:
         blocks.append({"type": "text", "text": message.content})
-    blocks += [{"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}
-               for c in message.tool_calls]
+    blocks += [
+        {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}
+        for c in message.tool_calls
+    ]
     return blocks
 
 
@@ -67,8 +74,12 @@ def to_params(request: AgentRequest, settings: _Settings) -> dict[str, Any]:
         if m.role == "system":
             continue
         blocks = _blocks(m)
-        messages.append({"role": "assistant" if m.role == "assistant" else "user",
-                         "content": blocks[0] if len(blocks) == 1 else blocks})
+        messages.append(
+            {
+                "role": "assistant" if m.role == "assistant" else "user",
+                "content": blocks[0] if len(blocks) == 1 else blocks,
+            }
+        )
     params: dict[str, Any] = {"messages": messages, "maxTokens": settings.max_tokens}
     if system or settings.system:
         params["systemPrompt"] = system or settings.system
@@ -79,9 +90,14 @@ def to_params(request: AgentRequest, settings: _Settings) -> dict[str, Any]:
     if settings.include_context:
         params["includeContext"] = settings.include_context
     if request.tools:
-        params["tools"] = [{"name": t["name"], "description": t.get("description") or "",
-                            "inputSchema": t.get("input_schema") or {"type": "object"}}
-                           for t in request.tools]
+        params["tools"] = [
+            {
+                "name": t["name"],
+                "description": t.get("description") or "",
+                "inputSchema": t.get("input_schema") or {"type": "object"},
+            }
+            for t in request.tools
+        ]
     return params
 
 
@@ -92,16 +108,26 @@ def from_result(name: str, result: Mapping[str, Any]) -> AgentReply:
     texts, calls = [], []
     for block in blocks:
         if not isinstance(block, Mapping):
-            raise AgentFailed(name, "the client's sampling result has no content: "
-                                    f"{str(result)[:200]}", retryable=False)
+            raise AgentFailed(
+                name,
+                f"the client's sampling result has no content: {str(result)[:200]}",
+                retryable=False,
+            )
         if block.get("type") == "text":
             texts.append(str(block.get("text", "")))
         elif block.get("type") == "tool_use":
-            calls.append(ToolCall(str(block.get("id")), str(block.get("name")),
-                                  dict(block.get("input") or {})))
+            calls.append(
+                ToolCall(
+                    str(block.get("id")), str(block.get("name")), dict(block.get("input") or {})
+                )
+            )
         else:
-            raise AgentFailed(name, f"the client answered with {block.get('type')!r} content; "
-                                    "only text and tool_use can be used", retryable=False)
+            raise AgentFailed(
+                name,
+                f"the client answered with {block.get('type')!r} content; "
+                "only text and tool_use can be used",
+                retryable=False,
+            )
     return AgentReply(Message(role="assistant", content="".join(texts), tool_calls=calls))
 
 
@@ -116,10 +142,12 @@ class SamplingAgent:
     async def complete(self, request: AgentRequest) -> AgentReply:
         """Send the conversation to a client and return its answer."""
         if request.context is None:
-            raise AgentFailed(self.name, "sampling needs a step's context (a run on a host)",
-                              retryable=False)
-        result = await request.context.sample(to_params(request, self.settings),
-                                               timeout=self.settings.timeout)
+            raise AgentFailed(
+                self.name, "sampling needs a step's context (a run on a host)", retryable=False
+            )
+        result = await request.context.sample(
+            to_params(request, self.settings), timeout=self.settings.timeout
+        )
         return from_result(self.name, result)
 
 

@@ -58,8 +58,9 @@ class _Entry(BaseModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> _Entry:
-        kinds = [k.rstrip("_") for k in ("say", "json_", "call", "calls")
-                 if k in self.model_fields_set]
+        kinds = [
+            k.rstrip("_") for k in ("say", "json_", "call", "calls") if k in self.model_fields_set
+        ]
         if len(kinds) != 1:
             got = ", ".join(kinds) if kinds else "none of them"
             raise ValueError(f"give exactly one of say, json, call, calls (got {got})")
@@ -99,17 +100,23 @@ class ScriptedAgent:
         messages = request.messages
         k = sum(1 for m in messages if m.role == "assistant")
         if k >= len(self.script):
-            raise AgentFailed(self.name, f"script exhausted after {len(self.script)} replies",
-                              retryable=False)
+            raise AgentFailed(
+                self.name, f"script exhausted after {len(self.script)} replies", retryable=False
+            )
         entry = self.script[k]
         last = next((m.content for m in reversed(messages) if m.role != "assistant"), "")
         if entry.when is not None and not re.search(entry.when, last):
-            raise AgentFailed(self.name, f"script[{k}] expects the last message to match "
-                                         f"/{entry.when}/, but it is {_brief(last)}",
-                              retryable=False)
+            raise AgentFailed(
+                self.name,
+                f"script[{k}] expects the last message to match "
+                f"/{entry.when}/, but it is {_brief(last)}",
+                retryable=False,
+            )
         message = _reply(entry, last, sum(len(m.tool_calls) for m in messages))
-        usage = {"prompt_tokens": sum(len(m.content) for m in messages) // 4,
-                 "completion_tokens": len(message.content) // 4}
+        usage = {
+            "prompt_tokens": sum(len(m.content) for m in messages) // 4,
+            "completion_tokens": len(message.content) // 4,
+        }
         return AgentReply(message=message, usage=usage)
 
 
@@ -122,10 +129,13 @@ def _reply(entry: _Entry, last: str, calls_so_far: int) -> Message:
         calls = entry.calls
     else:
         return Message(role="assistant", content=json.dumps(entry.json_, ensure_ascii=False))
-    return Message(role="assistant", tool_calls=[
-        ToolCall(id=f"call_{calls_so_far + i + 1}", name=c.tool, arguments=dict(c.args))
-        for i, c in enumerate(calls)
-    ])
+    return Message(
+        role="assistant",
+        tool_calls=[
+            ToolCall(id=f"call_{calls_so_far + i + 1}", name=c.tool, arguments=dict(c.args))
+            for i, c in enumerate(calls)
+        ],
+    )
 
 
 def _brief(text: str, limit: int = 200) -> str:

@@ -62,8 +62,9 @@ async def plait_server(mode: str) -> None:
 # -- the load ----------------------------------------------------------------------------------
 
 
-async def load(url: str, token: str, connections: int, requests: int, inflight: int
-               ) -> dict[str, Any]:
+async def load(
+    url: str, token: str, connections: int, requests: int, inflight: int
+) -> dict[str, Any]:
     """``connections`` × ``requests`` pings, ``inflight`` outstanding per connection."""
     headers = {"Authorization": f"Bearer {token}"} if token != "-" else {}
     latencies: list[float] = []
@@ -96,9 +97,11 @@ async def load(url: str, token: str, connections: int, requests: int, inflight: 
             tg.start_soon(one_connection)
     elapsed = time.perf_counter() - started
     latencies.sort()
-    return {"requests_per_s": connections * requests / elapsed,
-            "p50_ms": latencies[len(latencies) // 2] * 1e3,
-            "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3}
+    return {
+        "requests_per_s": connections * requests / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1e3,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
+    }
 
 
 # -- runs/start to the first step --------------------------------------------------------------
@@ -129,13 +132,21 @@ async def first_step_latency(mode: str, samples: int) -> dict[str, Any]:
             host.register(workflow)
             async with anyio.create_task_group() as tg:
                 url, token = await tg.start(host.serve_websocket)
-                async with connect(url, additional_headers={
-                        "Authorization": f"Bearer {token}"}) as ws:
+                async with connect(
+                    url, additional_headers={"Authorization": f"Bearer {token}"}
+                ) as ws:
                     for i in range(samples + 20):
                         sent = time.perf_counter()
-                        await ws.send(json.dumps({"jsonrpc": "2.0", "id": i,
-                                                  "method": "runs/start",
-                                                  "params": {"workflow": "first"}}))
+                        await ws.send(
+                            json.dumps(
+                                {
+                                    "jsonrpc": "2.0",
+                                    "id": i,
+                                    "method": "runs/start",
+                                    "params": {"workflow": "first"},
+                                }
+                            )
+                        )
                         run_id = json.loads(await ws.recv())["result"]["runId"]
                         while run_id not in stamps:
                             await anyio.sleep(0.0005)
@@ -143,5 +154,7 @@ async def first_step_latency(mode: str, samples: int) -> dict[str, Any]:
                             latencies.append(stamps[run_id] - sent)
                 tg.cancel_scope.cancel()
     latencies.sort()
-    return {"p50_ms": statistics.median(latencies) * 1e3,
-            "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3}
+    return {
+        "p50_ms": statistics.median(latencies) * 1e3,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
+    }

@@ -26,10 +26,26 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 SIZES = {
-    "full": {"graph": 1000, "repeats": 5, "runs": 10_000, "many": 100_000, "conns": 8,
-             "requests": 5000, "inflight": 8, "samples": 500},
-    "quick": {"graph": 50, "repeats": 1, "runs": 200, "many": 500, "conns": 2,
-              "requests": 200, "inflight": 8, "samples": 20},
+    "full": {
+        "graph": 1000,
+        "repeats": 5,
+        "runs": 10_000,
+        "many": 100_000,
+        "conns": 8,
+        "requests": 5000,
+        "inflight": 8,
+        "samples": 500,
+    },
+    "quick": {
+        "graph": 50,
+        "repeats": 1,
+        "runs": 200,
+        "many": 500,
+        "conns": 2,
+        "requests": 200,
+        "inflight": 8,
+        "samples": 20,
+    },
 }
 
 
@@ -41,11 +57,11 @@ def measure(name: str, args: dict[str, Any]) -> dict[str, Any]:
     import workloads
 
     if name == "plait-graph":
-        return anyio.run(lambda: workloads.plait_graph(args["kind"], args["n"], args["mode"],
-                                                       args["repeats"]))
+        return anyio.run(
+            lambda: workloads.plait_graph(args["kind"], args["n"], args["mode"], args["repeats"])
+        )
     if name == "asyncio-graph":
-        return anyio.run(lambda: workloads.asyncio_graph(args["kind"], args["n"],
-                                                         args["repeats"]))
+        return anyio.run(lambda: workloads.asyncio_graph(args["kind"], args["n"], args["repeats"]))
     if name == "plait-runs":
         return anyio.run(lambda: workloads.plait_runs(args["n"], args["mode"]))
     if name == "asyncio-runs":
@@ -53,8 +69,11 @@ def measure(name: str, args: dict[str, Any]) -> dict[str, Any]:
     if name == "latency":
         return anyio.run(lambda: rpc.first_step_latency(args["mode"], args["samples"]))
     if name == "load":
-        return anyio.run(lambda: rpc.load(args["url"], args["token"], args["conns"],
-                                          args["requests"], args["inflight"]))
+        return anyio.run(
+            lambda: rpc.load(
+                args["url"], args["token"], args["conns"], args["requests"], args["inflight"]
+            )
+        )
     if name == "raw-server":
         anyio.run(rpc.raw_server)
     elif name == "plait-server":
@@ -67,24 +86,38 @@ def measure(name: str, args: dict[str, Any]) -> dict[str, Any]:
 
 def child(name: str, **args: Any) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; its last stdout line is the JSON result."""
-    done = subprocess.run([sys.executable, __file__, "--one", name, json.dumps(args)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, __file__, "--one", name, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{name} {args} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def w4(server: str, size: dict[str, int], **args: Any) -> dict[str, Any]:
-    proc = subprocess.Popen([sys.executable, __file__, "--one", server, json.dumps(args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--one", server, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line.startswith("READY"):
             raise RuntimeError(f"{server} did not start: {line!r}")
         _, url, token = line.split()
-        return child("load", url=url, token=token, conns=size["conns"],
-                     requests=size["requests"], inflight=size["inflight"])
+        return child(
+            "load",
+            url=url,
+            token=token,
+            conns=size["conns"],
+            requests=size["requests"],
+            inflight=size["inflight"],
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -102,11 +135,24 @@ def collect(size: dict[str, int], only: set[str] | None, say: Any) -> dict[str, 
             results[key] = fn(*args, **kwargs)
 
     for kind in ("W1", "W2"):
-        put(f"{kind}/asyncio", child, "asyncio-graph", kind=kind, n=size["graph"],
-            repeats=size["repeats"])
+        put(
+            f"{kind}/asyncio",
+            child,
+            "asyncio-graph",
+            kind=kind,
+            n=size["graph"],
+            repeats=size["repeats"],
+        )
         for mode in ("memory", "durable"):
-            put(f"{kind}/{mode}", child, "plait-graph", kind=kind, n=size["graph"], mode=mode,
-                repeats=size["repeats"])
+            put(
+                f"{kind}/{mode}",
+                child,
+                "plait-graph",
+                kind=kind,
+                n=size["graph"],
+                mode=mode,
+                repeats=size["repeats"],
+            )
     put("W3/asyncio", child, "asyncio-runs", n=size["runs"])
     for mode in ("memory", "durable"):
         put(f"W3/{mode}", child, "plait-runs", n=size["runs"], mode=mode)
@@ -123,15 +169,30 @@ def rows(r: dict[str, Any], size: dict[str, int]) -> list[tuple[str, ...]]:
     """(workload, plait, baseline, ratio, goal, met) for the table."""
     out: list[tuple[str, ...]] = []
 
-    def row(name: str, ours: float | None, base: float | None, unit: str, goal: str,
-            met: bool | None, ratio: float | None = None) -> None:
+    def row(
+        name: str,
+        ours: float | None,
+        base: float | None,
+        unit: str,
+        goal: str,
+        met: bool | None,
+        ratio: float | None = None,
+    ) -> None:
         def fmt(v: float | None) -> str:
             return "—" if v is None else f"{v:,.1f} {unit}"
 
         if ratio is None and ours is not None and base:
             ratio = ours / base
-        out.append((name, fmt(ours), fmt(base), "—" if ratio is None else f"{ratio:.2f}×",
-                    goal, "—" if met is None else ("yes" if met else "NO")))
+        out.append(
+            (
+                name,
+                fmt(ours),
+                fmt(base),
+                "—" if ratio is None else f"{ratio:.2f}×",
+                goal,
+                "—" if met is None else ("yes" if met else "NO"),
+            )
+        )
 
     def get(key: str, field: str) -> float | None:
         return r[key][field] if key in r else None
@@ -141,42 +202,114 @@ def rows(r: dict[str, Any], size: dict[str, int]) -> list[tuple[str, ...]]:
         base = get(f"{kind}/asyncio", "us_per_step")
         mem = get(f"{kind}/memory", "us_per_step")
         dur = get(f"{kind}/durable", "us_per_step")
-        row(f"{label}, memory", mem, base, "µs/step", "≤ 2× baseline",
-            None if mem is None or base is None else mem <= 2 * base)
-        row(f"{label}, durable", dur, base, "µs/step", "≤ 150 µs",
-            None if dur is None else dur <= 150)
+        row(
+            f"{label}, memory",
+            mem,
+            base,
+            "µs/step",
+            "≤ 2× baseline",
+            None if mem is None or base is None else mem <= 2 * base,
+        )
+        row(
+            f"{label}, durable",
+            dur,
+            base,
+            "µs/step",
+            "≤ 150 µs",
+            None if dur is None else dur <= 150,
+        )
     runs = size["runs"]
     base_rps, base_rss = get("W3/asyncio", "runs_per_s"), get("W3/asyncio", "peak_rss_mb")
     mem_rps, mem_rss = get("W3/memory", "runs_per_s"), get("W3/memory", "peak_rss_mb")
     dur_rps, dur_rss = get("W3/durable", "runs_per_s"), get("W3/durable", "peak_rss_mb")
-    row(f"W3 {runs:,} runs, memory", mem_rps, base_rps, "runs/s", "≥ 0.5× baseline",
-        None if mem_rps is None or base_rps is None else mem_rps >= 0.5 * base_rps)
-    row(f"W3 {runs:,} runs, memory, peak RSS", mem_rss, base_rss, "MB", "≤ 2× baseline",
-        None if mem_rss is None or base_rss is None else mem_rss <= 2 * base_rss)
-    row(f"W3 {runs:,} runs, durable", dur_rps, base_rps, "runs/s", "≥ 1,500 runs/s",
-        None if dur_rps is None else dur_rps >= 1500)
+    row(
+        f"W3 {runs:,} runs, memory",
+        mem_rps,
+        base_rps,
+        "runs/s",
+        "≥ 0.5× baseline",
+        None if mem_rps is None or base_rps is None else mem_rps >= 0.5 * base_rps,
+    )
+    row(
+        f"W3 {runs:,} runs, memory, peak RSS",
+        mem_rss,
+        base_rss,
+        "MB",
+        "≤ 2× baseline",
+        None if mem_rss is None or base_rss is None else mem_rss <= 2 * base_rss,
+    )
+    row(
+        f"W3 {runs:,} runs, durable",
+        dur_rps,
+        base_rps,
+        "runs/s",
+        "≥ 1,500 runs/s",
+        None if dur_rps is None else dur_rps >= 1500,
+    )
     row(f"W3 {runs:,} runs, durable, peak RSS", dur_rss, base_rss, "MB", "—", None)
     many = size["many"]
     many_rss = get("W3-many/memory", "peak_rss_mb")
-    row(f"W3 {many:,} runs, memory", get("W3-many/memory", "runs_per_s"),
-        get("W3-many/asyncio", "runs_per_s"), "runs/s", "completes", "W3-many/memory" in r)
-    row(f"W3 {many:,} runs, memory, peak RSS", many_rss, get("W3-many/asyncio", "peak_rss_mb"),
-        "MB", "< 1,500 MB", None if many_rss is None else many_rss < 1500)
-    row("W3 memory per in-flight run", get("W3/memory", "kb_per_run"),
-        get("W3/asyncio", "kb_per_run"), "KB", "—", None)
+    row(
+        f"W3 {many:,} runs, memory",
+        get("W3-many/memory", "runs_per_s"),
+        get("W3-many/asyncio", "runs_per_s"),
+        "runs/s",
+        "completes",
+        "W3-many/memory" in r,
+    )
+    row(
+        f"W3 {many:,} runs, memory, peak RSS",
+        many_rss,
+        get("W3-many/asyncio", "peak_rss_mb"),
+        "MB",
+        "< 1,500 MB",
+        None if many_rss is None else many_rss < 1500,
+    )
+    row(
+        "W3 memory per in-flight run",
+        get("W3/memory", "kb_per_run"),
+        get("W3/asyncio", "kb_per_run"),
+        "KB",
+        "—",
+        None,
+    )
     raw_rps, raw_p99 = get("W4/raw", "requests_per_s"), get("W4/raw", "p99_ms")
     for mode in ("memory", "durable"):
         rps, p99 = get(f"W4/{mode}", "requests_per_s"), get(f"W4/{mode}", "p99_ms")
-        row(f"W4 ping ×{size['conns'] * size['requests']:,}, {mode}", rps, raw_rps, "req/s",
-            "≥ 0.7× raw", None if rps is None or raw_rps is None else rps >= 0.7 * raw_rps)
-        row(f"W4 p99, {mode}", p99, raw_p99, "ms", "≤ 2× raw",
-            None if p99 is None or raw_p99 is None else p99 <= 2 * raw_p99)
+        row(
+            f"W4 ping ×{size['conns'] * size['requests']:,}, {mode}",
+            rps,
+            raw_rps,
+            "req/s",
+            "≥ 0.7× raw",
+            None if rps is None or raw_rps is None else rps >= 0.7 * raw_rps,
+        )
+        row(
+            f"W4 p99, {mode}",
+            p99,
+            raw_p99,
+            "ms",
+            "≤ 2× raw",
+            None if p99 is None or raw_p99 is None else p99 <= 2 * raw_p99,
+        )
     for mode in ("memory", "durable"):
         p50 = get(f"latency/{mode}", "p50_ms")
-        row(f"runs/start → first step p50, {mode}", p50, None, "ms", "< 1 ms",
-            None if p50 is None else p50 < 1)
-        row(f"runs/start → first step p99, {mode}", get(f"latency/{mode}", "p99_ms"), None,
-            "ms", "—", None)
+        row(
+            f"runs/start → first step p50, {mode}",
+            p50,
+            None,
+            "ms",
+            "< 1 ms",
+            None if p50 is None else p50 < 1,
+        )
+        row(
+            f"runs/start → first step p99, {mode}",
+            get(f"latency/{mode}", "p99_ms"),
+            None,
+            "ms",
+            "—",
+            None,
+        )
     return out
 
 
@@ -184,8 +317,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (harness check)")
     parser.add_argument("--only", help="comma-separated workloads: W1,W2,W3,W3-many,W4,latency")
-    parser.add_argument("--json", metavar="PATH", help="where to write the results "
-                        "(default: bench/results/<time>.json)")
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="where to write the results (default: bench/results/<time>.json)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="?", help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -197,29 +333,51 @@ def main() -> int:
     console = Console(stderr=True)
     started = time.monotonic()
     results = collect(size, only, lambda m: console.print(m, style="dim"))
-    machine = {"python": platform.python_version(), "platform": platform.platform(),
-               "cpus": os.cpu_count(), "commit": _commit()}
-    table = Table(title=f"plait benchmarks ({'quick' if opts.quick else 'full'}; "
-                        f"{machine['cpus']} CPUs, Python {machine['python']})")
+    machine = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "commit": _commit(),
+    }
+    table = Table(
+        title=f"plait benchmarks ({'quick' if opts.quick else 'full'}; "
+        f"{machine['cpus']} CPUs, Python {machine['python']})"
+    )
     for col in ("workload", "plait", "baseline", "ratio", "goal", "met"):
         table.add_column(col, justify="left" if col in ("workload", "goal") else "right")
     for line in rows(results, size):
         if only is None or line[1] != "—":
             table.add_row(*line)
     Console(width=max(120, Console().width)).print(table)
-    path = Path(opts.json) if opts.json else HERE / "results" / time.strftime(
-        "%Y%m%d-%H%M%S.json")
+    path = Path(opts.json) if opts.json else HERE / "results" / time.strftime("%Y%m%d-%H%M%S.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": machine, "size": size, "results": results,
-                                "seconds": time.monotonic() - started}, indent=2))
+    path.write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "size": size,
+                "results": results,
+                "seconds": time.monotonic() - started,
+            },
+            indent=2,
+        )
+    )
     console.print(f"results: {path} ({time.monotonic() - started:.0f} s)")
     return 0
 
 
 def _commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=HERE, timeout=5).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=HERE,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         return None
 

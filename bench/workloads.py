@@ -46,12 +46,14 @@ def _plugin() -> Any:
 def config(mode: str, data_dir: str, **limits: int) -> HostConfig:
     """The host of every measurement: runs in memory or in the durable store (synchronous
     FULL), no third-party plugins, no limit on steps at once; ``limits`` adds to it."""
-    return HostConfig.model_validate({
-        "host": {"data_dir": data_dir if mode == "durable" else ":memory:", "port": 0},
-        "plugins": {"entry_points": False},
-        "limits": {"max_concurrent_steps": 1_000_000, **limits},
-        "store": {"synchronous": "FULL"},
-    })
+    return HostConfig.model_validate(
+        {
+            "host": {"data_dir": data_dir if mode == "durable" else ":memory:", "port": 0},
+            "plugins": {"entry_points": False},
+            "limits": {"max_concurrent_steps": 1_000_000, **limits},
+            "store": {"synchronous": "FULL"},
+        }
+    )
 
 
 def chain(n: int) -> dict[str, Any]:
@@ -114,8 +116,12 @@ async def plait_runs(n: int, mode: str) -> dict[str, Any]:
             await _plait_batch(host, n)
             elapsed = time.perf_counter() - started
             peak = peak_rss_mb()
-    return {"runs_per_s": n / elapsed, "seconds": elapsed, "peak_rss_mb": peak,
-            "kb_per_run": max(0.0, peak - base) * 1024 / n}
+    return {
+        "runs_per_s": n / elapsed,
+        "seconds": elapsed,
+        "peak_rss_mb": peak,
+        "kb_per_run": max(0.0, peak - base) * 1024 / n,
+    }
 
 
 async def _plait_batch(host: plait.Host, n: int) -> None:
@@ -180,5 +186,9 @@ async def asyncio_runs(n: int) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     assert results == [i + 1 for i in range(n)]
     peak = peak_rss_mb()
-    return {"runs_per_s": n / elapsed, "seconds": elapsed, "peak_rss_mb": peak,
-            "kb_per_run": max(0.0, peak - base) * 1024 / n}
+    return {
+        "runs_per_s": n / elapsed,
+        "seconds": elapsed,
+        "peak_rss_mb": peak,
+        "kb_per_run": max(0.0, peak - base) * 1024 / n,
+    }

@@ -159,9 +159,12 @@ class HostConfig(_Section):
         """A plugin manager loading what ``[plugins]`` says, plus ``extra`` plugin objects."""
         from plait.plugins.manager import create_plugin_manager
 
-        return create_plugin_manager(entry_points=self.plugins.entry_points,
-                                     blocked=self.plugins.disabled,
-                                     modules=self.plugins.modules, extra=extra)
+        return create_plugin_manager(
+            entry_points=self.plugins.entry_points,
+            blocked=self.plugins.disabled,
+            modules=self.plugins.modules,
+            extra=extra,
+        )
 
     @property
     def memory_only(self) -> bool:
@@ -208,8 +211,9 @@ def load_config(
     except ValidationError as exc:
         from plait.plugins.types import validation_problems
 
-        raise ConfigError(f"invalid config ({source}): "
-                          f"{'; '.join(validation_problems(exc))}") from None
+        raise ConfigError(
+            f"invalid config ({source}): {'; '.join(validation_problems(exc))}"
+        ) from None
 
 
 _SECTIONS = ("host", "limits", "cache", "store", "plugins", "env")
@@ -219,10 +223,10 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        rest = name[len(ENV_PREFIX):].lower()
+        rest = name[len(ENV_PREFIX) :].lower()
         for section in _SECTIONS:
             if rest.startswith(section + "_"):
-                key = rest[len(section) + 1:]
+                key = rest[len(section) + 1 :]
                 try:
                     value: Any = json.loads(raw)
                 except ValueError:

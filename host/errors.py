@@ -153,8 +153,9 @@ class WorkflowNotFound(PlaitError, LookupError):
 
     __module__ = "plait"
 
-    def __init__(self, name: str, version: int | None = None, known: list[str] | None = None
-                 ) -> None:
+    def __init__(
+        self, name: str, version: int | None = None, known: list[str] | None = None
+    ) -> None:
         self.name = name
         self.version = version
         what = f"workflow {name!r}" + (f" version {version}" if version is not None else "")

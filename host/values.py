@@ -27,6 +27,7 @@ def dumps(value: Any) -> str:
         pass
     return _ENCODER.encode(value)
 
+
 PLUGIN_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
 """What plugin code may raise that fails only its own step or call. Cancellation is not in it:
 it always propagates."""

@@ -64,8 +64,13 @@ class PluginFailure:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for ``plugins/list`` and ``plait plugins``."""
-        return {"plugin": self.plugin, "stage": self.stage, "error": self.error,
-                "entry_point": self.entry_point, "version": self.version}
+        return {
+            "plugin": self.plugin,
+            "stage": self.stage,
+            "error": self.error,
+            "entry_point": self.entry_point,
+            "version": self.version,
+        }
 
 
 @dataclass
@@ -82,8 +87,11 @@ class PluginInfo:
     def to_dict(self) -> dict[str, Any]:
         """JSON form for ``plugins/list`` and ``plait plugins``."""
         return {
-            "name": self.name, "version": self.version, "builtin": self.builtin,
-            "step_types": self.step_types, "tools": self.tools,
+            "name": self.name,
+            "version": self.version,
+            "builtin": self.builtin,
+            "step_types": self.step_types,
+            "tools": self.tools,
             "agent_providers": self.agent_providers,
         }
 
@@ -145,8 +153,9 @@ class PluginManager(pluggy.PluginManager):
                 continue
             self._register(plugin, ep.name, entry_point=label)
 
-    def _register(self, plugin: object, name: str, *, builtin: bool = False,
-                  entry_point: str | None = None) -> bool:
+    def _register(
+        self, plugin: object, name: str, *, builtin: bool = False, entry_point: str | None = None
+    ) -> bool:
         try:
             self.register(plugin, name=name)
         except BaseException as exc:  # noqa: BLE001 - a bad hookimpl signature, say
@@ -158,12 +167,14 @@ class PluginManager(pluggy.PluginManager):
         self.versions.setdefault(name, getattr(plugin, "__version__", None))
         return True
 
-    def _fail(self, plugin: str, stage: str, exc: BaseException,
-              entry_point: str | None = None) -> None:
+    def _fail(
+        self, plugin: str, stage: str, exc: BaseException, entry_point: str | None = None
+    ) -> None:
         message = f"{type(exc).__name__}: {exc}"
         entry_point = entry_point or self.entry_point_labels.get(plugin)
-        self.failures.append(PluginFailure(plugin, stage, message, entry_point,
-                                           self.versions.get(plugin)))
+        self.failures.append(
+            PluginFailure(plugin, stage, message, entry_point, self.versions.get(plugin))
+        )
         where = f" (entry point {entry_point})" if entry_point else ""
         log.error("plugin %r%s failed at %s: %s", plugin, where, stage, message)
         log.debug("plugin %r traceback", plugin, exc_info=(type(exc), exc, exc.__traceback__))
@@ -194,8 +205,7 @@ class PluginManager(pluggy.PluginManager):
             except BaseException as exc:  # noqa: BLE001 - SystemExit from a plugin included
                 self._fail(plugin, hook, exc)
 
-    def call_isolated(self, hook: str, *, firstresult: bool = False, **kwargs: Any
-                      ) -> list[Any]:
+    def call_isolated(self, hook: str, *, firstresult: bool = False, **kwargs: Any) -> list[Any]:
         """Call a hook implementation by implementation, in pluggy's order (last registered
         first); one that raises is logged and skipped instead of aborting the call.
 
@@ -209,8 +219,13 @@ class PluginManager(pluggy.PluginManager):
                 if firstresult and result is not None:
                     break
             except BaseException as exc:  # noqa: BLE001 - observers never abort anything
-                log.error("plugin %r raised in %s: %s", impl.plugin_name, hook, exc,
-                          exc_info=(type(exc), exc, exc.__traceback__))
+                log.error(
+                    "plugin %r raised in %s: %s",
+                    impl.plugin_name,
+                    hook,
+                    exc,
+                    exc_info=(type(exc), exc, exc.__traceback__),
+                )
         return results
 
     def has_impls(self, hook: str) -> bool:
@@ -224,14 +239,16 @@ class PluginManager(pluggy.PluginManager):
         for name, _plugin in self.list_name_plugin():
             if _plugin is None:  # a blocked name: pluggy keeps it mapped to None
                 continue
-            out.append(PluginInfo(
-                name=name,
-                version=self.versions.get(name),
-                builtin=name in self.builtins,
-                step_types=regs.step_types.by_plugin(name),
-                tools=regs.tools.by_plugin(name),
-                agent_providers=regs.agent_providers.by_plugin(name),
-            ))
+            out.append(
+                PluginInfo(
+                    name=name,
+                    version=self.versions.get(name),
+                    builtin=name in self.builtins,
+                    step_types=regs.step_types.by_plugin(name),
+                    tools=regs.tools.by_plugin(name),
+                    agent_providers=regs.agent_providers.by_plugin(name),
+                )
+            )
         return sorted(out, key=lambda p: (not p.builtin, p.name))
 
 

@@ -81,8 +81,9 @@ class Registries:
 
         def register(step_type: type[StepType], *, replace: bool = False) -> None:
             if not (isinstance(step_type, type) and issubclass(step_type, StepType)):
-                raise PluginError(plugin, f"register_step_types expects a StepType subclass, "
-                                          f"got {step_type!r}")
+                raise PluginError(
+                    plugin, f"register_step_types expects a StepType subclass, got {step_type!r}"
+                )
             key = getattr(step_type, "key", None)
             if not isinstance(getattr(step_type, "Config", None), type):
                 raise PluginError(plugin, f"step type {step_type.__name__} has no Config model")
@@ -93,12 +94,14 @@ class Registries:
     def tool_register(self, plugin: str) -> Callable[..., None]:
         """The ``register`` callback given to one plugin's ``register_tools``."""
 
-        def register(tool: Any, name: str | None = None, *, replace: bool = False,
-                     **options: Any) -> None:
+        def register(
+            tool: Any, name: str | None = None, *, replace: bool = False, **options: Any
+        ) -> None:
             if isinstance(tool, Tool):
                 if name is not None and name != tool.name:
-                    raise PluginError(plugin, f"tool {tool.name!r} registered under another "
-                                              f"name {name!r}")
+                    raise PluginError(
+                        plugin, f"tool {tool.name!r} registered under another name {name!r}"
+                    )
                 obj = tool
             elif callable(tool):
                 try:
@@ -108,8 +111,9 @@ class Registries:
                 except Exception as exc:  # a bad signature or type hint in the plugin
                     raise PluginError(plugin, f"cannot make a tool of {tool!r}: {exc}") from exc
             else:
-                raise PluginError(plugin, f"register_tools expects a function or Tool, "
-                                          f"got {tool!r}")
+                raise PluginError(
+                    plugin, f"register_tools expects a function or Tool, got {tool!r}"
+                )
             self.tools.add(obj.name, obj, plugin=plugin, replace=replace)
 
         return register

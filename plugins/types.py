@@ -109,7 +109,11 @@ class StepContext(Protocol):
         """Add messages to a conversation, so later steps naming it see them."""
 
     async def run_body(
-        self, label: str, *, vars: Mapping[str, Any] | None = None, output: Any = None,
+        self,
+        label: str,
+        *,
+        vars: Mapping[str, Any] | None = None,
+        output: Any = None,
         key: str | None = None,
     ) -> Any:
         """Run a nested body of steps (a loop iteration, a parallel branch) to completion.
@@ -306,8 +310,9 @@ class Tool:
             try:
                 parsed = model.model_validate(args)
             except ValidationError as exc:
-                raise ToolFailed(tool_name, f"invalid arguments: {_brief(exc)}",
-                                 retryable=False) from None
+                raise ToolFailed(
+                    tool_name, f"invalid arguments: {_brief(exc)}", retryable=False
+                ) from None
             kwargs = {k: getattr(parsed, k) for k in type(parsed).model_fields}
             if context_param is not None:
                 kwargs[context_param] = context or ToolContext()
@@ -354,17 +359,20 @@ def tool(
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn.__plait_tool__ = {  # type: ignore[attr-defined]
-            "name": name, "description": description, "version": version,
-            "cacheable": cacheable, "cache_ttl": cache_ttl,
-            "max_concurrency": max_concurrency, "blocking": blocking,
+            "name": name,
+            "description": description,
+            "version": version,
+            "cacheable": cacheable,
+            "cache_ttl": cache_ttl,
+            "max_concurrency": max_concurrency,
+            "blocking": blocking,
         }
         return fn
 
     return mark
 
 
-def _arguments_model(fn: Callable[..., Any], tool_name: str
-                     ) -> tuple[type[BaseModel], str | None]:
+def _arguments_model(fn: Callable[..., Any], tool_name: str) -> tuple[type[BaseModel], str | None]:
     """The arguments' model, and the name of the parameter that takes the ToolContext."""
     fields: dict[str, Any] = {}
     context_param = None
@@ -448,8 +456,10 @@ class Message:
         return cls(
             role=data["role"],
             content=data.get("content") or "",
-            tool_calls=[ToolCall(c["id"], c["name"], dict(c.get("arguments") or {}))
-                        for c in data.get("tool_calls") or ()],
+            tool_calls=[
+                ToolCall(c["id"], c["name"], dict(c.get("arguments") or {}))
+                for c in data.get("tool_calls") or ()
+            ],
             tool_call_id=data.get("tool_call_id"),
             name=data.get("name"),
         )
@@ -517,16 +527,19 @@ def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
     for err in exc.errors(include_url=False):
         where = prefix
         for part in err["loc"]:
-            where += f"[{part}]" if isinstance(part, int) else (
-                f".{part}" if where else str(part))
-        message = "unknown key" if err["type"] == "extra_forbidden" else \
-            err["msg"].removeprefix("Value error, ")
+            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+        message = (
+            "unknown key"
+            if err["type"] == "extra_forbidden"
+            else err["msg"].removeprefix("Value error, ")
+        )
         problems.append(f"{where or '<table>'}: {message}")
     return problems
 
 
-def agent_settings(model: type[SettingsT], name: str, provider: str,
-                   config: Mapping[str, Any]) -> SettingsT:
+def agent_settings(
+    model: type[SettingsT], name: str, provider: str, config: Mapping[str, Any]
+) -> SettingsT:
     """Validate an ``[agents.<name>]`` table with a provider's settings model.
 
     Raises:
@@ -540,8 +553,10 @@ def agent_settings(model: type[SettingsT], name: str, provider: str,
     try:
         return model.model_validate(dict(config))
     except ValidationError as exc:
-        raise ValueError(f"agent {name!r} ({provider}): invalid configuration: "
-                         f"{'; '.join(validation_problems(exc))}") from None
+        raise ValueError(
+            f"agent {name!r} ({provider}): invalid configuration: "
+            f"{'; '.join(validation_problems(exc))}"
+        ) from None
 
 
 class AgentProvider(Protocol):
@@ -573,8 +588,12 @@ class RegisterTool(Protocol):
     """``register(fn_or_tool, name=None, replace=False, **options)``."""
 
     def __call__(
-        self, tool: Callable[..., Any] | Tool, name: str | None = None, *,
-        replace: bool = False, **options: Any,
+        self,
+        tool: Callable[..., Any] | Tool,
+        name: str | None = None,
+        *,
+        replace: bool = False,
+        **options: Any,
     ) -> None:
         """Add a tool: a :class:`Tool`, or a typed function turned into one."""
 

@@ -151,8 +151,11 @@ class _Session:
     async def _complete(self, agent: Agent, specs: list[dict[str, Any]]) -> Message:
         cfg, ctx = self.config, self.ctx
         request = AgentRequest(
-            messages=_system_first(self.messages), tools=specs,
-            output_schema=cfg.output_schema, step_id=ctx.step_id, run_id=ctx.run_id,
+            messages=_system_first(self.messages),
+            tools=specs,
+            output_schema=cfg.output_schema,
+            step_id=ctx.step_id,
+            run_id=ctx.run_id,
             context=ctx,
         )
         try:
@@ -162,20 +165,32 @@ class _Session:
         except Exception as exc:
             raise AgentFailed(cfg.agent, f"provider error: {type(exc).__name__}: {exc}") from exc
         if not isinstance(reply, AgentReply) or not isinstance(reply.message, Message):
-            raise AgentFailed(cfg.agent, f"provider returned {type(reply).__name__}, "
-                                         "not an AgentReply", retryable=False)
+            raise AgentFailed(
+                cfg.agent,
+                f"provider returned {type(reply).__name__}, not an AgentReply",
+                retryable=False,
+            )
         if reply.message.role != "assistant":
-            raise AgentFailed(cfg.agent, f"reply has role {reply.message.role!r}, "
-                                         "expected 'assistant'", retryable=False)
+            raise AgentFailed(
+                cfg.agent,
+                f"reply has role {reply.message.role!r}, expected 'assistant'",
+                retryable=False,
+            )
         self.turns += 1
         for key, count in reply.usage.items():
             if isinstance(count, int):
                 self.usage[key] = self.usage.get(key, 0) + count
         self._add(reply.message)
-        await ctx.emit("agent.message", {
-            "agent": cfg.agent, "conversation": self.name, "turn": self.turns,
-            "message": reply.message.to_dict(), "usage": dict(reply.usage),
-        })
+        await ctx.emit(
+            "agent.message",
+            {
+                "agent": cfg.agent,
+                "conversation": self.name,
+                "turn": self.turns,
+                "message": reply.message.to_dict(),
+                "usage": dict(reply.usage),
+            },
+        )
         return reply.message
 
     async def _call_tools(self, calls: list[ToolCall]) -> None:
@@ -183,8 +198,10 @@ class _Session:
         for call in calls:
             event: dict[str, Any] = {"id": call.id, "tool": call.name, "arguments": call.arguments}
             if call.name not in allowed:
-                error = (f"tool {call.name!r} is not available to this agent step; available: "
-                         f"{', '.join(allowed) or 'none'}")
+                error = (
+                    f"tool {call.name!r} is not available to this agent step; available: "
+                    f"{', '.join(allowed) or 'none'}"
+                )
                 content = f"error: {error}"
                 event["error"] = error
             else:
@@ -216,10 +233,15 @@ class _Session:
         return output
 
     async def _emit_usage(self) -> None:
-        await self.ctx.emit("agent.usage", {
-            "agent": self.config.agent, "conversation": self.name, "turns": self.turns,
-            "usage": dict(self.usage),
-        })
+        await self.ctx.emit(
+            "agent.usage",
+            {
+                "agent": self.config.agent,
+                "conversation": self.name,
+                "turns": self.turns,
+                "usage": dict(self.usage),
+            },
+        )
 
 
 def _schema_validator(cfg: AgentStep.Config) -> Validator:
@@ -228,8 +250,11 @@ def _schema_validator(cfg: AgentStep.Config) -> Validator:
     try:
         cls.check_schema(schema)
     except SchemaError as exc:
-        raise AgentFailed(cfg.agent, f"output_schema is not a valid JSON Schema: "
-                                     f"{exc.json_path}: {exc.message}", retryable=False) from None
+        raise AgentFailed(
+            cfg.agent,
+            f"output_schema is not a valid JSON Schema: {exc.json_path}: {exc.message}",
+            retryable=False,
+        ) from None
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
@@ -276,9 +301,11 @@ def _check(content: str, validator: Validator) -> tuple[Any, list[str]]:
 
 def _repair_prompt(problems: list[str]) -> str:
     lines = "\n".join(f"- {p}" for p in problems)
-    return ("Your answer does not match the required output schema:\n"
-            f"{lines}\n"
-            "Reply again with only the corrected JSON value, and nothing else.")
+    return (
+        "Your answer does not match the required output schema:\n"
+        f"{lines}\n"
+        "Reply again with only the corrected JSON value, and nothing else."
+    )
 
 
 @hookimpl

@@ -72,8 +72,7 @@ class DelayStep(StepType):
             if isinstance(value, datetime):
                 if value.tzinfo is None:
                     raise ValueError(
-                        f"until: {value.isoformat()} has no timezone; add one, "
-                        "e.g. Z or +02:00"
+                        f"until: {value.isoformat()} has no timezone; add one, e.g. Z or +02:00"
                     )
                 return value.timestamp()
             return value

@@ -136,8 +136,7 @@ class LoopStep(StepType):
         while ctx.render(config.while_, index=index, item=last):
             if index >= config.max_iterations:
                 raise LoopLimitExceeded(
-                    f"while-loop condition still true after max_iterations="
-                    f"{config.max_iterations}"
+                    f"while-loop condition still true after max_iterations={config.max_iterations}"
                 )
             last = await ctx.run_body(
                 "steps", vars={"index": index, "item": last}, output=config.output, key=str(index)
@@ -180,8 +179,14 @@ async def _run_all(jobs: Sequence[Callable[[], Awaitable[Any]]], concurrency: in
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", str: "a string", bool: "a bool", int: "a number",
-             float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        str: "a string",
+        bool: "a bool",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 

@@ -13,8 +13,12 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "run.py"
 
 def test_quick_bench_measures_every_workload(tmp_path):
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "W1 chain" in done.stdout and "W4 ping" in done.stdout
     results = json.loads(out.read_text())["results"]

@@ -22,9 +22,12 @@ def test_every_name_resolves():
 
 
 def test_every_public_exception_is_exported_from_plait():
-    exceptions = [name for name in plait.errors.__all__
-                  if isinstance(getattr(plait.errors, name), type)
-                  and issubclass(getattr(plait.errors, name), BaseException)]
+    exceptions = [
+        name
+        for name in plait.errors.__all__
+        if isinstance(getattr(plait.errors, name), type)
+        and issubclass(getattr(plait.errors, name), BaseException)
+    ]
     assert "PlaitError" in exceptions and "DefinitionError" in exceptions
     for name in exceptions:
         cls = getattr(plait.errors, name)
@@ -58,8 +61,12 @@ def test_facade_holds_only_imports_docstring_and_all():
 
 def test_facade_imports_are_exactly_all():
     tree = ast.parse((REPO / "host" / "__init__.py").read_text(encoding="utf-8"))
-    imported = {alias.asname or alias.name for node in tree.body
-                if isinstance(node, ast.ImportFrom) for alias in node.names}
+    imported = {
+        alias.asname or alias.name
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
     assert imported == set(plait.__all__)
     for node in tree.body:
         if isinstance(node, ast.ImportFrom):

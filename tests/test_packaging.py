@@ -25,7 +25,9 @@ def packages_on_disk(package_dir: dict[str, str]) -> set[str]:
 
 def test_package_dir_maps_the_four_folders():
     assert setuptools_table()["package-dir"] == {
-        "plait": "host", "plait.plugins": "plugins", "plait.steps": "steps",
+        "plait": "host",
+        "plait.plugins": "plugins",
+        "plait.steps": "steps",
         "plait.agents": "agents",
     }
 

@@ -49,18 +49,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="plait", description="plait: workflows of agents "
-                                     "and tools, run durably and watched live.")
+    parser = argparse.ArgumentParser(
+        prog="plait",
+        description="plait: workflows of agents and tools, run durably and watched live.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a workflow file in this process")
     p.add_argument("file")
-    p.add_argument("--input", "-i", action="append", default=[], metavar="KEY=VALUE",
-                   help="an input; VALUE is parsed as JSON when it parses, else a string")
+    p.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an input; VALUE is parsed as JSON when it parses, else a string",
+    )
     p.add_argument("--inputs-json", metavar="FILE", help="a JSON file of inputs")
     p.add_argument("--config", help="host config file (default: ./plait.toml if present)")
-    p.add_argument("--workflows", metavar="DIR", help="folder of workflows that `workflow:` "
-                   "steps may call (default: the file's own folder)")
+    p.add_argument(
+        "--workflows",
+        metavar="DIR",
+        help="folder of workflows that `workflow:` steps may call (default: the file's own folder)",
+    )
     p.add_argument("--json", action="store_true", help="print the finished run as JSON")
     p.add_argument("--no-cache", action="store_true", help="do not use the tool cache")
     p.set_defaults(func=cmd_run)
@@ -87,9 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.add_argument("--data-dir", help="store, cache and token folder; :memory: for none")
     p.add_argument("--workflows", metavar="DIR", help="register every workflow file in DIR")
-    p.add_argument("--allow-remote", action="store_true",
-                   help="allow binding a non-loopback address (the token is then the only "
-                        "protection)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow binding a non-loopback address (the token is then the only protection)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("call", help="send one JSON-RPC request to a running host")
@@ -169,8 +182,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if run.status == "succeeded" else 1
 
 
-async def _run_and_show(engine: Engine, compiled: Any, inputs: dict[str, Any],
-                        view: ProgressView) -> Any:
+async def _run_and_show(
+    engine: Engine, compiled: Any, inputs: dict[str, Any], view: ProgressView
+) -> Any:
     async with engine:
         run = await engine.start(compiled, inputs)
         with view:
@@ -229,8 +243,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     pm = config.plugin_manager()
     infos = pm.info()
     if args.json:
-        print(json.dumps({"plugins": [i.to_dict() for i in infos],
-                          "failed": [f.to_dict() for f in pm.failures]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "plugins": [i.to_dict() for i in infos],
+                    "failed": [f.to_dict() for f in pm.failures],
+                },
+                indent=2,
+            )
+        )
         return 1 if pm.failures else 0
     from rich.console import Console
     from rich.table import Table
@@ -239,15 +260,22 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for col in ("plugin", "version", "step types", "tools", "agent providers"):
         table.add_column(col)
     for info in infos:
-        table.add_row(info.name + (" (built-in)" if info.builtin else ""), info.version or "",
-                      ", ".join(info.step_types), ", ".join(info.tools),
-                      ", ".join(info.agent_providers))
+        table.add_row(
+            info.name + (" (built-in)" if info.builtin else ""),
+            info.version or "",
+            ", ".join(info.step_types),
+            ", ".join(info.tools),
+            ", ".join(info.agent_providers),
+        )
     console = Console()
     console.print(table)
     for failure in pm.failures:
         where = f" [{failure.entry_point}]" if failure.entry_point else ""
-        console.print(f"[red]failed[/red] {failure.plugin}{where} at {failure.stage}: "
-                      f"{failure.error}", markup=True, highlight=False)
+        console.print(
+            f"[red]failed[/red] {failure.plugin}{where} at {failure.stage}: {failure.error}",
+            markup=True,
+            highlight=False,
+        )
     return 1 if pm.failures else 0
 
 
@@ -268,8 +296,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             def ready(url: str, token: str) -> None:
                 where = host.data_dir / "token" if host.data_dir else "not saved (:memory:)"
-                print(f"plait {host.version} listening on {url}\n"
-                      f"token: {token}\n(token file: {where})", file=sys.stderr, flush=True)
+                print(
+                    f"plait {host.version} listening on {url}\n"
+                    f"token: {token}\n(token file: {where})",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
             await host.serve_websocket(ready=ready)
 
@@ -319,4 +351,3 @@ def cmd_mcp(args: argparse.Namespace) -> int:
         print(f"error: cannot reach {url}: {exc}", file=sys.stderr)
         return 1
     return 0
-

@@ -17,17 +17,33 @@ from plait.state.runs import Event, Run
 
 __all__ = ["ProgressView"]
 
-_STYLE = {"succeeded": "green", "failed": "red", "running": "yellow", "skipped": "dim",
-          "cancelled": "magenta", "waiting": "cyan", "pending": "dim"}
-_SHOWN = ("step.started", "step.succeeded", "step.failed", "step.skipped", "step.cancelled",
-          "step.retrying", "step.cached", "step.waiting")
+_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "running": "yellow",
+    "skipped": "dim",
+    "cancelled": "magenta",
+    "waiting": "cyan",
+    "pending": "dim",
+}
+_SHOWN = (
+    "step.started",
+    "step.succeeded",
+    "step.failed",
+    "step.skipped",
+    "step.cancelled",
+    "step.retrying",
+    "step.cached",
+    "step.waiting",
+)
 
 
 class ProgressView:
     """Shows a run as it goes: a rich live table on a terminal, plain lines otherwise."""
 
-    def __init__(self, compiled: CompiledWorkflow, *, json_mode: bool = False,
-                 console: Console | None = None) -> None:
+    def __init__(
+        self, compiled: CompiledWorkflow, *, json_mode: bool = False, console: Console | None = None
+    ) -> None:
         self.compiled = compiled
         self.json_mode = json_mode
         self.console = console or Console(stderr=json_mode)
@@ -46,8 +62,12 @@ class ProgressView:
             self.live.__enter__()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self.live is not None:
             self.live.__exit__(exc_type, exc, tb)
 
@@ -70,8 +90,9 @@ class ProgressView:
         elif kind == "failed":
             extra = f": {(event.data.get('error') or {}).get('message', '')}"
         elif kind == "retrying":
-            extra = f" after attempt {event.data.get('attempt')} in " \
-                    f"{event.data.get('delay', 0):.2f}s"
+            extra = (
+                f" after attempt {event.data.get('attempt')} in {event.data.get('delay', 0):.2f}s"
+            )
         elif kind == "skipped":
             extra = f" ({event.data.get('reason', '')})"
         if self._first_ts is None:
@@ -99,13 +120,19 @@ class ProgressView:
                 end = state.finished_at or now
                 duration = f"{end - state.started_at:.2f}s"
             settled, seen = inner.get(path, (0, 0))
-            table.add_row(path, Text(state.status, style=_STYLE.get(state.status, "")),
-                          str(state.attempts or ""), duration,
-                          f"{settled}/{seen}" if seen else "")
+            table.add_row(
+                path,
+                Text(state.status, style=_STYLE.get(state.status, "")),
+                str(state.attempts or ""),
+                duration,
+                f"{settled}/{seen}" if seen else "",
+            )
         p = run.progress()
         bar = ProgressBar(total=max(p["total"], 1), completed=p["done"], width=40)
-        head = Text(f"{run.workflow} v{run.version}  {run.status}  "
-                    f"{p['done']}/{p['total']} steps  {p['percent']}%")
+        head = Text(
+            f"{run.workflow} v{run.version}  {run.status}  "
+            f"{p['done']}/{p['total']} steps  {p['percent']}%"
+        )
         return Group(head, bar, table)
 
     def summary(self, run: Run) -> None:

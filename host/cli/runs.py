@@ -29,10 +29,12 @@ from plait.store.datadir import DataDirLock
 
 __all__ = ["add_runs_parser"]
 
+
 def add_runs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``plait runs`` and its sub-commands."""
-    runs = sub.add_parser("runs", help="list, inspect and control runs (of a data dir, or of "
-                                       "a running host)")
+    runs = sub.add_parser(
+        "runs", help="list, inspect and control runs (of a data dir, or of a running host)"
+    )
     actions = runs.add_subparsers(dest="runs_command", required=True)
 
     def action(name: str, help: str, *, run_id: bool = True) -> argparse.ArgumentParser:
@@ -49,8 +51,10 @@ def add_runs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = action("list", "runs, newest first", run_id=False)
     p.add_argument("--workflow")
-    p.add_argument("--status", choices=("pending", "running", "paused", "waiting",
-                                        "succeeded", "failed", "cancelled"))
+    p.add_argument(
+        "--status",
+        choices=("pending", "running", "paused", "waiting", "succeeded", "failed", "cancelled"),
+    )
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--cursor", help="the next page's cursor, as printed by the last page")
     action("show", "one run: status, outputs, error and every step")
@@ -94,11 +98,17 @@ async def _remote(args: argparse.Namespace, config: HostConfig) -> dict[str, Any
 
     command = args.runs_command
     if command == "list":
-        return dict(await rpc("runs/list", workflow=args.workflow, status=args.status,
-                              limit=args.limit, cursor=args.cursor))
+        return dict(
+            await rpc(
+                "runs/list",
+                workflow=args.workflow,
+                status=args.status,
+                limit=args.limit,
+                cursor=args.cursor,
+            )
+        )
     if command == "events":
-        return dict(await rpc("runs/events", runId=args.run_id, since=args.since,
-                              limit=args.limit))
+        return dict(await rpc("runs/events", runId=args.run_id, since=args.since, limit=args.limit))
     method = {"show": "runs/get", "cancel": "runs/cancel", "resume": "runs/resume"}[command]
     return dict(await rpc(method, runId=args.run_id))
 
@@ -117,8 +127,11 @@ async def _local(args: argparse.Namespace, config: HostConfig) -> dict[str, Any]
         command = args.runs_command
         if command == "list":
             page = await engine.list_runs(
-                workflow=args.workflow, status=args.status, limit=args.limit,
-                cursor=parse_cursor(args.cursor) if args.cursor else None)
+                workflow=args.workflow,
+                status=args.status,
+                limit=args.limit,
+                cursor=parse_cursor(args.cursor) if args.cursor else None,
+            )
             return {"runs": page.runs, "nextCursor": page.next_cursor}
         if command == "show":
             return {"run": await (await engine.load_run(args.run_id)).view()}
@@ -142,8 +155,9 @@ async def _resume_here(host: Any, args: argparse.Namespace) -> dict[str, Any]:
     run = resumed[0]
     if run.status == "paused":
         await engine.resume(run.id)
-    view = ProgressView(await engine.snapshot(run.digest, run.workflow, run.version),
-                        json_mode=args.json)
+    view = ProgressView(
+        await engine.snapshot(run.digest, run.workflow, run.version), json_mode=args.json
+    )
     with view:
         async for event in run.follow(run.published):
             view.update(run, event)
@@ -159,7 +173,9 @@ def _print(args: argparse.Namespace, result: dict[str, Any]) -> int:
         return 0 if result.get("run", {}).get("status") != "failed" else 1
     console = Console(highlight=False)
     printers: dict[str, Callable[[Console, dict[str, Any]], None]] = {
-        "list": _print_list, "events": _print_events}
+        "list": _print_list,
+        "events": _print_events,
+    }
     printers.get(args.runs_command, _print_run)(console, result)
     if args.runs_command == "resume" and "run" in result:
         return 0 if result["run"]["status"] in ("succeeded", "running", "waiting") else 1
@@ -175,8 +191,14 @@ def _print_list(console: Console, result: dict[str, Any]) -> None:
     for col in ("run", "workflow", "version", "status", "created", "finished"):
         table.add_column(col)
     for r in result["runs"]:
-        table.add_row(r["id"], r["workflow"], str(r["version"]), r["status"],
-                      _when(r["created_at"]), _when(r.get("finished_at")))
+        table.add_row(
+            r["id"],
+            r["workflow"],
+            str(r["version"]),
+            r["status"],
+            _when(r["created_at"]),
+            _when(r.get("finished_at")),
+        )
     console.print(table)
     if result.get("nextCursor"):
         console.print(f"more: --cursor '{result['nextCursor']}'")
@@ -193,8 +215,10 @@ def _print_events(console: Console, result: dict[str, Any]) -> None:
 
 def _print_run(console: Console, result: dict[str, Any]) -> None:
     run = result["run"]
-    console.print(f"run {run['id']}  {run['workflow']} v{run['version']}  [bold]{run['status']}"
-                  f"[/bold]  created {_when(run['created_at'])}")
+    console.print(
+        f"run {run['id']}  {run['workflow']} v{run['version']}  [bold]{run['status']}"
+        f"[/bold]  created {_when(run['created_at'])}"
+    )
     if run.get("error"):
         console.print(f"[red]error:[/red] {run['error'].get('message')}")
     if run.get("outputs"):
@@ -206,6 +230,11 @@ def _print_run(console: Console, result: dict[str, Any]) -> None:
         duration = ""
         if step.get("started_at") and step.get("finished_at"):
             duration = f"{step['finished_at'] - step['started_at']:.2f}s"
-        table.add_row(path, step["status"], str(step.get("attempts") or ""), duration,
-                      (step.get("error") or {}).get("message", ""))
+        table.add_row(
+            path,
+            step["status"],
+            str(step.get("attempts") or ""),
+            duration,
+            (step.get("error") or {}).get("message", ""),
+        )
     console.print(table)

@@ -9,8 +9,14 @@ from plait.definition.models import WorkflowDef
 
 __all__ = ["Workflow"]
 
-_JSON_TYPES: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean",
-                                list: "array", dict: "object"}
+_JSON_TYPES: dict[type, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+}
 
 
 class Workflow:
@@ -27,13 +33,23 @@ class Workflow:
     """
 
     def __init__(self, name: str, *, description: str = "") -> None:
-        self._data: dict[str, Any] = {"name": name, "description": description,
-                                      "inputs": {"type": "object", "properties": {},
-                                                 "required": []},
-                                      "steps": [], "outputs": {}}
+        self._data: dict[str, Any] = {
+            "name": name,
+            "description": description,
+            "inputs": {"type": "object", "properties": {}, "required": []},
+            "steps": [],
+            "outputs": {},
+        }
 
-    def input(self, name: str, type: type | str | dict[str, Any] = str, *,
-              required: bool = True, default: Any = None, description: str = "") -> Workflow:
+    def input(
+        self,
+        name: str,
+        type: type | str | dict[str, Any] = str,
+        *,
+        required: bool = True,
+        default: Any = None,
+        description: str = "",
+    ) -> Workflow:
         """Declare an input; ``type`` is a Python type, a JSON type name or a schema."""
         if isinstance(type, dict):
             schema = dict(type)
@@ -55,8 +71,9 @@ class Workflow:
         self._data["steps"].append({"id": id, **{k.rstrip("_"): v for k, v in fields.items()}})
         return self
 
-    def tool(self, id: str, tool: str, /, _step: dict[str, Any] | None = None,
-             **args: Any) -> Workflow:
+    def tool(
+        self, id: str, tool: str, /, _step: dict[str, Any] | None = None, **args: Any
+    ) -> Workflow:
         """A ``tool`` step; keyword arguments are the tool's arguments (``with``)."""
         return self.step(id, tool=tool, with_=args, **(_step or {}))
 
@@ -68,8 +85,14 @@ class Workflow:
         """A ``transform`` step."""
         return self.step(id, transform=value, **fields)
 
-    def condition(self, id: str, expression: str, then: list[str] | None = None,
-                  else_: list[str] | None = None, **fields: Any) -> Workflow:
+    def condition(
+        self,
+        id: str,
+        expression: str,
+        then: list[str] | None = None,
+        else_: list[str] | None = None,
+        **fields: Any,
+    ) -> Workflow:
         """An ``if`` step gating ``then`` and ``else`` steps."""
         return self.step(id, if_=expression, then=then or [], else_=else_ or [], **fields)
 

@@ -149,14 +149,26 @@ def compile_workflow(
         issues = sorted(c.issues, key=lambda i: (i.line is None, i.line or 0))
         raise DefinitionError(issues, source=wf.origin)
     return CompiledWorkflow(
-        definition=wf, name=wf.name, version=wf.version or 1, digest=definition_digest(wf),
-        scope=scope, outputs=outputs, vars=variables, inputs_validator=validator, size=size,
+        definition=wf,
+        name=wf.name,
+        version=wf.version or 1,
+        digest=definition_digest(wf),
+        scope=scope,
+        outputs=outputs,
+        vars=variables,
+        inputs_validator=validator,
+        size=size,
     )
 
 
 class _Compiler:
-    def __init__(self, wf: WorkflowDef, step_types: Registry[type[StepType]],
-                 templates: TemplateEngine, limits: Limits) -> None:
+    def __init__(
+        self,
+        wf: WorkflowDef,
+        step_types: Registry[type[StepType]],
+        templates: TemplateEngine,
+        limits: Limits,
+    ) -> None:
         self.wf = wf
         self.step_types = step_types
         self.templates = templates
@@ -181,11 +193,13 @@ class _Compiler:
 
     def _leaf_references(self, value: Any, where: str) -> frozenset[str]:
         if isinstance(value, dict):
-            return frozenset().union(*(self._leaf_references(v, f"{where}.{k}")
-                                       for k, v in value.items()))
+            return frozenset().union(
+                *(self._leaf_references(v, f"{where}.{k}") for k, v in value.items())
+            )
         if isinstance(value, list):
-            return frozenset().union(*(self._leaf_references(v, f"{where}[{i}]")
-                                       for i, v in enumerate(value)))
+            return frozenset().union(
+                *(self._leaf_references(v, f"{where}[{i}]") for i, v in enumerate(value))
+            )
         if isinstance(value, str):
             try:
                 return self.templates.compile(value, where=where).references
@@ -195,8 +209,9 @@ class _Compiler:
 
     # -- scopes ------------------------------------------------------------------------------
 
-    def scope(self, raw_steps: list[Any], path: str, *, nested: bool,
-              enclosing: tuple[str, ...]) -> Scope:
+    def scope(
+        self, raw_steps: list[Any], path: str, *, nested: bool, enclosing: tuple[str, ...]
+    ) -> Scope:
         defs: list[tuple[int, StepDef]] = []
         for i, raw in enumerate(raw_steps):
             if isinstance(raw, StepDef):
@@ -205,14 +220,17 @@ class _Compiler:
             try:
                 defs.append((i, StepDef.model_validate(raw)))
             except ValidationError as exc:
-                self.issues.extend(issues_from_validation(
-                    exc, self.wf.source_lines, prefix=f"{path}[{i}]"))
+                self.issues.extend(
+                    issues_from_validation(exc, self.wf.source_lines, prefix=f"{path}[{i}]")
+                )
         by_id: dict[str, int] = {}
         steps: list[CompiledStep] = []
         for i, sd in defs:
             if sd.id in by_id:
-                self.issue(f"{path}[{i}].id", f"duplicate step id {sd.id!r} (first at "
-                                              f"{steps[by_id[sd.id]].path})")
+                self.issue(
+                    f"{path}[{i}].id",
+                    f"duplicate step id {sd.id!r} (first at {steps[by_id[sd.id]].path})",
+                )
                 continue
             compiled = self.step(sd, f"{path}[{i}]", len(steps), enclosing)
             if compiled is not None:
@@ -225,8 +243,9 @@ class _Compiler:
 
     # -- one step ----------------------------------------------------------------------------
 
-    def step(self, sd: StepDef, path: str, index: int, enclosing: tuple[str, ...]
-             ) -> CompiledStep | None:
+    def step(
+        self, sd: StepDef, path: str, index: int, enclosing: tuple[str, ...]
+    ) -> CompiledStep | None:
         cls = self.resolve_type(sd, path)
         if cls is None:
             return None
@@ -261,8 +280,12 @@ class _Compiler:
             if not isinstance(body, list) or not body:
                 self.issue(f"{path}.{label}", "expected a non-empty list of steps")
                 continue
-            bodies[label] = self.scope(body, _body_path(raw, body, path, label), nested=True,
-                                       enclosing=enclosing + (sd.id,))
+            bodies[label] = self.scope(
+                body,
+                _body_path(raw, body, path, label),
+                nested=True,
+                enclosing=enclosing + (sd.id,),
+            )
         when = None
         if sd.when is not None and sd.when is not True:
             when = self.template(sd.when, f"{path}.when", expression=True)
@@ -272,16 +295,34 @@ class _Compiler:
         if timeout is None and cls.uses_capacity:
             timeout = self.limits.default_step_timeout
         if timeout is not None and timeout > self.limits.max_step_timeout:
-            self.issue(f"{path}.timeout", f"{timeout} s is above the host's maximum of "
-                                          f"{self.limits.max_step_timeout} s")
+            self.issue(
+                f"{path}.timeout",
+                f"{timeout} s is above the host's maximum of {self.limits.max_step_timeout} s",
+            )
         cache, cache_key, cache_when = self.cache(sd.cache, path)
         return CompiledStep(
-            id=sd.id, index=index, path=path, key=cls.key, step_type=inst,
-            config_model=cls.Config, static_config=static_config, templated=templated,
-            static=static, deferred=deferred, when=when, retry=retry, timeout=timeout,
-            on_error=sd.on_error or defaults.on_error or "fail", fallback=None,
-            fallback_for=None, cache=cache, cache_key=cache_key, cache_when=cache_when,
-            bodies=bodies, gate=None, definition=sd.fields,
+            id=sd.id,
+            index=index,
+            path=path,
+            key=cls.key,
+            step_type=inst,
+            config_model=cls.Config,
+            static_config=static_config,
+            templated=templated,
+            static=static,
+            deferred=deferred,
+            when=when,
+            retry=retry,
+            timeout=timeout,
+            on_error=sd.on_error or defaults.on_error or "fail",
+            fallback=None,
+            fallback_for=None,
+            cache=cache,
+            cache_key=cache_key,
+            cache_when=cache_when,
+            bodies=bodies,
+            gate=None,
+            definition=sd.fields,
         )
 
     def expression_list(self, values: list[Any], where: str) -> Template:
@@ -294,8 +335,10 @@ class _Compiler:
         if sd.type is not None:
             cls = self.step_types.get(sd.type)
             if cls is None:
-                self.issue(f"{path}.type", f"unknown step type {sd.type!r}; known types: "
-                                           f"{', '.join(known)}")
+                self.issue(
+                    f"{path}.type",
+                    f"unknown step type {sd.type!r}; known types: {', '.join(known)}",
+                )
             return cls
         keys = [k for k in sd.config if k in self.step_types]
         if len(keys) > 1:
@@ -307,16 +350,27 @@ class _Compiler:
             return self.step_types[keys[0]]
         if not keys:
             fields = ", ".join(sd.config) or "none"
-            self.issue(path, f"unknown step type: none of its fields ({fields}) names a step "
-                             f"type; known types: {', '.join(known)}")
+            self.issue(
+                path,
+                f"unknown step type: none of its fields ({fields}) names a step "
+                f"type; known types: {', '.join(known)}",
+            )
         else:
-            self.issue(path, f"ambiguous step type: fields {' and '.join(keys)} each name a "
-                             "step type (set `type:` to choose)")
+            self.issue(
+                path,
+                f"ambiguous step type: fields {' and '.join(keys)} each name a "
+                "step type (set `type:` to choose)",
+            )
         return None
 
-    def check_config(self, cls: type[StepType], raw: dict[str, Any],
-                     templated: dict[str, Template], deferred: dict[str, Template],
-                     path: str) -> StepConfig | None:
+    def check_config(
+        self,
+        cls: type[StepType],
+        raw: dict[str, Any],
+        templated: dict[str, Template],
+        deferred: dict[str, Template],
+        path: str,
+    ) -> StepConfig | None:
         """Validate now what can be validated; type checks of templated fields wait for the run."""
         candidate = dict(raw)
         candidate.update(deferred)
@@ -329,28 +383,41 @@ class _Compiler:
                     continue  # checked again once the template is rendered
                 loc = ".".join(str(p) for p in err["loc"])
                 where = f"{path}.{loc}" if loc else path
-                message = {"extra_forbidden": f"unknown field for a {cls.key!r} step",
-                           "missing": "required field is missing"}.get(
-                    err["type"], err["msg"].removeprefix("Value error, "))
+                message = {
+                    "extra_forbidden": f"unknown field for a {cls.key!r} step",
+                    "missing": "required field is missing",
+                }.get(err["type"], err["msg"].removeprefix("Value error, "))
                 self.issue(where, message)
             return None
         return None if templated else model
 
-    def cache(self, value: bool | CachePolicy | None, path: str
-              ) -> tuple[CachePolicy | None, Template | None, Template | None]:
+    def cache(
+        self, value: bool | CachePolicy | None, path: str
+    ) -> tuple[CachePolicy | None, Template | None, Template | None]:
         if value is None:
             return None, None, None
-        policy = CachePolicy() if value is True else (
-            CachePolicy(enabled=False) if value is False else value)
+        policy = (
+            CachePolicy()
+            if value is True
+            else (CachePolicy(enabled=False) if value is False else value)
+        )
         key = self.template(policy.key, f"{path}.cache.key") if policy.key else None
-        when = (self.template(policy.when, f"{path}.cache.when", expression=True)
-                if policy.when else None)
+        when = (
+            self.template(policy.when, f"{path}.cache.when", expression=True)
+            if policy.when
+            else None
+        )
         return policy, key, when
 
     # -- the graph ---------------------------------------------------------------------------
 
-    def link(self, steps: list[CompiledStep], by_id: dict[str, int], nested: bool,
-             enclosing: tuple[str, ...]) -> set[str]:
+    def link(
+        self,
+        steps: list[CompiledStep],
+        by_id: dict[str, int],
+        nested: bool,
+        enclosing: tuple[str, ...],
+    ) -> set[str]:
         """Turn needs, template references, branches and fallbacks into edges."""
         outer_refs: set[str] = set()
         hard: list[set[int]] = [set() for _ in steps]
@@ -368,28 +435,34 @@ class _Compiler:
                     elif ref not in needs_any:
                         hard[s.index].add(by_id[ref])
                 elif ref in enclosing:
-                    self.issue(where, f"step {s.id!r} refers to its enclosing step {ref!r}, "
-                                      "whose output does not exist yet")
+                    self.issue(
+                        where,
+                        f"step {s.id!r} refers to its enclosing step {ref!r}, "
+                        "whose output does not exist yet",
+                    )
                 elif nested:
                     outer_refs.add(ref)
                 else:
-                    self.issue(where, f"refers to unknown step {ref!r}"
-                                      f"{_suggest(ref, by_id)}")
-            for label, targets in _safe(lambda s=s: s.step_type.branches(s.definition), {},
-                                        self, s.path).items():
+                    self.issue(where, f"refers to unknown step {ref!r}{_suggest(ref, by_id)}")
+            for label, targets in _safe(
+                lambda s=s: s.step_type.branches(s.definition), {}, self, s.path
+            ).items():
                 for target in targets:
                     t = by_id.get(target)
                     if t == s.index:
-                        self.issue(f"{s.path}.{label}", f"step {s.id!r} cannot be its own "
-                                                        "branch")
+                        self.issue(f"{s.path}.{label}", f"step {s.id!r} cannot be its own branch")
                         continue
                     if t is None:
-                        self.issue(f"{s.path}.{label}", f"unknown step {target!r}"
-                                                        f"{_suggest(target, by_id)}")
+                        self.issue(
+                            f"{s.path}.{label}", f"unknown step {target!r}{_suggest(target, by_id)}"
+                        )
                         continue
                     if steps[t].gate is not None:
-                        self.issue(f"{s.path}.{label}", f"step {target!r} is already a branch "
-                                                        f"of step {steps[steps[t].gate[0]].id!r}")
+                        self.issue(
+                            f"{s.path}.{label}",
+                            f"step {target!r} is already a branch "
+                            f"of step {steps[steps[t].gate[0]].id!r}",
+                        )
                         continue
                     steps[t].gate = (s.index, label)
                     s.gated.setdefault(label, []).append(t)
@@ -397,16 +470,19 @@ class _Compiler:
             if s.on_error not in ("fail", "continue"):
                 f = by_id.get(s.on_error)
                 if f == s.index:
-                    self.issue(f"{s.path}.on_error", f"step {s.id!r} cannot be its own "
-                                                     "fallback")
+                    self.issue(f"{s.path}.on_error", f"step {s.id!r} cannot be its own fallback")
                     s.on_error = "fail"
                 elif f is None:
-                    self.issue(f"{s.path}.on_error", f"expected fail, continue or the id of a "
-                                                     f"fallback step; got {s.on_error!r}")
+                    self.issue(
+                        f"{s.path}.on_error",
+                        f"expected fail, continue or the id of a fallback step; got {s.on_error!r}",
+                    )
                     s.on_error = "fail"
                 elif steps[f].fallback_for is not None:
-                    self.issue(f"{s.path}.on_error", f"step {s.on_error!r} is already the "
-                                                     "fallback of another step")
+                    self.issue(
+                        f"{s.path}.on_error",
+                        f"step {s.on_error!r} is already the fallback of another step",
+                    )
                     s.on_error = "fail"
                 else:
                     s.fallback, steps[f].fallback_for = f, s.index
@@ -435,8 +511,7 @@ class _Compiler:
 
         for key, t in s.templated.items():
             add(t.references, f"{s.path}.{key}", s.definition.get(key))
-        for name, t in (("when", s.when), ("cache.key", s.cache_key),
-                        ("cache.when", s.cache_when)):
+        for name, t in (("when", s.when), ("cache.key", s.cache_key), ("cache.when", s.cache_when)):
             if t is not None:
                 add(t.references, f"{s.path}.{name}", None)
         # Deferred templates (a loop's `output`) render inside the step's bodies, so they may
@@ -448,8 +523,14 @@ class _Compiler:
             add(body.outer_refs, f"{s.path}.{label}", None)
         return refs
 
-    def edge(self, s: CompiledStep, dep: str, by_id: dict[str, int], into: list[set[int]],
-             field_name: str) -> None:
+    def edge(
+        self,
+        s: CompiledStep,
+        dep: str,
+        by_id: dict[str, int],
+        into: list[set[int]],
+        field_name: str,
+    ) -> None:
         if dep not in by_id:
             self.issue(f"{s.path}.{field_name}", f"unknown step {dep!r}{_suggest(dep, by_id)}")
         elif by_id[dep] == s.index:
@@ -503,7 +584,7 @@ def _find_cycle(steps: list[CompiledStep], stuck: set[int]) -> list[int]:
         on_path[node] = len(path)
         path.append(node)
         node = next(d for d in (*steps[node].deps, *steps[node].any_deps) if d in stuck)
-    cycle = path[on_path[node]:]
+    cycle = path[on_path[node] :]
     cycle.reverse()  # deps point backwards; name the cycle in the order steps run
     return [*cycle, cycle[0]]
 
@@ -535,8 +616,11 @@ def _field_of(raw: Any, ref: str, where: str) -> str:
     def walk(value: Any, path: str) -> str | None:
         if isinstance(value, str):
             return path if pattern.search(value) else None
-        items = value.items() if isinstance(value, dict) else (
-            enumerate(value) if isinstance(value, list) else ())
+        items = (
+            value.items()
+            if isinstance(value, dict)
+            else (enumerate(value) if isinstance(value, list) else ())
+        )
         for k, v in items:
             found = walk(v, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}")
             if found is not None:
@@ -566,8 +650,9 @@ def _holds_bodies(value: Any, body_lists: set[int]) -> bool:
     """Whether a raw field is a body list, or a mapping of them (``parallel:`` branches)."""
     if id(value) in body_lists:
         return True
-    return isinstance(value, dict) and bool(value) and all(
-        id(v) in body_lists for v in value.values())
+    return (
+        isinstance(value, dict) and bool(value) and all(id(v) in body_lists for v in value.values())
+    )
 
 
 def _safe(fn: Any, default: Any, c: _Compiler, path: str) -> Any:

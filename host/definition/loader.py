@@ -62,8 +62,9 @@ def read_file(path: str | Path, *, hook: SourceHook | None = None) -> WorkflowDe
     try:
         size = p.stat().st_size
         if size > MAX_SOURCE_BYTES:
-            raise DefinitionError(f"file is {size} bytes; the limit is {MAX_SOURCE_BYTES}",
-                                  source=str(p))
+            raise DefinitionError(
+                f"file is {size} bytes; the limit is {MAX_SOURCE_BYTES}", source=str(p)
+            )
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DefinitionError(f"cannot read {p}: {exc}", source=str(p)) from None
@@ -76,8 +77,9 @@ def parse_text(
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """Parse YAML or JSON text into plain data and a map of path → line."""
     if len(text) > MAX_SOURCE_BYTES:
-        raise DefinitionError(f"source is {len(text)} characters; the limit is "
-                              f"{MAX_SOURCE_BYTES}", source=path)
+        raise DefinitionError(
+            f"source is {len(text)} characters; the limit is {MAX_SOURCE_BYTES}", source=path
+        )
     if hook is not None:
         converted = hook(text, path)
         if converted is not None:
@@ -158,8 +160,11 @@ def issues_from_validation(
             del loc[2]
         path = prefix
         for part in loc:
-            path = f"{path}[{part}]" if isinstance(part, int) else (
-                f"{path}.{part}" if path else str(part))
+            path = (
+                f"{path}[{part}]"
+                if isinstance(part, int)
+                else (f"{path}.{part}" if path else str(part))
+            )
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown field"

@@ -36,8 +36,18 @@ STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 """Step ids are identifiers so that ``${steps.<id>.output}`` reads naturally in templates."""
 
 COMMON_STEP_FIELDS = frozenset(
-    {"id", "type", "needs", "needs_any", "when", "retry", "timeout", "on_error", "cache",
-     "description"}
+    {
+        "id",
+        "type",
+        "needs",
+        "needs_any",
+        "when",
+        "retry",
+        "timeout",
+        "on_error",
+        "cache",
+        "description",
+    }
 )
 """Fields every step may carry, whatever its type; the rest belongs to the step type."""
 
@@ -215,5 +225,6 @@ class WorkflowDef(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """The definition as plain JSON data, in the form it is written in."""
         return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True) | {
-            "name": self.name, "steps": [s.fields for s in self.steps]
+            "name": self.name,
+            "steps": [s.fields for s in self.steps],
         }

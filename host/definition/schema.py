@@ -24,8 +24,11 @@ _COMMON = {
 }
 
 
-TEMPLATE = {"type": "string", "pattern": r"\$\{|\{\{|\{%|\$[A-Za-z_]",
-            "description": "a template, checked against the field's type once rendered"}
+TEMPLATE = {
+    "type": "string",
+    "pattern": r"\$\{|\{\{|\{%|\$[A-Za-z_]",
+    "description": "a template, checked against the field's type once rendered",
+}
 """Any step field may hold a template instead of a value of its type."""
 
 
@@ -44,21 +47,23 @@ def workflow_schema(step_types: Registry[type[StepType]]) -> dict[str, Any]:
         cls = step_types[key]
         config = cls.Config.model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
         defs.update(config.pop("$defs", {}))
-        props = {**_COMMON, **{k: _or_template(v) for k, v in
-                               config.get("properties", {}).items()}}
-        variants.append({
-            "title": f"{key} step",
-            "description": cls.description or (cls.__doc__ or "").strip().split("\n")[0],
-            "type": "object",
-            "properties": props,
-            # The type key may be left out when `type:` names the step type instead.
-            "required": sorted({"id", *config.get("required", ())} - {key}),
-            "anyOf": [{"required": [key]}, {"required": ["type"],
-                                            "properties": {"type": {"const": key}}}],
-            "additionalProperties": False,
-        })
-    schema["properties"]["steps"] = {"type": "array", "minItems": 1,
-                                     "items": {"oneOf": variants}}
+        props = {**_COMMON, **{k: _or_template(v) for k, v in config.get("properties", {}).items()}}
+        variants.append(
+            {
+                "title": f"{key} step",
+                "description": cls.description or (cls.__doc__ or "").strip().split("\n")[0],
+                "type": "object",
+                "properties": props,
+                # The type key may be left out when `type:` names the step type instead.
+                "required": sorted({"id", *config.get("required", ())} - {key}),
+                "anyOf": [
+                    {"required": [key]},
+                    {"required": ["type"], "properties": {"type": {"const": key}}},
+                ],
+                "additionalProperties": False,
+            }
+        )
+    schema["properties"]["steps"] = {"type": "array", "minItems": 1, "items": {"oneOf": variants}}
     defs.pop("StepDef", None)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "plait workflow"

@@ -72,7 +72,8 @@ class Catalog:
             entry = _Workflow(row["current"], row["deleted"])
             for v in row["versions"]:
                 entry.versions[v["version"]] = CatalogEntry(
-                    row["name"], v["version"], v["digest"], v["definition"], v["created_at"])
+                    row["name"], v["version"], v["digest"], v["definition"], v["created_at"]
+                )
             if entry.versions:
                 self._workflows[row["name"]] = entry
 
@@ -91,12 +92,19 @@ class Catalog:
         else:
             compiled.version = compiled.definition.version or 1
             entry = self._workflows[compiled.name] = _Workflow(compiled.version)
-        version = CatalogEntry(compiled.name, compiled.version, compiled.digest,
-                               compiled.definition.to_dict(), time.time(), compiled)
+        version = CatalogEntry(
+            compiled.name,
+            compiled.version,
+            compiled.digest,
+            compiled.definition.to_dict(),
+            time.time(),
+            compiled,
+        )
         entry.versions[compiled.version] = version
         entry.current, entry.deleted = compiled.version, False
-        self._store.put_workflow(version.name, version.version, version.digest,
-                                 version.definition, version.created_at)
+        self._store.put_workflow(
+            version.name, version.version, version.digest, version.definition, version.created_at
+        )
         return compiled
 
     def _make_current(self, name: str, entry: _Workflow, version: int) -> None:
@@ -107,8 +115,14 @@ class Catalog:
     def versions(self, name: str) -> list[dict[str, Any]]:
         """``[{version, created_at, current}]`` of a workflow, oldest first."""
         entry = self._entry(name)
-        return [{"version": v, "created_at": entry.versions[v].created_at,
-                 "current": v == entry.current} for v in sorted(entry.versions)]
+        return [
+            {
+                "version": v,
+                "created_at": entry.versions[v].created_at,
+                "current": v == entry.current,
+            }
+            for v in sorted(entry.versions)
+        ]
 
     def rollback(self, name: str, version: int) -> CompiledWorkflow:
         """Make an existing version current again."""

@@ -65,19 +65,29 @@ LIVE = ("pending", "running", "paused", "waiting")
 class Engine:
     """Compiles workflows, starts and controls runs, and serves steps their tools and agents."""
 
-    def __init__(self, pm: PluginManager, config: HostConfig | None = None, *,
-                 cache: ToolCache | None = None, store: RunStore | None = None,
-                 sampler: Sampler | None = None) -> None:
+    def __init__(
+        self,
+        pm: PluginManager,
+        config: HostConfig | None = None,
+        *,
+        cache: ToolCache | None = None,
+        store: RunStore | None = None,
+        sampler: Sampler | None = None,
+    ) -> None:
         self.pm = pm
         self.config = config or HostConfig()
         limits = self.config.limits
         self.registries = pm.registries
-        self.templates = TemplateEngine(TemplateLimits(
-            max_output=limits.template_output_bytes, max_seconds=limits.template_seconds))
+        self.templates = TemplateEngine(
+            TemplateLimits(
+                max_output=limits.template_output_bytes, max_seconds=limits.template_seconds
+            )
+        )
         pm.call_isolated("prepare_jinja_environment", env=self.templates.env)
         self.cache = cache or ToolCache(None)
-        self.store: RunStore = (store if store is not None
-                                else MemoryStore(self.config.store.keep_finished))
+        self.store: RunStore = (
+            store if store is not None else MemoryStore(self.config.store.keep_finished)
+        )
         """Where runs are kept (default: in memory, for the life of the process)."""
         self.tools = ToolRunner(self.registries.tools, self.cache, self.config.tools)
         self.agents = AgentPool(self.registries.agent_providers, self.config.agents)
@@ -99,8 +109,10 @@ class Engine:
         """Definitions runs still execute that the catalog no longer holds, by digest."""
         self._tg: anyio.abc.TaskGroup | None = None
         self._observing = 0
-        self._observers = {h: pm.has_impls(h) for h in
-                           ("run_started", "run_finished", "step_started", "step_finished")}
+        self._observers = {
+            h: pm.has_impls(h)
+            for h in ("run_started", "run_finished", "step_started", "step_finished")
+        }
         env_allow = self.config.env.allow
         self._env = {k: os.environ[k] for k in env_allow if k in os.environ}
 
@@ -120,8 +132,12 @@ class Engine:
             raise
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
         assert self._tg is not None
         if self.mcp is not None:  # the servers' tools go first, as the runs are still there
             mcp, self.mcp = self.mcp, None
@@ -145,19 +161,26 @@ class Engine:
 
     # -- workflows ---------------------------------------------------------------------------
 
-    def compile(self, source: WorkflowDef | Mapping[str, Any] | str | os.PathLike[str], *,
-                text_only: bool = False) -> CompiledWorkflow:
+    def compile(
+        self,
+        source: WorkflowDef | Mapping[str, Any] | str | os.PathLike[str],
+        *,
+        text_only: bool = False,
+    ) -> CompiledWorkflow:
         """Load (if needed) and compile a workflow against this engine's plugins.
 
         ``text_only``: a string is the definition's text, never a file name (see ``load``).
         """
-        wf = source if isinstance(source, WorkflowDef) else load(
-            source, hook=self._load_hook, text_only=text_only)
-        return compile_workflow(wf, self.registries.step_types, self.templates,
-                                self.config.limits)
+        wf = (
+            source
+            if isinstance(source, WorkflowDef)
+            else load(source, hook=self._load_hook, text_only=text_only)
+        )
+        return compile_workflow(wf, self.registries.step_types, self.templates, self.config.limits)
 
-    def register(self, source: WorkflowDef | Mapping[str, Any] | str | os.PathLike[str]
-                 ) -> CompiledWorkflow:
+    def register(
+        self, source: WorkflowDef | Mapping[str, Any] | str | os.PathLike[str]
+    ) -> CompiledWorkflow:
         """Compile and register a workflow so runs and sub-workflow steps can name it.
 
         With a store the new version is queued for the disk; await :meth:`committed` before
@@ -170,8 +193,7 @@ class Engine:
         await self.store.sync()
 
     def _load_hook(self, text: str, path: str | None) -> Mapping[str, Any] | None:
-        results = self.pm.call_isolated("load_workflow", firstresult=True, source=text,
-                                        path=path)
+        results = self.pm.call_isolated("load_workflow", firstresult=True, source=text, path=path)
         return next((r for r in results if r is not None), None)
 
     def digest(self, wf: WorkflowDef) -> str:
@@ -191,29 +213,48 @@ class Engine:
         if found is None:  # not in the catalog: only in the store
             definition = await self.store.definition(digest)
             if definition is None:
-                raise DefinitionError(f"the definition snapshot {digest[:12]} of workflow "
-                                      f"{name!r} version {version} is missing from the store")
+                raise DefinitionError(
+                    f"the definition snapshot {digest[:12]} of workflow "
+                    f"{name!r} version {version} is missing from the store"
+                )
             found = self._snapshots[digest] = self.compile(definition)
             found.version = version
         return found
 
     # -- runs --------------------------------------------------------------------------------
 
-    def prepare(self, compiled: CompiledWorkflow, inputs: Mapping[str, Any] | None, *,
-                run_id: str | None = None, parent_id: str | None = None,
-                parent_step: str | None = None, idempotency_key: str | None = None) -> Run:
+    def prepare(
+        self,
+        compiled: CompiledWorkflow,
+        inputs: Mapping[str, Any] | None,
+        *,
+        run_id: str | None = None,
+        parent_id: str | None = None,
+        parent_step: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Run:
         """Check inputs (applying schema defaults) and create the run record."""
         values = _with_defaults(compiled.definition.inputs, dict(inputs or {}))
         problems = compiled.check_inputs(values)
         if problems:
             raise InputsInvalid(compiled.name, problems)
-        run = Run(id=run_id or new_run_id(), workflow=compiled.name,
-                  version=compiled.version, inputs=values, parent_id=parent_id,
-                  total_steps=len(compiled.scope.steps), digest=compiled.digest,
-                  parent_step=parent_step, idempotency_key=idempotency_key)
+        run = Run(
+            id=run_id or new_run_id(),
+            workflow=compiled.name,
+            version=compiled.version,
+            inputs=values,
+            parent_id=parent_id,
+            total_steps=len(compiled.scope.steps),
+            digest=compiled.digest,
+            parent_step=parent_step,
+            idempotency_key=idempotency_key,
+        )
         self._adopt(run)
-        run.record("run.created", None, {"workflow": compiled.name,
-                                         "version": compiled.version, "inputs": values})
+        run.record(
+            "run.created",
+            None,
+            {"workflow": compiled.name, "version": compiled.version, "inputs": values},
+        )
         return run
 
     def _adopt(self, run: Run) -> None:
@@ -233,9 +274,15 @@ class Engine:
                     self.idempotency.pop(run.idempotency_key, None)
                 self.store.release(run)
 
-    async def start(self, compiled: CompiledWorkflow, inputs: Mapping[str, Any] | None = None,
-                    *, run_id: str | None = None, idempotency_key: str | None = None,
-                    origin: Any = None) -> Run:
+    async def start(
+        self,
+        compiled: CompiledWorkflow,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        origin: Any = None,
+    ) -> Run:
         """Create a run and start it in the background; returns once its creation is kept.
 
         With an ``idempotency_key`` already used, the existing run is returned instead.
@@ -260,8 +307,13 @@ class Engine:
             run_id = await self.store.run_for_key(key) or self.idempotency.get(key)
         return None if run_id is None else await self.load_run(run_id)
 
-    async def execute(self, rx: RunExecution, compiled: CompiledWorkflow,
-                      resume: bool = False, quiet: bool = False) -> dict[str, Any] | None:
+    async def execute(
+        self,
+        rx: RunExecution,
+        compiled: CompiledWorkflow,
+        resume: bool = False,
+        quiet: bool = False,
+    ) -> dict[str, Any] | None:
         """Run to a terminal state; returns the outputs or raises the failure (also recorded).
 
         With ``resume``, the run continues from its recovered state: a paused or waiting run
@@ -290,8 +342,12 @@ class Engine:
         except anyio.get_cancelled_exc_class():
             if not self.store.durable or not self.stopping:
                 with anyio.CancelScope(shield=True):
-                    self._finish(rx, "cancelled", compiled, error={
-                        "type": "cancelled", "message": "the host stopped"})
+                    self._finish(
+                        rx,
+                        "cancelled",
+                        compiled,
+                        error={"type": "cancelled", "message": "the host stopped"},
+                    )
             raise  # with a store, the next start resumes the run
         except RunError as exc:
             error = exc.error if isinstance(exc, StepFailed) else exc.to_dict()
@@ -309,8 +365,9 @@ class Engine:
         except TemplateError as exc:
             raise exc.located(field=field) from None
 
-    def _finish(self, rx: RunExecution, status: str, compiled: CompiledWorkflow | None = None,
-                **data: Any) -> None:
+    def _finish(
+        self, rx: RunExecution, status: str, compiled: CompiledWorkflow | None = None, **data: Any
+    ) -> None:
         run = rx.run
         for path, state in run.steps.items():
             if state.status in ("pending", "running", "waiting"):
@@ -325,9 +382,17 @@ class Engine:
         self.executions.pop(run.id, None)
         self._observe("run_finished", run=run, outcome=status)
 
-    async def run_child(self, parent: RunExecution, step_path: str, attempt: int, name: str,
-                        inputs: dict[str, Any], version: int | None, *,
-                        resumed: bool = False) -> dict[str, Any]:
+    async def run_child(
+        self,
+        parent: RunExecution,
+        step_path: str,
+        attempt: int,
+        name: str,
+        inputs: dict[str, Any],
+        version: int | None,
+        *,
+        resumed: bool = False,
+    ) -> dict[str, Any]:
         """Run a sub-workflow inside the calling step, so cancelling the parent cancels it.
 
         A ``resumed`` step attempt (in flight when the host stopped) finds the child it had
@@ -335,8 +400,11 @@ class Engine:
         """
         limit = self.config.limits.max_run_depth
         if parent.depth + 1 > limit:
-            raise StepFailed(step_path, f"sub-workflow nesting is deeper than {limit} "
-                                        "(max_run_depth); does a workflow call itself?")
+            raise StepFailed(
+                step_path,
+                f"sub-workflow nesting is deeper than {limit} "
+                "(max_run_depth); does a workflow call itself?",
+            )
         parent_step = f"{step_path}#{attempt}"
         if resumed:
             row = await self.store.child_run(parent.run.id, parent_step)
@@ -344,8 +412,7 @@ class Engine:
                 return await self._continue_child(parent, row, step_path)
         compiled = self.catalog.get(name, version)
         try:
-            child = self.prepare(compiled, inputs, parent_id=parent.run.id,
-                                 parent_step=parent_step)
+            child = self.prepare(compiled, inputs, parent_id=parent.run.id, parent_step=parent_step)
         except InputsInvalid as exc:
             raise StepFailed(step_path, str(exc)) from None
         child.origin = parent.run.origin
@@ -354,34 +421,40 @@ class Engine:
         self.executions[child.id] = rx
         return await self._child_outcome(rx, compiled, step_path, resume=False)
 
-    async def _child_outcome(self, rx: RunExecution, compiled: CompiledWorkflow | None,
-                             step_path: str, *, resume: bool) -> dict[str, Any]:
+    async def _child_outcome(
+        self, rx: RunExecution, compiled: CompiledWorkflow | None, step_path: str, *, resume: bool
+    ) -> dict[str, Any]:
         child = rx.run
         try:
             if compiled is None:
                 raise RunError(child.error["message"] if child.error else "cannot resume")
             outputs = await self.execute(rx, compiled, resume=resume)
         except RunError as exc:
-            raise StepFailed(step_path, f"child run {child.id} of workflow {child.workflow!r} "
-                                        f"failed: {exc}") from None
+            raise StepFailed(
+                step_path, f"child run {child.id} of workflow {child.workflow!r} failed: {exc}"
+            ) from None
         assert outputs is not None  # not quiet: a failure raises
         return outputs
 
-    async def _continue_child(self, parent: RunExecution, row: dict[str, Any],
-                              step_path: str) -> dict[str, Any]:
+    async def _continue_child(
+        self, parent: RunExecution, row: dict[str, Any], step_path: str
+    ) -> dict[str, Any]:
         if row["status"] == "succeeded":
             return dict(row["outputs"] or {})
         if row["status"] in ("failed", "cancelled"):
             message = (row["error"] or {}).get("message", row["status"])
-            raise StepFailed(step_path, f"child run {row['id']} of workflow "
-                                        f"{row['workflow']!r} {row['status']}: {message}")
+            raise StepFailed(
+                step_path,
+                f"child run {row['id']} of workflow {row['workflow']!r} {row['status']}: {message}",
+            )
         rx, compiled = await self._restore(row, parent.depth + 1)
         return await self._child_outcome(rx, compiled, step_path, resume=True)
 
     # -- recovery ----------------------------------------------------------------------------
 
-    async def recover(self, run_ids: Collection[str] | None = None, *,
-                      hold: bool = False) -> list[Run]:
+    async def recover(
+        self, run_ids: Collection[str] | None = None, *, hold: bool = False
+    ) -> list[Run]:
         """Resume every top-level run the store holds unfinished (or only ``run_ids``).
 
         Paused runs stay paused and waiting runs keep waiting (with their deadlines); a run
@@ -403,8 +476,9 @@ class Engine:
                 self._tg.start_soon(self.execute, rx, compiled, True, True)
         return resumed
 
-    async def _restore(self, row: dict[str, Any], depth: int
-                       ) -> tuple[RunExecution, CompiledWorkflow | None]:
+    async def _restore(
+        self, row: dict[str, Any], depth: int
+    ) -> tuple[RunExecution, CompiledWorkflow | None]:
         """Rebuild a stored run in memory from its events, ready to execute again."""
         events = await self.store.events(row["id"])
         state = replay(events)
@@ -415,16 +489,20 @@ class Engine:
         self.executions[run.id] = rx
         if row["status"] == "paused":
             rx.pause()
-        run.record("run.recovered", None, {"status": row["status"],
-                                           "interrupted": state.in_flight})
+        run.record("run.recovered", None, {"status": row["status"], "interrupted": state.in_flight})
         try:
             compiled = await self.snapshot(row["digest"], row["workflow"], row["version"])
         except (DefinitionError, LookupError) as exc:
             log.error("cannot resume run %s: %s", run.id, exc)
-            self._finish(rx, "failed", error={
-                "type": "definition",
-                "message": f"cannot resume after a restart: workflow {run.workflow!r} version "
-                           f"{run.version} no longer loads: {exc}"})
+            self._finish(
+                rx,
+                "failed",
+                error={
+                    "type": "definition",
+                    "message": f"cannot resume after a restart: workflow {run.workflow!r} version "
+                    f"{run.version} no longer loads: {exc}",
+                },
+            )
             return rx, None
         return rx, compiled
 
@@ -453,8 +531,7 @@ class Engine:
     async def _load_and_wait(self, run_id: str) -> Run:
         return await (await self.load_run(run_id)).wait()
 
-    async def events(self, run_id: str, since: int = 0, limit: int | None = None
-                     ) -> list[Event]:
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]:
         """A run's kept events with ``seq > since``, oldest first."""
         run = self.runs.get(run_id)  # in memory: every event, the kept ones up to published
         if run is not None:
@@ -466,13 +543,25 @@ class Engine:
             raise RunNotFound(run_id)
         return events
 
-    async def list_runs(self, *, workflow: str | None = None, status: str | None = None,
-                        created_after: float | None = None, created_before: float | None = None,
-                        cursor: tuple[float, str] | None = None, limit: int = 50) -> RunPage:
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        cursor: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> RunPage:
         """Top-level runs, newest first, filtered, a page at a time."""
         return await self.store.list_runs(
-            workflow=workflow, status=status, created_after=created_after,
-            created_before=created_before, cursor=cursor, limit=limit)
+            workflow=workflow,
+            status=status,
+            created_after=created_after,
+            created_before=created_before,
+            cursor=cursor,
+            limit=limit,
+        )
 
     # -- control -----------------------------------------------------------------------------
 
@@ -519,8 +608,9 @@ class Engine:
         rx = await self._live(run_id, "resume", ("paused",))
         # Right after a restart a waiting step may not have re-entered its wait yet; its
         # recovered record still says where it is.
-        waiting = rx.waiting or any(rec.status == "waiting"
-                                    for rec in (rx.recovered or {}).values())
+        waiting = rx.waiting or any(
+            rec.status == "waiting" for rec in (rx.recovered or {}).values()
+        )
         rx.run.set_status("waiting" if waiting else "running")
         rx.resume()
         return rx.run
@@ -538,8 +628,7 @@ class Engine:
     def root_context(self, rx: RunExecution) -> dict[str, Any]:
         """The template roots of a run, before any step: inputs, vars, run, env (a new dict:
         the run's top scope adds its ``steps`` to it)."""
-        return {"inputs": rx.run.inputs, "vars": rx.vars, "run": rx.run.info(),
-                "env": self._env}
+        return {"inputs": rx.run.inputs, "vars": rx.vars, "run": rx.run.info(), "env": self._env}
 
     def run_limiter(self, workflow: str) -> anyio.CapacityLimiter | None:
         """The per-workflow step limit (``concurrency:``), shared by that workflow's runs."""

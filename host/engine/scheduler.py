@@ -80,11 +80,20 @@ class RunServices(Protocol):
         """Tell ``step_finished`` observers, if any."""
         ...
 
-    async def run_child(self, parent: RunExecution, step_path: str, attempt: int, name: str,
-                        inputs: dict[str, Any], version: int | None, *,
-                        resumed: bool = False) -> dict[str, Any]:
+    async def run_child(
+        self,
+        parent: RunExecution,
+        step_path: str,
+        attempt: int,
+        name: str,
+        inputs: dict[str, Any],
+        version: int | None,
+        *,
+        resumed: bool = False,
+    ) -> dict[str, Any]:
         """Run a sub-workflow inside the calling step."""
         ...
+
 
 Ready = list[tuple["CompiledStep | None", Any]]
 """Work for a task: (step, the failed attempt an inline step continues from, or None), or
@@ -115,11 +124,26 @@ class ConfigInvalid(RunError):
 class RunExecution:
     """The live part of one run: its engine, state, limits, pause gate and cancel scope."""
 
-    __slots__ = ("cancel_scope", "depth", "engine", "limiter", "paused", "recovered", "run",
-                 "unpaused", "vars", "waiting")
+    __slots__ = (
+        "cancel_scope",
+        "depth",
+        "engine",
+        "limiter",
+        "paused",
+        "recovered",
+        "run",
+        "unpaused",
+        "vars",
+        "waiting",
+    )
 
-    def __init__(self, engine: RunServices, run: Run, depth: int = 0,
-                 recovered: dict[str, StepRecord] | None = None) -> None:
+    def __init__(
+        self,
+        engine: RunServices,
+        run: Run,
+        depth: int = 0,
+        recovered: dict[str, StepRecord] | None = None,
+    ) -> None:
         self.engine = engine
         self.run = run
         self.depth = depth
@@ -160,11 +184,29 @@ class RunExecution:
 class ScopeExecution:
     """One run of one scope: the step states of its graph and the task group running them."""
 
-    __slots__ = ("context", "failure", "parent", "prefix", "rx", "scope", "selected", "status",
-                 "tg", "unneeded", "views", "waiting")
+    __slots__ = (
+        "context",
+        "failure",
+        "parent",
+        "prefix",
+        "rx",
+        "scope",
+        "selected",
+        "status",
+        "tg",
+        "unneeded",
+        "views",
+        "waiting",
+    )
 
-    def __init__(self, rx: RunExecution, scope: Scope, prefix: str,
-                 parent: ScopeExecution | None, extra: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        rx: RunExecution,
+        scope: Scope,
+        prefix: str,
+        parent: ScopeExecution | None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         self.rx = rx
         self.scope = scope
         self.prefix = prefix
@@ -176,7 +218,8 @@ class ScopeExecution:
         self.selected: list[set[str] | None] = [None] * n
         self.views: dict[str, dict[str, Any]] = {}
         steps_view: Mapping[str, Any] = (
-            ChainMap(self.views, parent.context["steps"]) if parent else self.views)
+            ChainMap(self.views, parent.context["steps"]) if parent else self.views
+        )
         if parent is None:  # the run's own roots, made for this scope: no copy needed
             self.context: dict[str, Any] = rx.engine.root_context(rx)
             self.context["steps"] = steps_view
@@ -194,8 +237,11 @@ class ScopeExecution:
         ready = self.schedule(self.scope.roots)
         while len(ready) == 1 and self.failure is None:  # sequential so far: no task group
             step, extra = ready[0]
-            ready = (await self.run_step(step, extra) if step is not None
-                     else await self.next_pass(extra))
+            ready = (
+                await self.run_step(step, extra)
+                if step is not None
+                else await self.next_pass(extra)
+            )
         if ready and self.failure is None:
             async with anyio.create_task_group() as tg:
                 self.tg = tg
@@ -213,8 +259,11 @@ class ScopeExecution:
             # Awaited here rather than through a helper: a step in flight keeps a frame per
             # level of its await chain.
             step, extra = ready[0]
-            ready = (await self.run_step(step, extra) if step is not None
-                     else await self.next_pass(extra))
+            ready = (
+                await self.run_step(step, extra)
+                if step is not None
+                else await self.next_pass(extra)
+            )
 
     async def next_pass(self, indices: Iterable[int]) -> Ready:
         """Go on with a long pass of inline steps after giving the event loop a turn, and
@@ -271,7 +320,8 @@ class ScopeExecution:
         scope: ScopeExecution | None = self
         while scope is not None:
             if scope.failure is not None or (
-                    scope.tg is not None and scope.tg.cancel_scope.cancel_called):
+                scope.tg is not None and scope.tg.cancel_scope.cancel_called
+            ):
                 return False
             scope = scope.parent
         return True
@@ -309,9 +359,16 @@ class ScopeExecution:
             return []
         return ready
 
-    def settle(self, step: CompiledStep, status: str, *, output: Any = None,
-               error: dict[str, Any] | None = None, data: dict[str, Any] | None = None,
-               replay: bool = False) -> list[int]:
+    def settle(
+        self,
+        step: CompiledStep,
+        status: str,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+        replay: bool = False,
+    ) -> list[int]:
         """Record a step's final status and return the dependents that became ready.
 
         ``replay`` settles a step the events already settled: nothing is recorded again.
@@ -330,8 +387,12 @@ class ScopeExecution:
         if step.fallback_for is not None and status == "succeeded":
             primary = self.scope.steps[step.fallback_for]
             self.views[primary.id]["output"] = output  # dependents see the fallback's output
-        self.views[step.id] = {"output": view_output, "status": status, "error": error,
-                               "attempts": state.attempts}
+        self.views[step.id] = {
+            "output": view_output,
+            "status": status,
+            "error": error,
+            "attempts": state.attempts,
+        }
         if self.parent is None:
             run.settled_steps += 1  # counted before the event, so listeners see the progress
         if not replay:
@@ -361,8 +422,7 @@ class ScopeExecution:
 
     # -- one step ----------------------------------------------------------------------------
 
-    def run_inline(self, step: CompiledStep
-                   ) -> tuple[list[int], tuple[Any, int, RunError] | None]:
+    def run_inline(self, step: CompiledStep) -> tuple[list[int], tuple[Any, int, RunError] | None]:
         """Run an inline step's first attempt here and now.
 
         Returns the dependents it readied, or, for a failure its retry policy retries, where
@@ -379,8 +439,11 @@ class ScopeExecution:
             self.rx.engine.observe_step_started(run, path)
             output = self.attempt_inline(step, StepRuntime(self, step, path, 1), config)
         except RunError as exc:
-            if config is not None and step.retry.attempts > 1 and _retryable(
-                    exc, step.retry.retry_on):
+            if (
+                config is not None
+                and step.retry.attempts > 1
+                and _retryable(exc, step.retry.retry_on)
+            ):
                 return [], (config, 1, exc)
             return self.settle_failure(step, exc), None
         return self.settle(step, "succeeded", output=output), None
@@ -401,15 +464,18 @@ class ScopeExecution:
             raise StepRuntimeError(
                 f"step type {step.key!r} (plugin {self.rx.engine.step_type_owner(step.key)!r})"
                 " says it is inline, but its run() waited for something; an inline step type "
-                "must not await anything that suspends (set inline = False)")
+                "must not await anything that suspends (set inline = False)"
+            )
         problem = json_problem(output)
         if problem is not None:
-            raise OutputError(f"step type {step.key!r} returned a value that is not JSON: "
-                              f"{problem}")
+            raise OutputError(
+                f"step type {step.key!r} returned a value that is not JSON: {problem}"
+            )
         return output
 
-    async def run_step(self, step: CompiledStep,
-                       retry: tuple[Any, int, RunError] | None = None) -> Ready:
+    async def run_step(
+        self, step: CompiledStep, retry: tuple[Any, int, RunError] | None = None
+    ) -> Ready:
         """Guard, render, attempt with retries, and settle one step; return what it readied.
 
         ``retry`` continues an inline step whose first attempt failed: (config, attempt,
@@ -434,13 +500,18 @@ class ScopeExecution:
                 output = await self.attempts(step, path, config, after=(attempt, error))
             else:
                 if step.when is not None and not self.truthy(step.when, step, "when"):
-                    return self.schedule(self.settle(step, "skipped",
-                                                     data={"reason": "when was false"}))
+                    return self.schedule(
+                        self.settle(step, "skipped", data={"reason": "when was false"})
+                    )
                 config = self.configure(step)
                 output = await self.attempts(step, path, config)
         except anyio.get_cancelled_exc_class():
             if run.steps.get(path) is not None and run.steps[path].status not in (
-                    "succeeded", "failed", "skipped", "cancelled"):
+                "succeeded",
+                "failed",
+                "skipped",
+                "cancelled",
+            ):
                 run.set_step(path, "cancelled")
                 self.status[step.index] = "cancelled"
             raise
@@ -463,8 +534,13 @@ class ScopeExecution:
     def truthy(self, template: Template, step: CompiledStep, field: str) -> bool:
         return bool(self.render(template, step, field))
 
-    def render(self, template: Template, step: CompiledStep, field: str,
-               extra: Mapping[str, Any] | None = None) -> Any:
+    def render(
+        self,
+        template: Template,
+        step: CompiledStep,
+        field: str,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Any:
         context = {**self.context, **extra} if extra else self.context
         try:
             return template.render(context)
@@ -484,12 +560,16 @@ class ScopeExecution:
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                for e in exc.errors(include_url=False))
-            raise ConfigInvalid(f"step {self.prefix + step.id!r} has an invalid configuration "
-                                f"after rendering: {problems}") from None
+                for e in exc.errors(include_url=False)
+            )
+            raise ConfigInvalid(
+                f"step {self.prefix + step.id!r} has an invalid configuration "
+                f"after rendering: {problems}"
+            ) from None
 
-    async def attempts(self, step: CompiledStep, path: str, config: Any,
-                       after: tuple[int, RunError] | None = None) -> Any:
+    async def attempts(
+        self, step: CompiledStep, path: str, config: Any, after: tuple[int, RunError] | None = None
+    ) -> Any:
         """Run attempts until one succeeds or the retry policy gives up.
 
         A step that was in flight when the host stopped continues as the same attempt (same
@@ -510,7 +590,8 @@ class ScopeExecution:
                 run.set_step(path, "interrupted", {"attempt": rec.attempt})
                 raise StepInterrupted(
                     f"step {path!r} was running when the host stopped, and step type "
-                    f"{step.key!r} is not safe to run again (rerunnable = False)")
+                    f"{step.key!r} is not safe to run again (rerunnable = False)"
+                )
             attempt = rec.attempt - 1
             run.step_state(path).checkpoints = dict(rec.checkpoints) or None
             if rec.retry_at is not None:  # the backoff the host stopped in keeps its deadline
@@ -520,8 +601,11 @@ class ScopeExecution:
                 if attempt >= retry.attempts or not _retryable(error, retry.retry_on):
                     raise error
                 delay = retry.delay(attempt)
-                run.record("step.retrying", path, {"attempt": attempt, "delay": delay,
-                                                   "error": error.to_dict()})
+                run.record(
+                    "step.retrying",
+                    path,
+                    {"attempt": attempt, "delay": delay, "error": error.to_dict()},
+                )
                 await anyio.sleep(delay)
             attempt += 1
             if store.backlogged:
@@ -542,19 +626,24 @@ class ScopeExecution:
             timeout = step.timeout
             limits = self.limits(step)
             try:
-                with (anyio.CancelScope(deadline=anyio.current_time() + timeout) if timeout
-                      else _NO_SCOPE) as deadline:
+                with (
+                    anyio.CancelScope(deadline=anyio.current_time() + timeout)
+                    if timeout
+                    else _NO_SCOPE
+                ) as deadline:
                     async with limits:
                         output = await step.step_type.run(ctx, config)
                 if deadline is not None and deadline.cancelled_caught:
                     # Only the deadline's own cancellation ends up here: a cancel from
                     # outside the scope goes on propagating.
-                    raise StepTimeout(f"step {path!r} timed out after {timeout} s "
-                                      f"(attempt {attempt})")
+                    raise StepTimeout(
+                        f"step {path!r} timed out after {timeout} s (attempt {attempt})"
+                    )
                 problem = json_problem(output)
                 if problem is not None:
-                    raise OutputError(f"step type {step.key!r} returned a value that is not "
-                                      f"JSON: {problem}")
+                    raise OutputError(
+                        f"step type {step.key!r} returned a value that is not JSON: {problem}"
+                    )
                 return output
             except RunError as exc:
                 error = exc
@@ -574,8 +663,9 @@ class ScopeExecution:
     def plugin_error(self, step: CompiledStep, exc: BaseException) -> StepRuntimeError:
         """A step type's own exception, as a step error naming its plugin."""
         plugin = self.rx.engine.step_type_owner(step.key)
-        return StepRuntimeError(f"step type {step.key!r} (plugin {plugin!r}) raised "
-                                f"{type(exc).__name__}: {exc}")
+        return StepRuntimeError(
+            f"step type {step.key!r} (plugin {plugin!r}) raised {type(exc).__name__}: {exc}"
+        )
 
 
 class _nullcontext:
@@ -633,11 +723,26 @@ def _retryable(error: RunError, retry_on: Sequence[str]) -> bool:
 class StepRuntime:
     """The :class:`plait.plugins.StepContext` the engine gives one attempt of one step."""
 
-    __slots__ = ("_log", "_scope", "_step", "attempt", "definition", "idempotency_key",
-                 "resumed", "run_id", "step_id")
+    __slots__ = (
+        "_log",
+        "_scope",
+        "_step",
+        "attempt",
+        "definition",
+        "idempotency_key",
+        "resumed",
+        "run_id",
+        "step_id",
+    )
 
-    def __init__(self, scope: ScopeExecution, step: CompiledStep, path: str,
-                 attempt: int, resumed: bool = False) -> None:
+    def __init__(
+        self,
+        scope: ScopeExecution,
+        step: CompiledStep,
+        path: str,
+        attempt: int,
+        resumed: bool = False,
+    ) -> None:
         self._scope = scope
         self.resumed = resumed
         """This attempt was in flight when the host stopped, and goes on after a restart."""
@@ -653,8 +758,7 @@ class StepRuntime:
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
         """A logger that names the run and step (made when a step first logs)."""
         if self._log is None:
-            self._log = logging.LoggerAdapter(log, {"run_id": self.run_id,
-                                                    "step": self.step_id})
+            self._log = logging.LoggerAdapter(log, {"run_id": self.run_id, "step": self.step_id})
         return self._log
 
     @property
@@ -671,14 +775,16 @@ class StepRuntime:
     def render(self, template: Template, **extra: Any) -> Any:
         return self._scope.render(template, self._step, getattr(template, "where", ""), extra)
 
-    async def call_tool(self, name: str, args: Mapping[str, Any], *, cache: Any = None,
-                        key: str | None = None) -> Any:
+    async def call_tool(
+        self, name: str, args: Mapping[str, Any], *, cache: Any = None, key: str | None = None
+    ) -> Any:
         step = self._step
         extra_key = None
         policy = step.cache
         if policy is not None and policy.enabled:
             if step.cache_when is not None and not self._scope.truthy(
-                    step.cache_when, step, "cache.when"):
+                step.cache_when, step, "cache.when"
+            ):
                 policy = None
             elif step.cache_key is not None:
                 extra_key = str(self._scope.render(step.cache_key, step, "cache.key"))
@@ -688,11 +794,15 @@ class StepRuntime:
         async def cached(tool: str, key: str) -> None:
             self._run.record("step.cached", self.step_id, {"tool": tool, "key": key})
 
-        idempotency_key = self.idempotency_key if key is None else \
-            f"{self.idempotency_key}/{key}"
+        idempotency_key = self.idempotency_key if key is None else f"{self.idempotency_key}/{key}"
         return await self._scope.rx.engine.tools.call(
-            name, args, policy=policy, extra_key=extra_key, on_cached=cached,
-            context=ToolContext(self.run_id, self.step_id, self.attempt, idempotency_key))
+            name,
+            args,
+            policy=policy,
+            extra_key=extra_key,
+            on_cached=cached,
+            context=ToolContext(self.run_id, self.step_id, self.attempt, idempotency_key),
+        )
 
     def tool_specs(self, names: Sequence[str]) -> list[dict[str, Any]]:
         return self._scope.rx.engine.tools.specs(tuple(names))
@@ -709,17 +819,25 @@ class StepRuntime:
     async def append_messages(self, name: str, messages: Sequence[Message]) -> None:
         history = self._run.conversations.setdefault(name, [])
         history.extend(messages)
-        self._run.record("conversation.appended", self.step_id, {
-            "conversation": name, "messages": [m.to_dict() for m in messages]})
+        self._run.record(
+            "conversation.appended",
+            self.step_id,
+            {"conversation": name, "messages": [m.to_dict() for m in messages]},
+        )
 
-    async def run_body(self, label: str, *, vars: Mapping[str, Any] | None = None,
-                       output: Any = None, key: str | None = None) -> Any:
+    async def run_body(
+        self,
+        label: str,
+        *,
+        vars: Mapping[str, Any] | None = None,
+        output: Any = None,
+        key: str | None = None,
+    ) -> Any:
         body = self._step.bodies.get(label)
         if body is None:
             raise StepRuntimeError(f"step {self.step_id!r} has no body {label!r}")
         suffix = f"[{key}]" if key is not None else f".{label}"
-        inner = ScopeExecution(self._scope.rx, body, f"{self.step_id}{suffix}.",
-                               self._scope, vars)
+        inner = ScopeExecution(self._scope.rx, body, f"{self.step_id}{suffix}.", self._scope, vars)
         await inner.execute()
         if output is not None:
             return inner.render(output, self._step, "output")
@@ -732,11 +850,13 @@ class StepRuntime:
             selected = self._scope.selected[self._step.index] = set()
         selected.add(label)
 
-    async def run_workflow(self, name: str, inputs: Mapping[str, Any], *,
-                           version: int | None = None) -> dict[str, Any]:
+    async def run_workflow(
+        self, name: str, inputs: Mapping[str, Any], *, version: int | None = None
+    ) -> dict[str, Any]:
         rx = self._scope.rx
-        return await rx.engine.run_child(rx, self.step_id, self.attempt, name, dict(inputs),
-                                         version, resumed=self.resumed)
+        return await rx.engine.run_child(
+            rx, self.step_id, self.attempt, name, dict(inputs), version, resumed=self.resumed
+        )
 
     async def checkpoint(self, key: str, value: Any) -> Any:
         state = self._run.step_state(self.step_id)
@@ -744,8 +864,7 @@ class StepRuntime:
             return state.checkpoints[key]
         problem = json_problem(value)
         if problem is not None:
-            raise OutputError(f"checkpoint {key!r} of step {self.step_id!r} is not JSON: "
-                              f"{problem}")
+            raise OutputError(f"checkpoint {key!r} of step {self.step_id!r} is not JSON: {problem}")
         state.checkpoints = {**(state.checkpoints or {}), key: value}
         self._run.record("step.checkpoint", self.step_id, {"key": key, "value": value})
         return value
@@ -753,8 +872,12 @@ class StepRuntime:
     async def wait_signal(self, event: str, *, timeout: float | None) -> Any:
         rx = self._scope.rx
         run = rx.run
-        run.set_step(self.step_id, "waiting", {"event": event, "timeout": timeout},
-                     reason=f"signal {event!r}")
+        run.set_step(
+            self.step_id,
+            "waiting",
+            {"event": event, "timeout": timeout},
+            reason=f"signal {event!r}",
+        )
         rx.waiting += 1
         if run.status == "running":
             run.set_status("waiting", event=event)
@@ -782,6 +905,9 @@ class StepRuntime:
     async def sample(self, params: Mapping[str, Any], *, timeout: float) -> dict[str, Any]:
         sampler = self._scope.rx.engine.sampler
         if sampler is None:
-            raise AgentFailed("sampling", "this engine serves no clients, so none can run a "
-                                          "sampling request (use a host, plait serve)")
+            raise AgentFailed(
+                "sampling",
+                "this engine serves no clients, so none can run a "
+                "sampling request (use a host, plait serve)",
+            )
         return await sampler(self._run, dict(params), timeout)

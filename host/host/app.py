@@ -147,15 +147,18 @@ class Host:
                 lock.acquire()
                 stack.callback(lock.release)
                 store = await stack.enter_async_context(
-                    SqliteStore(self.data_dir, self.config.store, pace=self.pace))
+                    SqliteStore(self.data_dir, self.config.store, pace=self.pace)
+                )
             else:
                 store = MemoryStore(self.config.store.keep_finished)
-            cache = tool_cache(self.config,
-                               None if self.data_dir is None else self.data_dir / "cache")
+            cache = tool_cache(
+                self.config, None if self.data_dir is None else self.data_dir / "cache"
+            )
             cache.open()
             stack.callback(cache.close)
-            self.engine = build_engine(self.config, self.pm, store=store, cache=cache,
-                                       sampler=self.sample)
+            self.engine = build_engine(
+                self.config, self.pm, store=store, cache=cache, sampler=self.sample
+            )
             await stack.enter_async_context(self.engine)
             stack.push_async_callback(self._stopping)
             if self.config.host.workflows:
@@ -183,8 +186,12 @@ class Host:
     async def _stopping(self) -> None:
         self.pm.call_isolated("host_stopping", host=self)
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         """Stop: runs in flight are left as they are in the store, resumed by the next start."""
         assert self._stack is not None
         stack, self._stack = self._stack, None
@@ -208,8 +215,9 @@ class Host:
                 log.warning("skipping workflow file %s: %s", path, exc)
         return loaded
 
-    def register(self, source: WorkflowDef | Mapping[str, Any] | str | os.PathLike[str]
-                 ) -> CompiledWorkflow:
+    def register(
+        self, source: WorkflowDef | Mapping[str, Any] | str | os.PathLike[str]
+    ) -> CompiledWorkflow:
         """Register (or update) a workflow; identical content keeps its version.
 
         A one-line string that names an existing file, or a path, is read as that file (for
@@ -218,11 +226,16 @@ class Host:
         """
         return self._engine().register(source)
 
-    async def start_run(self, workflow: str, inputs: Mapping[str, Any] | None = None, *,
-                        version: int | None = None, idempotency_key: str | None = None) -> str:
+    async def start_run(
+        self,
+        workflow: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
         """Start a run of a registered workflow; returns its id once the start is kept."""
-        run = await self.launch(workflow, inputs, version=version,
-                                idempotency_key=idempotency_key)
+        run = await self.launch(workflow, inputs, version=version, idempotency_key=idempotency_key)
         return run.id
 
     def wait(self, run_id: str) -> Awaitable[Run]:
@@ -235,8 +248,7 @@ class Host:
 
     # -- the HostApi the JSON-RPC methods use (plait.rpc.host_api) ---------------------------
 
-    async def put_workflow(self, source: WorkflowDef | Mapping[str, Any] | str
-                           ) -> CompiledWorkflow:
+    async def put_workflow(self, source: WorkflowDef | Mapping[str, Any] | str) -> CompiledWorkflow:
         """Register a workflow from a client (text is a definition, never a path); returns
         once the new version is kept."""
         engine = self._engine()
@@ -277,28 +289,49 @@ class Host:
         await engine.committed()
         return compiled
 
-    async def launch(self, workflow: str, inputs: Mapping[str, Any] | None = None, *,
-                     version: int | None = None, idempotency_key: str | None = None,
-                     origin: Session | None = None) -> Run:
+    async def launch(
+        self,
+        workflow: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        idempotency_key: str | None = None,
+        origin: Session | None = None,
+    ) -> Run:
         """Start a run of a registered workflow; returns the run once its start is kept."""
         engine = self._engine()
-        return await engine.start(engine.catalog.get(workflow, version), inputs,
-                                  idempotency_key=idempotency_key, origin=origin)
+        return await engine.start(
+            engine.catalog.get(workflow, version),
+            inputs,
+            idempotency_key=idempotency_key,
+            origin=origin,
+        )
 
     async def get_run(self, run_id: str) -> Run:
         """The run with that id, live or from the store."""
         return await self._engine().load_run(run_id)
 
-    async def list_runs(self, *, workflow: str | None = None, status: str | None = None,
-                        created_after: float | None = None, created_before: float | None = None,
-                        cursor: tuple[float, str] | None = None, limit: int = 50) -> RunPage:
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        cursor: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> RunPage:
         """Top-level runs, newest first, filtered, a page at a time."""
         return await self._engine().list_runs(
-            workflow=workflow, status=status, created_after=created_after,
-            created_before=created_before, cursor=cursor, limit=limit)
+            workflow=workflow,
+            status=status,
+            created_after=created_after,
+            created_before=created_before,
+            cursor=cursor,
+            limit=limit,
+        )
 
-    async def events(self, run_id: str, since: int = 0, limit: int | None = None
-                     ) -> list[Event]:
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]:
         """A run's kept events with ``seq > since``, oldest first (from the store once the
         run has left memory; ``Run.events`` of a run read back from the store is empty)."""
         return await self._engine().events(run_id, since, limit)
@@ -344,22 +377,29 @@ class Host:
 
     def plugins_info(self) -> dict[str, Any]:
         """Loaded plugins with what they add, and those that failed to load."""
-        return {"plugins": [i.to_dict() for i in self.pm.info()],
-                "failed": [f.to_dict() for f in self.pm.failures]}
+        return {
+            "plugins": [i.to_dict() for i in self.pm.info()],
+            "failed": [f.to_dict() for f in self.pm.failures],
+        }
 
     async def info(self) -> dict[str, Any]:
         """Version, uptime, limits, the store, counts and MCP servers (``host/info``)."""
         engine = self._engine()
         statuses = await engine.store.counts()
         return {
-            "name": "plait", "version": self.version,
+            "name": "plait",
+            "version": self.version,
             "uptime": time.time() - (self.started_at or time.time()),
             "limits": self.config.limits.model_dump(),
             "store": engine.store.describe(),
-            "counts": {"workflows": len(engine.catalog.names()),
-                       "runs": sum(statuses.values()), "liveRuns": len(engine.runs),
-                       "runsByStatus": statuses, "connections": len(self.sessions),
-                       "tools": len(engine.registries.tools)},
+            "counts": {
+                "workflows": len(engine.catalog.names()),
+                "runs": sum(statuses.values()),
+                "liveRuns": len(engine.runs),
+                "runsByStatus": statuses,
+                "connections": len(self.sessions),
+                "tools": len(engine.registries.tools),
+            },
             "dataDir": str(self.data_dir) if self.data_dir else None,
             "mcpServers": engine.mcp.info() if engine.mcp is not None else {},
         }
@@ -372,24 +412,34 @@ class Host:
         """
         origin = run.origin if isinstance(run.origin, Session) else None
         candidates = ([origin] if origin is not None else []) + [
-            s for s in self.sessions if s is not origin]
+            s for s in self.sessions if s is not origin
+        ]
         for session in candidates:
             if session.closed or "sampling" not in session.client_capabilities:
                 continue
             try:
-                return dict(await session.request("sampling/createMessage", params,
-                                                  timeout=timeout) or {})
+                return dict(
+                    await session.request("sampling/createMessage", params, timeout=timeout) or {}
+                )
             except SessionClosed:
                 continue  # gone meanwhile: ask the next one
             except TimeoutError:
-                raise AgentFailed("sampling", f"the client did not answer sampling/"
-                                              f"createMessage within {timeout:g}s") from None
+                raise AgentFailed(
+                    "sampling",
+                    f"the client did not answer sampling/createMessage within {timeout:g}s",
+                ) from None
             except RpcError as exc:
-                raise AgentFailed("sampling", f"the client refused sampling/createMessage: "
-                                              f"{exc.message}", retryable=False) from None
-        raise AgentFailed("sampling", "no connected MCP client declared the sampling "
-                                      "capability; connect one (an IDE through plait serve "
-                                      "--stdio or plait mcp) and retry")
+                raise AgentFailed(
+                    "sampling",
+                    f"the client refused sampling/createMessage: {exc.message}",
+                    retryable=False,
+                ) from None
+        raise AgentFailed(
+            "sampling",
+            "no connected MCP client declared the sampling "
+            "capability; connect one (an IDE through plait serve "
+            "--stdio or plait mcp) and retry",
+        )
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -398,9 +448,11 @@ class Host:
         """The JSON-RPC dispatcher with the plait and MCP methods, shared by all transports."""
         if self._dispatcher is None:
             limits = self.config.limits
-            self._dispatcher = Dispatcher(max_batch=limits.max_batch,
-                                          batch_concurrency=limits.batch_concurrency,
-                                          max_depth=limits.max_nesting)
+            self._dispatcher = Dispatcher(
+                max_batch=limits.max_batch,
+                batch_concurrency=limits.batch_concurrency,
+                max_depth=limits.max_nesting,
+            )
             register_api(self._dispatcher, self)
             register_mcp(self._dispatcher, self)
         return self._dispatcher
@@ -413,23 +465,35 @@ class Host:
         return token
 
     async def serve_websocket(
-            self, *, token: str | None = None,
-            ready: Callable[[str, str], None] | None = None,
-            task_status: anyio.abc.TaskStatus[tuple[str, str]] = anyio.TASK_STATUS_IGNORED,
+        self,
+        *,
+        token: str | None = None,
+        ready: Callable[[str, str], None] | None = None,
+        task_status: anyio.abc.TaskStatus[tuple[str, str]] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve JSON-RPC over WebSocket until cancelled; once listening, ``ready(url, token)``
         is called and ``(url, token)`` handed to ``task_group.start``."""
         settings = self.config.host
         if settings.bind not in LOOPBACK and not settings.allow_remote:
-            raise ConfigError(f"refusing to bind {settings.bind}: only loopback addresses "
-                              "unless host.allow_remote is true (--allow-remote)")
+            raise ConfigError(
+                f"refusing to bind {settings.bind}: only loopback addresses "
+                "unless host.allow_remote is true (--allow-remote)"
+            )
         if settings.bind not in LOOPBACK:
-            log.warning("listening on %s: reachable from other machines; the token is the "
-                        "only protection", settings.bind)
+            log.warning(
+                "listening on %s: reachable from other machines; the token is the only protection",
+                settings.bind,
+            )
         token = token or self.issue_token()
         transport = WebSocketTransport(
-            self, self.dispatcher, token=token, limits=self.config.limits, bind=settings.bind,
-            port=settings.port, allowed_origins=settings.allowed_origins)
+            self,
+            self.dispatcher,
+            token=token,
+            limits=self.config.limits,
+            bind=settings.bind,
+            port=settings.port,
+            allowed_origins=settings.allowed_origins,
+        )
         port = await transport.start()
         try:
             shown = f"[{settings.bind}]" if ":" in settings.bind else settings.bind
@@ -449,9 +513,12 @@ class Host:
     async def serve_stdio(self) -> None:
         """Serve one MCP client on this process's stdin/stdout until stdin closes."""
         limits = self.config.limits
-        await serve_stdio(self.dispatcher, self.sessions,
-                          max_message_bytes=limits.max_message_bytes,
-                          max_inflight=limits.max_inflight)
+        await serve_stdio(
+            self.dispatcher,
+            self.sessions,
+            max_message_bytes=limits.max_message_bytes,
+            max_inflight=limits.max_inflight,
+        )
 
 
 def _version() -> str:

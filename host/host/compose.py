@@ -30,7 +30,13 @@ def tool_cache(config: HostConfig, folder: str | Path | None) -> ToolCache:
     return ToolCache(folder, size_limit=config.cache.size_limit)
 
 
-def build_engine(config: HostConfig, pm: PluginManager, *, store: RunStore | None = None,
-                 cache: ToolCache | None = None, sampler: Sampler | None = None) -> Engine:
+def build_engine(
+    config: HostConfig,
+    pm: PluginManager,
+    *,
+    store: RunStore | None = None,
+    cache: ToolCache | None = None,
+    sampler: Sampler | None = None,
+) -> Engine:
     """An engine over ``pm``'s registries; a memory store and no cache unless given."""
     return Engine(pm, config, cache=cache, store=store, sampler=sampler)

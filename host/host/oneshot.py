@@ -79,8 +79,9 @@ async def run(
         The :class:`Run`: ``status``, ``outputs``, ``steps[id].output``, ``error``, ``events``.
         A failed run is returned, not raised; an invalid definition or inputs raise.
     """
-    async with _session(workflow, config=config, plugins=plugins, workflows=workflows,
-                        cache_dir=cache_dir, pm=pm) as (engine, compiled):
+    async with _session(
+        workflow, config=config, plugins=plugins, workflows=workflows, cache_dir=cache_dir, pm=pm
+    ) as (engine, compiled):
         started = await engine.start(compiled, inputs)
         return await started.wait()
 

@@ -16,13 +16,23 @@ from websockets.exceptions import ConnectionClosed
 __all__ = ["bridge"]
 
 
-async def bridge(url: str, token: str, *, stdin: IO[bytes] | None = None,
-                 stdout: IO[bytes] | None = None, max_message_bytes: int = 1 << 20) -> None:
+async def bridge(
+    url: str,
+    token: str,
+    *,
+    stdin: IO[bytes] | None = None,
+    stdout: IO[bytes] | None = None,
+    max_message_bytes: int = 1 << 20,
+) -> None:
     """Pump messages both ways until either side closes."""
     reader = anyio.wrap_file(stdin or sys.stdin.buffer)
     writer = anyio.wrap_file(stdout or sys.stdout.buffer)
-    async with connect(url, additional_headers={"Authorization": f"Bearer {token}"},
-                       max_size=max_message_bytes, open_timeout=10) as ws:
+    async with connect(
+        url,
+        additional_headers={"Authorization": f"Bearer {token}"},
+        max_size=max_message_bytes,
+        open_timeout=10,
+    ) as ws:
 
         async def upstream() -> None:
             while True:

@@ -41,28 +41,39 @@ def read_token(data_dir: str, token: str | None = None) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError:
-        raise ConfigError(f"no token: pass --token, set PLAIT_TOKEN, or start the host with "
-                          f"data dir {data_dir} ({path} is missing)") from None
+        raise ConfigError(
+            f"no token: pass --token, set PLAIT_TOKEN, or start the host with "
+            f"data dir {data_dir} ({path} is missing)"
+        ) from None
 
 
 def host_target(config: HostConfig, url: str | None, token: str | None) -> tuple[str, str]:
     """Where a command-line client goes and what it shows: (URL, token)."""
     return host_url(config.host.data_dir, config.host.port, url), read_token(
-        config.host.data_dir, token)
+        config.host.data_dir, token
+    )
 
 
-async def call(url: str, token: str, method: str, params: dict[str, Any] | None = None, *,
-               timeout: float = 60.0) -> Any:
+async def call(
+    url: str,
+    token: str,
+    method: str,
+    params: dict[str, Any] | None = None,
+    *,
+    timeout: float = 60.0,
+) -> Any:
     """Send one request and return its result.
 
     Raises:
         RpcError: the host answered with an error.
         OSError: the host cannot be reached.
     """
-    async with connect(url, additional_headers={"Authorization": f"Bearer {token}"},
-                       open_timeout=10, max_size=None) as ws:
-        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
-                                  "params": params or {}}))
+    async with connect(
+        url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10, max_size=None
+    ) as ws:
+        await ws.send(
+            json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}})
+        )
         with anyio.fail_after(timeout):
             while True:
                 reply = json.loads(await ws.recv())

@@ -48,8 +48,9 @@ def _parse_float(text: str) -> float:
     return value
 
 
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_parse_int,
-                            parse_float=_parse_float)
+_DECODER = json.JSONDecoder(
+    parse_constant=_refuse_constant, parse_int=_parse_int, parse_float=_parse_float
+)
 _LONG_NUMBER = re.compile(r"\d{19}")
 """A digit run orjson might read as a float (integers beyond 64 bits)."""
 
@@ -109,5 +110,4 @@ def encode(message: Any) -> str:
     try:
         return dumps(message)
     except (TypeError, ValueError, RecursionError) as exc:
-        raise InternalError(data={"reason": f"result is not JSON: {type(exc).__name__}"}) \
-            from None
+        raise InternalError(data={"reason": f"result is not JSON: {type(exc).__name__}"}) from None

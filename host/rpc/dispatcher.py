@@ -70,8 +70,9 @@ def to_rpc_error(exc: BaseException) -> RpcError:
     if isinstance(exc, RpcError):
         return exc
     if isinstance(exc, domain.DefinitionError):
-        return InvalidWorkflow(str(exc).split("\n", 1)[0],
-                               [issue.to_dict() for issue in exc.issues])
+        return InvalidWorkflow(
+            str(exc).split("\n", 1)[0], [issue.to_dict() for issue in exc.issues]
+        )
     if isinstance(exc, domain.WorkflowNotFound):
         return WorkflowNotFound(str(exc))
     if isinstance(exc, domain.RunNotFound):
@@ -85,8 +86,9 @@ def to_rpc_error(exc: BaseException) -> RpcError:
     if isinstance(exc, domain.LimitReached):
         return Busy(str(exc))
     correlation = uuid.uuid4().hex[:16]
-    log.error("internal error [correlation %s]", correlation,
-              exc_info=(type(exc), exc, exc.__traceback__))
+    log.error(
+        "internal error [correlation %s]", correlation, exc_info=(type(exc), exc, exc.__traceback__)
+    )
     return InternalError(data={"correlationId": correlation})
 
 
@@ -119,8 +121,9 @@ def _check_envelope(message: Any) -> RpcError | None:
 class Dispatcher:
     """Method table plus the message handling shared by every transport."""
 
-    def __init__(self, *, max_batch: int = 100, batch_concurrency: int = 8,
-                 max_depth: int = MAX_DEPTH) -> None:
+    def __init__(
+        self, *, max_batch: int = 100, batch_concurrency: int = 8, max_depth: int = MAX_DEPTH
+    ) -> None:
         self.max_batch = max_batch
         self.batch_concurrency = batch_concurrency
         self.max_depth = max_depth
@@ -134,9 +137,15 @@ class Dispatcher:
         self.methods[spec.name] = spec
         self._table[spec.name] = self._wrap(spec)
 
-    def method(self, name: str, params: type[BaseModel] | None = None, *, mcp: bool = False,
-               before_init: bool = False, cancellable: bool = False
-               ) -> Callable[[Handler], Handler]:
+    def method(
+        self,
+        name: str,
+        params: type[BaseModel] | None = None,
+        *,
+        mcp: bool = False,
+        before_init: bool = False,
+        cancellable: bool = False,
+    ) -> Callable[[Handler], Handler]:
         """Decorator form of :meth:`add`."""
 
         def register(handler: Handler) -> Handler:
@@ -190,14 +199,25 @@ class Dispatcher:
 
     async def _batch(self, items: list[Any], session: Session) -> str | None:
         if not session.batches_allowed:
-            return encode(_error(InvalidRequest(
-                f"batches are not allowed under MCP protocol version {session.mcp_version}"),
-                None))
+            return encode(
+                _error(
+                    InvalidRequest(
+                        f"batches are not allowed under MCP protocol version {session.mcp_version}"
+                    ),
+                    None,
+                )
+            )
         if not items:
             return encode(_error(InvalidRequest(data={"reason": "empty batch"}), None))
         if len(items) > self.max_batch:
-            return encode(_error(InvalidRequest(
-                f"batch too large: {len(items)} items; the limit is {self.max_batch}"), None))
+            return encode(
+                _error(
+                    InvalidRequest(
+                        f"batch too large: {len(items)} items; the limit is {self.max_batch}"
+                    ),
+                    None,
+                )
+            )
         results: list[dict[str, Any] | None] = [None] * len(items)
         limiter = session.batch_limiter(self.batch_concurrency)
 
@@ -213,8 +233,11 @@ class Dispatcher:
 
     async def handle_message(self, message: Any, session: Session) -> dict[str, Any] | None:
         """One parsed request object → its response object, or ``None`` for a notification."""
-        if (isinstance(message, dict) and "method" not in message
-                and ("result" in message or "error" in message)):
+        if (
+            isinstance(message, dict)
+            and "method" not in message
+            and ("result" in message or "error" in message)
+        ):
             if isinstance(message.get("id"), str):
                 session.resolve(message)
             return None  # a response to a request the host sent: never answered
@@ -248,14 +271,13 @@ class Dispatcher:
             return None  # cancelled by the client: no response (MCP)
         return response
 
-    def _refuse(self, message: dict[str, Any], session: Session,
-                notification: bool) -> RpcError | None:
+    def _refuse(
+        self, message: dict[str, Any], session: Session, notification: bool
+    ) -> RpcError | None:
         spec = self.methods.get(message["method"])
-        needs_init = spec is not None and not spec.before_init and (
-            spec.mcp or session.strict_mcp)
+        needs_init = spec is not None and not spec.before_init and (spec.mcp or session.strict_mcp)
         if needs_init and not session.initialized:
-            return InvalidRequest(f"{message['method']} before initialize: send initialize "
-                                  "first")
+            return InvalidRequest(f"{message['method']} before initialize: send initialize first")
         if notification:
             return None
         request_id = message["id"]
@@ -264,16 +286,21 @@ class Dispatcher:
         if id_key(request_id) in session.inflight:
             return InvalidRequest(f"request id {request_id!r} is already in flight")
         if len(session.inflight) >= session.max_inflight:
-            return Busy(f"more than {session.max_inflight} requests in flight on this "
-                        "connection; wait for answers")
+            return Busy(
+                f"more than {session.max_inflight} requests in flight on this "
+                "connection; wait for answers"
+            )
         return None
 
     async def _call(self, message: dict[str, Any], session: Session) -> dict[str, Any] | None:
         # jsonrpcserver's per-request layer: method lookup, binding, the call, the response.
         # Its outer layer (parsing, schema validation, batches through asyncio.gather) is
         # what the host does itself, item by item and bounded; skipping it saves ~0.1 ms.
-        request, result = await dispatch_request(self._table, session,  # type: ignore[arg-type]
-                                                 create_request(message))
+        request, result = await dispatch_request(
+            self._table,
+            session,  # type: ignore[arg-type]
+            create_request(message),
+        )
         if "id" not in message:
             return None
         # jsonrpcserver answers with oslash's Right(success) / Left(error).
@@ -293,8 +320,9 @@ class Dispatcher:
     def _wrap(self, spec: MethodSpec) -> Callable[..., Awaitable[Any]]:
         async def call(session: Session, *args: Any, **params: Any) -> Any:
             if args:
-                return Error(-32602, "Invalid params", {"reason": "params must be given by "
-                                                                  "name (an object)"})
+                return Error(
+                    -32602, "Invalid params", {"reason": "params must be given by name (an object)"}
+                )
             try:
                 parsed = _parse_params(spec, params)
                 result = await spec.handler(session, parsed)
@@ -305,8 +333,7 @@ class Dispatcher:
                 return Error(err.code, err.message, err.data)
             problem = json_problem(result)
             if problem is not None:
-                err = to_rpc_error(TypeError(f"{spec.name} returned a non-JSON result: "
-                                             f"{problem}"))
+                err = to_rpc_error(TypeError(f"{spec.name} returned a non-JSON result: {problem}"))
                 return Error(err.code, err.message, err.data)
             return Success(result)
 
@@ -319,14 +346,20 @@ class Dispatcher:
 def _parse_params(spec: MethodSpec, params: dict[str, Any]) -> Any:
     if spec.params is None:
         if params:
-            raise InvalidParams(f"{spec.name} takes no params",
-                                {"unexpected": sorted(params)})
+            raise InvalidParams(f"{spec.name} takes no params", {"unexpected": sorted(params)})
         return None
     try:
         return spec.params.model_validate(params)
     except ValidationError as exc:
-        problems = [{"field": ".".join(str(p) for p in e["loc"]) or "params",
-                     "message": "unknown param" if e["type"] == "extra_forbidden" else e["msg"]}
-                    for e in exc.errors(include_url=False)]
-        raise InvalidParams(f"invalid params for {spec.name}: " + "; ".join(
-            f"{p['field']}: {p['message']}" for p in problems), {"problems": problems}) from None
+        problems = [
+            {
+                "field": ".".join(str(p) for p in e["loc"]) or "params",
+                "message": "unknown param" if e["type"] == "extra_forbidden" else e["msg"],
+            }
+            for e in exc.errors(include_url=False)
+        ]
+        raise InvalidParams(
+            f"invalid params for {spec.name}: "
+            + "; ".join(f"{p['field']}: {p['message']}" for p in problems),
+            {"problems": problems},
+        ) from None

@@ -155,6 +155,16 @@ class Unauthorized(RpcError):
 
 
 _ALL: tuple[type[RpcError], ...] = (
-    ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError, WorkflowNotFound,
-    RunNotFound, InvalidWorkflow, NotAllowed, NotFound, Busy, Unauthorized,
+    ParseError,
+    InvalidRequest,
+    MethodNotFound,
+    InvalidParams,
+    InternalError,
+    WorkflowNotFound,
+    RunNotFound,
+    InvalidWorkflow,
+    NotAllowed,
+    NotFound,
+    Busy,
+    Unauthorized,
 )

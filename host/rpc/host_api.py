@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 __all__ = ["HostApi"]
 
 
-
 class HostApi(Protocol):
     """The host as the methods of DESIGN's API see it."""
 
@@ -39,8 +38,7 @@ class HostApi(Protocol):
 
     # -- workflows -------------------------------------------------------------------------
 
-    async def put_workflow(self, source: WorkflowDef | Mapping[str, Any] | str
-                           ) -> CompiledWorkflow:
+    async def put_workflow(self, source: WorkflowDef | Mapping[str, Any] | str) -> CompiledWorkflow:
         """Register a workflow (text is always a definition, never a path) once it is kept."""
         ...
 
@@ -70,9 +68,15 @@ class HostApi(Protocol):
 
     # -- runs ------------------------------------------------------------------------------
 
-    async def launch(self, workflow: str, inputs: Mapping[str, Any] | None = None, *,
-                     version: int | None = None, idempotency_key: str | None = None,
-                     origin: Session | None = None) -> Run:
+    async def launch(
+        self,
+        workflow: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        version: int | None = None,
+        idempotency_key: str | None = None,
+        origin: Session | None = None,
+    ) -> Run:
         """Start a run of a registered workflow; returns it once its start is kept."""
         ...
 
@@ -80,14 +84,20 @@ class HostApi(Protocol):
         """A run, live or kept."""
         ...
 
-    async def list_runs(self, *, workflow: str | None = None, status: str | None = None,
-                        created_after: float | None = None, created_before: float | None = None,
-                        cursor: tuple[float, str] | None = None, limit: int = 50) -> RunPage:
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        cursor: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> RunPage:
         """Top-level runs, newest first, a page at a time."""
         ...
 
-    async def events(self, run_id: str, since: int = 0, limit: int | None = None
-                     ) -> list[Event]:
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]:
         """A run's kept events after ``since``."""
         ...
 

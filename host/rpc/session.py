@@ -109,8 +109,10 @@ class Session:
 
     def _above(self, fraction: int) -> bool:
         queued = self._send.statistics().current_buffer_used
-        return (queued > self.max_queue // fraction
-                or self._queued_bytes > self.max_queue_bytes // fraction)
+        return (
+            queued > self.max_queue // fraction
+            or self._queued_bytes > self.max_queue_bytes // fraction
+        )
 
     @property
     def congested(self) -> bool:
@@ -172,8 +174,9 @@ class Session:
         except SessionClosed:
             pass
 
-    async def request(self, method: str, params: dict[str, Any] | None = None, *,
-                      timeout: float = 60.0) -> Any:
+    async def request(
+        self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 60.0
+    ) -> Any:
         """Send a request to the client and wait for its answer (host → client, e.g. sampling).
 
         Raises:

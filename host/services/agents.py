@@ -34,8 +34,12 @@ ANSWER_TOKENS = 256
 class Budget:
     """Requests and tokens per minute: buckets that start full and refill continuously."""
 
-    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None,
-                 clock: Any = time.monotonic) -> None:
+    def __init__(
+        self,
+        requests_per_minute: float | None,
+        tokens_per_minute: float | None,
+        clock: Any = time.monotonic,
+    ) -> None:
         self.rpm = requests_per_minute
         self.tpm = tokens_per_minute
         self.requests = float(requests_per_minute or 0)
@@ -80,8 +84,10 @@ class Budget:
 
 def estimate_tokens(request: AgentRequest, answer: int) -> int:
     """A rough token count of a completion: characters / 4, plus the answer's budget."""
-    chars = sum(len(m.content) + sum(len(json.dumps(c.arguments)) for c in m.tool_calls)
-                for m in request.messages)
+    chars = sum(
+        len(m.content) + sum(len(json.dumps(c.arguments)) for c in m.tool_calls)
+        for m in request.messages
+    )
     chars += sum(len(json.dumps(t)) for t in request.tools)
     return chars // 4 + answer
 
@@ -116,11 +122,15 @@ class _Limited:
         except PLUGIN_ERRORS as exc:
             raise AgentFailed(self.name, f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(reply, AgentReply):
-            raise AgentFailed(self.name, f"provider returned {type(reply).__name__}, "
-                                         "not an AgentReply", retryable=False)
+            raise AgentFailed(
+                self.name,
+                f"provider returned {type(reply).__name__}, not an AgentReply",
+                retryable=False,
+            )
         if self._budget is not None:
             used = reply.usage.get("total_tokens") or (
-                reply.usage.get("prompt_tokens", 0) + reply.usage.get("completion_tokens", 0))
+                reply.usage.get("prompt_tokens", 0) + reply.usage.get("completion_tokens", 0)
+            )
             if used:
                 self._budget.correct(int(used) - estimate)
         return reply
@@ -137,7 +147,8 @@ class _Limited:
                 if not shown and request.context is not None:
                     shown = True
                     await request.context.waiting(
-                        f"agent {self.name!r}: waiting {seconds:.1f}s for its {limit} budget")
+                        f"agent {self.name!r}: waiting {seconds:.1f}s for its {limit} budget"
+                    )
                 await anyio.sleep(seconds)
         finally:
             if shown and request.context is not None:
@@ -148,8 +159,9 @@ class _Limited:
 class AgentPool:
     """``[agents.<name>]`` tables turned into agents, each made once and shared by all runs."""
 
-    def __init__(self, providers: Registry[AgentProvider],
-                 configs: Mapping[str, Mapping[str, Any]]) -> None:
+    def __init__(
+        self, providers: Registry[AgentProvider], configs: Mapping[str, Mapping[str, Any]]
+    ) -> None:
         self.providers = providers
         self.configs = {name: dict(cfg) for name, cfg in configs.items()}
         self._agents: dict[str, _Limited] = {}
@@ -169,9 +181,12 @@ class AgentPool:
         provider_name = config.get("provider")
         provider = self.providers.get(provider_name) if isinstance(provider_name, str) else None
         if provider is None:
-            raise AgentFailed(name, f"provider {provider_name!r} is not installed; providers: "
-                                    f"{', '.join(self.providers.names()) or 'none'}",
-                              retryable=False)
+            raise AgentFailed(
+                name,
+                f"provider {provider_name!r} is not installed; providers: "
+                f"{', '.join(self.providers.names()) or 'none'}",
+                retryable=False,
+            )
         own = {k: v for k, v in config.items() if k not in POOL_KEYS}
         try:
             made = provider.create(name, own)

@@ -91,8 +91,10 @@ def parse_servers(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, McpServe
     problems = []
     for name, table in tables.items():
         if not name.replace("-", "").replace("_", "").isalnum():
-            problems.append(f"mcp_servers.{name}: a server name is letters, digits, - and _ "
-                            "(its tools are named <server>.<tool>)")
+            problems.append(
+                f"mcp_servers.{name}: a server name is letters, digits, - and _ "
+                "(its tools are named <server>.<tool>)"
+            )
             continue
         try:
             servers[name] = McpServerSettings.model_validate(dict(table))
@@ -118,8 +120,11 @@ def tool_value(result: Any) -> Any:
     if result.structured_content is not None:
         return result.structured_content
     texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
-    others = [c.model_dump(mode="json", exclude_none=True) for c in result.content
-              if getattr(c, "type", None) != "text"]
+    others = [
+        c.model_dump(mode="json", exclude_none=True)
+        for c in result.content
+        if getattr(c, "type", None) != "text"
+    ]
     if others:
         return [*({"type": "text", "text": t} for t in texts), *others]
     if len(texts) == 1:
@@ -158,8 +163,12 @@ class McpServer:
 
     def info(self) -> dict[str, Any]:
         """Status for ``host/info``."""
-        return {"status": self.status, "tools": list(self.tools), "error": self.error,
-                "connects": self.connects}
+        return {
+            "status": self.status,
+            "tools": list(self.tools),
+            "error": self.error,
+            "connects": self.connects,
+        }
 
     def _connection(self) -> AbstractAsyncContextManager[Client]:
         from mcp import Client, StdioServerParameters
@@ -168,15 +177,19 @@ class McpServer:
         if s.command is not None:
             from mcp.client.stdio import get_default_environment
 
-            target: Any = StdioServerParameters(command=resolve_command(s.command), args=s.args,
-                                                env={**get_default_environment(), **s.env},
-                                                cwd=s.cwd)
+            target: Any = StdioServerParameters(
+                command=resolve_command(s.command),
+                args=s.args,
+                env={**get_default_environment(), **s.env},
+                cwd=s.cwd,
+            )
         elif s.headers:
             import httpx2
             from mcp.client.streamable_http import streamable_http_client
 
-            target = streamable_http_client(s.url or "", http_client=httpx2.AsyncClient(
-                headers=s.headers, timeout=s.timeout))
+            target = streamable_http_client(
+                s.url or "", http_client=httpx2.AsyncClient(headers=s.headers, timeout=s.timeout)
+            )
         else:
             target = s.url
         return Client(target, mode="legacy", read_timeout_seconds=s.timeout)
@@ -198,8 +211,9 @@ class McpServer:
                     await self._watch(client)
             except Exception as exc:  # noqa: BLE001 - whatever the server or transport did
                 self.error = _describe(exc)
-                log.warning("MCP server %s: %s; reconnecting in %.1fs", self.name, self.error,
-                            delay)
+                log.warning(
+                    "MCP server %s: %s; reconnecting in %.1fs", self.name, self.error, delay
+                )
             finally:
                 self._client = None
             self.status = "reconnecting"
@@ -224,15 +238,27 @@ class McpServer:
             name = f"{self.name}.{spec.name}"
             holder = self.runner.tools.owner(name)
             if holder not in (None, self.owner):  # replace=True is for our own tools only
-                log.error("MCP server %s: tool %s is already registered by %s; the server's "
-                          "is not used", self.name, name, holder)
+                log.error(
+                    "MCP server %s: tool %s is already registered by %s; the server's is not used",
+                    self.name,
+                    name,
+                    holder,
+                )
                 continue
             schema = dict(spec.input_schema or {"type": "object"})
-            self.runner.add(Tool(
-                name=name, call=self._caller(spec.name), input_schema=schema,
-                description=spec.description or "", version=f"mcp:{self.name}",
-                cacheable=self.settings.cacheable,
-                max_concurrency=self.settings.max_concurrency), owner=self.owner, replace=True)
+            self.runner.add(
+                Tool(
+                    name=name,
+                    call=self._caller(spec.name),
+                    input_schema=schema,
+                    description=spec.description or "",
+                    version=f"mcp:{self.name}",
+                    cacheable=self.settings.cacheable,
+                    max_concurrency=self.settings.max_concurrency,
+                ),
+                owner=self.owner,
+                replace=True,
+            )
             names.append(name)
         for gone in set(self.tools) - set(names):  # the server no longer offers it
             self.runner.remove(gone)
@@ -249,11 +275,13 @@ class McpServer:
         name = f"{self.name}.{tool}"
         client = self._client
         if client is None:
-            raise ToolFailed(name, f"MCP server {self.name!r} is not connected ({self.status}"
-                                   f"{': ' + self.error if self.error else ''})")
+            raise ToolFailed(
+                name,
+                f"MCP server {self.name!r} is not connected ({self.status}"
+                f"{': ' + self.error if self.error else ''})",
+            )
         try:
-            result = await client.call_tool(tool, args,
-                                            read_timeout_seconds=self.settings.timeout)
+            result = await client.call_tool(tool, args, read_timeout_seconds=self.settings.timeout)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:  # noqa: BLE001 - protocol errors, timeouts, a dead server
@@ -261,8 +289,9 @@ class McpServer:
             raise ToolFailed(name, f"MCP server {self.name!r}: {_describe(exc)}") from exc
         if result.is_error:
             text = " ".join(c.text for c in result.content if getattr(c, "type", None) == "text")
-            raise ToolFailed(name, f"MCP server {self.name!r} reported: "
-                                   f"{text or 'an error without a message'}")
+            raise ToolFailed(
+                name, f"MCP server {self.name!r} reported: {text or 'an error without a message'}"
+            )
         return tool_value(result)
 
 
@@ -274,8 +303,11 @@ class McpTools:
     """
 
     def __init__(self, runner: ToolRunner, tables: Mapping[str, Mapping[str, Any]]) -> None:
-        self.servers = {name: McpServer(name, settings, runner)
-                        for name, settings in parse_servers(tables).items() if settings.enabled}
+        self.servers = {
+            name: McpServer(name, settings, runner)
+            for name, settings in parse_servers(tables).items()
+            if settings.enabled
+        }
         self.runner = runner
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -293,13 +325,19 @@ class McpTools:
             with anyio.move_on_after(server.settings.connect_timeout):
                 await first.wait()
             if server.status != "connected":
-                log.error("MCP server %s is not available (%s); its tools are missing until "
-                          "it connects", server.name, server.error or "no answer in "
-                          f"{server.settings.connect_timeout:g}s")
+                log.error(
+                    "MCP server %s is not available (%s); its tools are missing until it connects",
+                    server.name,
+                    server.error or f"no answer in {server.settings.connect_timeout:g}s",
+                )
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)

@@ -24,8 +24,12 @@ log = logging.getLogger("plait.services.tools")
 class ToolRunner:
     """Runs registered tools for steps and agents, the same way for both."""
 
-    def __init__(self, tools: Registry[Tool], cache: ToolCache,
-                 settings: Mapping[str, ToolSettings] | None = None) -> None:
+    def __init__(
+        self,
+        tools: Registry[Tool],
+        cache: ToolCache,
+        settings: Mapping[str, ToolSettings] | None = None,
+    ) -> None:
         self.tools = tools
         self.cache = cache
         self.settings = dict(settings or {})
@@ -62,8 +66,10 @@ class ToolRunner:
 
     def specs(self, names: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
         """``[{name, description, input_schema}]`` for a model's tool list."""
-        return [{"name": t.name, "description": t.description, "input_schema": t.input_schema}
-                for t in (self.get(n) for n in names)]
+        return [
+            {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+            for t in (self.get(n) for n in names)
+        ]
 
     def policy(self, tool: Tool, step_policy: CachePolicy | None) -> CachePolicy | None:
         """The cache policy of one call: the step's, else the tool's default; never for
@@ -100,8 +106,9 @@ class ToolRunner:
         """
         tool = self.get(name)
         if not isinstance(args, Mapping):
-            raise ToolFailed(name, f"arguments must be a mapping, got {type(args).__name__}",
-                             retryable=False)
+            raise ToolFailed(
+                name, f"arguments must be a mapping, got {type(args).__name__}", retryable=False
+            )
         effective = self.policy(tool, policy)
         key = None
         if effective is not None:
@@ -120,8 +127,7 @@ class ToolRunner:
             await self.cache.set(key, value, ttl=effective.ttl if effective else None)
         return value
 
-    async def _invoke(self, tool: Tool, args: dict[str, Any],
-                      context: ToolContext | None) -> Any:
+    async def _invoke(self, tool: Tool, args: dict[str, Any], context: ToolContext | None) -> Any:
         limiter = self._limiters.get(tool.name)
         call: Any = tool.call
         given = (args, context) if tool.takes_context else (args,)

@@ -62,10 +62,15 @@ class StepRecord:
 
     def state(self) -> StepState:
         """The step state shown by ``runs/get`` until the step runs or is replayed."""
-        return StepState(status=self.status, output=self.output, error=self.error,  # type: ignore[arg-type]
-                         attempts=self.attempts, started_at=self.started_at,
-                         finished_at=self.finished_at,
-                         checkpoints=dict(self.checkpoints) or None)
+        return StepState(
+            status=self.status,
+            output=self.output,
+            error=self.error,  # type: ignore[arg-type]
+            attempts=self.attempts,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            checkpoints=dict(self.checkpoints) or None,
+        )
 
 
 @dataclass(slots=True)
@@ -95,7 +100,8 @@ def replay(events: Iterable[Event]) -> RecoveredRun:
             continue
         if kind == "conversation.appended":
             out.conversations.setdefault(data["conversation"], []).extend(
-                Message.from_dict(m) for m in data["messages"])
+                Message.from_dict(m) for m in data["messages"]
+            )
             continue
         if path is None:
             continue
@@ -112,8 +118,9 @@ def replay(events: Iterable[Event]) -> RecoveredRun:
     return out
 
 
-def _apply(rec: StepRecord, kind: str, data: dict[str, Any], ts: float,
-           signals: dict[str, deque[Any]]) -> None:
+def _apply(
+    rec: StepRecord, kind: str, data: dict[str, Any], ts: float, signals: dict[str, deque[Any]]
+) -> None:
     if kind == "step.started":
         attempt = int(data.get("attempt", rec.attempt))
         if attempt != rec.attempt:  # a new attempt starts clean; a resumed one keeps its own
@@ -137,8 +144,13 @@ def _apply(rec: StepRecord, kind: str, data: dict[str, Any], ts: float,
         rec.status = "running"
     elif kind == "step.checkpoint":
         rec.checkpoints[data["key"]] = data.get("value")
-    elif kind in ("step.succeeded", "step.failed", "step.skipped", "step.cancelled",
-                  "step.interrupted"):
+    elif kind in (
+        "step.succeeded",
+        "step.failed",
+        "step.skipped",
+        "step.cancelled",
+        "step.interrupted",
+    ):
         rec.status = kind[5:]
         rec.executing = False
         rec.finished_at = ts

@@ -28,9 +28,22 @@ __all__ = [
 ]
 
 RUN_FIELDS: tuple[str, ...] = (
-    "id", "workflow", "version", "digest", "status", "parent_id", "parent_step",
-    "idempotency_key", "inputs", "outputs", "error", "total_steps", "created_at",
-    "started_at", "finished_at")
+    "id",
+    "workflow",
+    "version",
+    "digest",
+    "status",
+    "parent_id",
+    "parent_step",
+    "idempotency_key",
+    "inputs",
+    "outputs",
+    "error",
+    "total_steps",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
 """The keys of a run row (the columns of the SQLite ``runs`` table)."""
 
 UNFINISHED: tuple[str, ...] = ("pending", "running", "paused", "waiting")
@@ -60,15 +73,27 @@ def parse_cursor(cursor: str) -> tuple[float, str]:
 
 def run_from_row(row: dict[str, Any], steps: dict[str, StepState] | None = None) -> Run:
     """A :class:`Run` built from its stored row (no events; ``finished`` when terminal)."""
-    run = Run(id=row["id"], workflow=row["workflow"], version=row["version"],
-              inputs=row["inputs"] or {}, parent_id=row["parent_id"], status=row["status"],
-              outputs=row["outputs"], error=row["error"], created_at=row["created_at"],
-              started_at=row["started_at"], finished_at=row["finished_at"],
-              total_steps=row["total_steps"], idempotency_key=row["idempotency_key"],
-              digest=row["digest"], parent_step=row["parent_step"])
+    run = Run(
+        id=row["id"],
+        workflow=row["workflow"],
+        version=row["version"],
+        inputs=row["inputs"] or {},
+        parent_id=row["parent_id"],
+        status=row["status"],
+        outputs=row["outputs"],
+        error=row["error"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        total_steps=row["total_steps"],
+        idempotency_key=row["idempotency_key"],
+        digest=row["digest"],
+        parent_step=row["parent_step"],
+    )
     run.steps = steps or {}
-    run.settled_steps = sum(1 for path, s in run.steps.items()
-                            if is_top_level(path) and s.status in STEP_SETTLED)
+    run.settled_steps = sum(
+        1 for path, s in run.steps.items() if is_top_level(path) and s.status in STEP_SETTLED
+    )
     run.finished = run.done
     return run
 
@@ -103,8 +128,9 @@ class RunStore(Protocol):
         """The run ended and that was told; the engine lets go of it."""
         ...
 
-    def put_workflow(self, name: str, version: int, digest: str, definition: dict[str, Any],
-                     created_at: float) -> None:
+    def put_workflow(
+        self, name: str, version: int, digest: str, definition: dict[str, Any], created_at: float
+    ) -> None:
         """Queue a workflow version (its content kept once per digest) and make it current."""
         ...
 
@@ -140,14 +166,20 @@ class RunStore(Protocol):
         """A kept run with its settled steps, or ``None``."""
         ...
 
-    async def events(self, run_id: str, since: int = 0, limit: int | None = None
-                     ) -> list[Event]:
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]:
         """Kept events of a run with ``seq > since``, in order."""
         ...
 
-    async def list_runs(self, *, workflow: str | None = None, status: str | None = None,
-                        created_after: float | None = None, created_before: float | None = None,
-                        cursor: tuple[float, str] | None = None, limit: int = 50) -> RunPage:
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        cursor: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> RunPage:
         """Top-level runs, newest first, filtered, one page after ``cursor``."""
         ...
 

@@ -35,8 +35,9 @@ __all__ = [
 ]
 
 RunStatus = Literal["pending", "running", "paused", "waiting", "succeeded", "failed", "cancelled"]
-StepStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled",
-                     "waiting", "interrupted"]
+StepStatus = Literal[
+    "pending", "running", "succeeded", "failed", "skipped", "cancelled", "waiting", "interrupted"
+]
 
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 """Run statuses a run never leaves."""
@@ -47,8 +48,15 @@ STEP_SETTLED: frozenset[str] = frozenset({"succeeded", "failed", "skipped", "can
 TERMINAL_EVENTS: frozenset[str] = frozenset({"run.succeeded", "run.failed", "run.cancelled"})
 """The event types that end a run."""
 
-SUMMARY_FIELDS: tuple[str, ...] = ("id", "workflow", "version", "status", "created_at",
-                                   "finished_at", "parent_id")
+SUMMARY_FIELDS: tuple[str, ...] = (
+    "id",
+    "workflow",
+    "version",
+    "status",
+    "created_at",
+    "finished_at",
+    "parent_id",
+)
 """What ``runs/list`` tells of each run (attributes of :class:`Run`, columns of the store)."""
 
 
@@ -71,8 +79,14 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form of ``runs/events`` and ``runs/event`` notifications."""
-        return {"runId": self.run_id, "seq": self.seq, "type": self.type, "step": self.step,
-                "data": self.data, "ts": self.ts}
+        return {
+            "runId": self.run_id,
+            "seq": self.seq,
+            "type": self.type,
+            "step": self.step,
+            "data": self.data,
+            "ts": self.ts,
+        }
 
 
 @dataclass(slots=True)
@@ -92,9 +106,14 @@ class StepState:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for ``runs/get``."""
-        out = {"status": self.status, "output": self.output, "error": self.error,
-               "attempts": self.attempts, "started_at": self.started_at,
-               "finished_at": self.finished_at}
+        out = {
+            "status": self.status,
+            "output": self.output,
+            "error": self.error,
+            "attempts": self.attempts,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
         if self.reason is not None:
             out["reason"] = self.reason
         return out
@@ -169,8 +188,9 @@ class Run:
 
     # -- the one place changes go through -------------------------------------------------
 
-    def record(self, type: str, step: str | None = None, data: dict[str, Any] | None = None
-               ) -> Event:
+    def record(
+        self, type: str, step: str | None = None, data: dict[str, Any] | None = None
+    ) -> Event:
         """Append an event for a change already applied; tell followers once it is kept."""
         self.seq += 1
         event = Event(self.seq, self.id, type, step, data or {}, time.time())
@@ -195,7 +215,7 @@ class Run:
         published, finished = self.published, self.finished
         keep = []
         for target, waiter in self._waiters:
-            if (finished if target < 0 else published >= target):
+            if finished if target < 0 else published >= target:
                 waiter.set()
             else:
                 keep.append((target, waiter))
@@ -226,8 +246,15 @@ class Run:
             state = self.steps[path] = StepState()
         return state
 
-    def set_step(self, path: str, status: StepStatus, data: dict[str, Any] | None = None,
-                 *, type: str | None = None, **changes: Any) -> Event:
+    def set_step(
+        self,
+        path: str,
+        status: StepStatus,
+        data: dict[str, Any] | None = None,
+        *,
+        type: str | None = None,
+        **changes: Any,
+    ) -> Event:
         """Change a step's status (and fields like ``output``), recording ``step.<status>``
         (``step.started`` for ``running``).
 
@@ -336,8 +363,13 @@ class Run:
 
     def info(self) -> dict[str, Any]:
         """The ``run`` root of templates: identity only, nothing secret."""
-        return {"id": self.id, "workflow": self.workflow, "version": self.version,
-                "started_at": self.started_at, "parent_id": self.parent_id}
+        return {
+            "id": self.id,
+            "workflow": self.workflow,
+            "version": self.version,
+            "started_at": self.started_at,
+            "parent_id": self.parent_id,
+        }
 
     def progress(self) -> dict[str, Any]:
         """Done, total, percent and a naive ETA (seconds) from the pace so far."""
@@ -347,8 +379,12 @@ class Run:
         if self.started_at and 0 < done < total and not self.done:
             elapsed = time.time() - self.started_at
             eta = elapsed / done * (total - done)
-        return {"done": done, "total": self.total_steps, "percent": round(100 * done / total, 1),
-                "eta": eta}
+        return {
+            "done": done,
+            "total": self.total_steps,
+            "percent": round(100 * done / total, 1),
+            "eta": eta,
+        }
 
     def summary(self) -> dict[str, Any]:
         """The short JSON form of ``runs/list``."""
@@ -357,10 +393,17 @@ class Run:
     def to_dict(self, *, steps: bool = True) -> dict[str, Any]:
         """JSON form for ``runs/get`` and ``plait run --json``."""
         out: dict[str, Any] = {
-            "id": self.id, "workflow": self.workflow, "version": self.version,
-            "status": self.status, "inputs": self.inputs, "outputs": self.outputs,
-            "error": self.error, "parent_id": self.parent_id, "created_at": self.created_at,
-            "started_at": self.started_at, "finished_at": self.finished_at,
+            "id": self.id,
+            "workflow": self.workflow,
+            "version": self.version,
+            "status": self.status,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "error": self.error,
+            "parent_id": self.parent_id,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
             "progress": self.progress(),
         }
         if steps:

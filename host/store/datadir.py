@@ -71,9 +71,11 @@ class DataDirLock:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()  # its pid, see below
             os.close(fd)
             pid = f" (pid {holder})" if holder.isdigit() else ""
-            raise DataDirLocked(str(self.path.parent), f"another plait host{pid} is using it; "
-                                "stop it, talk to it with --url, or use another --data-dir") \
-                from None
+            raise DataDirLocked(
+                str(self.path.parent),
+                f"another plait host{pid} is using it; "
+                "stop it, talk to it with --url, or use another --data-dir",
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd

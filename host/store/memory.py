@@ -56,15 +56,23 @@ class MemoryStore:
             if gone is not None and gone.idempotency_key is not None:
                 self._keys.pop(gone.idempotency_key, None)
 
-    def put_workflow(self, name: str, version: int, digest: str, definition: dict[str, Any],
-                     created_at: float) -> None:
+    def put_workflow(
+        self, name: str, version: int, digest: str, definition: dict[str, Any], created_at: float
+    ) -> None:
         """Keep a workflow version and make it current."""
         self._definitions.setdefault(digest, definition)
         entry = self._workflows.setdefault(
-            name, {"name": name, "current": version, "deleted": False, "versions": []})
+            name, {"name": name, "current": version, "deleted": False, "versions": []}
+        )
         if all(v["version"] != version for v in entry["versions"]):
-            entry["versions"].append({"version": version, "digest": digest,
-                                      "created_at": created_at, "definition": definition})
+            entry["versions"].append(
+                {
+                    "version": version,
+                    "digest": digest,
+                    "created_at": created_at,
+                    "definition": definition,
+                }
+            )
         entry["current"], entry["deleted"] = version, False
 
     def set_current(self, name: str, version: int, *, deleted: bool = False) -> None:
@@ -86,8 +94,10 @@ class MemoryStore:
 
     async def catalog(self) -> list[dict[str, Any]]:
         """Every workflow kept here, with its versions."""
-        return [dict(entry, versions=list(entry["versions"]))
-                for _, entry in sorted(self._workflows.items())]
+        return [
+            dict(entry, versions=list(entry["versions"]))
+            for _, entry in sorted(self._workflows.items())
+        ]
 
     async def definition(self, digest: str) -> dict[str, Any] | None:
         """A kept definition by its digest."""
@@ -102,8 +112,7 @@ class MemoryStore:
         """The kept run itself, events and all."""
         return self._runs.get(run_id)
 
-    async def events(self, run_id: str, since: int = 0, limit: int | None = None
-                     ) -> list[Event]:
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]:
         """A kept run's told events after ``since``."""
         run = self._runs.get(run_id)
         if run is None:
@@ -111,22 +120,37 @@ class MemoryStore:
         end = run.published if limit is None else min(run.published, since + limit)
         return run.events[since:end]
 
-    async def list_runs(self, *, workflow: str | None = None, status: str | None = None,
-                        created_after: float | None = None, created_before: float | None = None,
-                        cursor: tuple[float, str] | None = None, limit: int = 50) -> RunPage:
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        cursor: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> RunPage:
         """Top-level kept runs, newest first, filtered, one page after ``cursor``."""
-        runs = sorted((r for r in self._runs.values()
-                       if r.parent_id is None
-                       and (workflow is None or r.workflow == workflow)
-                       and (status is None or r.status == status)
-                       and (created_after is None or r.created_at >= created_after)
-                       and (created_before is None or r.created_at < created_before)
-                       and (cursor is None or (r.created_at, r.id) < cursor)),
-                      key=lambda r: (r.created_at, r.id), reverse=True)
+        runs = sorted(
+            (
+                r
+                for r in self._runs.values()
+                if r.parent_id is None
+                and (workflow is None or r.workflow == workflow)
+                and (status is None or r.status == status)
+                and (created_after is None or r.created_at >= created_after)
+                and (created_before is None or r.created_at < created_before)
+                and (cursor is None or (r.created_at, r.id) < cursor)
+            ),
+            key=lambda r: (r.created_at, r.id),
+            reverse=True,
+        )
         page = runs[:limit]
         more = len(runs) > limit and page
-        return RunPage([r.summary() for r in page],
-                       page_cursor(page[-1].created_at, page[-1].id) if more else None)
+        return RunPage(
+            [r.summary() for r in page],
+            page_cursor(page[-1].created_at, page[-1].id) if more else None,
+        )
 
     async def run_for_key(self, key: str) -> str | None:
         """The kept run started with idempotency key ``key``."""
@@ -134,8 +158,11 @@ class MemoryStore:
 
     async def child_run(self, parent_id: str, parent_step: str) -> dict[str, Any] | None:
         """The row of the kept child run a parent's step attempt started."""
-        found = [r for r in self._runs.values()
-                 if r.parent_id == parent_id and r.parent_step == parent_step]
+        found = [
+            r
+            for r in self._runs.values()
+            if r.parent_id == parent_id and r.parent_step == parent_step
+        ]
         return row_of(max(found, key=lambda r: r.created_at)) if found else None
 
     async def unfinished_runs(self) -> list[dict[str, Any]]:

@@ -103,12 +103,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The schema version this plait writes."""
 
-_MOVE_ASIDE = ("it was left as it is: move it aside (or restore a backup) to start with an "
-               "empty store")
+_MOVE_ASIDE = (
+    "it was left as it is: move it aside (or restore a backup) to start with an empty store"
+)
 
 
-def connect(path: Path, settings: StoreSettings, *, readonly: bool = False,
-            wal: bool = True) -> sqlite3.Connection:
+def connect(
+    path: Path, settings: StoreSettings, *, readonly: bool = False, wal: bool = True
+) -> sqlite3.Connection:
     """A connection with the store's settings applied and checked (no schema work).
 
     ``wal=False`` leaves the journal mode alone, because switching to WAL rewrites the file's
@@ -123,8 +125,9 @@ def connect(path: Path, settings: StoreSettings, *, readonly: bool = False,
     """
     try:
         if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
         else:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
@@ -133,16 +136,16 @@ def connect(path: Path, settings: StoreSettings, *, readonly: bool = False,
         _configure(conn, path, settings, wal=wal and not readonly)
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise StoreCorrupt(str(path), f"cannot be read as a SQLite database ({exc}); "
-                                      f"{_MOVE_ASIDE}") from None
+        raise StoreCorrupt(
+            str(path), f"cannot be read as a SQLite database ({exc}); {_MOVE_ASIDE}"
+        ) from None
     except StoreError:
         conn.close()
         raise
     return conn
 
 
-def _configure(conn: sqlite3.Connection, path: Path, settings: StoreSettings, *,
-               wal: bool) -> None:
+def _configure(conn: sqlite3.Connection, path: Path, settings: StoreSettings, *, wal: bool) -> None:
     busy_ms = int(settings.busy_timeout * 1000)
     conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
     if wal:
@@ -159,8 +162,11 @@ def _configure(conn: sqlite3.Connection, path: Path, settings: StoreSettings, *,
 def _use_wal(conn: sqlite3.Connection, path: Path) -> None:
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
-        raise StoreError(str(path), f"could not switch to WAL journaling (got {mode!r}); "
-                                    "put the data dir on a local file system")
+        raise StoreError(
+            str(path),
+            f"could not switch to WAL journaling (got {mode!r}); "
+            "put the data dir on a local file system",
+        )
 
 
 def open_database(path: Path, settings: StoreSettings) -> sqlite3.Connection:
@@ -190,17 +196,22 @@ def _check(conn: sqlite3.Connection, path: Path, settings: StoreSettings) -> Non
     if settings.check_on_start:
         problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
         if problems != ["ok"]:
-            raise StoreCorrupt(str(path), f"failed its integrity check ({'; '.join(problems)}); "
-                                          f"{_MOVE_ASIDE}")
+            raise StoreCorrupt(
+                str(path), f"failed its integrity check ({'; '.join(problems)}); {_MOVE_ASIDE}"
+            )
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == 0:
         tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if tables:
-            raise StoreCorrupt(str(path), f"is a SQLite database but not a plait store; "
-                                          f"{_MOVE_ASIDE}")
+            raise StoreCorrupt(
+                str(path), f"is a SQLite database but not a plait store; {_MOVE_ASIDE}"
+            )
     elif version > SCHEMA_VERSION:
-        raise StoreError(str(path), f"was written by a newer plait (schema {version}; this "
-                                    f"one knows up to {SCHEMA_VERSION}); upgrade plait")
+        raise StoreError(
+            str(path),
+            f"was written by a newer plait (schema {version}; this "
+            f"one knows up to {SCHEMA_VERSION}); upgrade plait",
+        )
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

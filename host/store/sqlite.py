@@ -54,27 +54,38 @@ T = TypeVar("T")
 
 
 # The kinds of rows, in the order a commit applies them.
-_DEFINITION = ("INSERT OR IGNORE INTO definitions (digest, name, definition) VALUES (?, ?, ?)")
-_VERSION = ("INSERT OR IGNORE INTO workflow_versions (name, version, digest, created_at) "
-            "VALUES (?, ?, ?, ?)")
-_WORKFLOW = ("INSERT INTO workflows (name, current, deleted) VALUES (?, ?, ?) "
-             "ON CONFLICT (name) DO UPDATE SET current = excluded.current, "
-             "deleted = excluded.deleted")
-_RUN = ("INSERT INTO runs (id, workflow, version, digest, status, parent_id, parent_step, "
-        "idempotency_key, inputs, total_steps, created_at) "
-        "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)")
+_DEFINITION = "INSERT OR IGNORE INTO definitions (digest, name, definition) VALUES (?, ?, ?)"
+_VERSION = (
+    "INSERT OR IGNORE INTO workflow_versions (name, version, digest, created_at) "
+    "VALUES (?, ?, ?, ?)"
+)
+_WORKFLOW = (
+    "INSERT INTO workflows (name, current, deleted) VALUES (?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET current = excluded.current, "
+    "deleted = excluded.deleted"
+)
+_RUN = (
+    "INSERT INTO runs (id, workflow, version, digest, status, parent_id, parent_step, "
+    "idempotency_key, inputs, total_steps, created_at) "
+    "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)"
+)
 _KEY = "INSERT OR IGNORE INTO idempotency (key, run_id) VALUES (?, ?)"
-_RUN_STATUS = ("UPDATE runs SET status = ?, started_at = ?, finished_at = ?, outputs = ?, "
-               "error = ? WHERE id = ?")
+_RUN_STATUS = (
+    "UPDATE runs SET status = ?, started_at = ?, finished_at = ?, outputs = ?, "
+    "error = ? WHERE id = ?"
+)
 _EVENT = "INSERT INTO events (run_id, seq, type, step, data, ts) VALUES (?, ?, ?, ?, ?, ?)"
-_STEP = ("INSERT OR REPLACE INTO steps (run_id, path, status, output, error, attempts, "
-         "started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_STEP = (
+    "INSERT OR REPLACE INTO steps (run_id, path, status, output, error, attempts, "
+    "started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _MESSAGE = "INSERT OR REPLACE INTO conversations (run_id, name, idx, message) VALUES (?, ?, ?, ?)"
-_ORDER: Final = (_DEFINITION, _VERSION, _WORKFLOW, _RUN, _KEY, _RUN_STATUS, _EVENT, _STEP,
-                 _MESSAGE)
+_ORDER: Final = (_DEFINITION, _VERSION, _WORKFLOW, _RUN, _KEY, _RUN_STATUS, _EVENT, _STEP, _MESSAGE)
 
-_RUN_STATUS_FROM = ("UPDATE runs SET status = v.column1, started_at = v.column2, "
-                    "finished_at = v.column3, outputs = v.column4, error = v.column5 FROM (VALUES ")
+_RUN_STATUS_FROM = (
+    "UPDATE runs SET status = v.column1, started_at = v.column2, "
+    "finished_at = v.column3, outputs = v.column4, error = v.column5 FROM (VALUES "
+)
 
 
 def _multi_row(sql: str) -> tuple[str, str, str]:
@@ -84,7 +95,9 @@ def _multi_row(sql: str) -> tuple[str, str, str]:
 
 # Statements written many rows at a time: (before the rows, one row, after the rows).
 _MULTI_ROW: Final = {
-    _EVENT: _multi_row(_EVENT), _STEP: _multi_row(_STEP), _RUN: _multi_row(_RUN),
+    _EVENT: _multi_row(_EVENT),
+    _STEP: _multi_row(_STEP),
+    _RUN: _multi_row(_RUN),
     _RUN_STATUS: (_RUN_STATUS_FROM, "(?, ?, ?, ?, ?, ?)", ") AS v WHERE runs.id = v.column6"),
 }
 ROWS_PER_STATEMENT: Final = (1024, 128, 16, 4, 1)
@@ -101,8 +114,12 @@ def _rows_sql(sql: str, count: int) -> str:
 
 
 _STATUS_OF_EVENT: Final = {
-    "run.started": "running", "run.resumed": "running", "run.paused": "paused",
-    "run.waiting": "waiting", "run.succeeded": "succeeded", "run.failed": "failed",
+    "run.started": "running",
+    "run.resumed": "running",
+    "run.paused": "paused",
+    "run.waiting": "waiting",
+    "run.succeeded": "succeeded",
+    "run.failed": "failed",
     "run.cancelled": "cancelled",
 }
 _SETTLE_EVENTS: Final = frozenset(f"step.{status}" for status in STEP_SETTLED)
@@ -120,8 +137,7 @@ def _json(value: Any, *what: object) -> str:
     try:
         return dumps(value)
     except (TypeError, ValueError, RecursionError) as exc:
-        log.error("%s is not JSON (%s); stored as an error marker",
-                  " ".join(map(str, what)), exc)
+        log.error("%s is not JSON (%s); stored as an error marker", " ".join(map(str, what)), exc)
         return dumps({"unserializable": str(exc)})
 
 
@@ -139,7 +155,7 @@ def _write_rows(conn: sqlite3.Connection, sql: str, batch: list[tuple[Any, ...]]
         statement = None
         while left >= per:
             statement = statement or _rows_sql(sql, per)
-            conn.execute(statement, list(chain.from_iterable(batch[start:start + per])))
+            conn.execute(statement, list(chain.from_iterable(batch[start : start + per])))
             start += per
             left -= per
 
@@ -166,8 +182,13 @@ class SqliteStore:
     leaving commits what is queued and closes.
     """
 
-    def __init__(self, data_dir: str | Path, settings: StoreSettings | None = None, *,
-                 pace: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        settings: StoreSettings | None = None,
+        *,
+        pace: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.path = Path(data_dir) / DB_FILE
         self.settings = settings or StoreSettings()
         self._conn: sqlite3.Connection | None = None
@@ -210,16 +231,21 @@ class SqliteStore:
     async def __aenter__(self) -> SqliteStore:
         self._conn = await anyio.to_thread.run_sync(open_database, self.path, self.settings)
         self._reader = await anyio.to_thread.run_sync(
-            lambda: connect(self.path, self.settings, readonly=True))
+            lambda: connect(self.path, self.settings, readonly=True)
+        )
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
             self._tg.start_soon(self._teller)
-            self._tg.start_soon(partial(anyio.to_thread.run_sync, self._kicker,
-                                        limiter=anyio.CapacityLimiter(1)))
+            self._tg.start_soon(
+                partial(anyio.to_thread.run_sync, self._kicker, limiter=anyio.CapacityLimiter(1))
+            )
             writing = anyio.Event()
-            self._tg.start_soon(partial(anyio.to_thread.run_sync, self._write, writing,
-                                        limiter=anyio.CapacityLimiter(1)))
+            self._tg.start_soon(
+                partial(
+                    anyio.to_thread.run_sync, self._write, writing, limiter=anyio.CapacityLimiter(1)
+                )
+            )
             await writing.wait()  # from here on, commits need no turn of the event loop
         except BaseException:
             self._stop_threads()
@@ -229,8 +255,12 @@ class SqliteStore:
             raise
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
             with anyio.CancelScope(shield=True):
                 await self.sync()
@@ -268,9 +298,14 @@ class SqliteStore:
 
     def describe(self) -> dict[str, Any]:
         """The file, what waits for it, and how the writer fares (``host/info``)."""
-        return {"durable": True, "path": str(self.path), "pending": self.pending,
-                "commits": self.commits, "lastError": self.last_error,
-                "synchronous": self.settings.synchronous}
+        return {
+            "durable": True,
+            "path": str(self.path),
+            "pending": self.pending,
+            "commits": self.commits,
+            "lastError": self.last_error,
+            "synchronous": self.settings.synchronous,
+        }
 
     def freeze(self) -> None:
         """Accept no more changes: the host is stopping, and runs in flight must be found as
@@ -290,8 +325,9 @@ class SqliteStore:
         ones included, wait in :meth:`drained` before they start."""
         return self._queued - self._committed > self.settings.max_pending
 
-    def _queue(self, rows: list[tuple[str, tuple[Any, ...]]],
-               told: tuple[Run, Event] | None = None) -> None:
+    def _queue(
+        self, rows: list[tuple[str, tuple[Any, ...]]], told: tuple[Run, Event] | None = None
+    ) -> None:
         with self._lock:
             queue = self._rows
             for sql, row in rows:
@@ -310,23 +346,67 @@ class SqliteStore:
         rid = run.id
         kind = event.type
         rows: list[tuple[str, tuple[Any, ...]]] = [
-            (_EVENT, (rid, event.seq, kind, event.step,
-                      _json(event.data, "event", kind, "of run", rid), event.ts))]
+            (
+                _EVENT,
+                (
+                    rid,
+                    event.seq,
+                    kind,
+                    event.step,
+                    _json(event.data, "event", kind, "of run", rid),
+                    event.ts,
+                ),
+            )
+        ]
         if kind in _SETTLE_EVENTS and event.step is not None:
             state = run.steps[event.step]
-            rows.append((_STEP, (rid, event.step, state.status,
-                                 None if state.output is None else _json(state.output, "output"),
-                                 None if state.error is None else _json(state.error, "error"),
-                                 state.attempts, state.started_at, state.finished_at)))
+            rows.append(
+                (
+                    _STEP,
+                    (
+                        rid,
+                        event.step,
+                        state.status,
+                        None if state.output is None else _json(state.output, "output"),
+                        None if state.error is None else _json(state.error, "error"),
+                        state.attempts,
+                        state.started_at,
+                        state.finished_at,
+                    ),
+                )
+            )
         elif kind in _STATUS_OF_EVENT:
-            rows.append((_RUN_STATUS, (
-                _STATUS_OF_EVENT[kind], run.started_at, run.finished_at,
-                None if run.outputs is None else _json(run.outputs, "outputs"),
-                None if run.error is None else _json(run.error, "error"), rid)))
+            rows.append(
+                (
+                    _RUN_STATUS,
+                    (
+                        _STATUS_OF_EVENT[kind],
+                        run.started_at,
+                        run.finished_at,
+                        None if run.outputs is None else _json(run.outputs, "outputs"),
+                        None if run.error is None else _json(run.error, "error"),
+                        rid,
+                    ),
+                )
+            )
         elif kind == "run.created":
-            rows.append((_RUN, (rid, run.workflow, run.version, run.digest, run.parent_id,
-                                run.parent_step, run.idempotency_key,
-                                _json(run.inputs, "inputs"), run.total_steps, run.created_at)))
+            rows.append(
+                (
+                    _RUN,
+                    (
+                        rid,
+                        run.workflow,
+                        run.version,
+                        run.digest,
+                        run.parent_id,
+                        run.parent_step,
+                        run.idempotency_key,
+                        _json(run.inputs, "inputs"),
+                        run.total_steps,
+                        run.created_at,
+                    ),
+                )
+            )
             if run.idempotency_key is not None:
                 rows.append((_KEY, (run.idempotency_key, rid)))
         elif kind == "conversation.appended":
@@ -338,12 +418,17 @@ class SqliteStore:
                 rows.append((_MESSAGE, (rid, name, start + i, _json(message, "message"))))
         self._queue(rows, (run, event))
 
-    def put_workflow(self, name: str, version: int, digest: str, definition: dict[str, Any],
-                     created_at: float) -> None:
+    def put_workflow(
+        self, name: str, version: int, digest: str, definition: dict[str, Any], created_at: float
+    ) -> None:
         """Queue a workflow version (its content stored once per digest) and make it current."""
-        self._queue([(_DEFINITION, (digest, name, _json(definition, "workflow", name))),
-                     (_VERSION, (name, version, digest, created_at)),
-                     (_WORKFLOW, (name, version, 0))])
+        self._queue(
+            [
+                (_DEFINITION, (digest, name, _json(definition, "workflow", name))),
+                (_VERSION, (name, version, digest, created_at)),
+                (_WORKFLOW, (name, version, 0)),
+            ]
+        )
 
     def set_current(self, name: str, version: int, *, deleted: bool = False) -> None:
         """Queue a change of which version is current, or the deletion of the workflow."""
@@ -397,14 +482,16 @@ class SqliteStore:
                 except sqlite3.IntegrityError as exc:
                     # A row that can never go in (a bug, or a row already there): keep the
                     # rest of its batch.
-                    log.error("store: a batch broke a constraint (%s); applying row by row",
-                              exc)
+                    log.error("store: a batch broke a constraint (%s); applying row by row", exc)
                     self._apply(taken.rows, True)
             except sqlite3.Error as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if self._stopping:  # only if closing gave up waiting for the commit
-                    log.error("store: commit failed (%s) while closing; %d changes are lost",
-                              exc, self._queued - self._committed)
+                    log.error(
+                        "store: commit failed (%s) while closing; %d changes are lost",
+                        exc,
+                        self._queued - self._committed,
+                    )
                     return
                 log.warning("store: commit failed (%s); retrying in %.2fs", exc, delay)
                 self._more.wait(delay)  # set early when the store closes
@@ -448,8 +535,7 @@ class SqliteStore:
                     try:
                         run.publish(event)
                     except Exception:  # a follower's bug must not stop the store
-                        log.exception("a follower of run %s failed on event %s", run.id,
-                                      event.seq)
+                        log.exception("a follower of run %s failed on event %s", run.id, event.seq)
                     unpaced += 1
                     if unpaced == PUBLISH_CHUNK:
                         # Commits may release thousands of events in a row; let the
@@ -481,14 +567,17 @@ class SqliteStore:
             raise
 
     @staticmethod
-    def _apply_one_by_one(conn: sqlite3.Connection, sql: str,
-                          batch: list[tuple[Any, ...]]) -> None:
+    def _apply_one_by_one(conn: sqlite3.Connection, sql: str, batch: list[tuple[Any, ...]]) -> None:
         for row in batch:
             try:
                 conn.execute(sql, row)
             except sqlite3.IntegrityError as exc:
-                log.error("store: dropped a row that breaks a constraint (%s): %s %r",
-                          exc, sql.split("(")[0], row[:3])
+                log.error(
+                    "store: dropped a row that breaks a constraint (%s): %s %r",
+                    exc,
+                    sql.split("(")[0],
+                    row[:3],
+                )
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -504,118 +593,168 @@ class SqliteStore:
         """Every workflow with every version: ``{name, current, deleted, versions: [...]}``."""
 
         def read(c: sqlite3.Connection) -> list[dict[str, Any]]:
-            out = {name: {"name": name, "current": current, "deleted": bool(deleted),
-                          "versions": []}
-                   for name, current, deleted in c.execute(
-                       "SELECT name, current, deleted FROM workflows ORDER BY name")}
+            out = {
+                name: {"name": name, "current": current, "deleted": bool(deleted), "versions": []}
+                for name, current, deleted in c.execute(
+                    "SELECT name, current, deleted FROM workflows ORDER BY name"
+                )
+            }
             for name, version, digest, created_at, definition in c.execute(
-                    "SELECT v.name, v.version, v.digest, v.created_at, d.definition "
-                    "FROM workflow_versions v JOIN definitions d ON d.digest = v.digest "
-                    "ORDER BY v.name, v.version"):
+                "SELECT v.name, v.version, v.digest, v.created_at, d.definition "
+                "FROM workflow_versions v JOIN definitions d ON d.digest = v.digest "
+                "ORDER BY v.name, v.version"
+            ):
                 if name in out:
-                    out[name]["versions"].append({
-                        "version": version, "digest": digest, "created_at": created_at,
-                        "definition": json.loads(definition)})
+                    out[name]["versions"].append(
+                        {
+                            "version": version,
+                            "digest": digest,
+                            "created_at": created_at,
+                            "definition": json.loads(definition),
+                        }
+                    )
             return list(out.values())
 
         return await self._read(read)
 
     async def definition(self, digest: str) -> dict[str, Any] | None:
         """The definition a run snapshotted, by its digest."""
-        row = await self._read(lambda c: c.execute(
-            "SELECT definition FROM definitions WHERE digest = ?", (digest,)).fetchone())
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT definition FROM definitions WHERE digest = ?", (digest,)
+            ).fetchone()
+        )
         return None if row is None else json.loads(row[0])
 
     async def run_row(self, run_id: str) -> dict[str, Any] | None:
         """A run's row, decoded, or ``None``."""
-        row = await self._read(lambda c: c.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone())
+        row = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+        )
         return None if row is None else _decode_run(row)
 
     async def load_run(self, run_id: str) -> Run | None:
         """A run as stored: its row and settled steps (for runs no longer in memory)."""
 
         def read(c: sqlite3.Connection) -> tuple[Any, list[Any]] | None:
-            row = c.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?",
-                            (run_id,)).fetchone()
+            row = c.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 return None
-            steps = c.execute("SELECT path, status, output, error, attempts, started_at, "
-                              "finished_at FROM steps WHERE run_id = ?", (run_id,)).fetchall()
+            steps = c.execute(
+                "SELECT path, status, output, error, attempts, started_at, "
+                "finished_at FROM steps WHERE run_id = ?",
+                (run_id,),
+            ).fetchall()
             return row, steps
 
         found = await self._read(read)
         if found is None:
             return None
         row, steps = found
-        return run_from_row(_decode_run(row), {
-            path: StepState(status=status, output=_maybe(output), error=_maybe(error),
-                            attempts=attempts, started_at=started, finished_at=finished)
-            for path, status, output, error, attempts, started, finished in steps})
+        return run_from_row(
+            _decode_run(row),
+            {
+                path: StepState(
+                    status=status,
+                    output=_maybe(output),
+                    error=_maybe(error),
+                    attempts=attempts,
+                    started_at=started,
+                    finished_at=finished,
+                )
+                for path, status, output, error, attempts, started, finished in steps
+            },
+        )
 
-    async def events(self, run_id: str, since: int = 0, limit: int | None = None
-                     ) -> list[Event]:
+    async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]:
         """Committed events of a run with ``seq > since``, in order."""
-        sql = ("SELECT seq, type, step, data, ts FROM events WHERE run_id = ? AND seq > ? "
-               "ORDER BY seq")
+        sql = (
+            "SELECT seq, type, step, data, ts FROM events WHERE run_id = ? AND seq > ? ORDER BY seq"
+        )
         params: tuple[Any, ...] = (run_id, since)
         if limit is not None:
             sql += " LIMIT ?"
             params += (limit,)
         rows = await self._read(lambda c: c.execute(sql, params).fetchall())
-        return [Event(seq, run_id, kind, step, json.loads(data), ts)
-                for seq, kind, step, data, ts in rows]
+        return [
+            Event(seq, run_id, kind, step, json.loads(data), ts)
+            for seq, kind, step, data, ts in rows
+        ]
 
-    async def list_runs(self, *, workflow: str | None = None, status: str | None = None,
-                        created_after: float | None = None, created_before: float | None = None,
-                        cursor: tuple[float, str] | None = None, limit: int = 50) -> RunPage:
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        cursor: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> RunPage:
         """Top-level runs, newest first, filtered, one page after ``cursor``."""
         where = ["parent_id IS NULL"]
         params: list[Any] = []
-        for clause, value in (("workflow = ?", workflow), ("status = ?", status),
-                              ("created_at >= ?", created_after),
-                              ("created_at < ?", created_before)):
+        for clause, value in (
+            ("workflow = ?", workflow),
+            ("status = ?", status),
+            ("created_at >= ?", created_after),
+            ("created_at < ?", created_before),
+        ):
             if value is not None:
                 where.append(clause)
                 params.append(value)
         if cursor is not None:
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             params += [cursor[0], cursor[0], cursor[1]]
-        sql = (f"SELECT {', '.join(SUMMARY_FIELDS)} FROM runs WHERE {' AND '.join(where)} "
-               "ORDER BY created_at DESC, id DESC LIMIT ?")
+        sql = (
+            f"SELECT {', '.join(SUMMARY_FIELDS)} FROM runs WHERE {' AND '.join(where)} "
+            "ORDER BY created_at DESC, id DESC LIMIT ?"
+        )
         params.append(limit + 1)
         rows = await self._read(lambda c: c.execute(sql, params).fetchall())
         runs = [dict(zip(SUMMARY_FIELDS, r, strict=True)) for r in rows[:limit]]
         more = len(rows) > limit and runs
-        return RunPage(runs, page_cursor(runs[-1]["created_at"], runs[-1]["id"])
-                       if more else None)
+        return RunPage(runs, page_cursor(runs[-1]["created_at"], runs[-1]["id"]) if more else None)
 
     async def run_for_key(self, key: str) -> str | None:
         """The run started with idempotency key ``key``, if any."""
-        row = await self._read(lambda c: c.execute(
-            "SELECT run_id FROM idempotency WHERE key = ?", (key,)).fetchone())
+        row = await self._read(
+            lambda c: c.execute("SELECT run_id FROM idempotency WHERE key = ?", (key,)).fetchone()
+        )
         return None if row is None else row[0]
 
     async def child_run(self, parent_id: str, parent_step: str) -> dict[str, Any] | None:
         """The child run a parent's step attempt started, if it got that far."""
-        row = await self._read(lambda c: c.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE parent_id = ? AND parent_step = ? "
-            "ORDER BY created_at DESC LIMIT 1", (parent_id, parent_step)).fetchone())
+        row = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE parent_id = ? AND parent_step = ? "
+                "ORDER BY created_at DESC LIMIT 1",
+                (parent_id, parent_step),
+            ).fetchone()
+        )
         return None if row is None else _decode_run(row)
 
     async def unfinished_runs(self) -> list[dict[str, Any]]:
         """Top-level runs that had not ended when the host stopped, oldest first."""
         marks = ", ".join("?" for _ in UNFINISHED)
-        rows = await self._read(lambda c: c.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks}) AND parent_id IS NULL "
-            "ORDER BY created_at, id", UNFINISHED).fetchall())
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ({marks}) AND parent_id IS NULL "
+                "ORDER BY created_at, id",
+                UNFINISHED,
+            ).fetchall()
+        )
         return [_decode_run(r) for r in rows]
 
     async def counts(self) -> dict[str, int]:
         """Top-level runs by status."""
-        rows = await self._read(lambda c: c.execute(
-            "SELECT status, count(*) FROM runs WHERE parent_id IS NULL GROUP BY status"
-        ).fetchall())
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT status, count(*) FROM runs WHERE parent_id IS NULL GROUP BY status"
+            ).fetchall()
+        )
         return dict(rows)
 
 

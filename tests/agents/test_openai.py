@@ -65,27 +65,39 @@ class FakeOpenAI:
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 body = json.loads(raw)
-                outer.requests.append({
-                    "path": self.path,
-                    "headers": {k.lower(): v for k, v in self.headers.items()},
-                    "body": body, "at": time.monotonic(),
-                })
+                outer.requests.append(
+                    {
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": body,
+                        "at": time.monotonic(),
+                    }
+                )
                 try:
                     if self.path != "/v1/chat/completions":
                         respond = json_reply({"error": {"message": "not found"}}, status=404)
                     else:
                         problem = wire_problem(body)
                         if problem is not None:
-                            respond = json_reply({"error": {
-                                "message": problem[1], "type": "invalid_request_error",
-                                "param": problem[0], "code": "invalid_value"}}, status=400)
+                            respond = json_reply(
+                                {
+                                    "error": {
+                                        "message": problem[1],
+                                        "type": "invalid_request_error",
+                                        "param": problem[0],
+                                        "code": "invalid_value",
+                                    }
+                                },
+                                status=400,
+                            )
                         elif outer.script:
                             respond = outer.script.popleft()
                         elif outer.default is not None:
                             respond = outer.default
                         else:
-                            respond = json_reply({"error": {"message": "unexpected request"}},
-                                                 status=418)
+                            respond = json_reply(
+                                {"error": {"message": "unexpected request"}}, status=418
+                            )
                     respond(self)
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
@@ -101,8 +113,7 @@ class FakeOpenAI:
         self.port = self.server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.url = f"{self.base_url}/chat/completions"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def add(self, *responders):
         self.script.extend(responders)
@@ -128,21 +139,27 @@ def wire_problem(body):
         name = tool.get("function", {}).get("name", "")
         if not NAME_PATTERN.match(name):
             param = f"tools[{i}].function.name"
-            return param, (f"Invalid '{param}': string does not match pattern. Expected a "
-                           "string that matches the pattern '^[a-zA-Z0-9_-]+$'.")
+            return param, (
+                f"Invalid '{param}': string does not match pattern. Expected a "
+                "string that matches the pattern '^[a-zA-Z0-9_-]+$'."
+            )
     open_calls = set()
     for i, message in enumerate(body.get("messages") or ()):
         for j, call in enumerate(message.get("tool_calls") or ()):
             name = call.get("function", {}).get("name", "")
             if not NAME_PATTERN.match(name):
                 param = f"messages[{i}].tool_calls[{j}].function.name"
-                return param, (f"Invalid '{param}': string does not match pattern. Expected a "
-                               "string that matches the pattern '^[a-zA-Z0-9_-]+$'.")
+                return param, (
+                    f"Invalid '{param}': string does not match pattern. Expected a "
+                    "string that matches the pattern '^[a-zA-Z0-9_-]+$'."
+                )
             open_calls.add(call.get("id"))
         if message.get("role") == "tool" and message.get("tool_call_id") not in open_calls:
-            return f"messages[{i}].role", ("Invalid parameter: messages with role 'tool' must "
-                                          "be a response to a preceeding message with "
-                                          "'tool_calls'.")
+            return f"messages[{i}].role", (
+                "Invalid parameter: messages with role 'tool' must "
+                "be a response to a preceeding message with "
+                "'tool_calls'."
+            )
     return None
 
 
@@ -156,12 +173,14 @@ def json_reply(body, status=200, headers=None):
             handler.send_header(key, value)
         handler.end_headers()
         handler.wfile.write(data)
+
     return respond
 
 
 def sse_reply(chunks, pause=0.0):
     """A ``text/event-stream`` of ``data: {chunk}`` events and ``data: [DONE]``, sent with
     chunked transfer encoding, ``pause`` seconds between events."""
+
     def respond(handler):
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
@@ -176,15 +195,18 @@ def sse_reply(chunks, pause=0.0):
             handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             handler.wfile.flush()
         handler.wfile.write(b"0\r\n\r\n")
+
     return respond
 
 
 def stall(seconds, then):
     """Say nothing for ``seconds`` (or until the server closes), then answer with ``then``."""
+
     def respond(handler):
         if not handler.server.closing.wait(seconds):
             then(handler)
         handler.close_connection = True
+
     return respond
 
 
@@ -192,22 +214,40 @@ def completion(content=None, tool_calls=None, usage=None):
     message = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = tool_calls
-    body = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000,
-            "model": "m", "choices": [{"index": 0, "message": message,
-                                       "finish_reason": "tool_calls" if tool_calls else "stop"}]}
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if tool_calls else "stop",
+            }
+        ],
+    }
     if usage is not None:
         body["usage"] = usage
     return body
 
 
 def tool_call(call_id, name, arguments):
-    return {"id": call_id, "type": "function",
-            "function": {"name": name, "arguments": json.dumps(arguments)}}
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments)},
+    }
 
 
 def chunk(delta=None, finish=None, usage=None):
-    body = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700000000,
-            "model": "m", "choices": []}
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "m",
+        "choices": [],
+    }
     if delta is not None or finish is not None:
         body["choices"] = [{"index": 0, "delta": delta or {}, "finish_reason": finish}]
     if usage is not None:
@@ -216,8 +256,11 @@ def chunk(delta=None, finish=None, usage=None):
 
 
 def usage(prompt, completion_tokens):
-    return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
-            "total_tokens": prompt + completion_tokens}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+    }
 
 
 def streamed_text(*parts, tokens=None):
@@ -246,12 +289,24 @@ def api(monkeypatch):
 
 @contextlib.asynccontextmanager
 async def host_for(pm, api, agent=None, **settings):
-    table = agent if agent is not None else {
-        "provider": "openai", "model": "m", "base_url": api.base_url, "api_key_env": KEY_ENV,
-        **settings}
-    config = HostConfig.model_validate({"host": {"data_dir": ":memory:"},
-                                        "plugins": {"entry_points": False},
-                                        "agents": {"w": table}})
+    table = (
+        agent
+        if agent is not None
+        else {
+            "provider": "openai",
+            "model": "m",
+            "base_url": api.base_url,
+            "api_key_env": KEY_ENV,
+            **settings,
+        }
+    )
+    config = HostConfig.model_validate(
+        {
+            "host": {"data_dir": ":memory:"},
+            "plugins": {"entry_points": False},
+            "agents": {"w": table},
+        }
+    )
     async with plait.Host(config, pm=pm) as host:
         yield host
 
@@ -272,16 +327,28 @@ def of_type(events, kind):
 
 
 async def test_tool_call_round_trip_without_streaming(pm, probe, api):
-    api.add(json_reply(completion(tool_calls=[tool_call("call_1", "probe__add",
-                                                        {"a": 2, "b": 3})],
-                                  usage=usage(10, 5))),
-            json_reply(completion("the sum is 5", usage=usage(20, 3))))
-    async with host_for(pm, api, stream=False, system="be brief", temperature=0.2,
-                        max_tokens=50, headers={"X-Team": "qa"},
-                        extra_body={"seed": 7}) as host:
+    api.add(
+        json_reply(
+            completion(
+                tool_calls=[tool_call("call_1", "probe__add", {"a": 2, "b": 3})], usage=usage(10, 5)
+            )
+        ),
+        json_reply(completion("the sum is 5", usage=usage(20, 3))),
+    )
+    async with host_for(
+        pm,
+        api,
+        stream=False,
+        system="be brief",
+        temperature=0.2,
+        max_tokens=50,
+        headers={"X-Team": "qa"},
+        extra_body={"seed": 7},
+    ) as host:
         spec = host.engine.tools.specs(("probe.add",))[0]
-        run, events = await run_steps(host, {"id": "ask", "agent": "w", "prompt": "add 2 and 3",
-                                             "tools": ["probe.add"]})
+        run, events = await run_steps(
+            host, {"id": "ask", "agent": "w", "prompt": "add 2 and 3", "tools": ["probe.add"]}
+        )
     assert run.status == "succeeded", run.error
     assert run.steps["ask"].output == "the sum is 5"
     assert probe.calls == [("add", {"a": 2, "b": 3})]
@@ -294,11 +361,20 @@ async def test_tool_call_round_trip_without_streaming(pm, probe, api):
     assert first["headers"]["x-team"] == "qa"
     body = first["body"]
     assert body["model"] == "m"
-    assert body["messages"] == [{"role": "system", "content": "be brief"},
-                                {"role": "user", "content": "add 2 and 3"}]
-    assert body["tools"] == [{"type": "function", "function": {
-        "name": "probe__add", "description": spec["description"] or "",
-        "parameters": spec["input_schema"]}}]
+    assert body["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "add 2 and 3"},
+    ]
+    assert body["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "probe__add",
+                "description": spec["description"] or "",
+                "parameters": spec["input_schema"],
+            },
+        }
+    ]
     params = body["tools"][0]["function"]["parameters"]
     assert set(params["properties"]) == {"a", "b"}
     assert params["properties"]["a"]["type"] == "integer"
@@ -323,8 +399,7 @@ async def test_tool_call_round_trip_without_streaming(pm, probe, api):
     assert called["id"] == "call_1"
     assert called["arguments"] == {"a": 2, "b": 3}
     assert called["result"] == 5
-    assert [m["usage"] for m in of_type(events, "agent.message")] == [usage(10, 5),
-                                                                      usage(20, 3)]
+    assert [m["usage"] for m in of_type(events, "agent.message")] == [usage(10, 5), usage(20, 3)]
     [total] = of_type(events, "agent.usage")
     assert total["usage"] == usage(30, 8)
     assert total["turns"] == 2
@@ -332,8 +407,7 @@ async def test_tool_call_round_trip_without_streaming(pm, probe, api):
 
 
 async def test_streamed_text_is_told_in_deltas(pm, api):
-    api.add(sse_reply(streamed_text("Hel", "lo, ", "wor", "ld!", tokens=usage(7, 4)),
-                      pause=0.12))
+    api.add(sse_reply(streamed_text("Hel", "lo, ", "wor", "ld!", tokens=usage(7, 4)), pause=0.12))
     async with host_for(pm, api) as host:
         run, events = await run_steps(host, {"id": "ask", "agent": "w", "prompt": "hi"})
     assert run.status == "succeeded", run.error
@@ -357,27 +431,52 @@ async def test_streamed_text_is_told_in_deltas(pm, api):
 
 async def test_streamed_tool_calls_with_split_arguments(pm, probe, api):
     def part(index, arguments, **extra):
-        return chunk({"tool_calls": [{"index": index, **extra,
-                                      "function": {"arguments": arguments}}]})
+        return chunk(
+            {"tool_calls": [{"index": index, **extra, "function": {"arguments": arguments}}]}
+        )
 
     first = [
-        chunk({"role": "assistant", "content": None, "tool_calls": [
-            {"index": 0, "id": "call_a", "type": "function",
-             "function": {"name": "probe__add", "arguments": ""}}]}),
+        chunk(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_a",
+                        "type": "function",
+                        "function": {"name": "probe__add", "arguments": ""},
+                    }
+                ],
+            }
+        ),
         part(0, '{"a"'),
         part(0, ': 2, "b'),
-        chunk({"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
-                               "function": {"name": "probe__add", "arguments": '{"a": 10'}}]}),
+        chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 1,
+                        "id": "call_b",
+                        "type": "function",
+                        "function": {"name": "probe__add", "arguments": '{"a": 10'},
+                    }
+                ]
+            }
+        ),
         part(0, '": 3}'),
         part(1, ', "b": 20}'),
         chunk({}, finish="tool_calls"),
         chunk(usage=usage(12, 9)),
     ]
-    api.add(sse_reply(first), sse_reply(streamed_text("The sums are ", "5 and 30.",
-                                                      tokens=usage(30, 6))))
+    api.add(
+        sse_reply(first),
+        sse_reply(streamed_text("The sums are ", "5 and 30.", tokens=usage(30, 6))),
+    )
     async with host_for(pm, api) as host:
-        run, events = await run_steps(host, {"id": "ask", "agent": "w", "prompt": "add",
-                                             "tools": ["probe.add"]})
+        run, events = await run_steps(
+            host, {"id": "ask", "agent": "w", "prompt": "add", "tools": ["probe.add"]}
+        )
     assert run.status == "succeeded", run.error
     assert run.steps["ask"].output == "The sums are 5 and 30."
     assert probe.calls == [("add", {"a": 2, "b": 3}), ("add", {"a": 10, "b": 20})]
@@ -385,26 +484,32 @@ async def test_streamed_tool_calls_with_split_arguments(pm, probe, api):
     calls = of_type(events, "agent.tool_call")
     assert [(c["id"], c["tool"], c["arguments"], c["result"]) for c in calls] == [
         ("call_a", "probe.add", {"a": 2, "b": 3}, 5),
-        ("call_b", "probe.add", {"a": 10, "b": 20}, 30)]
+        ("call_b", "probe.add", {"a": 10, "b": 20}, 30),
+    ]
 
     messages = api.requests[1]["body"]["messages"]
     assistant = messages[1]
-    assert [(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
-            for c in assistant["tool_calls"]] == [("call_a", "probe__add", {"a": 2, "b": 3}),
-                                                  ("call_b", "probe__add", {"a": 10, "b": 20})]
-    assert messages[2:] == [{"role": "tool", "tool_call_id": "call_a", "content": "5"},
-                            {"role": "tool", "tool_call_id": "call_b", "content": "30"}]
+    assert [
+        (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+        for c in assistant["tool_calls"]
+    ] == [("call_a", "probe__add", {"a": 2, "b": 3}), ("call_b", "probe__add", {"a": 10, "b": 20})]
+    assert messages[2:] == [
+        {"role": "tool", "tool_call_id": "call_a", "content": "5"},
+        {"role": "tool", "tool_call_id": "call_b", "content": "30"},
+    ]
     [total] = of_type(events, "agent.usage")
     assert total["usage"] == usage(42, 15)
 
 
 async def test_call_to_a_tool_the_step_does_not_list_is_answered_with_an_error(pm, probe, api):
-    api.add(json_reply(completion(tool_calls=[tool_call("call_x", "probe__echo",
-                                                        {"value": "boom"})])),
-            json_reply(completion("fine, no echo")))
+    api.add(
+        json_reply(completion(tool_calls=[tool_call("call_x", "probe__echo", {"value": "boom"})])),
+        json_reply(completion("fine, no echo")),
+    )
     async with host_for(pm, api, stream=False) as host:
-        run, events = await run_steps(host, {"id": "ask", "agent": "w", "prompt": "go",
-                                             "tools": ["probe.add"]})
+        run, events = await run_steps(
+            host, {"id": "ask", "agent": "w", "prompt": "go", "tools": ["probe.add"]}
+        )
     assert run.status == "succeeded", run.error
     assert run.steps["ask"].output == "fine, no echo"
     assert probe.count("echo") == 0
@@ -422,9 +527,14 @@ async def test_call_to_a_tool_the_step_does_not_list_is_answered_with_an_error(p
 
 
 async def test_429_waits_what_retry_after_says(pm, api):
-    api.add(json_reply({"error": {"message": "Rate limit reached", "type": "requests"}},
-                       status=429, headers={"Retry-After": "0.3"}),
-            sse_reply(streamed_text("ok")))
+    api.add(
+        json_reply(
+            {"error": {"message": "Rate limit reached", "type": "requests"}},
+            status=429,
+            headers={"Retry-After": "0.3"},
+        ),
+        sse_reply(streamed_text("ok")),
+    )
     async with host_for(pm, api) as host:
         run, _ = await run_steps(host, {"id": "ask", "agent": "w", "prompt": "hi"})
     assert run.status == "succeeded", run.error
@@ -464,11 +574,23 @@ async def test_500_on_every_request_fails_after_max_retries(pm, api):
 
 
 async def test_400_fails_at_once_with_the_servers_message(pm, api):
-    api.add(json_reply({"error": {"message": "model not found", "type": "invalid_request_error",
-                                  "code": "model_not_found"}}, status=400))
+    api.add(
+        json_reply(
+            {
+                "error": {
+                    "message": "model not found",
+                    "type": "invalid_request_error",
+                    "code": "model_not_found",
+                }
+            },
+            status=400,
+        )
+    )
     async with host_for(pm, api) as host:
-        run, _ = await run_steps(host, {"id": "ask", "agent": "w", "prompt": "hi",
-                                        "retry": {"attempts": 3, "base": 0.01}})
+        run, _ = await run_steps(
+            host,
+            {"id": "ask", "agent": "w", "prompt": "hi", "retry": {"attempts": 3, "base": 0.01}},
+        )
     assert run.status == "failed"
     assert len(api.requests) == 1, "a 400 is neither retried by the provider nor by the step"
     assert "model not found" in run.error["message"]
@@ -502,34 +624,44 @@ async def test_a_stalled_server_times_out_and_is_retried(pm, api):
 # Structured output
 # ------------------------------------------------------------------------------------------
 
-SCHEMA = {"type": "object", "required": ["score"],
-          "properties": {"score": {"type": "number"}, "note": {"type": "string"}}}
+SCHEMA = {
+    "type": "object",
+    "required": ["score"],
+    "properties": {"score": {"type": "number"}, "note": {"type": "string"}},
+}
 
 
 async def test_output_schema_with_json_schema_response_format(pm, api):
     api.add(json_reply(completion('{"score": 7, "note": "solid"}', usage=usage(5, 5))))
     async with host_for(pm, api, stream=False, response_format="json_schema") as host:
-        run, _ = await run_steps(host, {"id": "ask", "agent": "w", "prompt": "rate it",
-                                        "output_schema": SCHEMA})
+        run, _ = await run_steps(
+            host, {"id": "ask", "agent": "w", "prompt": "rate it", "output_schema": SCHEMA}
+        )
     assert run.status == "succeeded", run.error
     assert run.steps["ask"].output == {"score": 7, "note": "solid"}
     [body] = api.bodies()
-    assert body["response_format"] == {"type": "json_schema", "json_schema": {
-        "name": "output", "schema": SCHEMA}}
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": SCHEMA},
+    }
 
 
 async def test_output_schema_repair_turn(pm, api):
-    api.add(sse_reply(streamed_text('{"score": "high"}')),
-            sse_reply(streamed_text('{"score": ', "9}")))
+    api.add(
+        sse_reply(streamed_text('{"score": "high"}')), sse_reply(streamed_text('{"score": ', "9}"))
+    )
     async with host_for(pm, api, response_format="json_object") as host:
-        run, events = await run_steps(host, {"id": "ask", "agent": "w", "prompt": "rate it",
-                                             "output_schema": SCHEMA})
+        run, events = await run_steps(
+            host, {"id": "ask", "agent": "w", "prompt": "rate it", "output_schema": SCHEMA}
+        )
     assert run.status == "succeeded", run.error
     assert run.steps["ask"].output == {"score": 9}
     first, second = api.bodies()
     assert first["response_format"] == {"type": "json_object"}
-    assert second["messages"][:2] == [{"role": "user", "content": "rate it"},
-                                      {"role": "assistant", "content": '{"score": "high"}'}]
+    assert second["messages"][:2] == [
+        {"role": "user", "content": "rate it"},
+        {"role": "assistant", "content": '{"score": "high"}'},
+    ]
     repair = second["messages"][2]
     assert repair["role"] == "user"
     assert "does not match" in repair["content"]
@@ -549,30 +681,51 @@ async def test_conversation_carries_over_two_steps(pm, api):
         run, _ = await run_steps(
             host,
             {"id": "one", "agent": "w", "prompt": "Capital of France?", "conversation": "c"},
-            {"id": "two", "agent": "w", "prompt": "Its population?", "conversation": "c",
-             "needs": ["one"]})
+            {
+                "id": "two",
+                "agent": "w",
+                "prompt": "Its population?",
+                "conversation": "c",
+                "needs": ["one"],
+            },
+        )
     assert run.status == "succeeded", run.error
     assert run.steps["two"].output == "About 2.1 million"
     first, second = api.bodies()
     assert first["messages"] == [{"role": "user", "content": "Capital of France?"}]
-    assert second["messages"] == [{"role": "user", "content": "Capital of France?"},
-                                  {"role": "assistant", "content": "Paris"},
-                                  {"role": "user", "content": "Its population?"}]
+    assert second["messages"] == [
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris"},
+        {"role": "user", "content": "Its population?"},
+    ]
     assert [m.role for m in run.conversations["c"]] == ["user", "assistant", "user", "assistant"]
 
 
 async def test_tool_history_continued_by_a_step_without_tools(pm, api):
-    api.add(json_reply(completion(tool_calls=[tool_call("call_1", "probe__add",
-                                                        {"a": 2, "b": 3})])),
-            json_reply(completion("5")),
-            json_reply(completion('{"ok": true}')))
+    api.add(
+        json_reply(completion(tool_calls=[tool_call("call_1", "probe__add", {"a": 2, "b": 3})])),
+        json_reply(completion("5")),
+        json_reply(completion('{"ok": true}')),
+    )
     async with host_for(pm, api, stream=False) as host:
         run, _ = await run_steps(
             host,
-            {"id": "one", "agent": "w", "prompt": "add", "tools": ["probe.add"],
-             "conversation": "c"},
-            {"id": "two", "agent": "w", "prompt": "verdict?", "conversation": "c",
-             "needs": ["one"], "output_schema": {"type": "object", "required": ["ok"]}})
+            {
+                "id": "one",
+                "agent": "w",
+                "prompt": "add",
+                "tools": ["probe.add"],
+                "conversation": "c",
+            },
+            {
+                "id": "two",
+                "agent": "w",
+                "prompt": "verdict?",
+                "conversation": "c",
+                "needs": ["one"],
+                "output_schema": {"type": "object", "required": ["ok"]},
+            },
+        )
     assert run.status == "succeeded", run.error
     assert run.steps["two"].output == {"ok": True}
     third = api.bodies()[2]
@@ -581,8 +734,9 @@ async def test_tool_history_continued_by_a_step_without_tools(pm, api):
 
 
 async def test_tool_names_are_made_valid_function_names():
-    names = _safe_names([{"name": "git.diff"}, {"name": "git__diff"}, {"name": "a b/c"},
-                         {"name": "x" * 80}])
+    names = _safe_names(
+        [{"name": "git.diff"}, {"name": "git__diff"}, {"name": "a b/c"}, {"name": "x" * 80}]
+    )
     assert list(names.values()) == ["git.diff", "git__diff", "a b/c", "x" * 80]
     assert list(names)[:3] == ["git__diff", "git__diff_2", "a_b_c"]
     assert all(NAME_PATTERN.match(n) for n in names)
@@ -594,12 +748,20 @@ async def test_tool_names_are_made_valid_function_names():
 
 
 async def test_tokens_per_minute_budget_makes_the_next_step_wait(pm, api):
-    api.add(json_reply(completion("first", usage=usage(60000, 1000))),
-            json_reply(completion("second", usage=usage(20, 2))))
+    api.add(
+        json_reply(completion("first", usage=usage(60000, 1000))),
+        json_reply(completion("second", usage=usage(20, 2))),
+    )
     async with host_for(pm, api, stream=False, tokens_per_minute=60000) as host:
-        host.register({"name": "t", "steps": [
-            {"id": "first", "agent": "w", "prompt": "one"},
-            {"id": "second", "agent": "w", "prompt": "two", "needs": ["first"]}]})
+        host.register(
+            {
+                "name": "t",
+                "steps": [
+                    {"id": "first", "agent": "w", "prompt": "one"},
+                    {"id": "second", "agent": "w", "prompt": "two", "needs": ["first"]},
+                ],
+            }
+        )
         run_id = await host.start_run("t", {})
         seen = None
         with anyio.fail_after(10):
@@ -627,16 +789,23 @@ async def test_tokens_per_minute_budget_makes_the_next_step_wait(pm, api):
     assert any(e.type == "step.resumed" and e.step == "second" for e in events)
 
 
-@pytest.mark.parametrize(("table", "names"), [
-    ({"modle": "m"}, ["modle", "unknown key", "model"]),
-    ({"model": "m", "response_format": "xml", "max_retries": 99},
-     ["response_format", "max_retries"]),
-])
+@pytest.mark.parametrize(
+    ("table", "names"),
+    [
+        ({"modle": "m"}, ["modle", "unknown key", "model"]),
+        (
+            {"model": "m", "response_format": "xml", "max_retries": 99},
+            ["response_format", "max_retries"],
+        ),
+    ],
+)
 async def test_bad_agent_table_fails_the_step_clearly(pm, api, table, names):
     agent = {"provider": "openai", "base_url": api.base_url, **table}
     async with host_for(pm, api, agent=agent) as host:
-        run, _ = await run_steps(host, {"id": "ask", "agent": "w", "prompt": "hi",
-                                        "retry": {"attempts": 3, "base": 0.01}})
+        run, _ = await run_steps(
+            host,
+            {"id": "ask", "agent": "w", "prompt": "hi", "retry": {"attempts": 3, "base": 0.01}},
+        )
     assert run.status == "failed"
     message = run.steps["ask"].error["message"]
     assert "invalid configuration" in message

@@ -32,16 +32,20 @@ SLOW = {
     "name": "slow",
     "description": "one probe.work step",
     "inputs": {"type": "object", "properties": {"seconds": {"type": "number", "default": 1.0}}},
-    "steps": [{"id": "work", "tool": "probe.work",
-               "with": {"seconds": "${inputs.seconds}", "label": "done"}}],
+    "steps": [
+        {
+            "id": "work",
+            "tool": "probe.work",
+            "with": {"seconds": "${inputs.seconds}", "label": "done"},
+        }
+    ],
     "outputs": {"label": "${steps.work.output}"},
 }
 
 GATE = {
     "name": "gate",
     "description": "waits for the signal go",
-    "steps": [{"id": "hold", "wait": "go"},
-              {"id": "after", "transform": "${steps.hold.output}"}],
+    "steps": [{"id": "hold", "wait": "go"}, {"id": "after", "transform": "${steps.hold.output}"}],
     "outputs": {"got": "${steps.after.output}"},
 }
 
@@ -58,10 +62,17 @@ def ticker(n: int, seconds: float) -> dict[str, Any]:
     """A loop of ``n`` iterations, each ``seconds`` of probe.work then a transform."""
     return {
         "name": f"ticker{n}",
-        "steps": [{"id": "each", "loop": f"${{range({n}) | list}}", "steps": [
-            {"id": "w", "tool": "probe.work", "with": {"seconds": seconds}},
-            {"id": "t", "transform": "${item}", "needs": ["w"]}],
-            "output": "${steps.t.output}"}],
+        "steps": [
+            {
+                "id": "each",
+                "loop": f"${{range({n}) | list}}",
+                "steps": [
+                    {"id": "w", "tool": "probe.work", "with": {"seconds": seconds}},
+                    {"id": "t", "transform": "${item}", "needs": ["w"]},
+                ],
+                "output": "${steps.t.output}",
+            }
+        ],
         "outputs": {"n": "${steps.each.output | length}"},
     }
 
@@ -98,8 +109,9 @@ class Client:
             frame = await self.ws.recv()
             raise AssertionError(f"expected no frame, got {frame!r}")
 
-    async def request(self, method: str, params: Any = None, *, id: Any = None,
-                      timeout: float = WAIT) -> dict[str, Any]:
+    async def request(
+        self, method: str, params: Any = None, *, id: Any = None, timeout: float = WAIT
+    ) -> dict[str, Any]:
         """Send a request and return the whole response object (result or error)."""
         rid = next(self._ids) if id is None else id
         message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": rid}
@@ -122,8 +134,9 @@ class Client:
             raise RpcFailure(f"{method} answered {response['error']}")
         return response["result"]
 
-    async def error(self, method: str, params: Any = None, *, timeout: float = WAIT
-                    ) -> dict[str, Any]:
+    async def error(
+        self, method: str, params: Any = None, *, timeout: float = WAIT
+    ) -> dict[str, Any]:
         """Send a request that must fail and return its ``error`` member."""
         response = await self.request(method, params, timeout=timeout)
         assert "error" in response, f"{method} should have failed: {response}"
@@ -173,8 +186,9 @@ def make_config(tmp_path: Any, **limits: Any) -> HostConfig:
     for key in ("bind", "allowed_origins", "allow_remote"):
         if key in limits:
             host[key] = limits.pop(key)
-    return HostConfig.model_validate({"host": host, "limits": limits,
-                                      "plugins": {"entry_points": False}})
+    return HostConfig.model_validate(
+        {"host": host, "limits": limits, "plugins": {"entry_points": False}}
+    )
 
 
 @asynccontextmanager
@@ -191,9 +205,14 @@ async def websocket_of(host: plait.Host, token: str | None = None) -> AsyncItera
 
 
 @asynccontextmanager
-async def serving(tmp_path: Any, pm: Any, *, token: str | None = None,
-                  workflows: tuple[dict[str, Any], ...] = (SLOW, GATE, QUICK),
-                  **limits: Any) -> AsyncIterator[Served]:
+async def serving(
+    tmp_path: Any,
+    pm: Any,
+    *,
+    token: str | None = None,
+    workflows: tuple[dict[str, Any], ...] = (SLOW, GATE, QUICK),
+    **limits: Any,
+) -> AsyncIterator[Served]:
     """Start a host and its WebSocket server inside the caller's event loop."""
     host = plait.Host(make_config(tmp_path, **limits), pm=pm)
     async with host:
@@ -219,19 +238,24 @@ async def client(served) -> AsyncIterator[Client]:
 # -- raw HTTP / WebSocket over a plain socket ------------------------------------------------
 
 
-def upgrade_request(port: int, path: str = "/rpc", *, host: str | None = None,
-                    headers: dict[str, str] | None = None) -> bytes:
+def upgrade_request(
+    port: int, path: str = "/rpc", *, host: str | None = None, headers: dict[str, str] | None = None
+) -> bytes:
     """A WebSocket upgrade request, byte for byte, with chosen Host and extra headers."""
     key = base64.b64encode(os.urandom(16)).decode()
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host if host is not None else f'127.0.0.1:{port}'}",
-             "Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
-             "Sec-WebSocket-Version: 13"]
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host if host is not None else f'127.0.0.1:{port}'}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-async def http_status(port: int, request: bytes, *, timeout: float = WAIT
-                      ) -> tuple[int, bytes]:
+async def http_status(port: int, request: bytes, *, timeout: float = WAIT) -> tuple[int, bytes]:
     """Send ``request`` on a fresh connection; returns the status and the response head."""
     async with await anyio.connect_tcp("127.0.0.1", port) as stream:
         await stream.send(request)
@@ -267,10 +291,10 @@ def close_code(data: bytes) -> int | None:
         opcode, length = data[i] & 0x0F, data[i + 1] & 0x7F
         i += 2
         if length == 126:
-            length, i = int.from_bytes(data[i:i + 2], "big"), i + 2
+            length, i = int.from_bytes(data[i : i + 2], "big"), i + 2
         elif length == 127:
-            length, i = int.from_bytes(data[i:i + 8], "big"), i + 8
-        payload, i = data[i:i + length], i + length
+            length, i = int.from_bytes(data[i : i + 8], "big"), i + 8
+        payload, i = data[i : i + length], i + length
         if opcode == 0x8:
             return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
     return None
@@ -286,8 +310,9 @@ async def read_until_eof(stream: anyio.abc.SocketStream, timeout: float) -> byte
                 return data
 
 
-async def raw_websocket(port: int, token: str, *, rcvbuf: int | None = None
-                        ) -> tuple[anyio.abc.SocketStream, bytes]:
+async def raw_websocket(
+    port: int, token: str, *, rcvbuf: int | None = None
+) -> tuple[anyio.abc.SocketStream, bytes]:
     """A WebSocket opened by hand (101 checked); returns the stream and bytes past the head."""
     if rcvbuf is None:
         stream = await anyio.connect_tcp("127.0.0.1", port)

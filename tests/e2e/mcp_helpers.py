@@ -34,10 +34,12 @@ PLAIT = [sys.executable, "-m", "plait.cli"]
 SLOW_STEPS = 4
 SUPPORTED = {"2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"}
 """MCP revisions the host must speak (written out: the contract, not the host's own list)."""
-SLOW_INPUTS = {"type": "object", "properties": {"seconds": {"type": "number"}},
-               "required": ["seconds"]}
-GREET_INPUTS = {"type": "object", "properties": {"name": {"type": "string"}},
-                "required": ["name"]}
+SLOW_INPUTS = {
+    "type": "object",
+    "properties": {"seconds": {"type": "number"}},
+    "required": ["seconds"],
+}
+GREET_INPUTS = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
 
 SLOW_YAML = """\
 name: slow
@@ -106,26 +108,41 @@ def host_env(**extra: str) -> dict[str, str]:
 
 def stdio_command(tmp: Path) -> list[str]:
     """``plait serve --stdio`` on ``tmp/data`` with the workflows of ``tmp/wf``."""
-    return [*PLAIT, "serve", "--stdio", "--data-dir", str(tmp / "data"),
-            "--workflows", str(tmp / "wf")]
+    return [
+        *PLAIT,
+        "serve",
+        "--stdio",
+        "--data-dir",
+        str(tmp / "data"),
+        "--workflows",
+        str(tmp / "wf"),
+    ]
 
 
 # -- the official SDK client --------------------------------------------------------------------
 
 
 @asynccontextmanager
-async def sdk_client(command: list[str], tmp: Path, *, mode: str = "legacy",
-                     env: dict[str, str] | None = None, name: str = "sdk") -> AsyncIterator[Client]:
+async def sdk_client(
+    command: list[str],
+    tmp: Path,
+    *,
+    mode: str = "legacy",
+    env: dict[str, str] | None = None,
+    name: str = "sdk",
+) -> AsyncIterator[Client]:
     """An entered ``mcp.Client`` that launches ``command`` and speaks stdio to it.
 
     ``mode="legacy"`` goes straight to ``initialize``; ``"auto"`` (the SDK default) probes
     ``server/discover`` first. The subprocess's stderr goes to ``tmp/<name>.stderr``.
     """
-    params = StdioServerParameters(command=command[0], args=command[1:], cwd=str(tmp),
-                                   env=env or host_env())
+    params = StdioServerParameters(
+        command=command[0], args=command[1:], cwd=str(tmp), env=env or host_env()
+    )
     with (tmp / f"{name}.stderr").open("w", encoding="utf-8") as errlog:
-        async with Client(stdio_client(params, errlog=errlog), mode=mode,
-                          read_timeout_seconds=30) as client:
+        async with Client(
+            stdio_client(params, errlog=errlog), mode=mode, read_timeout_seconds=30
+        ) as client:
             yield client
 
 
@@ -134,8 +151,7 @@ RUNS_LIST = TypeAdapter(dict[str, Any])
 
 async def sdk_runs(client: Client, workflow: str) -> list[dict[str, Any]]:
     """``runs/list`` (a plait method) sent through the SDK session's public ``send_request``."""
-    request = types.Request[dict[str, Any], str](method="runs/list",
-                                                 params={"workflow": workflow})
+    request = types.Request[dict[str, Any], str](method="runs/list", params={"workflow": workflow})
     result = await client.session.send_request(request, RUNS_LIST)
     return result["runs"]
 
@@ -180,8 +196,12 @@ class RawStdio:
                 except ValueError:
                     self.garbage.append(line)
                 self._wake()
-        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError,
-                anyio.BrokenResourceError):
+        except (
+            anyio.EndOfStream,
+            anyio.IncompleteRead,
+            anyio.ClosedResourceError,
+            anyio.BrokenResourceError,
+        ):
             pass
         finally:
             self.eof = True
@@ -201,8 +221,14 @@ class RawStdio:
         self._next_id += 1
         return self._next_id
 
-    async def request(self, method: str, params: dict[str, Any] | None = None, *,
-                      request_id: Any = None, timeout: float = WAIT) -> dict[str, Any]:
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        request_id: Any = None,
+        timeout: float = WAIT,
+    ) -> dict[str, Any]:
         """Send a request and return its response (result or error)."""
         rid = self.new_id() if request_id is None else request_id
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
@@ -218,8 +244,9 @@ class RawStdio:
             message["params"] = params
         await self.send(message)
 
-    async def wait_for(self, predicate: Callable[[Any], bool], *, timeout: float = WAIT,
-                       start: int = 0) -> Any:
+    async def wait_for(
+        self, predicate: Callable[[Any], bool], *, timeout: float = WAIT, start: int = 0
+    ) -> Any:
         """The first message from index ``start`` on that matches; fails after ``timeout``."""
         seen = start
         with anyio.fail_after(timeout):
@@ -229,12 +256,15 @@ class RawStdio:
                     if predicate(self.messages[seen - 1]):
                         return self.messages[seen - 1]
                 if self.eof:
-                    raise HostExited(f"the host closed stdout (exit code "
-                                     f"{self.process.returncode}); stderr:\n{self.stderr()}")
+                    raise HostExited(
+                        f"the host closed stdout (exit code "
+                        f"{self.process.returncode}); stderr:\n{self.stderr()}"
+                    )
                 await self._changed.wait()
 
-    async def silent_for(self, predicate: Callable[[Any], bool], seconds: float, *,
-                         start: int = 0) -> list[Any]:
+    async def silent_for(
+        self, predicate: Callable[[Any], bool], seconds: float, *, start: int = 0
+    ) -> list[Any]:
         """Wait ``seconds`` and return every message from ``start`` that matches."""
         await anyio.sleep(seconds)
         if self.eof:
@@ -242,9 +272,14 @@ class RawStdio:
         return [m for m in self.messages[start:] if predicate(m)]
 
     async def initialize(self, version: str = "2025-06-18") -> dict[str, Any]:
-        reply = await self.request("initialize", {
-            "protocolVersion": version, "capabilities": {},
-            "clientInfo": {"name": "plait-e2e", "version": "1"}})
+        reply = await self.request(
+            "initialize",
+            {
+                "protocolVersion": version,
+                "capabilities": {},
+                "clientInfo": {"name": "plait-e2e", "version": "1"},
+            },
+        )
         assert "result" in reply, reply
         await self.notify("notifications/initialized")
         return reply["result"]
@@ -262,27 +297,36 @@ class RawStdio:
 
 def is_response(message: Any, request_id: Any) -> bool:
     """A response (result or error) with this id, type included (1 is not "1")."""
-    return (isinstance(message, dict) and "method" not in message
-            and ("result" in message or "error" in message)
-            and type(message.get("id")) is type(request_id) and message.get("id") == request_id)
+    return (
+        isinstance(message, dict)
+        and "method" not in message
+        and ("result" in message or "error" in message)
+        and type(message.get("id")) is type(request_id)
+        and message.get("id") == request_id
+    )
 
 
 def is_progress(token: Any) -> Callable[[Any], bool]:
     def match(message: Any) -> bool:
-        return (isinstance(message, dict) and message.get("method") == "notifications/progress"
-                and (message.get("params") or {}).get("progressToken") == token)
+        return (
+            isinstance(message, dict)
+            and message.get("method") == "notifications/progress"
+            and (message.get("params") or {}).get("progressToken") == token
+        )
 
     return match
 
 
 @asynccontextmanager
-async def raw_stdio_host(tmp: Path, *, env: dict[str, str] | None = None,
-                         command: list[str] | None = None) -> AsyncIterator[RawStdio]:
+async def raw_stdio_host(
+    tmp: Path, *, env: dict[str, str] | None = None, command: list[str] | None = None
+) -> AsyncIterator[RawStdio]:
     """``plait serve --stdio`` as a subprocess, with a raw line client on its pipes."""
     stderr_path = tmp / "host.stderr"
     with stderr_path.open("wb") as errfile:
-        process = await anyio.open_process(command or stdio_command(tmp), cwd=str(tmp),
-                                           env=env or host_env(), stderr=errfile)
+        process = await anyio.open_process(
+            command or stdio_command(tmp), cwd=str(tmp), env=env or host_env(), stderr=errfile
+        )
         raw = RawStdio(process, stderr_path)
         try:
             async with anyio.create_task_group() as tg:
@@ -336,15 +380,32 @@ class WsHost:
     def stderr(self) -> str:
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")[-4000:]
 
-    def call(self, method: str, params: dict[str, Any] | None = None, *,
-             timeout: float = 20) -> Any:
+    def call(
+        self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 20
+    ) -> Any:
         """``plait call METHOD --url URL --data-dir DATA``: one WebSocket request, its result."""
-        argv = [*PLAIT, "call", method, "--url", self.url, "--data-dir", str(self.data_dir),
-                "--timeout", "10"]
+        argv = [
+            *PLAIT,
+            "call",
+            method,
+            "--url",
+            self.url,
+            "--data-dir",
+            str(self.data_dir),
+            "--timeout",
+            "10",
+        ]
         if params is not None:
             argv.insert(4, json.dumps(params))
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              env=host_env(), cwd=str(self.data_dir.parent), check=False)
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=host_env(),
+            cwd=str(self.data_dir.parent),
+            check=False,
+        )
         assert done.returncode == 0, f"plait call {method} failed: {done.stderr}"
         return json.loads(done.stdout)
 
@@ -355,10 +416,22 @@ def start_ws_host(tmp: Path, *, timeout: float = 20) -> WsHost:
     stderr_path = tmp / "ws-host.stderr"
     with stderr_path.open("wb") as errfile:
         process = subprocess.Popen(
-            [*PLAIT, "serve", "--port", "0", "--data-dir", str(data_dir),
-             "--workflows", str(tmp / "wf")],
-            cwd=str(tmp), env=host_env(), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=errfile)
+            [
+                *PLAIT,
+                "serve",
+                "--port",
+                "0",
+                "--data-dir",
+                str(data_dir),
+                "--workflows",
+                str(tmp / "wf"),
+            ],
+            cwd=str(tmp),
+            env=host_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errfile,
+        )
     deadline = time.monotonic() + timeout
     while True:
         text = stderr_path.read_text(encoding="utf-8", errors="replace")
@@ -367,8 +440,9 @@ def start_ws_host(tmp: Path, *, timeout: float = 20) -> WsHost:
             return WsHost(process, url.group(1), token.group(1), data_dir, stderr_path)
         if process.poll() is not None or time.monotonic() > deadline:
             stop_ws_host(process)
-            raise AssertionError(f"plait serve did not start (exit {process.returncode}):\n"
-                                 f"{text[-4000:]}")
+            raise AssertionError(
+                f"plait serve did not start (exit {process.returncode}):\n{text[-4000:]}"
+            )
         time.sleep(0.05)
 
 
@@ -400,13 +474,15 @@ async def ws_rpc(host: WsHost) -> AsyncIterator[Callable[..., Any]]:
     from websockets.asyncio.client import connect
 
     ids = iter(range(1, 1 << 30))
-    async with connect(host.url, additional_headers={"Authorization": f"Bearer {host.token}"},
-                       open_timeout=WAIT) as ws:
+    async with connect(
+        host.url, additional_headers={"Authorization": f"Bearer {host.token}"}, open_timeout=WAIT
+    ) as ws:
 
         async def request(method: str, params: dict[str, Any] | None = None) -> Any:
             rid = next(ids)
-            await ws.send(json.dumps({"jsonrpc": "2.0", "id": rid, "method": method,
-                                      "params": params or {}}))
+            await ws.send(
+                json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}})
+            )
             with anyio.fail_after(WAIT):
                 while True:
                     reply = json.loads(await ws.recv())

@@ -110,14 +110,31 @@ class HostProcess:
 
     def start(self) -> None:
         stderr = self.tmp / f"host-{len(self.pids)}.stderr"
-        env = dict(os.environ, CRASH_LOG=str(self.tmp / "executions.jsonl"),
-                   PYTHONPATH=os.pathsep.join([str(self.tmp), os.environ.get("PYTHONPATH", "")]))
+        env = dict(
+            os.environ,
+            CRASH_LOG=str(self.tmp / "executions.jsonl"),
+            PYTHONPATH=os.pathsep.join([str(self.tmp), os.environ.get("PYTHONPATH", "")]),
+        )
         with stderr.open("wb") as errfile:
             self.process = subprocess.Popen(
-                [*PLAIT, "serve", "--port", "0", "--config", str(self.tmp / "plait.toml"),
-                 "--data-dir", str(self.tmp / "data"), "--workflows", str(self.tmp / "wf")],
-                cwd=str(self.tmp), env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=errfile)
+                [
+                    *PLAIT,
+                    "serve",
+                    "--port",
+                    "0",
+                    "--config",
+                    str(self.tmp / "plait.toml"),
+                    "--data-dir",
+                    str(self.tmp / "data"),
+                    "--workflows",
+                    str(self.tmp / "wf"),
+                ],
+                cwd=str(self.tmp),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errfile,
+            )
         self.pids.append(self.process.pid)
         deadline = time.monotonic() + 30
         while True:
@@ -147,14 +164,16 @@ class HostProcess:
 
     async def calls(self, requests: list[tuple[str, dict[str, Any]]]) -> list[Any]:
         """Send requests on one connection, 32 in flight at a time; results in order."""
-        async with connect(self.url, additional_headers={
-                "Authorization": f"Bearer {self.token}"}, max_size=None) as ws:
+        async with connect(
+            self.url, additional_headers={"Authorization": f"Bearer {self.token}"}, max_size=None
+        ) as ws:
             results: list[Any] = [None] * len(requests)
             for start in range(0, len(requests), 32):
-                chunk = requests[start:start + 32]
+                chunk = requests[start : start + 32]
                 for n, (method, params) in enumerate(chunk, start):
-                    await ws.send(json.dumps({"jsonrpc": "2.0", "id": n, "method": method,
-                                              "params": params}))
+                    await ws.send(
+                        json.dumps({"jsonrpc": "2.0", "id": n, "method": method, "params": params})
+                    )
                 pending = set(range(start, start + len(chunk)))
                 with anyio.fail_after(60):
                     while pending:
@@ -172,20 +191,24 @@ def crash_dir(tmp_path: Path) -> Path:
     (tmp_path / "wf").mkdir()
     (tmp_path / "wf" / "crashy.yaml").write_text(WORKFLOW, encoding="utf-8")
     (tmp_path / "plait.toml").write_text(
-        '[plugins]\nentry_points = false\nmodules = ["crashprobe"]\n', encoding="utf-8")
+        '[plugins]\nentry_points = false\nmodules = ["crashprobe"]\n', encoding="utf-8"
+    )
     return tmp_path
 
 
-def read_store(data_dir: Path) -> tuple[dict[str, dict[str, Any]],
-                                        dict[str, list[tuple[int, str, str | None, Any]]]]:
+def read_store(
+    data_dir: Path,
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[tuple[int, str, str | None, Any]]]]:
     conn = sqlite3.connect(data_dir / "plait.db")
     try:
-        runs = {row[0]: {"status": row[1], "outputs": json.loads(row[2] or "null")}
-                for row in conn.execute("SELECT id, status, outputs FROM runs "
-                                        "WHERE parent_id IS NULL")}
+        runs = {
+            row[0]: {"status": row[1], "outputs": json.loads(row[2] or "null")}
+            for row in conn.execute("SELECT id, status, outputs FROM runs WHERE parent_id IS NULL")
+        }
         events: dict[str, list[tuple[int, str, str | None, Any]]] = defaultdict(list)
         for run_id, seq, kind, step, data in conn.execute(
-                "SELECT run_id, seq, type, step, data FROM events ORDER BY run_id, seq"):
+            "SELECT run_id, seq, type, step, data FROM events ORDER BY run_id, seq"
+        ):
             events[run_id].append((seq, kind, step, json.loads(data)))
     finally:
         conn.close()
@@ -213,11 +236,18 @@ def check_recovery(host: HostProcess, run_ids: list[str], crashes: int) -> dict[
         def incarnation(seq: int, recovered_at: list[int] = recovered_at) -> int:
             return sum(1 for r in recovered_at if r < seq)
 
-        interrupted = {path for seq, kind, _, data in events[run_id] if kind == "run.recovered"
-                       for path in data["interrupted"]}
+        interrupted = {
+            path
+            for seq, kind, _, data in events[run_id]
+            if kind == "run.recovered"
+            for path in data["interrupted"]
+        }
         for path in TOOL_STEPS:
-            succeeded = [seq for seq, kind, step, _ in events[run_id]
-                         if kind == "step.succeeded" and step == path]
+            succeeded = [
+                seq
+                for seq, kind, step, _ in events[run_id]
+                if kind == "step.succeeded" and step == path
+            ]
             assert len(succeeded) == 1, (run_id, path, succeeded)
             done_in = incarnation(succeeded[0])
             ran_in = executions[f"{run_id}/{path}"]
@@ -240,15 +270,17 @@ def check_recovery(host: HostProcess, run_ids: list[str], crashes: int) -> dict[
 
 
 async def start_runs(host: HostProcess) -> list[str]:
-    replies = await host.calls([("runs/start", {"workflow": "crashy", "inputs": {"i": i}})
-                                for i in range(RUNS)])
+    replies = await host.calls(
+        [("runs/start", {"workflow": "crashy", "inputs": {"i": i}}) for i in range(RUNS)]
+    )
     return [r["runId"] for r in replies]
 
 
 async def wait_all(host: HostProcess, run_ids: list[str]) -> None:
     replies = await host.calls([("runs/wait", {"runId": r, "timeout": 60}) for r in run_ids])
-    assert all(r["run"]["status"] == "succeeded" for r in replies), \
-        [r["run"]["error"] for r in replies if r["run"]["status"] != "succeeded"][:3]
+    assert all(r["run"]["status"] == "succeeded" for r in replies), [
+        r["run"]["error"] for r in replies if r["run"]["status"] != "succeeded"
+    ][:3]
 
 
 @pytest.mark.parametrize("kill_after", [0.0, 0.4, 1.0], ids=["at-start", "early", "late"])

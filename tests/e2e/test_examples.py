@@ -22,8 +22,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
-PLAIT = [sys.executable, "-c",
-         "import sys; from plait.cli.commands import main; sys.exit(main(sys.argv[1:]))"]
+PLAIT = [
+    sys.executable,
+    "-c",
+    "import sys; from plait.cli.commands import main; sys.exit(main(sys.argv[1:]))",
+]
 
 
 def check_review(out: dict[str, Any]) -> None:
@@ -57,8 +60,10 @@ def check_clock(out: dict[str, Any]) -> None:
     assert "UTC noon is 1" in out["announcement"]  # 13:00 or 14:00 in Paris
 
 
-OUTLINE = {"title": "Durable workflows", "points": ["log every change", "replay after a crash",
-                                                    "run steps at least once"]}
+OUTLINE = {
+    "title": "Durable workflows",
+    "points": ["log every change", "replay after a crash", "run steps at least once"],
+}
 
 
 def check_draft(out: dict[str, Any]) -> None:
@@ -78,12 +83,19 @@ class FakeModel(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.requests.append(body)
         wants_json = "JSON" in body["messages"][-1]["content"]
-        text = json.dumps(OUTLINE) if wants_json else \
-            "Every change is logged. A crash replays. Steps run again."
+        text = (
+            json.dumps(OUTLINE)
+            if wants_json
+            else "Every change is logged. A crash replays. Steps run again."
+        )
         usage = {"prompt_tokens": 40, "completion_tokens": 20, "total_tokens": 60}
         if not body.get("stream"):
-            reply = json.dumps({"choices": [{"index": 0, "message": {
-                "role": "assistant", "content": text}}], "usage": usage}).encode()
+            reply = json.dumps(
+                {
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
+                    "usage": usage,
+                }
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(reply)))
@@ -108,8 +120,10 @@ def fake_model() -> Iterator[dict[str, str]]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield {"OPENAI_BASE_URL": f"http://127.0.0.1:{server.server_port}/v1",
-               "OPENAI_API_KEY": "sk-local"}
+        yield {
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{server.server_port}/v1",
+            "OPENAI_API_KEY": "sk-local",
+        }
     finally:
         server.shutdown()
         server.server_close()
@@ -128,13 +142,26 @@ EXPECTATIONS: dict[str, tuple[list[str], Any]] = {
 }
 
 
-def plait_run(path: Path, extra: list[str], data_dir: Path,
-              env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def plait_run(
+    path: Path, extra: list[str], data_dir: Path, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PLAIT_HOST_DATA_DIR": str(data_dir), **(env_extra or {})}
     return subprocess.run(
-        [*PLAIT, "run", str(path.relative_to(REPO)), "--config", "examples/plait.toml", "--json",
-         *extra],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+        [
+            *PLAIT,
+            "run",
+            str(path.relative_to(REPO)),
+            "--config",
+            "examples/plait.toml",
+            "--json",
+            *extra,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -153,7 +180,11 @@ def test_example_runs_offline_to_success(path, tmp_path):
         assert [r["model"] for r in FakeModel.requests[-2:]] == ["local-model"] * 2
         # the draft continues the outline's conversation: its whole history goes along
         assert [m["role"] for m in FakeModel.requests[-1]["messages"]] == [
-            "system", "user", "assistant", "user"]
+            "system",
+            "user",
+            "assistant",
+            "user",
+        ]
     else:
         done = plait_run(path, extra, tmp_path / "data")
     assert done.returncode == 0, done.stderr or done.stdout

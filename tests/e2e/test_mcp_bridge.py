@@ -31,6 +31,7 @@ from .mcp_helpers import (
 
 pytestmark = pytest.mark.anyio
 
+
 @pytest.fixture(scope="module")
 def ws_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WsHost]:
     tmp = tmp_path_factory.mktemp("shared-host")
@@ -67,8 +68,9 @@ async def test_the_bridge_gives_an_ide_client_the_shared_host(ws_host, tmp_path)
             assert greeted.is_error is False
             assert greeted.structured_content == {"greeting": "hello, ide"}
 
-            slow = await client.call_tool("workflow.slow", {"seconds": 0.1},
-                                          progress_callback=on_progress)
+            slow = await client.call_tool(
+                "workflow.slow", {"seconds": 0.1}, progress_callback=on_progress
+            )
             assert slow.is_error is False
             assert len(seen) >= 3, seen
             progress = [p for p, _, _ in seen]
@@ -85,8 +87,11 @@ async def test_the_bridge_gives_an_ide_client_the_shared_host(ws_host, tmp_path)
                 with anyio.fail_after(2):
                     while True:
                         runs = (await rpc("runs/list", {"workflow": "slow"}))["runs"]
-                        long = [r for r in runs if r["id"] not in before
-                                and r["id"] != slow.meta["runId"]]
+                        long = [
+                            r
+                            for r in runs
+                            if r["id"] not in before and r["id"] != slow.meta["runId"]
+                        ]
                         assert len(long) == 1, runs
                         if long[0]["status"] == "cancelled":
                             break
@@ -105,7 +110,11 @@ async def test_the_bridge_gives_an_ide_client_the_shared_host(ws_host, tmp_path)
     assert mine[slow.meta["runId"]]["status"] == "succeeded"
     assert mine[again.meta["runId"]]["status"] == "succeeded"
     assert sorted(r["status"] for r in mine.values()) == [
-        "cancelled", "succeeded", "succeeded", "succeeded"]
+        "cancelled",
+        "succeeded",
+        "succeeded",
+        "succeeded",
+    ]
     async with ws_rpc(ws_host) as rpc:
         run = (await rpc("runs/get", {"runId": greeted.meta["runId"]}))["run"]
     assert run["outputs"] == {"greeting": "hello, ide"}
@@ -123,7 +132,8 @@ async def test_tool_failures_come_back_as_error_results_through_the_bridge(ws_ho
 
 
 async def test_the_sdk_default_discover_probe_falls_back_at_once_through_the_bridge(
-        ws_host, tmp_path):
+    ws_host, tmp_path
+):
     start = time.monotonic()
     with anyio.fail_after(4):
         async with bridge(ws_host, tmp_path, mode="auto") as client:

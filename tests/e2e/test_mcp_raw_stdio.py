@@ -23,6 +23,7 @@ from .mcp_helpers import (
 
 pytestmark = pytest.mark.anyio
 
+
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     write_workflows(tmp_path / "wf")
@@ -55,8 +56,9 @@ async def test_requests_before_initialize_are_refused_and_not_executed_but_ping_
         listed = await raw.request("tools/list", request_id="early-list")
         assert "result" not in listed and error_code(listed) is not None, listed
         assert listed["id"] == "early-list"
-        called = await raw.request("tools/call", {"name": "workflow.greet",
-                                                  "arguments": {"name": "early"}})
+        called = await raw.request(
+            "tools/call", {"name": "workflow.greet", "arguments": {"name": "early"}}
+        )
         assert "result" not in called and error_code(called) is not None, called
         await raw.initialize()
         assert await runs_of(raw, "greet") == []  # the early call was not executed
@@ -70,9 +72,14 @@ async def test_requests_before_initialize_are_refused_and_not_executed_but_ping_
 
 async def test_an_unsupported_protocol_version_gets_a_counter_offer(tmp):
     async with raw_stdio_host(tmp) as raw:
-        reply = await raw.request("initialize", {
-            "protocolVersion": "1999-01-01", "capabilities": {},
-            "clientInfo": {"name": "old", "version": "0"}})
+        reply = await raw.request(
+            "initialize",
+            {
+                "protocolVersion": "1999-01-01",
+                "capabilities": {},
+                "clientInfo": {"name": "old", "version": "0"},
+            },
+        )
         if "error" in reply:  # the other allowed answer: -32602 naming the supported versions
             assert error_code(reply) == -32602, reply
             assert set(reply["error"]["data"]["supported"]) & SUPPORTED, reply
@@ -101,9 +108,13 @@ async def test_a_batch_after_a_modern_handshake_gets_one_error_and_nothing_runs(
         result = await raw.initialize("2025-06-18")
         assert result["protocolVersion"] == "2025-06-18"
         start = len(raw.messages)
-        await raw.send([call("workflow.slow", {"seconds": 0.05}, "b-slow", token="b-progress"),
-                        call("workflow.greet", {"name": "batched"}, "b-greet"),
-                        {"jsonrpc": "2.0", "id": "b-ping", "method": "ping"}])
+        await raw.send(
+            [
+                call("workflow.slow", {"seconds": 0.05}, "b-slow", token="b-progress"),
+                call("workflow.greet", {"name": "batched"}, "b-greet"),
+                {"jsonrpc": "2.0", "id": "b-ping", "method": "ping"},
+            ]
+        )
         reply = await raw.wait_for(lambda m: True, start=start)
         assert isinstance(reply, dict), f"a single error object, not an array: {reply}"
         assert error_code(reply) == -32600 and reply["id"] is None, reply
@@ -111,7 +122,9 @@ async def test_a_batch_after_a_modern_handshake_gets_one_error_and_nothing_runs(
         ids = ("b-slow", "b-greet", "b-ping")
         stray = await raw.silent_for(
             lambda m: is_progress("b-progress")(m) or any(is_response(m, i) for i in ids),
-            1.0, start=start)
+            1.0,
+            start=start,
+        )
         assert stray == []
         assert await runs_of(raw, "slow") == []
         assert await runs_of(raw, "greet") == []
@@ -122,8 +135,12 @@ async def test_batches_still_work_under_an_older_revision(tmp):
     async with raw_stdio_host(tmp) as raw:
         await raw.initialize("2025-03-26")
         start = len(raw.messages)
-        await raw.send([{"jsonrpc": "2.0", "id": "p1", "method": "ping"},
-                        {"jsonrpc": "2.0", "id": "p2", "method": "ping"}])
+        await raw.send(
+            [
+                {"jsonrpc": "2.0", "id": "p1", "method": "ping"},
+                {"jsonrpc": "2.0", "id": "p2", "method": "ping"},
+            ]
+        )
         reply = await raw.wait_for(lambda m: True, start=start)
         assert isinstance(reply, list), reply
         assert sorted(r["id"] for r in reply) == ["p1", "p2"]
@@ -190,8 +207,9 @@ async def test_a_cancelled_call_gets_no_response_and_its_run_stops(tmp):
         stray = await raw.silent_for(lambda m: is_response(m, "long"), 2.0, start=start)
         assert stray == []
         assert await raw.ping_time() < 0.5
-        greeted = await raw.request("tools/call", {"name": "workflow.greet",
-                                                   "arguments": {"name": "after"}})
+        greeted = await raw.request(
+            "tools/call", {"name": "workflow.greet", "arguments": {"name": "after"}}
+        )
         assert greeted["result"]["structuredContent"] == {"greeting": "hello, after"}
         raw.assert_clean_stdout()
 
@@ -199,8 +217,9 @@ async def test_a_cancelled_call_gets_no_response_and_its_run_stops(tmp):
 async def test_cancelling_an_unknown_or_finished_request_is_harmless(tmp):
     async with raw_stdio_host(tmp) as raw:
         await raw.initialize()
-        done = await raw.request("tools/call", {"name": "workflow.greet",
-                                                "arguments": {"name": "x"}}, request_id="g")
+        done = await raw.request(
+            "tools/call", {"name": "workflow.greet", "arguments": {"name": "x"}}, request_id="g"
+        )
         assert "result" in done
         start = len(raw.messages)
         await raw.notify("notifications/cancelled", {"requestId": "g"})
@@ -216,13 +235,16 @@ async def test_cancelling_an_unknown_or_finished_request_is_harmless(tmp):
 async def test_arguments_are_validated_against_the_input_schema_before_running(tmp):
     async with raw_stdio_host(tmp) as raw:
         await raw.initialize()
-        for name, arguments in (("math.sum", {"values": "x"}),
-                                ("math.sum", {}),
-                                ("math.sum", {"values": [1], "extra": True}),
-                                ("workflow.greet", {"name": 5}),
-                                ("workflow.greet", {})):
-            reply = await raw.request("tools/call", {"name": name, "arguments": arguments},
-                                      timeout=3)
+        for name, arguments in (
+            ("math.sum", {"values": "x"}),
+            ("math.sum", {}),
+            ("math.sum", {"values": [1], "extra": True}),
+            ("workflow.greet", {"name": 5}),
+            ("workflow.greet", {}),
+        ):
+            reply = await raw.request(
+                "tools/call", {"name": name, "arguments": arguments}, timeout=3
+            )
             assert error_code(reply) == -32602, (name, arguments, reply)
             assert "result" not in reply
         assert await runs_of(raw, "greet") == []  # rejected before a run started
@@ -236,8 +258,9 @@ async def test_unknown_methods_tools_and_the_discover_probe_get_errors(tmp):
         await raw.initialize()
         unknown = await raw.request("tools/frobnicate", {}, timeout=3)
         assert error_code(unknown) == -32601, unknown
-        missing = await raw.request("tools/call", {"name": "no.such.tool", "arguments": {}},
-                                    timeout=3)
+        missing = await raw.request(
+            "tools/call", {"name": "no.such.tool", "arguments": {}}, timeout=3
+        )
         assert "error" in missing or missing["result"]["isError"] is True, missing
         raw.assert_clean_stdout()
 
@@ -245,8 +268,9 @@ async def test_unknown_methods_tools_and_the_discover_probe_get_errors(tmp):
 async def test_execution_failures_are_error_results(tmp):
     async with raw_stdio_host(tmp) as raw:
         await raw.initialize()
-        tool = await raw.request("tools/call", {"name": "chaos.fail",
-                                                "arguments": {"key": "raw", "times": 5}})
+        tool = await raw.request(
+            "tools/call", {"name": "chaos.fail", "arguments": {"key": "raw", "times": 5}}
+        )
         assert "error" not in tool, tool
         assert tool["result"]["isError"] is True
         assert "planned failure" in tool["result"]["content"][0]["text"]
@@ -266,8 +290,9 @@ async def test_stdout_carries_only_protocol_lines(tmp_path):
     write_workflows(tmp_path / "wf", broken=True)
     async with raw_stdio_host(tmp_path) as raw:
         await raw.initialize()
-        await raw.request("tools/call", {"name": "chaos.fail",
-                                         "arguments": {"key": "log", "times": 5}})
+        await raw.request(
+            "tools/call", {"name": "chaos.fail", "arguments": {"key": "log", "times": 5}}
+        )
         await raw.request("tools/call", {"name": "workflow.fails", "arguments": {}})
         listed = await raw.request("tools/list")
         names = {t["name"] for t in listed["result"]["tools"]}
@@ -291,8 +316,9 @@ async def test_an_oversized_message_gets_an_error_and_the_host_keeps_serving(tmp
         # A message just under the limit is still served, and so is a request after it.
         fits = await raw.request("ping", {"pad": "y" * 3000})
         assert fits["result"] == {}
-        greeted = await raw.request("tools/call", {"name": "workflow.greet",
-                                                   "arguments": {"name": "z"}})
+        greeted = await raw.request(
+            "tools/call", {"name": "workflow.greet", "arguments": {"name": "z"}}
+        )
         assert greeted["result"]["structuredContent"] == {"greeting": "hello, z"}
         raw.assert_clean_stdout()
         assert len(json.dumps(big)) > 4096

@@ -28,6 +28,7 @@ from .mcp_helpers import (
 
 pytestmark = pytest.mark.anyio
 
+
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     write_workflows(tmp_path / "wf")
@@ -45,8 +46,14 @@ async def test_initialize_negotiates_a_version_and_lists_tools_and_workflows(tmp
             assert client.server_info is not None and client.server_info.name == "plait"
             assert client.server_capabilities.tools is not None
             tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert {"math.sum", "time.sleep", "chaos.fail", "workflow.slow", "workflow.greet",
-            "workflow.fails"} <= set(tools)
+    assert {
+        "math.sum",
+        "time.sleep",
+        "chaos.fail",
+        "workflow.slow",
+        "workflow.greet",
+        "workflow.fails",
+    } <= set(tools)
     assert tools["workflow.slow"].input_schema == SLOW_INPUTS
     assert tools["workflow.greet"].input_schema == GREET_INPUTS
     assert tools["math.sum"].input_schema["properties"]["values"]["type"] == "array"
@@ -99,9 +106,11 @@ async def test_tool_and_workflow_failures_are_error_results_not_protocol_errors(
 
 async def test_invalid_arguments_get_invalid_params(tmp):
     async with stdio_host(tmp) as client:
-        for name, arguments in (("math.sum", {"values": "x"}),
-                                ("workflow.greet", {"name": 5}),
-                                ("workflow.greet", {})):
+        for name, arguments in (
+            ("math.sum", {"values": "x"}),
+            ("workflow.greet", {"name": 5}),
+            ("workflow.greet", {}),
+        ):
             with anyio.fail_after(WAIT), pytest.raises(MCPError) as caught:
                 await client.call_tool(name, arguments)
             assert caught.value.code == -32602, (name, arguments, caught.value)
@@ -117,8 +126,9 @@ async def test_progress_notifications_follow_a_workflow_call(tmp):
 
     with anyio.fail_after(15):
         async with stdio_host(tmp) as client:
-            result = await client.call_tool("workflow.slow", {"seconds": 0.1},
-                                            progress_callback=on_progress)
+            result = await client.call_tool(
+                "workflow.slow", {"seconds": 0.1}, progress_callback=on_progress
+            )
     assert result.is_error is False
     assert result.structured_content is not None and result.structured_content["slept"] >= 0.4
     assert len(seen) >= 3, seen
@@ -136,8 +146,9 @@ async def test_progress_counts_the_step_it_reports(tmp):
 
     with anyio.fail_after(15):
         async with stdio_host(tmp) as client:
-            await client.call_tool("workflow.slow", {"seconds": 0.05},
-                                   progress_callback=on_progress)
+            await client.call_tool(
+                "workflow.slow", {"seconds": 0.05}, progress_callback=on_progress
+            )
     assert seen[0][:2] == (1, SLOW_STEPS), seen  # "a: succeeded" is one step of four
     assert seen[-1][:2] == (SLOW_STEPS, SLOW_STEPS), seen
 

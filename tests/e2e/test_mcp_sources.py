@@ -42,14 +42,22 @@ GIT = {"command": "mcp-server-git"}
 
 
 def config(tmp_path, servers, **extra):
-    return HostConfig.model_validate({
-        "host": {"data_dir": str(tmp_path / "data"), "port": 0},
-        "plugins": {"entry_points": False}, "mcp_servers": servers, **extra})
+    return HostConfig.model_validate(
+        {
+            "host": {"data_dir": str(tmp_path / "data"), "port": 0},
+            "plugins": {"entry_points": False},
+            "mcp_servers": servers,
+            **extra,
+        }
+    )
 
 
 def one_step(name, tool, args, **step):
-    return {"name": name, "steps": [{"id": "call", "tool": tool, "with": args, **step}],
-            "outputs": {"value": "${steps.call.output}"}}
+    return {
+        "name": name,
+        "steps": [{"id": "call", "tool": tool, "with": args, **step}],
+        "outputs": {"value": "${steps.call.output}"},
+    }
 
 
 async def run(host, definition, inputs=None):
@@ -92,18 +100,24 @@ async def test_time_server_tools_are_registered_and_called_by_steps(tmp_path, pm
             async with started(tmp_path, pm, {"time": TIME}) as host:
                 tools = host.engine.registries.tools
                 assert host.mcp.info()["time"]["status"] == "connected"
-                assert set(host.mcp.info()["time"]["tools"]) == {"time.get_current_time",
-                                                                "time.convert_time"}
+                assert set(host.mcp.info()["time"]["tools"]) == {
+                    "time.get_current_time",
+                    "time.convert_time",
+                }
                 assert tools.owner("time.get_current_time") == "mcp:time"
-                ok = await run(host, one_step("now", "time.get_current_time",
-                                              {"timezone": "Europe/Paris"}))
-                bad = await run(host, one_step("bad", "time.get_current_time",
-                                               {"timezone": "Nowhere/Atlantis"}))
-                after = await run(host, one_step("again", "time.get_current_time",
-                                                 {"timezone": "UTC"}))
+                ok = await run(
+                    host, one_step("now", "time.get_current_time", {"timezone": "Europe/Paris"})
+                )
+                bad = await run(
+                    host, one_step("bad", "time.get_current_time", {"timezone": "Nowhere/Atlantis"})
+                )
+                after = await run(
+                    host, one_step("again", "time.get_current_time", {"timezone": "UTC"})
+                )
                 info = host.mcp.info()["time"]
-                schemas = {n: tools["time." + n].input_schema
-                           for n in ("get_current_time", "convert_time")}
+                schemas = {
+                    n: tools["time." + n].input_schema for n in ("get_current_time", "convert_time")
+                }
     # Registered with the server's own input schemas.
     assert set(own) == {"get_current_time", "convert_time"}
     assert schemas == own
@@ -129,15 +143,25 @@ async def test_time_server_over_websocket_info_and_mcp_tools(tmp_path, pm):
         async with started(tmp_path, pm, {"time": TIME}) as host, websocket_of(host) as s:
             async with s.client() as c:
                 info = await c.call("host/info")
-                await c.call("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
-                                            "clientInfo": {"name": "e2e", "version": "1"}})
+                await c.call(
+                    "initialize",
+                    {
+                        "protocolVersion": "2025-11-25",
+                        "capabilities": {},
+                        "clientInfo": {"name": "e2e", "version": "1"},
+                    },
+                )
                 listed = {t["name"]: t for t in (await c.call("tools/list"))["tools"]}
-                called = await c.call("tools/call", {"name": "time.get_current_time",
-                                                     "arguments": {"timezone": "Asia/Tokyo"}},
-                                      timeout=WAIT)
-                failed = await c.call("tools/call", {"name": "time.get_current_time",
-                                                     "arguments": {"timezone": "Bad/Zone"}},
-                                      timeout=WAIT)
+                called = await c.call(
+                    "tools/call",
+                    {"name": "time.get_current_time", "arguments": {"timezone": "Asia/Tokyo"}},
+                    timeout=WAIT,
+                )
+                failed = await c.call(
+                    "tools/call",
+                    {"name": "time.get_current_time", "arguments": {"timezone": "Bad/Zone"}},
+                    timeout=WAIT,
+                )
     server = info["mcpServers"]["time"]
     assert server["status"] == "connected"
     assert server["error"] is None
@@ -157,15 +181,22 @@ async def test_time_server_over_websocket_info_and_mcp_tools(tmp_path, pm):
 
 
 def make_repo(path):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "Ada", "GIT_AUTHOR_EMAIL": "ada@example.com",
-           "GIT_COMMITTER_NAME": "Ada", "GIT_COMMITTER_EMAIL": "ada@example.com",
-           "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(path.parent)}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Ada",
+        "GIT_AUTHOR_EMAIL": "ada@example.com",
+        "GIT_COMMITTER_NAME": "Ada",
+        "GIT_COMMITTER_EMAIL": "ada@example.com",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "HOME": str(path.parent),
+    }
     path.mkdir()
     for argv in (["init", "-q"], ["add", "hello.txt"], ["commit", "-q", "-m", "first commit"]):
         if argv[0] == "add":
             (path / "hello.txt").write_text("hello\n", encoding="utf-8")
-        subprocess.run(["git", *argv], cwd=path, env=env, check=True, capture_output=True,
-                       timeout=WAIT)
+        subprocess.run(
+            ["git", *argv], cwd=path, env=env, check=True, capture_output=True, timeout=WAIT
+        )
 
 
 async def test_git_server_reads_a_real_repository(tmp_path, pm):
@@ -174,10 +205,12 @@ async def test_git_server_reads_a_real_repository(tmp_path, pm):
     with anyio.fail_after(LIMIT):
         async with started(tmp_path, pm, {"git": GIT}) as host:
             names = host.mcp.info()["git"]["tools"]
-            log = await run(host, one_step("log", "git.git_log", {"repo_path": "${inputs.repo}"}),
-                            {"repo": str(repo)})
-            status = await run(host, one_step("status", "git.git_status",
-                                              {"repo_path": str(repo)}))
+            log = await run(
+                host,
+                one_step("log", "git.git_log", {"repo_path": "${inputs.repo}"}),
+                {"repo": str(repo)},
+            )
+            status = await run(host, one_step("status", "git.git_status", {"repo_path": str(repo)}))
     assert {"git.git_log", "git.git_status", "git.git_diff"} <= set(names)
     assert log.status == "succeeded", log.error
     text = log.outputs["value"]
@@ -204,9 +237,11 @@ def gone(pid):
 
 async def test_a_killed_server_is_reconnected_and_a_retrying_step_succeeds(tmp_path, pm):
     pid_file = tmp_path / "server.pid"
-    code = (f"import os,sys,runpy; open({str(pid_file)!r},'w').write(str(os.getpid())); "
-            "sys.argv=['mcp_server_time','--local-timezone','UTC']; "
-            "runpy.run_module('mcp_server_time', run_name='__main__')")
+    code = (
+        f"import os,sys,runpy; open({str(pid_file)!r},'w').write(str(os.getpid())); "
+        "sys.argv=['mcp_server_time','--local-timezone','UTC']; "
+        "runpy.run_module('mcp_server_time', run_name='__main__')"
+    )
     wrapper = {"command": sys.executable, "args": ["-c", code], "timeout": 5}
     with anyio.fail_after(LIMIT):
         async with started(tmp_path, pm, {"time": wrapper}) as host:
@@ -216,9 +251,15 @@ async def test_a_killed_server_is_reconnected_and_a_retrying_step_succeeds(tmp_p
             with anyio.fail_after(WAIT):
                 while not gone(first_pid):
                     await anyio.sleep(0.05)
-            result = await run(host, one_step(
-                "after", "time.get_current_time", {"timezone": "Europe/Paris"},
-                retry={"attempts": 8, "backoff": "fixed", "base": 0.5}))
+            result = await run(
+                host,
+                one_step(
+                    "after",
+                    "time.get_current_time",
+                    {"timezone": "Europe/Paris"},
+                    retry={"attempts": 8, "backoff": "fixed", "base": 0.5},
+                ),
+            )
             info = host.mcp.info()["time"]
             events = await host.engine.events(result.id, 0, 200)
     assert result.status == "succeeded", result.error
@@ -235,8 +276,9 @@ async def test_a_server_that_cannot_start_does_not_stop_the_host(tmp_path, pm):
     missing = str(tmp_path / "no-such-server")
     begun = time.monotonic()
     with anyio.fail_after(LIMIT):
-        async with started(tmp_path, pm, {"ghost": {"command": missing,
-                                                    "connect_timeout": 2}}) as host:
+        async with started(
+            tmp_path, pm, {"ghost": {"command": missing, "connect_timeout": 2}}
+        ) as host:
             elapsed = time.monotonic() - begun
             info = host.mcp.info()["ghost"]
             result = await run(host, one_step("haunt", "ghost.boo", {}))
@@ -256,9 +298,11 @@ async def test_a_server_that_cannot_start_does_not_stop_the_host(tmp_path, pm):
 
 def reporter(out):
     """A ``-c`` program that writes what its process sees to ``out`` and exits (no server)."""
-    return ("import json,os; json.dump({'cwd': os.getcwd(), 'mark': os.environ.get("
-            f"'PLAIT_E2E_MARK'), 'extra': os.environ.get('PLAIT_E2E_EXTRA')}}, open({str(out)!r}, "
-            "'w'))")
+    return (
+        "import json,os; json.dump({'cwd': os.getcwd(), 'mark': os.environ.get("
+        f"'PLAIT_E2E_MARK'), 'extra': os.environ.get('PLAIT_E2E_EXTRA')}}, open({str(out)!r}, "
+        "'w'))"
+    )
 
 
 async def seen_by_server(tmp_path, pm, table):
@@ -270,23 +314,29 @@ async def seen_by_server(tmp_path, pm, table):
     return json.loads(out.read_text())
 
 
-async def test_env_is_added_to_a_minimal_environment_and_cwd_is_used(tmp_path, pm,
-                                                                       monkeypatch):
+async def test_env_is_added_to_a_minimal_environment_and_cwd_is_used(tmp_path, pm, monkeypatch):
     monkeypatch.setenv("PLAIT_E2E_MARK", "a host secret")
     work = tmp_path / "work"
     work.mkdir()
-    seen = await seen_by_server(tmp_path, pm, {
-        "command": sys.executable, "args": ["-c", reporter(tmp_path / "seen.json")],
-        "env": {"PLAIT_E2E_EXTRA": "extra"}, "cwd": str(work)})
+    seen = await seen_by_server(
+        tmp_path,
+        pm,
+        {
+            "command": sys.executable,
+            "args": ["-c", reporter(tmp_path / "seen.json")],
+            "env": {"PLAIT_E2E_EXTRA": "extra"},
+            "cwd": str(work),
+        },
+    )
     # The host's own variables stay with the host; the server gets what its table gives.
     assert seen == {"cwd": str(work), "mark": None, "extra": "extra"}
 
 
-async def test_a_server_without_env_gets_only_the_minimal_environment(tmp_path, pm,
-                                                                      monkeypatch):
+async def test_a_server_without_env_gets_only_the_minimal_environment(tmp_path, pm, monkeypatch):
     monkeypatch.setenv("PLAIT_E2E_MARK", "a host secret")
-    seen = await seen_by_server(tmp_path, pm, {
-        "command": sys.executable, "args": ["-c", reporter(tmp_path / "seen.json")]})
+    seen = await seen_by_server(
+        tmp_path, pm, {"command": sys.executable, "args": ["-c", reporter(tmp_path / "seen.json")]}
+    )
     assert seen["mark"] is None
     assert seen["cwd"] == os.getcwd()
 
@@ -296,8 +346,7 @@ async def test_pings_keep_a_healthy_connection(tmp_path, pm):
         async with started(tmp_path, pm, {"time": {**TIME, "ping_interval": 0.2}}) as host:
             await anyio.sleep(1.0)  # about five pings
             info = host.mcp.info()["time"]
-            result = await run(host, one_step("now", "time.get_current_time",
-                                              {"timezone": "UTC"}))
+            result = await run(host, one_step("now", "time.get_current_time", {"timezone": "UTC"}))
     assert result.status == "succeeded", result.error
     assert (info["status"], info["connects"], info["error"]) == ("connected", 1, None)
 
@@ -305,12 +354,15 @@ async def test_pings_keep_a_healthy_connection(tmp_path, pm):
 # -- configuration errors --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("table", "problem"), [
-    ({"command": "x", "url": "http://127.0.0.1:1/mcp"}, "mcp_servers.bad: give exactly one of"),
-    ({"args": ["x"]}, "mcp_servers.bad: give exactly one of"),
-    ({"command": "x", "comand": "y"}, "mcp_servers.bad.comand: unknown key"),
-    ({"command": "x", "timeout": 0}, "mcp_servers.bad.timeout:"),
-])
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ({"command": "x", "url": "http://127.0.0.1:1/mcp"}, "mcp_servers.bad: give exactly one of"),
+        ({"args": ["x"]}, "mcp_servers.bad: give exactly one of"),
+        ({"command": "x", "comand": "y"}, "mcp_servers.bad.comand: unknown key"),
+        ({"command": "x", "timeout": 0}, "mcp_servers.bad.timeout:"),
+    ],
+)
 async def test_an_invalid_server_table_stops_host_start(tmp_path, pm, table, problem):
     host = plait.Host(config(tmp_path, {"bad": table}), pm=pm)
     with anyio.fail_after(WAIT), pytest.raises(plait.ConfigError) as caught:
@@ -341,8 +393,7 @@ async def test_a_server_never_takes_over_a_plugin_tool_of_the_same_name(tmp_path
             tools = host.engine.registries.tools
             assert tools.owner("time.get_current_time") == "clash"
             assert tools.get("time.convert_time") is not None  # the server's other tool
-            run_ = await run(host, one_step("clash", "time.get_current_time",
-                                            {"timezone": "UTC"}))
+            run_ = await run(host, one_step("clash", "time.get_current_time", {"timezone": "UTC"}))
             assert run_.outputs == {"value": "from the plugin"}
         assert tools.owner("time.get_current_time") == "clash"
     assert "already registered by clash" in caplog.text

@@ -73,8 +73,7 @@ WS_WORKFLOWS = (
     ask("ask_slow", agent="slowpoke"),
 )
 WS_AGENTS = {
-    "helper": {"provider": "sampling", "model": "hinted-model", "max_tokens": 64,
-               "timeout": 5},
+    "helper": {"provider": "sampling", "model": "hinted-model", "max_tokens": 64, "timeout": 5},
     "slowpoke": {"provider": "sampling", "timeout": 0.5},
 }
 
@@ -98,21 +97,30 @@ async def stdio_sampling_host(tmp, callback, capabilities=None):
     (tmp / "wf" / "add.yaml").write_text(SUM_YAML, encoding="utf-8")
     (tmp / "plait.toml").write_text(PLAIT_TOML, encoding="utf-8")
     command = [*stdio_command(tmp), "--config", str(tmp / "plait.toml")]
-    params = StdioServerParameters(command=command[0], args=command[1:], cwd=str(tmp),
-                                   env=host_env())
+    params = StdioServerParameters(
+        command=command[0], args=command[1:], cwd=str(tmp), env=host_env()
+    )
     with (tmp / "host.stderr").open("w", encoding="utf-8") as errlog:
-        async with Client(stdio_client(params, errlog=errlog), mode="legacy",
-                          read_timeout_seconds=30, sampling_callback=callback,
-                          sampling_capabilities=capabilities) as client:
+        async with Client(
+            stdio_client(params, errlog=errlog),
+            mode="legacy",
+            read_timeout_seconds=30,
+            sampling_callback=callback,
+            sampling_capabilities=capabilities,
+        ) as client:
             yield client
 
 
 @asynccontextmanager
 async def websocket_host(tmp_path, pm):
     """A real host with ``WS_AGENTS`` and ``WS_WORKFLOWS`` and its WebSocket server."""
-    config = HostConfig.model_validate({
-        "host": {"data_dir": str(tmp_path / "data"), "port": 0},
-        "plugins": {"entry_points": False}, "agents": WS_AGENTS})
+    config = HostConfig.model_validate(
+        {
+            "host": {"data_dir": str(tmp_path / "data"), "port": 0},
+            "plugins": {"entry_points": False},
+            "agents": WS_AGENTS,
+        }
+    )
     async with plait.Host(config, pm=pm) as host:
         for definition in WS_WORKFLOWS:
             host.register(definition)
@@ -121,17 +129,27 @@ async def websocket_host(tmp_path, pm):
 
 
 async def initialize(client, capabilities):
-    result = await client.call("initialize", {
-        "protocolVersion": "2025-11-25", "capabilities": capabilities,
-        "clientInfo": {"name": "plait-e2e", "version": "1"}})
+    result = await client.call(
+        "initialize",
+        {
+            "protocolVersion": "2025-11-25",
+            "capabilities": capabilities,
+            "clientInfo": {"name": "plait-e2e", "version": "1"},
+        },
+    )
     await client.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
     return result
 
 
 def text_reply(text):
     def reply(frame):
-        return {"result": {"role": "assistant", "model": "ws-model",
-                           "content": {"type": "text", "text": text}}}
+        return {
+            "result": {
+                "role": "assistant",
+                "model": "ws-model",
+                "content": {"type": "text", "text": text},
+            }
+        }
 
     return reply
 
@@ -168,8 +186,10 @@ async def test_sdk_client_answers_sampling_for_a_workflow_it_called(tmp_path):
     async def sample(context, params):
         seen.append(params)
         return types.CreateMessageResult(
-            role="assistant", content=types.TextContent(type="text", text="hello from the client"),
-            model="test-model")
+            role="assistant",
+            content=types.TextContent(type="text", text="hello from the client"),
+            model="test-model",
+        )
 
     with anyio.fail_after(30):
         async with stdio_sampling_host(tmp_path, sample) as client:
@@ -200,13 +220,19 @@ async def test_sdk_client_uses_a_host_tool_inside_sampling(tmp_path):
         results = [b for b in last if b.type == "tool_result"]
         if not results:
             return types.CreateMessageResultWithTools(
-                role="assistant", model="test-model", stop_reason="toolUse",
-                content=[types.ToolUseContent(id="call-1", name="math.sum",
-                                              input={"values": [1, 2]})])
+                role="assistant",
+                model="test-model",
+                stop_reason="toolUse",
+                content=[
+                    types.ToolUseContent(id="call-1", name="math.sum", input={"values": [1, 2]})
+                ],
+            )
         [text] = results[0].content
         return types.CreateMessageResult(
-            role="assistant", model="test-model",
-            content=types.TextContent(type="text", text=f"the sum is {json.loads(text.text):g}"))
+            role="assistant",
+            model="test-model",
+            content=types.TextContent(type="text", text=f"the sum is {json.loads(text.text):g}"),
+        )
 
     capabilities = types.SamplingCapability(tools=types.SamplingToolsCapability())
     with anyio.fail_after(30):
@@ -224,8 +250,12 @@ async def test_sdk_client_uses_a_host_tool_inside_sampling(tmp_path):
     assert [m.role for m in second] == ["user", "assistant", "user"]
     assert blocks(second[0])[0].text == "what is 1 + 2?"
     [use] = blocks(second[1])
-    assert (use.type, use.id, use.name, use.input) == ("tool_use", "call-1", "math.sum",
-                                                       {"values": [1, 2]})
+    assert (use.type, use.id, use.name, use.input) == (
+        "tool_use",
+        "call-1",
+        "math.sum",
+        {"values": [1, 2]},
+    )
     [tool_result] = blocks(second[2])
     assert tool_result.type == "tool_result" and tool_result.tool_use_id == "call-1"
     assert [json.loads(c.text) for c in tool_result.content] == [3]
@@ -251,8 +281,10 @@ async def test_another_websocket_client_that_declared_sampling_answers(tmp_path,
     assert isinstance(request["id"], str)
     assert request["params"] == {
         "messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}],
-        "systemPrompt": "Be brief.", "maxTokens": 64,
-        "modelPreferences": {"hints": [{"name": "hinted-model"}]}}
+        "systemPrompt": "Be brief.",
+        "maxTokens": 64,
+        "modelPreferences": {"hints": [{"name": "hinted-model"}]},
+    }
     assert b.notifications == []  # B, which cannot sample, was never asked
 
 
@@ -271,13 +303,20 @@ async def test_the_client_that_started_the_run_is_asked_first(tmp_path, pm):
                     tg.cancel_scope.cancel()
                 # B starts a run: B is asked, though A could answer too. The request may
                 # come before the answer to runs/start: read both, in either order.
-                await b.send({"jsonrpc": "2.0", "id": "start", "method": "runs/start",
-                              "params": {"workflow": "ask", "inputs": {"q": "mine"}}})
+                await b.send(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": "start",
+                        "method": "runs/start",
+                        "params": {"workflow": "ask", "inputs": {"q": "mine"}},
+                    }
+                )
                 frames = [await b.recv(WAIT), await b.recv(WAIT)]
                 [started] = [f["result"] for f in frames if f.get("id") == "start"]
                 [frame] = [f for f in frames if f.get("method") == "sampling/createMessage"]
-                await b.send({"jsonrpc": "2.0", "id": frame["id"],
-                              **text_reply("from B, the origin")(frame)})
+                await b.send(
+                    {"jsonrpc": "2.0", "id": frame["id"], **text_reply("from B, the origin")(frame)}
+                )
                 by_b = await wait_for(c, started["runId"])
                 await a.silent(0.1)  # A was not asked
     assert by_c["status"] == "succeeded"

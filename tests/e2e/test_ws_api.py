@@ -59,15 +59,16 @@ async def wait_status(client, run_id: str, *statuses: str) -> dict:
 
 
 async def test_put_yaml_source_and_run_it(client):
-    assert await client.call("workflows/put", {"source": GOOD_YAML}) == {"name": "yamlflow",
-                                                                        "version": 1}
+    assert await client.call("workflows/put", {"source": GOOD_YAML}) == {
+        "name": "yamlflow",
+        "version": 1,
+    }
     run_id = await start(client, "yamlflow", {"word": "on"})  # YAML 1.2: "on" stays a string
     done = await client.call("runs/wait", {"runId": run_id, "timeout": 5})
     assert done["run"]["status"] == "succeeded"
     assert done["run"]["outputs"] == {"said": "ON"}
     listed = {w["name"]: w for w in (await client.call("workflows/list"))["workflows"]}
-    assert listed["yamlflow"] == {"name": "yamlflow", "version": 1,
-                                  "description": "from YAML text"}
+    assert listed["yamlflow"] == {"name": "yamlflow", "version": 1, "description": "from YAML text"}
 
 
 async def test_put_identical_keeps_the_version_and_a_change_bumps_it(client):
@@ -86,7 +87,9 @@ async def test_put_identical_keeps_the_version_and_a_change_bumps_it(client):
     assert old["version"] == 1 and old["steps"][0]["transform"] == 1
     # rollback: version 1 is current again, and new runs use it
     assert await client.call("workflows/rollback", {"name": "ver", "version": 1}) == {
-        "name": "ver", "version": 1}
+        "name": "ver",
+        "version": 1,
+    }
     versions = (await client.call("workflows/versions", {"name": "ver"}))["versions"]
     assert [(v["version"], v["current"]) for v in versions] == [(1, True), (2, False)]
     run_id = await start(client, "ver")
@@ -119,18 +122,22 @@ async def test_invalid_workflow_gets_32003_with_every_problem_and_lines(client):
     assert by_path["steps[1].transform"]["line"] == 7
     assert by_path["steps[2].bogus_field"]["line"] == 10
     assert by_path["steps[3].transform"]["line"] == 12
-    assert "broken" not in [w["name"] for w in (await client.call("workflows/list"))[
-        "workflows"]]
+    assert "broken" not in [w["name"] for w in (await client.call("workflows/list"))["workflows"]]
     # as an object: paths, no lines needed
-    error = await client.error("workflows/put", {"definition": {
-        "name": "bad", "steps": [{"id": "x", "nosuchsteptype": 1}]}})
+    error = await client.error(
+        "workflows/put",
+        {"definition": {"name": "bad", "steps": [{"id": "x", "nosuchsteptype": 1}]}},
+    )
     assert error["code"] == -32003 and error["data"][0]["path"].startswith("steps[0]")
     # a duplicate id names the first one
-    error = await client.error("workflows/put", {"source": (
-        "name: dup\nsteps:\n  - {id: a, transform: 1}\n  - {id: a, transform: 2}\n")})
+    error = await client.error(
+        "workflows/put",
+        {"source": ("name: dup\nsteps:\n  - {id: a, transform: 1}\n  - {id: a, transform: 2}\n")},
+    )
     assert error["code"] == -32003
-    assert error["data"] == [{"path": "steps[1].id", "line": 4,
-                              "message": "duplicate step id 'a' (first at steps[0])"}]
+    assert error["data"] == [
+        {"path": "steps[1].id", "line": 4, "message": "duplicate step id 'a' (first at steps[0])"}
+    ]
     # not even YAML
     error = await client.error("workflows/put", {"source": "name: [unclosed\n  steps: -"})
     assert error["code"] == -32003 and error["data"]
@@ -138,37 +145,49 @@ async def test_invalid_workflow_gets_32003_with_every_problem_and_lines(client):
 
 async def test_validate_reports_without_registering(client):
     assert await client.call("workflows/validate", {"source": GOOD_YAML}) == {
-        "valid": True, "errors": []}
+        "valid": True,
+        "errors": [],
+    }
     result = await client.call("workflows/validate", {"source": BROKEN_YAML})
     assert result["valid"] is False
     assert len(result["errors"]) >= 3
     assert all("line" in e and "path" in e and "message" in e for e in result["errors"])
     names = [w["name"] for w in (await client.call("workflows/list"))["workflows"]]
     assert "yamlflow" not in names and "broken" not in names
-    cycle = {"name": "cyc", "steps": [{"id": "a", "transform": "${steps.b.output}"},
-                                      {"id": "b", "transform": "${steps.a.output}"}]}
+    cycle = {
+        "name": "cyc",
+        "steps": [
+            {"id": "a", "transform": "${steps.b.output}"},
+            {"id": "b", "transform": "${steps.a.output}"},
+        ],
+    }
     result = await client.call("workflows/validate", {"definition": cycle})
     assert result["valid"] is False
     assert "a" in str(result["errors"]) and "b" in str(result["errors"])
 
 
 async def test_definition_params_need_exactly_one_of_the_two(client):
-    for params in ({}, {"definition": QUICK, "source": GOOD_YAML}, {"definition": None},
-                   {"source": 5}):
+    for params in (
+        {},
+        {"definition": QUICK, "source": GOOD_YAML},
+        {"definition": None},
+        {"source": 5},
+    ):
         for method in ("workflows/put", "workflows/validate"):
             assert (await client.error(method, params))["code"] == -32602, (method, params)
 
 
 async def test_unknown_workflow_errors(client):
-    for method, params in [("workflows/get", {"name": "nope"}),
-                           ("workflows/get", {"name": "quick", "version": 9}),
-                           ("workflows/delete", {"name": "nope"}),
-                           ("workflows/versions", {"name": "nope"}),
-                           ("workflows/rollback", {"name": "nope", "version": 1}),
-                           ("workflows/rollback", {"name": "quick", "version": 9}),
-                           ("runs/start", {"workflow": "nope"}),
-                           ("runs/start", {"workflow": "quick", "version": 9,
-                                           "inputs": {"x": 1}})]:
+    for method, params in [
+        ("workflows/get", {"name": "nope"}),
+        ("workflows/get", {"name": "quick", "version": 9}),
+        ("workflows/delete", {"name": "nope"}),
+        ("workflows/versions", {"name": "nope"}),
+        ("workflows/rollback", {"name": "nope", "version": 1}),
+        ("workflows/rollback", {"name": "quick", "version": 9}),
+        ("runs/start", {"workflow": "nope"}),
+        ("runs/start", {"workflow": "quick", "version": 9, "inputs": {"x": 1}}),
+    ]:
         error = await client.error(method, params)
         assert error["code"] == -32001, (method, error)
         assert error["message"]
@@ -201,14 +220,16 @@ async def test_start_get_wait(client):
 
 
 async def test_unknown_run_errors(client):
-    for method, params in [("runs/get", {"runId": "nope"}),
-                           ("runs/wait", {"runId": "nope", "timeout": 1}),
-                           ("runs/cancel", {"runId": "nope"}),
-                           ("runs/pause", {"runId": "nope"}),
-                           ("runs/resume", {"runId": "nope"}),
-                           ("runs/signal", {"runId": "nope", "event": "go"}),
-                           ("runs/events", {"runId": "nope"}),
-                           ("runs/subscribe", {"runId": "nope"})]:
+    for method, params in [
+        ("runs/get", {"runId": "nope"}),
+        ("runs/wait", {"runId": "nope", "timeout": 1}),
+        ("runs/cancel", {"runId": "nope"}),
+        ("runs/pause", {"runId": "nope"}),
+        ("runs/resume", {"runId": "nope"}),
+        ("runs/signal", {"runId": "nope", "event": "go"}),
+        ("runs/events", {"runId": "nope"}),
+        ("runs/subscribe", {"runId": "nope"}),
+    ]:
         error = await client.error(method, params)
         assert error["code"] == -32002, (method, error)
 
@@ -237,7 +258,7 @@ async def test_list_filters_and_cursor_pagination(client):
     for run_id in quick:
         await client.call("runs/wait", {"runId": run_id, "timeout": 5})
     await wait_status(client, gate, "waiting")
-    everything = (await client.call("runs/list"))
+    everything = await client.call("runs/list")
     assert len(everything["runs"]) == 8 and everything["nextCursor"] is None
     assert [r["id"] for r in everything["runs"]][0] == gate  # newest first
     pages, cursor = [], None
@@ -255,7 +276,7 @@ async def test_list_filters_and_cursor_pagination(client):
     assert {"id", "workflow", "version", "status", "created_at"} <= set(summary)
     waiting = (await client.call("runs/list", {"status": "waiting"}))["runs"]
     assert [r["id"] for r in waiting] == [gate]
-    succeeded = (await client.call("runs/list", {"status": "succeeded", "workflow": "gate"}))
+    succeeded = await client.call("runs/list", {"status": "succeeded", "workflow": "gate"})
     assert succeeded["runs"] == []
     assert len((await client.call("runs/list", {"status": "succeeded"}))["runs"]) == 7
     bad = await client.error("runs/list", {"cursor": "not-a-cursor"})
@@ -277,8 +298,10 @@ async def test_signal_reaches_a_wait_step(client):
     run_id = await start(client, "gate")
     waiting = await wait_status(client, run_id, "waiting")
     assert waiting["steps"]["hold"]["status"] == "waiting"
-    assert await client.call("runs/signal", {"runId": run_id, "event": "go",
-                                             "data": {"ok": [1, 2]}}) == {}
+    assert (
+        await client.call("runs/signal", {"runId": run_id, "event": "go", "data": {"ok": [1, 2]}})
+        == {}
+    )
     run = (await client.call("runs/wait", {"runId": run_id, "timeout": 5}))["run"]
     assert run["status"] == "succeeded"
     assert run["outputs"] == {"got": {"ok": [1, 2]}}
@@ -303,11 +326,19 @@ async def test_cancel(client, probe):
 
 
 async def test_pause_and_resume(client, probe):
-    two = {"name": "two", "steps": [
-        {"id": "first", "tool": "probe.work", "with": {"seconds": 0.3, "label": "1"}},
-        {"id": "second", "tool": "probe.work", "with": {"seconds": 0.0, "label": "2"},
-         "needs": ["first"]}],
-        "outputs": {"last": "${steps.second.output}"}}
+    two = {
+        "name": "two",
+        "steps": [
+            {"id": "first", "tool": "probe.work", "with": {"seconds": 0.3, "label": "1"}},
+            {
+                "id": "second",
+                "tool": "probe.work",
+                "with": {"seconds": 0.0, "label": "2"},
+                "needs": ["first"],
+            },
+        ],
+        "outputs": {"last": "${steps.second.output}"},
+    }
     await client.call("workflows/put", {"definition": two})
     run_id = await start(client, "two")
     with anyio.fail_after(5):
@@ -348,10 +379,10 @@ async def test_events_since_and_limit(client):
     assert seqs == list(range(1, len(events) + 1)) and len(events) >= 5
     assert events[0]["type"] == "run.created" and events[-1]["type"] == "run.succeeded"
     assert {"runId", "seq", "type", "step", "data", "ts"} <= set(events[0])
-    window = (await client.call("runs/events", {"runId": run_id, "since": 2, "limit": 2}))
+    window = await client.call("runs/events", {"runId": run_id, "since": 2, "limit": 2})
     assert [e["seq"] for e in window["events"]] == [3, 4]
     assert window["events"] == events[2:4]
-    tail = (await client.call("runs/events", {"runId": run_id, "since": len(events)}))
+    tail = await client.call("runs/events", {"runId": run_id, "since": len(events)})
     assert tail["events"] == []
 
 
@@ -370,8 +401,16 @@ async def test_host_info_reports_limits_and_counts(served, client):
     assert info["name"] == "plait" and info["version"]
     assert info["uptime"] >= 0
     assert info["limits"] == served.host.config.limits.model_dump()
-    for key in ("max_message_bytes", "max_batch", "max_connections", "max_inflight",
-                "batch_concurrency", "max_nesting", "send_queue_messages", "send_queue_bytes"):
+    for key in (
+        "max_message_bytes",
+        "max_batch",
+        "max_connections",
+        "max_inflight",
+        "batch_concurrency",
+        "max_nesting",
+        "send_queue_messages",
+        "send_queue_bytes",
+    ):
         assert key in info["limits"]
     counts = info["counts"]
     assert counts["workflows"] == 3
@@ -382,16 +421,23 @@ async def test_host_info_reports_limits_and_counts(served, client):
 
 
 async def test_limits_from_config_are_reported(tmp_path, pm):
-    async with serving(tmp_path, pm, max_batch=7, max_inflight=3, max_connections=5) as s, \
-            s.client() as c:
+    async with (
+        serving(tmp_path, pm, max_batch=7, max_inflight=3, max_connections=5) as s,
+        s.client() as c,
+    ):
         limits = (await c.call("host/info"))["limits"]
-        assert (limits["max_batch"], limits["max_inflight"], limits["max_connections"]) == (
-            7, 3, 5)
+        assert (limits["max_batch"], limits["max_inflight"], limits["max_connections"]) == (7, 3, 5)
 
 
 async def test_tool_not_found_is_32005(client):
-    await client.call("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
-                                     "clientInfo": {"name": "e2e", "version": "1"}})
+    await client.call(
+        "initialize",
+        {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "e2e", "version": "1"},
+        },
+    )
     error = await client.error("tools/call", {"name": "no.such.tool", "arguments": {}})
     assert error["code"] == -32005
 
@@ -403,8 +449,14 @@ async def test_more_than_max_inflight_requests_get_busy(tmp_path, pm):
     async with serving(tmp_path, pm, max_inflight=2) as s, s.client() as c:
         run_id = (await c.call("runs/start", {"workflow": "gate"}))["runId"]
         for i in range(5):
-            await c.send({"jsonrpc": "2.0", "method": "runs/wait", "id": f"w{i}",
-                          "params": {"runId": run_id, "timeout": 3}})
+            await c.send(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "runs/wait",
+                    "id": f"w{i}",
+                    "params": {"runId": run_id, "timeout": 3},
+                }
+            )
         busy = []
         with anyio.fail_after(1):
             while len(busy) < 3:
@@ -425,8 +477,14 @@ async def test_more_than_max_inflight_requests_get_busy(tmp_path, pm):
 async def test_busy_is_per_connection(tmp_path, pm):
     async with serving(tmp_path, pm, max_inflight=1) as s, s.client() as a, s.client() as b:
         run_id = (await a.call("runs/start", {"workflow": "gate"}))["runId"]
-        await a.send({"jsonrpc": "2.0", "method": "runs/wait", "id": "held",
-                      "params": {"runId": run_id, "timeout": 3}})
+        await a.send(
+            {
+                "jsonrpc": "2.0",
+                "method": "runs/wait",
+                "id": "held",
+                "params": {"runId": run_id, "timeout": 3},
+            }
+        )
         await anyio.sleep(0.05)
         assert (await a.error("ping"))["code"] == -32006
         assert await b.ping_time() < 0.5

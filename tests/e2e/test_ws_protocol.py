@@ -29,13 +29,25 @@ async def test_malformed_json_gets_the_exact_parse_error_and_the_connection_stay
     await client.send('{"jsonrpc":"2.0","method":"foo,"params":"bar","baz]')
     reply = await client.recv()
     reply["error"].pop("data", None)  # data is optional
-    assert reply == {"jsonrpc": "2.0", "error": {"code": -32700, "message": "Parse error"},
-                     "id": None}
+    assert reply == {
+        "jsonrpc": "2.0",
+        "error": {"code": -32700, "message": "Parse error"},
+        "id": None,
+    }
     await assert_serving(client)
 
 
-@pytest.mark.parametrize("text", ['{"jsonrpc":"2.0","method":"ping","id":1',  # truncated
-                                  "", "   ", "\x00", "{'single': 'quotes'}", "[1,]"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"jsonrpc":"2.0","method":"ping","id":1',  # truncated
+        "",
+        "   ",
+        "\x00",
+        "{'single': 'quotes'}",
+        "[1,]",
+    ],
+)
 async def test_other_non_json_gets_parse_error_with_null_id(client, text):
     await client.send(text)
     reply = await client.recv()
@@ -53,11 +65,21 @@ async def test_non_utf8_binary_frame_gets_parse_error(client):
 # -- 2-4. envelopes and ids --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ['"x"', "42", "null", "true", "false", "3.5",
-                                  '{"jsonrpc":"2.0","method":1}',
-                                  '{"jsonrpc":"2.0","method":1,"id":7}',
-                                  '{"jsonrpc":"2.0","method":null,"id":7}',
-                                  '{"jsonrpc":"2.0","id":7}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"x"',
+        "42",
+        "null",
+        "true",
+        "false",
+        "3.5",
+        '{"jsonrpc":"2.0","method":1}',
+        '{"jsonrpc":"2.0","method":1,"id":7}',
+        '{"jsonrpc":"2.0","method":null,"id":7}',
+        '{"jsonrpc":"2.0","id":7}',
+    ],
+)
 async def test_non_request_gets_a_single_invalid_request_with_null_id(client, text):
     await client.send(text)
     reply = await client.recv()
@@ -68,9 +90,18 @@ async def test_non_request_gets_a_single_invalid_request_with_null_id(client, te
     await assert_serving(client)
 
 
-@pytest.mark.parametrize("envelope", [{}, {"jsonrpc": "1.0"}, {"jsonrpc": "2"},
-                                      {"jsonrpc": 2.0}, {"jsonrpc": "2.0 "},
-                                      {"jsonrpc": None}, {"jsonrpc": ["2.0"]}])
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        {},
+        {"jsonrpc": "1.0"},
+        {"jsonrpc": "2"},
+        {"jsonrpc": 2.0},
+        {"jsonrpc": "2.0 "},
+        {"jsonrpc": None},
+        {"jsonrpc": ["2.0"]},
+    ],
+)
 async def test_jsonrpc_member_missing_or_not_exactly_2_0(client, envelope):
     await client.send({**envelope, "method": "ping", "id": 5})
     reply = await client.recv()
@@ -82,16 +113,23 @@ async def test_jsonrpc_member_missing_or_not_exactly_2_0(client, envelope):
 @pytest.mark.parametrize("bad_id", [{"a": 1}, [1], [], True, False])
 async def test_object_array_and_boolean_ids_are_invalid(served, client, bad_id):
     before = len(served.host.engine.runs)
-    await client.send({"jsonrpc": "2.0", "method": "runs/start",
-                       "params": {"workflow": "quick", "inputs": {"x": 1}}, "id": bad_id})
+    await client.send(
+        {
+            "jsonrpc": "2.0",
+            "method": "runs/start",
+            "params": {"workflow": "quick", "inputs": {"x": 1}},
+            "id": bad_id,
+        }
+    )
     reply = await client.recv()
     assert reply["error"]["code"] == -32600 and reply["id"] is None
     assert len(served.host.engine.runs) == before  # not executed
     await assert_serving(client)
 
 
-@pytest.mark.parametrize("rid", ["1", 1, "", "abc-😀", 0, -5, 2**53 + 1, 2**64 + 7,
-                                 -(2**63) - 1, 10**40])
+@pytest.mark.parametrize(
+    "rid", ["1", 1, "", "abc-😀", 0, -5, 2**53 + 1, 2**64 + 7, -(2**63) - 1, 10**40]
+)
 async def test_string_and_integer_ids_are_echoed_exactly(client, rid):
     await client.send(f'{{"jsonrpc":"2.0","method":"ping","id":{json.dumps(rid)}}}')
     text = await client.recv_text()
@@ -103,8 +141,9 @@ async def test_string_and_integer_ids_are_echoed_exactly(client, rid):
 
 
 async def test_one_and_string_one_are_distinct_requests(client):
-    await client.send('[{"jsonrpc":"2.0","method":"ping","id":1},'
-                      '{"jsonrpc":"2.0","method":"ping","id":"1"}]')
+    await client.send(
+        '[{"jsonrpc":"2.0","method":"ping","id":1},{"jsonrpc":"2.0","method":"ping","id":"1"}]'
+    )
     reply = await client.recv()
     ids = sorted((type(r["id"]).__name__, r["id"]) for r in reply)
     assert ids == [("int", 1), ("str", "1")]
@@ -114,9 +153,24 @@ async def test_one_and_string_one_are_distinct_requests(client):
 # -- 5. unknown methods ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["nope", "", "__class__", "__init__", "__call__", "__dict__",
-                                    "rpc.discover", "rpc.", "rpc.anything", "RUNS/GET",
-                                    "runs/get ", "server/discover", "dispatch"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "nope",
+        "",
+        "__class__",
+        "__init__",
+        "__call__",
+        "__dict__",
+        "rpc.discover",
+        "rpc.",
+        "rpc.anything",
+        "RUNS/GET",
+        "runs/get ",
+        "server/discover",
+        "dispatch",
+    ],
+)
 @pytest.mark.parametrize("rid", [7, "seven"])
 async def test_unknown_methods_get_method_not_found_with_the_request_id(client, method, rid):
     reply = await client.request(method, {}, id=rid)
@@ -134,32 +188,34 @@ async def test_no_rpc_method_is_registered(served):
 # -- 6. params -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "params"), [
-    ("runs/get", {}),                                   # missing
-    ("runs/get", {"runId": "x", "bogus": 1}),           # unknown named param
-    ("runs/get", {"runId": 5}),                         # wrong type
-    ("runs/get", {"runId": None}),
-    ("runs/get", ["x"]),                                # by position
-    ("runs/get", ["x", "y"]),
-    ("runs/wait", {"runId": "x", "timeout": "soon"}),
-    ("runs/wait", {"runId": "x", "timeout": -1}),
-    ("runs/events", {"runId": "x", "since": "0"}),
-    ("runs/events", {"runId": "x", "limit": 0}),
-    ("runs/start", {"workflow": "quick", "inputs": [1]}),
-    ("runs/start", {"workflow": 3}),
-    ("runs/list", {"limit": True}),
-    ("runs/list", {"status": "nonsense"}),
-    ("workflows/get", {"name": "quick", "version": "1"}),
-    ("workflows/put", {"definition": "not an object"}),
-    ("workflows/put", {}),
-    ("host/info", {"x": 1}),
-    ("host/info", [1]),
-    ("plugins/list", {"verbose": True}),
-    ("runs/subscribe", {"runId": 1}),
-    ("ping", [1, 2]),
-])
-async def test_wrong_params_get_invalid_params_with_the_request_id(client, caplog, method,
-                                                                    params):
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("runs/get", {}),  # missing
+        ("runs/get", {"runId": "x", "bogus": 1}),  # unknown named param
+        ("runs/get", {"runId": 5}),  # wrong type
+        ("runs/get", {"runId": None}),
+        ("runs/get", ["x"]),  # by position
+        ("runs/get", ["x", "y"]),
+        ("runs/wait", {"runId": "x", "timeout": "soon"}),
+        ("runs/wait", {"runId": "x", "timeout": -1}),
+        ("runs/events", {"runId": "x", "since": "0"}),
+        ("runs/events", {"runId": "x", "limit": 0}),
+        ("runs/start", {"workflow": "quick", "inputs": [1]}),
+        ("runs/start", {"workflow": 3}),
+        ("runs/list", {"limit": True}),
+        ("runs/list", {"status": "nonsense"}),
+        ("workflows/get", {"name": "quick", "version": "1"}),
+        ("workflows/put", {"definition": "not an object"}),
+        ("workflows/put", {}),
+        ("host/info", {"x": 1}),
+        ("host/info", [1]),
+        ("plugins/list", {"verbose": True}),
+        ("runs/subscribe", {"runId": 1}),
+        ("ping", [1, 2]),
+    ],
+)
+async def test_wrong_params_get_invalid_params_with_the_request_id(client, caplog, method, params):
     caplog.set_level(logging.DEBUG)
     reply = await client.request(method, params, id="p1")
     assert reply["id"] == "p1"
@@ -177,15 +233,15 @@ async def test_notifications_are_never_answered(served, client):
 
     served.host.dispatcher.add(MethodSpec("test/boom", boom, None))
     for message in [
-        {"jsonrpc": "2.0", "method": "host/info"},                           # succeeds
+        {"jsonrpc": "2.0", "method": "host/info"},  # succeeds
         {"jsonrpc": "2.0", "method": "ping"},
         {"jsonrpc": "2.0", "method": "runs/get", "params": {"runId": "nope"}},  # domain error
-        {"jsonrpc": "2.0", "method": "runs/get", "params": {"bogus": 1}},      # bad params
+        {"jsonrpc": "2.0", "method": "runs/get", "params": {"bogus": 1}},  # bad params
         {"jsonrpc": "2.0", "method": "runs/get", "params": ["x"]},
-        {"jsonrpc": "2.0", "method": "no/such/method"},                      # unknown
+        {"jsonrpc": "2.0", "method": "no/such/method"},  # unknown
         {"jsonrpc": "2.0", "method": "rpc.discover"},
-        {"jsonrpc": "2.0", "method": "test/boom"},                            # crashes
-        {"jsonrpc": "2.0", "method": "tools/list"},                           # needs initialize
+        {"jsonrpc": "2.0", "method": "test/boom"},  # crashes
+        {"jsonrpc": "2.0", "method": "tools/list"},  # needs initialize
     ]:
         await client.send(message)
     await client.silent(0.3)
@@ -194,8 +250,13 @@ async def test_notifications_are_never_answered(served, client):
 
 
 async def test_a_notification_is_executed(served, client):
-    await client.send({"jsonrpc": "2.0", "method": "runs/start",
-                       "params": {"workflow": "quick", "inputs": {"x": 4}}})
+    await client.send(
+        {
+            "jsonrpc": "2.0",
+            "method": "runs/start",
+            "params": {"workflow": "quick", "inputs": {"x": 4}},
+        }
+    )
     await client.silent(0.3)
     runs = (await client.call("runs/list", {"workflow": "quick"}))["runs"]
     assert len(runs) == 1
@@ -226,16 +287,19 @@ async def test_batch_of_non_objects_gets_an_array_of_invalid_requests(client):
 
 
 async def test_spec_mixed_batch(served, client):
-    put = {"definition": {"name": "from-notification",
-                          "steps": [{"id": "a", "transform": "1"}]}}
+    put = {"definition": {"name": "from-notification", "steps": [{"id": "a", "transform": "1"}]}}
     batch = [
         {"jsonrpc": "2.0", "method": "host/info", "id": "1"},
-        {"jsonrpc": "2.0", "method": "workflows/put", "params": put},      # notification
+        {"jsonrpc": "2.0", "method": "workflows/put", "params": put},  # notification
         {"jsonrpc": "2.0", "method": "workflows/list", "id": "2"},
         {"foo": "boo"},
         {"jsonrpc": "2.0", "method": "foo.get", "params": {"name": "myself"}, "id": "5"},
-        {"jsonrpc": "2.0", "method": "runs/start",
-         "params": {"workflow": "quick", "inputs": {"x": 21}}, "id": "9"},
+        {
+            "jsonrpc": "2.0",
+            "method": "runs/start",
+            "params": {"workflow": "quick", "inputs": {"x": 21}},
+            "id": "9",
+        },
     ]
     await client.send(batch)
     reply = await client.recv()
@@ -256,19 +320,35 @@ async def test_spec_mixed_batch(served, client):
 
 
 async def test_batch_of_only_notifications_produces_no_frame(served, client):
-    await client.send([{"jsonrpc": "2.0", "method": "ping"},
-                       {"jsonrpc": "2.0", "method": "runs/start",
-                        "params": {"workflow": "quick", "inputs": {"x": 1}}},
-                       {"jsonrpc": "2.0", "method": "nope"}])
+    await client.send(
+        [
+            {"jsonrpc": "2.0", "method": "ping"},
+            {
+                "jsonrpc": "2.0",
+                "method": "runs/start",
+                "params": {"workflow": "quick", "inputs": {"x": 1}},
+            },
+            {"jsonrpc": "2.0", "method": "nope"},
+        ]
+    )
     await client.silent(0.3)
     assert await client.request("ping", id=1) == {"jsonrpc": "2.0", "result": {}, "id": 1}
     assert len((await client.call("runs/list"))["runs"]) == 1  # the valid one ran
 
 
 def _starts(n: int) -> str:
-    return json.dumps([{"jsonrpc": "2.0", "method": "runs/start",
-                        "params": {"workflow": "quick", "inputs": {"x": i}}, "id": i}
-                       for i in range(n)], separators=(",", ":"))
+    return json.dumps(
+        [
+            {
+                "jsonrpc": "2.0",
+                "method": "runs/start",
+                "params": {"workflow": "quick", "inputs": {"x": i}},
+                "id": i,
+            }
+            for i in range(n)
+        ],
+        separators=(",", ":"),
+    )
 
 
 async def test_batch_over_the_limit_is_refused_whole_and_nothing_runs(served, client):
@@ -305,13 +385,25 @@ async def test_ten_thousand_item_batch_is_refused_within_a_second(served, client
 async def test_batch_items_run_with_bounded_concurrency(served, client, probe):
     # MCP tools/call of probe.work records the tool's peak concurrency; batches are allowed
     # under MCP 2025-03-26.
-    init = await client.call("initialize", {"protocolVersion": "2025-03-26", "capabilities": {},
-                                            "clientInfo": {"name": "e2e", "version": "1"}})
+    init = await client.call(
+        "initialize",
+        {
+            "protocolVersion": "2025-03-26",
+            "capabilities": {},
+            "clientInfo": {"name": "e2e", "version": "1"},
+        },
+    )
     assert init["protocolVersion"] == "2025-03-26"
     await client.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-    batch = [{"jsonrpc": "2.0", "method": "tools/call", "id": i,
-              "params": {"name": "probe.work", "arguments": {"seconds": 0.1, "label": str(i)}}}
-             for i in range(40)]
+    batch = [
+        {
+            "jsonrpc": "2.0",
+            "method": "tools/call",
+            "id": i,
+            "params": {"name": "probe.work", "arguments": {"seconds": 0.1, "label": str(i)}},
+        }
+        for i in range(40)
+    ]
     start = time.perf_counter()
     await client.send(batch)
     reply = await client.recv(timeout=10)
@@ -327,24 +419,51 @@ async def test_batch_items_run_with_bounded_concurrency(served, client, probe):
 
 async def test_batch_concurrency_is_per_batch_limit_and_configurable(tmp_path, pm, probe):
     async with serving(tmp_path, pm, batch_concurrency=3) as s, s.client() as c:
-        await c.call("initialize", {"protocolVersion": "2025-03-26", "capabilities": {},
-                                    "clientInfo": {"name": "e2e", "version": "1"}})
-        await c.send([{"jsonrpc": "2.0", "method": "tools/call", "id": i,
-                       "params": {"name": "probe.work", "arguments": {"seconds": 0.05}}}
-                      for i in range(12)])
+        await c.call(
+            "initialize",
+            {
+                "protocolVersion": "2025-03-26",
+                "capabilities": {},
+                "clientInfo": {"name": "e2e", "version": "1"},
+            },
+        )
+        await c.send(
+            [
+                {
+                    "jsonrpc": "2.0",
+                    "method": "tools/call",
+                    "id": i,
+                    "params": {"name": "probe.work", "arguments": {"seconds": 0.05}},
+                }
+                for i in range(12)
+            ]
+        )
         reply = await c.recv(timeout=10)
         assert len(reply) == 12
         assert probe.peak == 3
 
 
-async def test_batch_concurrency_is_bounded_per_connection_across_batches(served, client,
-                                                                          probe):
-    await client.call("initialize", {"protocolVersion": "2025-03-26", "capabilities": {},
-                                     "clientInfo": {"name": "e2e", "version": "1"}})
+async def test_batch_concurrency_is_bounded_per_connection_across_batches(served, client, probe):
+    await client.call(
+        "initialize",
+        {
+            "protocolVersion": "2025-03-26",
+            "capabilities": {},
+            "clientInfo": {"name": "e2e", "version": "1"},
+        },
+    )
     for b in range(2):
-        await client.send([{"jsonrpc": "2.0", "method": "tools/call", "id": f"{b}-{i}",
-                            "params": {"name": "probe.work", "arguments": {"seconds": 0.2}}}
-                           for i in range(16)])
+        await client.send(
+            [
+                {
+                    "jsonrpc": "2.0",
+                    "method": "tools/call",
+                    "id": f"{b}-{i}",
+                    "params": {"name": "probe.work", "arguments": {"seconds": 0.2}},
+                }
+                for i in range(16)
+            ]
+        )
     replies = [await client.recv(timeout=10), await client.recv(timeout=10)]
     assert sorted(len(r) for r in replies) == [16, 16]
     assert probe.peak <= served.host.config.limits.batch_concurrency
@@ -363,8 +482,9 @@ async def test_a_result_with_an_overlong_integer_gets_internal_error(served, cli
 # -- 14-15. internal errors ------------------------------------------------------------------------
 
 
-async def test_handler_exception_gets_internal_error_with_only_a_correlation_id(served, client,
-                                                                                 caplog):
+async def test_handler_exception_gets_internal_error_with_only_a_correlation_id(
+    served, client, caplog
+):
     async def leaky(session, params):
         raise RuntimeError("secret /etc/passwd")
 
@@ -397,12 +517,22 @@ async def test_each_internal_error_gets_its_own_correlation_id(served, client):
     assert first["data"]["correlationId"] != second["data"]["correlationId"]
 
 
-@pytest.mark.parametrize("value", [{1, 2}, math.nan, math.inf, -math.inf, b"bytes", print,
-                                   {"nested": [object()]}, {1: "int key"}, (x for x in ())],
-                         ids=["set", "nan", "inf", "-inf", "bytes", "function", "object",
-                              "int-key", "generator"])
-async def test_non_json_result_gets_internal_error_and_the_connection_stays(served, client,
-                                                                             value):
+@pytest.mark.parametrize(
+    "value",
+    [
+        {1, 2},
+        math.nan,
+        math.inf,
+        -math.inf,
+        b"bytes",
+        print,
+        {"nested": [object()]},
+        {1: "int key"},
+        (x for x in ()),
+    ],
+    ids=["set", "nan", "inf", "-inf", "bytes", "function", "object", "int-key", "generator"],
+)
+async def test_non_json_result_gets_internal_error_and_the_connection_stays(served, client, value):
     async def returns(session, params):
         return value
 
@@ -423,8 +553,12 @@ async def test_non_json_result_inside_a_batch_fails_only_its_item(served, client
         return {1, 2}
 
     served.host.dispatcher.add(MethodSpec("test/set", returns, None))
-    await client.send([{"jsonrpc": "2.0", "method": "test/set", "id": 1},
-                       {"jsonrpc": "2.0", "method": "ping", "id": 2}])
+    await client.send(
+        [
+            {"jsonrpc": "2.0", "method": "test/set", "id": 1},
+            {"jsonrpc": "2.0", "method": "ping", "id": 2},
+        ]
+    )
     reply = {r["id"]: r for r in await client.recv()}
     assert reply[1]["error"]["code"] == -32603
     assert reply[2]["result"] == {}
@@ -435,8 +569,10 @@ async def test_non_json_result_inside_a_batch_fails_only_its_item(served, client
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 async def test_nan_and_infinity_in_a_request_are_refused(served, client, literal):
-    await client.send('{"jsonrpc":"2.0","method":"runs/start","params":{"workflow":"quick",'
-                      f'"inputs":{{"x":{literal}}}}},"id":1}}')
+    await client.send(
+        '{"jsonrpc":"2.0","method":"runs/start","params":{"workflow":"quick",'
+        f'"inputs":{{"x":{literal}}}}},"id":1}}'
+    )
     text = await client.recv_text()
     reply = json.loads(text)  # standard JSON
     assert reply["error"]["code"] in (-32700, -32602)
@@ -447,19 +583,27 @@ async def test_nan_and_infinity_in_a_request_are_refused(served, client, literal
 
 
 def _nested(depth: int) -> str:
-    return ('{"jsonrpc":"2.0","method":"ping","params":{"a":' + "[" * depth + "]" * depth
-            + '},"id":1}')
+    return (
+        '{"jsonrpc":"2.0","method":"ping","params":{"a":' + "[" * depth + "]" * depth + '},"id":1}'
+    )
 
 
-@pytest.mark.parametrize("text", [
-    _nested(70),
-    _nested(100_000),
-    '{"jsonrpc":"2.0","method":"ping","params":{"a":' + '{"b":' * 200 + "1" + "}" * 200
-    + '},"id":1}',
-    '{"jsonrpc":"2.0","method":"ping","params":{"n":' + "9" * 5000 + '},"id":1}',
-    '{"jsonrpc":"2.0","method":"ping","params":{"n":-' + "1" * 4301 + '},"id":1}',
-    '{"jsonrpc":"2.0","method":"ping","id":' + "7" * 5000 + "}",
-], ids=["depth70", "depth100k", "objects200", "digits5000", "digits4301", "id-digits5000"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        _nested(70),
+        _nested(100_000),
+        '{"jsonrpc":"2.0","method":"ping","params":{"a":'
+        + '{"b":' * 200
+        + "1"
+        + "}" * 200
+        + '},"id":1}',
+        '{"jsonrpc":"2.0","method":"ping","params":{"n":' + "9" * 5000 + '},"id":1}',
+        '{"jsonrpc":"2.0","method":"ping","params":{"n":-' + "1" * 4301 + '},"id":1}',
+        '{"jsonrpc":"2.0","method":"ping","id":' + "7" * 5000 + "}",
+    ],
+    ids=["depth70", "depth100k", "objects200", "digits5000", "digits4301", "id-digits5000"],
+)
 async def test_too_deep_or_too_long_numbers_are_refused_fast(served, client, text):
     assert len(text.encode()) < served.host.config.limits.max_message_bytes
     async with served.client() as other:
@@ -477,15 +621,15 @@ async def test_too_deep_or_too_long_numbers_are_refused_fast(served, client, tex
 
 async def test_nesting_at_the_limit_is_accepted(client):
     # params object (1) + 62 arrays + the envelope (1) = 64 levels
-    await client.send('{"jsonrpc":"2.0","method":"ping","params":{"a":' + "[" * 62 + "]" * 62
-                      + '},"id":1}')
+    await client.send(
+        '{"jsonrpc":"2.0","method":"ping","params":{"a":' + "[" * 62 + "]" * 62 + '},"id":1}'
+    )
     reply = await client.recv()
     assert reply["result"] == {}
 
 
 async def test_a_4300_digit_number_is_accepted(client):
-    await client.send('{"jsonrpc":"2.0","method":"ping","params":{"n":' + "9" * 4300
-                      + '},"id":1}')
+    await client.send('{"jsonrpc":"2.0","method":"ping","params":{"n":' + "9" * 4300 + '},"id":1}')
     reply = await client.recv()
     assert reply["result"] == {}
 
@@ -498,20 +642,30 @@ async def test_nesting_limit_is_configurable(tmp_path, pm):
         assert (await c.recv())["result"] == {}
 
 
-NUMBER = {"name": "num", "inputs": {"type": "object", "properties": {"v": {"type": "number"}}},
-          "steps": [{"id": "t", "transform": "${inputs.v}"}], "outputs": {"v": "${steps.t.output}"}}
+NUMBER = {
+    "name": "num",
+    "inputs": {"type": "object", "properties": {"v": {"type": "number"}}},
+    "steps": [{"id": "t", "transform": "${inputs.v}"}],
+    "outputs": {"v": "${steps.t.output}"},
+}
 
 
 @pytest.mark.parametrize("subscriber", [False, True], ids=["alone", "with-subscriber"])
 @pytest.mark.parametrize("literal", ["1e400", "-1E999"])
-async def test_number_literals_that_overflow_to_infinity_are_refused(tmp_path, pm, literal,
-                                                                     subscriber):
-    async with serving(tmp_path, pm, workflows=(NUMBER,)) as s, s.client() as c, \
-            s.client() as watcher:
+async def test_number_literals_that_overflow_to_infinity_are_refused(
+    tmp_path, pm, literal, subscriber
+):
+    async with (
+        serving(tmp_path, pm, workflows=(NUMBER,)) as s,
+        s.client() as c,
+        s.client() as watcher,
+    ):
         if subscriber:
             await watcher.call("runs/subscribe", {})
-        await c.send('{"jsonrpc":"2.0","method":"runs/start","params":{"workflow":"num",'
-                     f'"inputs":{{"v":{literal}}}}},"id":1}}')
+        await c.send(
+            '{"jsonrpc":"2.0","method":"runs/start","params":{"workflow":"num",'
+            f'"inputs":{{"v":{literal}}}}},"id":1}}'
+        )
         reply = await c.recv()
         assert reply["error"]["code"] in (-32700, -32602), reply
         await anyio.sleep(0.1)
@@ -521,8 +675,10 @@ async def test_number_literals_that_overflow_to_infinity_are_refused(tmp_path, p
 
 async def test_long_but_finite_floats_are_accepted(tmp_path, pm):
     async with serving(tmp_path, pm, workflows=(NUMBER,)) as s, s.client() as c:
-        await c.send('{"jsonrpc":"2.0","method":"runs/start","params":{"workflow":"num",'
-                     '"inputs":{"v":1.5e300}},"id":1}')
+        await c.send(
+            '{"jsonrpc":"2.0","method":"runs/start","params":{"workflow":"num",'
+            '"inputs":{"v":1.5e300}},"id":1}'
+        )
         run_id = (await c.recv())["result"]["runId"]
         run = (await c.call("runs/wait", {"runId": run_id, "timeout": 5}))["run"]
         assert run["outputs"] == {"v": 1.5e300}
@@ -534,6 +690,7 @@ async def test_top_level_nesting_and_brackets_inside_strings(client):
         reply = await client.recv()
         assert isinstance(reply, dict) and reply["error"]["code"] in (-32700, -32600)
     # brackets inside strings (with escaped quotes) are not nesting
-    await client.send('{"jsonrpc":"2.0","method":"ping","params":{"s":"\\"' + "[{" * 500
-                      + '"},"id":3}')
+    await client.send(
+        '{"jsonrpc":"2.0","method":"ping","params":{"s":"\\"' + "[{" * 500 + '"},"id":3}'
+    )
     assert (await client.recv())["result"] == {}

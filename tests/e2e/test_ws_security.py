@@ -49,8 +49,9 @@ async def test_default_bind_is_loopback(served):
     assert served.url == f"ws://127.0.0.1:{served.port}/rpc"
     tcp = Path("/proc/net/tcp")
     if tcp.exists():  # the listening socket's local address is 127.0.0.1 (0100007F)
-        listening = [line.split()[1] for line in tcp.read_text().splitlines()[1:]
-                     if line.split()[3] == "0A"]
+        listening = [
+            line.split()[1] for line in tcp.read_text().splitlines()[1:] if line.split()[3] == "0A"
+        ]
         assert f"0100007F:{served.port:04X}" in listening
         assert f"00000000:{served.port:04X}" not in listening
 
@@ -69,27 +70,32 @@ async def test_binding_all_interfaces_with_the_flag_logs_a_warning(tmp_path, pm,
     async with host:
         ready = anyio.Event()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: host.serve_websocket(token="t" * 32,
-                                                       ready=lambda u, t: ready.set()))
+            tg.start_soon(
+                lambda: host.serve_websocket(token="t" * 32, ready=lambda u, t: ready.set())
+            )
             with anyio.fail_after(WAIT):
                 await ready.wait()
             tg.cancel_scope.cancel()
-    assert any(r.levelno == logging.WARNING and "0.0.0.0" in r.getMessage()
-               for r in caplog.records)
+    assert any(r.levelno == logging.WARNING and "0.0.0.0" in r.getMessage() for r in caplog.records)
 
 
 # -- 26. Origin ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://localhost:3000",
-                                    "https://127.0.0.1"])
+@pytest.mark.parametrize(
+    "origin", ["http://evil.example", "null", "http://localhost:3000", "https://127.0.0.1"]
+)
 async def test_origin_not_on_the_allow_list_gets_403(served, origin):
     assert await handshake_status(served, origin=origin) == 403
 
 
 async def test_origin_is_checked_even_with_the_token_in_the_query(served):
-    status = await handshake_status(served, url=f"{served.url}?token={served.token}",
-                                    additional_headers={}, origin="http://evil.example")
+    status = await handshake_status(
+        served,
+        url=f"{served.url}?token={served.token}",
+        additional_headers={},
+        origin="http://evil.example",
+    )
     assert status == 403
 
 
@@ -115,9 +121,17 @@ async def test_host_header_must_name_this_server(served):
     for good in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
         status, _ = await http_status(port, upgrade_request(port, host=good, headers=auth))
         assert status == 101, good
-    for bad in ("evil.example", f"evil.example:{port}", "127.0.0.1", "localhost",
-                f"127.0.0.1:{port + 1}", f"localhost.evil.example:{port}", f"0.0.0.0:{port}",
-                f"127.0.0.2:{port}", ""):
+    for bad in (
+        "evil.example",
+        f"evil.example:{port}",
+        "127.0.0.1",
+        "localhost",
+        f"127.0.0.1:{port + 1}",
+        f"localhost.evil.example:{port}",
+        f"0.0.0.0:{port}",
+        f"127.0.0.2:{port}",
+        "",
+    ):
         status, data = await http_status(port, upgrade_request(port, host=bad, headers=auth))
         assert status == 403, (bad, data[:200])
         assert b"Upgrade: websocket" not in data
@@ -126,8 +140,7 @@ async def test_host_header_must_name_this_server(served):
 async def test_missing_host_header_is_refused(served):
     port = served.port
     request = upgrade_request(port, headers={"Authorization": f"Bearer {served.token}"})
-    request = b"\r\n".join(line for line in request.split(b"\r\n")
-                           if not line.startswith(b"Host:"))
+    request = b"\r\n".join(line for line in request.split(b"\r\n") if not line.startswith(b"Host:"))
     status, _ = await http_status(port, request)
     assert status in (400, 403)
 
@@ -143,8 +156,9 @@ async def test_health_answers_over_http_and_checks_the_host_header(served):
     bad = get.replace(f"127.0.0.1:{port}".encode(), b"rebound.example")
     status, _ = await http_status(port, bad)
     assert status == 403
-    status, _ = await http_status(port, upgrade_request(port, "/other", headers={
-        "Authorization": f"Bearer {served.token}"}))
+    status, _ = await http_status(
+        port, upgrade_request(port, "/other", headers={"Authorization": f"Bearer {served.token}"})
+    )
     assert status == 404
 
 
@@ -161,10 +175,17 @@ async def test_token_is_random_long_and_stored_privately(served):
     assert served.host.issue_token() != served.token  # per launch, fresh
 
 
-@pytest.mark.parametrize("headers", [
-    {}, {"Authorization": "Bearer "}, {"Authorization": "Bearer wrong"},
-    {"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": "token"},
-], ids=["none", "empty", "wrong", "basic", "bare"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "token"},
+    ],
+    ids=["none", "empty", "wrong", "basic", "bare"],
+)
 async def test_missing_or_wrong_token_gets_401(served, headers):
     assert await handshake_status(served, additional_headers=headers) == 401
 
@@ -172,27 +193,34 @@ async def test_missing_or_wrong_token_gets_401(served, headers):
 async def test_near_miss_tokens_get_401(served):
     token = served.token
     for given in (token[:-1], token + "x", token[::-1], token.swapcase(), token[:16]):
-        status = await handshake_status(served, additional_headers={
-            "Authorization": f"Bearer {given}"})
+        status = await handshake_status(
+            served, additional_headers={"Authorization": f"Bearer {given}"}
+        )
         assert status == 401
 
 
 async def test_token_in_the_query(served):
-    async with served.client(url=f"{served.url}?token={served.token}",
-                             additional_headers={}) as c:
+    async with served.client(url=f"{served.url}?token={served.token}", additional_headers={}) as c:
         assert await c.ping_time() < 0.5
-    assert await handshake_status(served, url=f"{served.url}?token=wrong",
-                                  additional_headers={}) == 401
-    assert await handshake_status(served, url=f"{served.url}?token=",
-                                  additional_headers={}) == 401
+    assert (
+        await handshake_status(served, url=f"{served.url}?token=wrong", additional_headers={})
+        == 401
+    )
+    assert await handshake_status(served, url=f"{served.url}?token=", additional_headers={}) == 401
 
 
 async def test_refused_handshake_reaches_no_method(served):
     port = served.port
     request = upgrade_request(port)  # no token
-    status, data = await http_status(port, request + ws_frame(
-        0x1, b'{"jsonrpc":"2.0","method":"runs/start","params":{"workflow":"quick",'
-             b'"inputs":{"x":1}},"id":1}'))
+    status, data = await http_status(
+        port,
+        request
+        + ws_frame(
+            0x1,
+            b'{"jsonrpc":"2.0","method":"runs/start","params":{"workflow":"quick",'
+            b'"inputs":{"x":1}},"id":1}',
+        ),
+    )
     assert status == 401
     assert served.host.engine.runs == {}
 
@@ -220,8 +248,9 @@ async def test_token_is_not_logged_even_at_debug(served, caplog, how):
         async with served.client() as c:
             await c.ping_time()
     else:
-        async with served.client(url=f"{served.url}?token={served.token}",
-                                 additional_headers={}) as c:
+        async with served.client(
+            url=f"{served.url}?token={served.token}", additional_headers={}
+        ) as c:
             await c.ping_time()
     assert host_log(caplog)  # the host did log at DEBUG
     assert served.token not in host_log(caplog)
@@ -231,14 +260,21 @@ async def test_token_is_not_logged_even_at_debug(served, caplog, how):
 
 
 async def test_oversized_message_closes_with_1009_and_others_keep_working(tmp_path, pm):
-    async with serving(tmp_path, pm, max_message_bytes=64 * 1024) as s, \
-            s.client() as other, s.client(max_size=None) as big:
-        ok = json.dumps({"jsonrpc": "2.0", "method": "ping", "id": 1,
-                         "params": {"pad": "x" * (60 * 1024)}})
+    async with (
+        serving(tmp_path, pm, max_message_bytes=64 * 1024) as s,
+        s.client() as other,
+        s.client(max_size=None) as big,
+    ):
+        ok = json.dumps(
+            {"jsonrpc": "2.0", "method": "ping", "id": 1, "params": {"pad": "x" * (60 * 1024)}}
+        )
         await big.send(ok)
         assert (await big.recv())["result"] == {}
-        await big.send(json.dumps({"jsonrpc": "2.0", "method": "ping", "id": 2,
-                                   "params": {"pad": "x" * (70 * 1024)}}))
+        await big.send(
+            json.dumps(
+                {"jsonrpc": "2.0", "method": "ping", "id": 2, "params": {"pad": "x" * (70 * 1024)}}
+            )
+        )
         with pytest.raises(ConnectionClosed) as info:
             await big.recv()
         assert info.value.rcvd is not None and info.value.rcvd.code == 1009
@@ -248,8 +284,9 @@ async def test_oversized_message_closes_with_1009_and_others_keep_working(tmp_pa
 async def test_size_limit_applies_after_decompression(served):
     async with served.client() as other, served.client(compression="deflate") as big:
         assert big.ws.protocol.extensions, "permessage-deflate negotiated"
-        payload = json.dumps({"jsonrpc": "2.0", "method": "ping", "id": 1,
-                              "params": {"pad": " " * (2 << 20)}})  # compresses to ~kB
+        payload = json.dumps(
+            {"jsonrpc": "2.0", "method": "ping", "id": 1, "params": {"pad": " " * (2 << 20)}}
+        )  # compresses to ~kB
         await big.send(payload)
         with pytest.raises(ConnectionClosed) as info:
             await big.recv()
@@ -313,29 +350,45 @@ BURST = {
     "name": "burst",
     "steps": [
         {"id": "hold", "wait": "go"},
-        {"id": "each", "loop": "${range(3000) | list}", "max_iterations": 5000,
-         "needs": ["hold"],
-         "steps": [{"id": "t", "transform": "${ 'x' * 2000 }"}],
-         "output": "${steps.t.output | length}"},
+        {
+            "id": "each",
+            "loop": "${range(3000) | list}",
+            "max_iterations": 5000,
+            "needs": ["hold"],
+            "steps": [{"id": "t", "transform": "${ 'x' * 2000 }"}],
+            "output": "${steps.t.output | length}",
+        },
     ],
     "outputs": {"n": "${steps.each.output | length}"},
 }
 
 
-async def test_slow_reader_is_dropped_with_a_bounded_queue_and_others_keep_receiving(tmp_path,
-                                                                                       pm):
+async def test_slow_reader_is_dropped_with_a_bounded_queue_and_others_keep_receiving(tmp_path, pm):
     limit = 50
-    async with serving(tmp_path, pm, send_queue_messages=limit, workflows=(BURST,)) as s, \
-            s.client() as good, s.client() as pinger:
+    async with (
+        serving(tmp_path, pm, send_queue_messages=limit, workflows=(BURST,)) as s,
+        s.client() as good,
+        s.client() as pinger,
+    ):
         run_id = (await good.call("runs/start", {"workflow": "burst"}))["runId"]
         await good.call("runs/subscribe", {"runId": run_id})
         # the slow client: a small receive window, subscribes, then never reads again
         before = set(s.host.sessions)
         stream, _ = await raw_websocket(s.port, s.token, rcvbuf=4096)
         async with stream:
-            await stream.send(ws_frame(0x1, json.dumps({
-                "jsonrpc": "2.0", "method": "runs/subscribe", "params": {"runId": run_id},
-                "id": 1}).encode()))
+            await stream.send(
+                ws_frame(
+                    0x1,
+                    json.dumps(
+                        {
+                            "jsonrpc": "2.0",
+                            "method": "runs/subscribe",
+                            "params": {"runId": run_id},
+                            "id": 1,
+                        }
+                    ).encode(),
+                )
+            )
             with anyio.fail_after(WAIT):
                 while not [x for x in s.host.sessions - before if x.subscriptions]:
                     await anyio.sleep(0.01)
@@ -347,8 +400,9 @@ async def test_slow_reader_is_dropped_with_a_bounded_queue_and_others_keep_recei
 
             async def watch() -> None:
                 while True:
-                    peak["messages"] = max(peak["messages"],
-                                           slow._send.statistics().current_buffer_used)
+                    peak["messages"] = max(
+                        peak["messages"], slow._send.statistics().current_buffer_used
+                    )
                     peak["bytes"] = max(peak["bytes"], slow._queued_bytes)
                     await anyio.sleep(0.002)
 
@@ -386,8 +440,9 @@ async def test_slow_reader_is_dropped_with_a_bounded_queue_and_others_keep_recei
 
 async def test_pings_are_answered_while_a_step_runs(served, client, probe):
     async with served.client() as other:
-        run_id = (await client.call("runs/start", {"workflow": "slow",
-                                                   "inputs": {"seconds": 1.0}}))["runId"]
+        run_id = (
+            await client.call("runs/start", {"workflow": "slow", "inputs": {"seconds": 1.0}})
+        )["runId"]
         with anyio.fail_after(WAIT):
             while probe.active == 0:
                 await anyio.sleep(0.01)
@@ -440,13 +495,17 @@ async def test_handshake_not_completed_is_dropped(tmp_path, pm, monkeypatch):
         assert await alive.ping_time() < 0.5
 
 
-@pytest.mark.parametrize(("frame", "codes"), [
-    (ws_frame(0x1, b'{"x":"\xff\xfe"}'), (1007,)),        # text frame, not UTF-8
-    (ws_frame(0x3, b"reserved"), (1002,)),               # reserved data opcode
-    (ws_frame(0xB, b""), (1002,)),                       # reserved control opcode
-    (ws_frame(0x0, b"orphan continuation"), (1002,)),
-    (bytes([0x81, 0x05]) + b"hello", (1002,)),           # unmasked client frame
-], ids=["non-utf8", "opcode3", "opcode11", "continuation", "unmasked"])
+@pytest.mark.parametrize(
+    ("frame", "codes"),
+    [
+        (ws_frame(0x1, b'{"x":"\xff\xfe"}'), (1007,)),  # text frame, not UTF-8
+        (ws_frame(0x3, b"reserved"), (1002,)),  # reserved data opcode
+        (ws_frame(0xB, b""), (1002,)),  # reserved control opcode
+        (ws_frame(0x0, b"orphan continuation"), (1002,)),
+        (bytes([0x81, 0x05]) + b"hello", (1002,)),  # unmasked client frame
+    ],
+    ids=["non-utf8", "opcode3", "opcode11", "continuation", "unmasked"],
+)
 async def test_malformed_frame_closes_only_that_connection(served, frame, codes):
     async with served.client() as other:
         stream, _ = await raw_websocket(served.port, served.token)

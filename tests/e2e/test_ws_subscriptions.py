@@ -15,8 +15,9 @@ NOTE_KEYS = {"subscription", "runId", "seq", "type", "step", "data", "ts"}
 TERMINAL = ("run.succeeded", "run.failed", "run.cancelled")
 
 
-async def events_until_terminal(client: Client, subscription: str, run_id: str,
-                                timeout: float = 10) -> list[dict]:
+async def events_until_terminal(
+    client: Client, subscription: str, run_id: str, timeout: float = 10
+) -> list[dict]:
     """``runs/event`` params of one run, read until its terminal event."""
     out = []
     with anyio.fail_after(timeout):
@@ -34,11 +35,16 @@ async def events_until_terminal(client: Client, subscription: str, run_id: str,
 
 
 async def test_reply_comes_first_then_the_backlog_with_consecutive_seq(served, client):
-    run_id = (await client.call("runs/start", {"workflow": "quick", "inputs": {"x": 2}}))[
-        "runId"]
+    run_id = (await client.call("runs/start", {"workflow": "quick", "inputs": {"x": 2}}))["runId"]
     await client.call("runs/wait", {"runId": run_id, "timeout": 5})
-    await client.send({"jsonrpc": "2.0", "method": "runs/subscribe", "id": "s",
-                       "params": {"runId": run_id, "since": 0}})
+    await client.send(
+        {
+            "jsonrpc": "2.0",
+            "method": "runs/subscribe",
+            "id": "s",
+            "params": {"runId": run_id, "since": 0},
+        }
+    )
     first = await client.recv()
     assert first["id"] == "s", "the subscribe response comes before any event"
     subscription = first["result"]["subscription"]
@@ -47,15 +53,17 @@ async def test_reply_comes_first_then_the_backlog_with_consecutive_seq(served, c
     stored = (await client.call("runs/events", {"runId": run_id}))["events"]
     assert [e["seq"] for e in events] == list(range(1, len(stored) + 1))
     assert [(e["type"], e["step"], e["data"]) for e in events] == [
-        (e["type"], e["step"], e["data"]) for e in stored]
+        (e["type"], e["step"], e["data"]) for e in stored
+    ]
     await client.silent(0.2)  # nothing after the terminal event
 
 
 async def test_live_events_follow_the_reply_in_order(served, client):
     served.host.register(ticker(10, 0.02))
     run_id = (await client.call("runs/start", {"workflow": "ticker10"}))["runId"]
-    await client.send({"jsonrpc": "2.0", "method": "runs/subscribe", "id": 1,
-                       "params": {"runId": run_id}})
+    await client.send(
+        {"jsonrpc": "2.0", "method": "runs/subscribe", "id": 1, "params": {"runId": run_id}}
+    )
     reply = await client.recv()
     assert reply["id"] == 1
     events = await events_until_terminal(client, reply["result"]["subscription"], run_id)
@@ -72,8 +80,7 @@ async def test_disconnect_mid_run_then_resume_from_the_last_seq(served, probe):
     seen: list[int] = []
     async with served.client() as first:
         run_id = (await first.call("runs/start", {"workflow": "ticker25"}))["runId"]
-        sub = (await first.call("runs/subscribe", {"runId": run_id, "since": 0}))[
-            "subscription"]
+        sub = (await first.call("runs/subscribe", {"runId": run_id, "since": 0}))["subscription"]
         with anyio.fail_after(5):
             while len(seen) < 12:
                 params = (await first.notification())["params"]
@@ -86,15 +93,16 @@ async def test_disconnect_mid_run_then_resume_from_the_last_seq(served, probe):
     async with served.client() as second:
         run = (await second.call("runs/get", {"runId": run_id}))["run"]
         assert run["status"] in ("running", "succeeded")
-        gap_events = (await second.call("runs/events", {"runId": run_id,
-                                                        "since": seen[-1]}))["events"]
+        gap_events = (await second.call("runs/events", {"runId": run_id, "since": seen[-1]}))[
+            "events"
+        ]
         assert gap_events, "events happened while disconnected"
         sub2 = (await second.call("runs/subscribe", {"runId": run_id, "since": seen[-1]}))[
-            "subscription"]
+            "subscription"
+        ]
         rest = await events_until_terminal(second, sub2, run_id)
         seen += [e["seq"] for e in rest]
-        total = len((await second.call("runs/events", {"runId": run_id, "limit": 10000}))[
-            "events"])
+        total = len((await second.call("runs/events", {"runId": run_id, "limit": 10000}))["events"])
         assert seen == list(range(1, total + 1)), "every event exactly once"
         done = (await second.call("runs/wait", {"runId": run_id, "timeout": 5}))["run"]
         assert done["status"] == "succeeded" and done["outputs"] == {"n": 25}
@@ -102,10 +110,17 @@ async def test_disconnect_mid_run_then_resume_from_the_last_seq(served, probe):
 
 async def test_disconnect_during_runs_wait_does_not_cancel_the_run(served):
     async with served.client() as first:
-        run_id = (await first.call("runs/start", {"workflow": "slow",
-                                                  "inputs": {"seconds": 0.5}}))["runId"]
-        await first.send({"jsonrpc": "2.0", "method": "runs/wait", "id": 9,
-                          "params": {"runId": run_id, "timeout": 10}})
+        run_id = (await first.call("runs/start", {"workflow": "slow", "inputs": {"seconds": 0.5}}))[
+            "runId"
+        ]
+        await first.send(
+            {
+                "jsonrpc": "2.0",
+                "method": "runs/wait",
+                "id": 9,
+                "params": {"runId": run_id, "timeout": 10},
+            }
+        )
         await anyio.sleep(0.1)
     async with served.client() as second:
         run = (await second.call("runs/wait", {"runId": run_id, "timeout": 5}))["run"]
@@ -115,11 +130,23 @@ async def test_disconnect_during_runs_wait_does_not_cancel_the_run(served):
 
 async def test_disconnect_during_an_mcp_workflow_call_does_not_cancel_the_run(served):
     async with served.client() as first:
-        await first.call("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
-                                        "clientInfo": {"name": "e2e", "version": "1"}})
+        await first.call(
+            "initialize",
+            {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "e2e", "version": "1"},
+            },
+        )
         await first.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        await first.send({"jsonrpc": "2.0", "method": "tools/call", "id": 1,
-                          "params": {"name": "workflow.slow", "arguments": {"seconds": 0.5}}})
+        await first.send(
+            {
+                "jsonrpc": "2.0",
+                "method": "tools/call",
+                "id": 1,
+                "params": {"name": "workflow.slow", "arguments": {"seconds": 0.5}},
+            }
+        )
         with anyio.fail_after(5):
             while not served.host.engine.runs:
                 await anyio.sleep(0.01)
@@ -203,8 +230,7 @@ async def test_subscribe_since_beyond_the_end_waits_for_new_events(served, clien
         while (await client.call("runs/get", {"runId": run_id}))["run"]["status"] != "waiting":
             await anyio.sleep(0.01)
     last = len((await client.call("runs/events", {"runId": run_id}))["events"])
-    sub = (await client.call("runs/subscribe", {"runId": run_id, "since": last}))[
-        "subscription"]
+    sub = (await client.call("runs/subscribe", {"runId": run_id, "since": last}))["subscription"]
     await client.silent(0.2)
     async with served.client() as other:
         await other.call("runs/signal", {"runId": run_id, "event": "go"})
@@ -214,12 +240,19 @@ async def test_subscribe_since_beyond_the_end_waits_for_new_events(served, clien
 
 
 async def test_subscribe_inside_a_batch_answers_the_batch_first(served, client):
-    run_id = (await client.call("runs/start", {"workflow": "quick", "inputs": {"x": 5}}))[
-        "runId"]
+    run_id = (await client.call("runs/start", {"workflow": "quick", "inputs": {"x": 5}}))["runId"]
     await client.call("runs/wait", {"runId": run_id, "timeout": 5})
-    await client.send([{"jsonrpc": "2.0", "method": "runs/subscribe", "id": "s",
-                        "params": {"runId": run_id, "since": 0}},
-                       {"jsonrpc": "2.0", "method": "ping", "id": "p"}])
+    await client.send(
+        [
+            {
+                "jsonrpc": "2.0",
+                "method": "runs/subscribe",
+                "id": "s",
+                "params": {"runId": run_id, "since": 0},
+            },
+            {"jsonrpc": "2.0", "method": "ping", "id": "p"},
+        ]
+    )
     batch = await client.recv()
     assert isinstance(batch, list), "the batch reply comes before any event"
     replies = {r["id"]: r for r in batch}

@@ -69,9 +69,12 @@ def test_buckets_never_refill_past_a_minute_of_budget():
 
 
 def test_estimates_count_the_conversation_the_tools_and_the_answer():
-    request = AgentRequest(messages=[
-        Message(role="user", content="x" * 400),
-        Message(role="assistant", tool_calls=[ToolCall("c1", "t", {"q": "y" * 100})]),
-    ], tools=[{"name": "t", "description": "d", "input_schema": {"type": "object"}}])
+    request = AgentRequest(
+        messages=[
+            Message(role="user", content="x" * 400),
+            Message(role="assistant", tool_calls=[ToolCall("c1", "t", {"q": "y" * 100})]),
+        ],
+        tools=[{"name": "t", "description": "d", "input_schema": {"type": "object"}}],
+    )
     tokens = estimate_tokens(request, answer=256)
     assert 100 + 25 + 256 <= tokens <= 100 + 25 + 256 + 40

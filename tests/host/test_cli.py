@@ -80,8 +80,10 @@ def test_run_json_succeeds(repo, capsys):
     run = json.loads(out)
     assert run["status"] == "succeeded"
     assert run["workflow"] == "retry"
-    assert run["outputs"] == {"report": "third time lucky; primary gave backup",
-                              "primary_status": "failed"}
+    assert run["outputs"] == {
+        "report": "third time lucky; primary gave backup",
+        "primary_status": "failed",
+    }
     assert run["steps"]["flaky"]["attempts"] == 3
     assert run["steps"]["primary"]["status"] == "failed"
     assert run["steps"]["backup"]["status"] == "succeeded"
@@ -89,8 +91,7 @@ def test_run_json_succeeds(repo, capsys):
 
 def test_run_writes_nothing_into_the_working_tree(repo, tmp_path, capsys):
     before = sorted(p.name for p in REPO.iterdir())
-    assert main(["run", "examples/retry.yaml", "--config", "examples/plait.toml",
-                 "--json"]) == 0
+    assert main(["run", "examples/retry.yaml", "--config", "examples/plait.toml", "--json"]) == 0
     capsys.readouterr()
     assert sorted(p.name for p in REPO.iterdir()) == before
     assert (tmp_path / "data").is_dir()
@@ -126,10 +127,12 @@ def test_plain_progress_lines_during_run(repo, capsys, monkeypatch):
     out, _ = capsys.readouterr()
     assert code == 0
     lines = out.splitlines()
-    assert any(re.fullmatch(r"\[\s*\d+\.\d{3}s\] flaky: started \(attempt 1\)", ln)
-               for ln in lines), out
-    assert any(re.search(r"flaky: retrying after attempt 1 in \d+\.\d\ds$", ln)
-               for ln in lines), out
+    assert any(
+        re.fullmatch(r"\[\s*\d+\.\d{3}s\] flaky: started \(attempt 1\)", ln) for ln in lines
+    ), out
+    assert any(re.search(r"flaky: retrying after attempt 1 in \d+\.\d\ds$", ln) for ln in lines), (
+        out
+    )
     assert any(ln.endswith("flaky: started (attempt 3)") for ln in lines), out
     assert any(ln.endswith("flaky: succeeded") for ln in lines), out
     assert any(ln.endswith("report: succeeded") for ln in lines), out
@@ -137,12 +140,11 @@ def test_plain_progress_lines_during_run(repo, capsys, monkeypatch):
     first_progress = next(i for i, ln in enumerate(lines) if "flaky: started" in ln)
     summary = next(i for i, ln in enumerate(lines) if re.fullmatch(r"run \w+ succeeded", ln))
     assert first_progress < summary
-    assert json.loads("\n".join(lines[summary + 1:]))["primary_status"] == "failed"
+    assert json.loads("\n".join(lines[summary + 1 :]))["primary_status"] == "failed"
 
 
 def test_json_run_prints_no_progress_on_stdout(repo, capsys):
-    assert main(["run", "examples/retry.yaml", "--config", "examples/plait.toml",
-                 "--json"]) == 0
+    assert main(["run", "examples/retry.yaml", "--config", "examples/plait.toml", "--json"]) == 0
     out, _ = capsys.readouterr()
     assert "started (attempt" not in out
     json.loads(out)  # stdout is exactly one JSON document
@@ -150,8 +152,25 @@ def test_json_run_prints_no_progress_on_stdout(repo, capsys):
 
 def test_input_values_are_parsed_as_json(workdir, capsys):
     file = write(workdir, "echo.yaml", ECHO_INPUTS)
-    code = main(["run", file, "--json", "--input", "n=3", "--input", "s=abc",
-                 "-i", "l=[1,2]", "-i", "t=true", "-i", "q=\"7\"", "-i", "e=a=b"])
+    code = main(
+        [
+            "run",
+            file,
+            "--json",
+            "--input",
+            "n=3",
+            "--input",
+            "s=abc",
+            "-i",
+            "l=[1,2]",
+            "-i",
+            "t=true",
+            "-i",
+            'q="7"',
+            "-i",
+            "e=a=b",
+        ]
+    )
     out, _ = capsys.readouterr()
     assert code == 0
     run = json.loads(out)
@@ -191,8 +210,9 @@ def test_input_without_key_and_equals_exits_2(workdir, capsys, pair):
 
 
 def test_inputs_that_break_the_schema_exit_2(repo, capsys):
-    code = main(["run", "examples/greet.yaml", "--config", "examples/plait.toml",
-                 "--input", "name=3"])
+    code = main(
+        ["run", "examples/greet.yaml", "--config", "examples/plait.toml", "--input", "name=3"]
+    )
     out, err = capsys.readouterr()
     assert code == 2
     assert "invalid inputs for workflow 'greet'" in err
@@ -216,8 +236,10 @@ def test_validate_ok(repo, capsys):
     code = main(["validate", "examples/retry.yaml", "examples/fanout.yaml"])
     out, _ = capsys.readouterr()
     assert code == 0
-    assert out.splitlines() == ["examples/retry.yaml: ok (retry, 4 steps)",
-                                "examples/fanout.yaml: ok (fanout, 7 steps)"]
+    assert out.splitlines() == [
+        "examples/retry.yaml: ok (retry, 4 steps)",
+        "examples/fanout.yaml: ok (fanout, 7 steps)",
+    ]
 
 
 def test_validate_invalid_prints_file_line_path_message(workdir, capsys):
@@ -230,10 +252,22 @@ def test_validate_invalid_prints_file_line_path_message(workdir, capsys):
     assert lines[0] == f"{bad}: invalid"
     # the known types include those of any installed plugin, so only the built-ins are checked
     head, known = lines[1].split("; known types: ")
-    assert head == f"  {bad}:5: steps[1]: unknown step type: none of its fields (frob) names a " \
-                   "step type"
-    assert set(known.split(", ")) >= {"agent", "delay", "if", "loop", "parallel", "tool",
-                                      "transform", "validate", "wait", "workflow"}
+    assert (
+        head == f"  {bad}:5: steps[1]: unknown step type: none of its fields (frob) names a "
+        "step type"
+    )
+    assert set(known.split(", ")) >= {
+        "agent",
+        "delay",
+        "if",
+        "loop",
+        "parallel",
+        "tool",
+        "transform",
+        "validate",
+        "wait",
+        "workflow",
+    }
     assert lines[2] == f"  {bad}:8: steps[2].transform: refers to unknown step 'nope'"
     assert lines[3] == f"{good}: ok (greet, 3 steps)"
     assert len(lines) == 4
@@ -254,11 +288,19 @@ def test_graph_mermaid(repo, capsys):
     out, _ = capsys.readouterr()
     lines = [ln.strip() for ln in out.splitlines()]
     assert lines[0] == "flowchart TD"
-    for node in ('flaky["flaky (tool)"]', 'primary["primary (tool)"]',
-                 'backup["backup (transform)"]', 'report["report (transform)"]'):
+    for node in (
+        'flaky["flaky (tool)"]',
+        'primary["primary (tool)"]',
+        'backup["backup (transform)"]',
+        'report["report (transform)"]',
+    ):
         assert node in lines
-    for edge in ("primary -->|on failure| backup", "flaky --> report", "primary --> report",
-                 "backup --> report"):
+    for edge in (
+        "primary -->|on failure| backup",
+        "flaky --> report",
+        "primary --> report",
+        "backup --> report",
+    ):
         assert edge in lines
     assert sum("-->" in ln for ln in lines) == 4
 
@@ -277,10 +319,13 @@ def test_graph_dot(repo, capsys):
     lines = [ln.strip() for ln in out.splitlines()]
     assert lines[0] == 'digraph "fanout" {'
     assert lines[-1] == "}"
-    for node in ('squares [label="squares (loop)"];', 'checked [label="checked (validate)"];',
-                 'aggregate [label="aggregate (parallel)"];',
-                 'squares__steps__square [label="square (transform)"];',
-                 'aggregate__total__sum [label="sum (tool)"];'):
+    for node in (
+        'squares [label="squares (loop)"];',
+        'checked [label="checked (validate)"];',
+        'aggregate [label="aggregate (parallel)"];',
+        'squares__steps__square [label="square (transform)"];',
+        'aggregate__total__sum [label="sum (tool)"];',
+    ):
         assert node in lines
     assert "subgraph cluster_squares__steps {" in lines
     assert "squares -> checked;" in lines
@@ -314,30 +359,39 @@ def test_schema_is_a_valid_json_schema(schema):
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_schema_accepts_the_examples(schema, path):
     data, _ = parse_text(path.read_text(encoding="utf-8"))
-    errors = [f"{list(e.absolute_path)}: {e.message}"
-              for e in Draft202012Validator(schema).iter_errors(data)]
+    errors = [
+        f"{list(e.absolute_path)}: {e.message}"
+        for e in Draft202012Validator(schema).iter_errors(data)
+    ]
     assert errors == []
 
 
-@pytest.mark.parametrize(("step", "valid"), [
-    ({"id": "a", "tool": "x", "with": {"on": "yes"}}, True),
-    ({"id": "a", "type": "loop", "while": "index < 2", "steps": []}, True),
-    ({"id": "p", "wait": "any", "parallel": {"l": []}}, True),
-    ({"id": "a", "tool": "x", "bogus": 1}, False),
-    ({"id": "a", "frob": 1}, False),
-    ({"id": "1a", "transform": 1}, False),
-    ({"id": "a", "transform": 1, "retry": {"attempts": 0}}, False),
-])
+@pytest.mark.parametrize(
+    ("step", "valid"),
+    [
+        ({"id": "a", "tool": "x", "with": {"on": "yes"}}, True),
+        ({"id": "a", "type": "loop", "while": "index < 2", "steps": []}, True),
+        ({"id": "p", "wait": "any", "parallel": {"l": []}}, True),
+        ({"id": "a", "tool": "x", "bogus": 1}, False),
+        ({"id": "a", "frob": 1}, False),
+        ({"id": "1a", "transform": 1}, False),
+        ({"id": "a", "transform": 1, "retry": {"attempts": 0}}, False),
+    ],
+)
 def test_schema_agrees_with_the_compiler_on_steps(schema, step, valid):
     workflow = {"name": "t", "steps": [step]}
     assert Draft202012Validator(schema).is_valid(workflow) is valid
 
 
-@pytest.mark.parametrize("step", [
-    {"id": "a", "delay": "${inputs.seconds}"},
-    {"id": "a", "tool": "x", "with": "${inputs.args}"},
-    {"id": "a", "agent": "x", "prompt": "p", "max_turns": "${inputs.turns}"},
-], ids=["delay", "with", "max_turns"])
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"id": "a", "delay": "${inputs.seconds}"},
+        {"id": "a", "tool": "x", "with": "${inputs.args}"},
+        {"id": "a", "agent": "x", "prompt": "p", "max_turns": "${inputs.turns}"},
+    ],
+    ids=["delay", "with", "max_turns"],
+)
 def test_schema_accepts_templates_in_typed_fields(schema, pm, step):
     workflow = {"name": "t", "steps": [step]}
     Engine(pm).compile(workflow)  # valid for plait
@@ -352,12 +406,27 @@ def test_plugins_json_lists_the_builtins(workdir, capsys):
     listing = json.loads(capsys.readouterr()[0])
     assert listing["failed"] == []
     by_name = {p["name"]: p for p in listing["plugins"]}
-    for module in ("plait.steps.tool", "plait.steps.agent", "plait.steps.loop",
-                   "plait.agents.scripted", "plait.steps.stdtools"):
+    for module in (
+        "plait.steps.tool",
+        "plait.steps.agent",
+        "plait.steps.loop",
+        "plait.agents.scripted",
+        "plait.steps.stdtools",
+    ):
         assert by_name[module]["builtin"] is True
     step_types = {t for p in listing["plugins"] for t in p["step_types"]}
-    assert step_types >= {"agent", "delay", "if", "loop", "parallel", "tool", "transform",
-                          "validate", "wait", "workflow"}
+    assert step_types >= {
+        "agent",
+        "delay",
+        "if",
+        "loop",
+        "parallel",
+        "tool",
+        "transform",
+        "validate",
+        "wait",
+        "workflow",
+    }
     assert by_name["plait.steps.tool"]["step_types"] == ["tool"]
     assert "chaos.fail" in by_name["plait.steps.stdtools"]["tools"]
     assert by_name["plait.agents.scripted"]["agent_providers"] == ["scripted"]

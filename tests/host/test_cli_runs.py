@@ -32,13 +32,17 @@ WORKFLOW = {
     ],
     "outputs": {"b": "${steps.b.output}"},
 }
-GATE = {"name": "gate", "steps": [{"id": "w", "wait": "go"}],
-        "outputs": {"got": "${steps.w.output}"}}
+GATE = {
+    "name": "gate",
+    "steps": [{"id": "w", "wait": "go"}],
+    "outputs": {"got": "${steps.w.output}"},
+}
 
 
 def config(data_dir: Path) -> HostConfig:
-    return HostConfig.model_validate({"host": {"data_dir": str(data_dir)},
-                                      "plugins": {"entry_points": False}})
+    return HostConfig.model_validate(
+        {"host": {"data_dir": str(data_dir)}, "plugins": {"entry_points": False}}
+    )
 
 
 def make_data_dir(data_dir: Path) -> dict[str, str]:
@@ -80,22 +84,33 @@ def test_list_shows_every_run_newest_first_and_pages(store, capsys):
     runs = json.loads(out)["runs"]
     assert [r["id"] for r in runs] == [ids["paused"], ids["stopped"], ids["done"]]
     assert [r["status"] for r in runs] == ["paused", "running", "succeeded"]
-    code, out, _ = run_cli(capsys, "runs", "list", "--data-dir", str(data_dir), "--json",
-                           "--limit", "2")
+    code, out, _ = run_cli(
+        capsys, "runs", "list", "--data-dir", str(data_dir), "--json", "--limit", "2"
+    )
     page = json.loads(out)
     assert len(page["runs"]) == 2 and page["nextCursor"]
-    code, out, _ = run_cli(capsys, "runs", "list", "--data-dir", str(data_dir), "--json",
-                           "--cursor", page["nextCursor"])
+    code, out, _ = run_cli(
+        capsys,
+        "runs",
+        "list",
+        "--data-dir",
+        str(data_dir),
+        "--json",
+        "--cursor",
+        page["nextCursor"],
+    )
     assert [r["id"] for r in json.loads(out)["runs"]] == [ids["done"]]
-    code, out, _ = run_cli(capsys, "runs", "list", "--data-dir", str(data_dir),
-                           "--status", "succeeded")
+    code, out, _ = run_cli(
+        capsys, "runs", "list", "--data-dir", str(data_dir), "--status", "succeeded"
+    )
     assert code == 0 and ids["done"][:8] in out and ids["paused"][:8] not in out
 
 
 def test_show_a_stopped_run_tells_its_steps_from_its_events(store, capsys):
     data_dir, ids = store
-    code, out, _ = run_cli(capsys, "runs", "show", ids["stopped"], "--data-dir",
-                           str(data_dir), "--json")
+    code, out, _ = run_cli(
+        capsys, "runs", "show", ids["stopped"], "--data-dir", str(data_dir), "--json"
+    )
     assert code == 0
     run = json.loads(out)["run"]
     assert run["status"] == "running"
@@ -107,8 +122,9 @@ def test_show_a_stopped_run_tells_its_steps_from_its_events(store, capsys):
 
 def test_events_from_a_sequence_number(store, capsys):
     data_dir, ids = store
-    code, out, _ = run_cli(capsys, "runs", "events", ids["done"], "--data-dir", str(data_dir),
-                           "--since", "2", "--json")
+    code, out, _ = run_cli(
+        capsys, "runs", "events", ids["done"], "--data-dir", str(data_dir), "--since", "2", "--json"
+    )
     events = json.loads(out)["events"]
     assert code == 0 and events[0]["seq"] == 3
     assert [e["seq"] for e in events] == list(range(3, 3 + len(events)))
@@ -119,27 +135,31 @@ def test_events_from_a_sequence_number(store, capsys):
 
 def test_resume_continues_a_stopped_run_here_to_its_end(store, capsys):
     data_dir, ids = store
-    code, out, _ = run_cli(capsys, "runs", "resume", ids["stopped"], "--data-dir",
-                           str(data_dir), "--json")
+    code, out, _ = run_cli(
+        capsys, "runs", "resume", ids["stopped"], "--data-dir", str(data_dir), "--json"
+    )
     assert code == 0
     run = json.loads(out)["run"]
     assert run["status"] == "succeeded" and run["outputs"] == {"b": 30}
-    code, out, _ = run_cli(capsys, "runs", "events", ids["stopped"], "--data-dir",
-                           str(data_dir), "--json")
+    code, out, _ = run_cli(
+        capsys, "runs", "events", ids["stopped"], "--data-dir", str(data_dir), "--json"
+    )
     kinds = [e["type"] for e in json.loads(out)["events"]]
     assert kinds.count("run.recovered") == 1 and kinds.count("step.succeeded") == 3
 
 
 def test_cancel_ends_a_run_without_running_more_of_it(store, capsys):
     data_dir, ids = store
-    code, out, _ = run_cli(capsys, "runs", "cancel", ids["stopped"], "--data-dir",
-                           str(data_dir), "--json")
+    code, out, _ = run_cli(
+        capsys, "runs", "cancel", ids["stopped"], "--data-dir", str(data_dir), "--json"
+    )
     assert code == 0
     run = json.loads(out)["run"]
     assert run["status"] == "cancelled"
     assert "b" not in run["steps"] or run["steps"]["b"]["status"] != "succeeded"
-    code, out, _ = run_cli(capsys, "runs", "events", ids["stopped"], "--data-dir",
-                           str(data_dir), "--json")
+    code, out, _ = run_cli(
+        capsys, "runs", "events", ids["stopped"], "--data-dir", str(data_dir), "--json"
+    )
     started = [e["step"] for e in json.loads(out)["events"] if e["type"] == "step.started"]
     assert started == ["a", "pause"]  # nothing started after the host stopped
 
@@ -167,9 +187,13 @@ def test_commands_talk_to_the_host_that_holds_the_data_dir(store, tmp_path):
     plait_cmd = [sys.executable, "-m", "plait.cli"]
     errlog = tmp_path / "host.stderr"
     with errlog.open("wb") as fh:
-        host = subprocess.Popen([*plait_cmd, "serve", "--port", "0", "--data-dir",
-                                 str(data_dir)], cwd=tmp_path, env=env,
-                                stdout=subprocess.DEVNULL, stderr=fh)
+        host = subprocess.Popen(
+            [*plait_cmd, "serve", "--port", "0", "--data-dir", str(data_dir)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=fh,
+        )
     try:
         deadline = time.monotonic() + 20
         while not LISTENING.search(errlog.read_text()):
@@ -177,9 +201,14 @@ def test_commands_talk_to_the_host_that_holds_the_data_dir(store, tmp_path):
             time.sleep(0.05)
 
         def runs(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([*plait_cmd, "runs", *args, "--data-dir", str(data_dir)],
-                                  cwd=tmp_path, env=env, capture_output=True, text=True,
-                                  timeout=30)
+            return subprocess.run(
+                [*plait_cmd, "runs", *args, "--data-dir", str(data_dir)],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
 
         # The host resumed the stopped run; the paused run stays paused until resumed.
         deadline = time.monotonic() + 10

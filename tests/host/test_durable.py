@@ -24,11 +24,13 @@ pytestmark = pytest.mark.anyio
 
 def open_host(tmp_path, pm, **extra):
     """A Host on ``tmp_path/data`` with no entry-point plugins (extra config sections merged)."""
-    config = plait.HostConfig.model_validate({
-        "host": {"data_dir": str(tmp_path / "data")},
-        "plugins": {"entry_points": False},
-        **extra,
-    })
+    config = plait.HostConfig.model_validate(
+        {
+            "host": {"data_dir": str(tmp_path / "data")},
+            "plugins": {"entry_points": False},
+            **extra,
+        }
+    )
     return plait.Host(config, pm=pm)
 
 
@@ -76,8 +78,12 @@ def started(probe, label):
 
 
 def work(step_id, seconds, label=None, **extra):
-    return {"id": step_id, "tool": "probe.work",
-            "with": {"seconds": seconds, "label": label or step_id}, **extra}
+    return {
+        "id": step_id,
+        "tool": "probe.work",
+        "with": {"seconds": seconds, "label": label or step_id},
+        **extra,
+    }
 
 
 def of_type(events, kind, step=None):
@@ -111,7 +117,8 @@ class Slow(StepType):
 
 def slow_plugin():
     return types.SimpleNamespace(
-        __name__="slowplug", register_step_types=hookimpl(lambda register: register(Slow)))
+        __name__="slowplug", register_step_types=hookimpl(lambda register: register(Slow))
+    )
 
 
 class Job(StepType):
@@ -144,8 +151,9 @@ class OnceJob(Job):
         fail_first: bool = False
 
     async def run(self, ctx, config):
-        return await Job.run(self, ctx, Job.Config(job=config.once_job,
-                                                  fail_first=config.fail_first))
+        return await Job.run(
+            self, ctx, Job.Config(job=config.once_job, fail_first=config.fail_first)
+        )
 
 
 def job_plugin():
@@ -153,8 +161,9 @@ def job_plugin():
         register(Job)
         register(OnceJob)
 
-    return types.SimpleNamespace(__name__="jobplug",
-                                 register_step_types=hookimpl(register_step_types))
+    return types.SimpleNamespace(
+        __name__="jobplug", register_step_types=hookimpl(register_step_types)
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -168,8 +177,13 @@ def _reset_step_types():
 
 async def test_pause_then_resume_a_running_run(tmp_path, pm, probe):
     async with open_host(tmp_path, pm) as host:
-        host.register({"name": "pr", "steps": [work("a", 0.3), work("b", 0.01, needs=["a"])],
-                       "outputs": {"b": "${steps.b.output}"}})
+        host.register(
+            {
+                "name": "pr",
+                "steps": [work("a", 0.3), work("b", 0.01, needs=["a"])],
+                "outputs": {"b": "${steps.b.output}"},
+            }
+        )
         run_id = await host.start_run("pr")
         await until(started(probe, "a"))
         paused = await host.engine.pause(run_id)
@@ -225,8 +239,13 @@ async def test_paused_run_can_be_cancelled_but_not_paused_again(tmp_path, pm, pr
 
 async def test_waiting_run_pause_resume_then_signal(tmp_path, pm):
     async with open_host(tmp_path, pm) as host:
-        host.register({"name": "w", "steps": [{"id": "w", "wait": "go"}],
-                       "outputs": {"got": "${steps.w.output}"}})
+        host.register(
+            {
+                "name": "w",
+                "steps": [{"id": "w", "wait": "go"}],
+                "outputs": {"got": "${steps.w.output}"},
+            }
+        )
         run_id = await host.start_run("w")
         await until(lambda: is_status(host, run_id, "waiting"))
         with pytest.raises(plait.InvalidRunState) as info:
@@ -242,8 +261,16 @@ async def test_waiting_run_pause_resume_then_signal(tmp_path, pm):
     assert run.status == "succeeded"
     assert run.outputs == {"got": {"ok": 1}}
     kinds = [e.type for e in events if e.type.startswith("run.")]
-    assert kinds == ["run.created", "run.started", "run.waiting", "run.paused", "run.waiting",
-                     "run.signal", "run.resumed", "run.succeeded"]
+    assert kinds == [
+        "run.created",
+        "run.started",
+        "run.waiting",
+        "run.paused",
+        "run.waiting",
+        "run.signal",
+        "run.resumed",
+        "run.succeeded",
+    ]
 
 
 async def finished_run(host, probe, status):
@@ -264,16 +291,27 @@ async def finished_run(host, probe, status):
 @pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
 async def test_finished_runs_refuse_every_control(tmp_path, pm, probe, status):
     async with open_host(tmp_path, pm) as host:
-        host.register({"name": "fin", "steps": [
-            {"id": "f", "tool": "probe.fail",
-             "with": {"key": "${run.id}", "times": "${1 if inputs.fail else 0}"}},
-            {"id": "t", "tool": "probe.work", "needs": ["f"],
-             "with": {"seconds": "${inputs.seconds | default(0)}", "label": "t"}},
-        ]})
+        host.register(
+            {
+                "name": "fin",
+                "steps": [
+                    {
+                        "id": "f",
+                        "tool": "probe.fail",
+                        "with": {"key": "${run.id}", "times": "${1 if inputs.fail else 0}"},
+                    },
+                    {
+                        "id": "t",
+                        "tool": "probe.work",
+                        "needs": ["f"],
+                        "with": {"seconds": "${inputs.seconds | default(0)}", "label": "t"},
+                    },
+                ],
+            }
+        )
         run_id = await finished_run(host, probe, status)
         calls = len(probe.calls)
-        for action, args in (("pause", ()), ("resume", ()), ("cancel", ()),
-                             ("signal", ("go", 1))):
+        for action, args in (("pause", ()), ("resume", ()), ("cancel", ()), ("signal", ("go", 1))):
             with pytest.raises(plait.InvalidRunState) as info:
                 await getattr(host.engine, action)(run_id, *args)
             assert info.value.status == status, action
@@ -286,9 +324,14 @@ async def test_finished_runs_refuse_every_control(tmp_path, pm, probe, status):
 async def test_unknown_run_id_raises_run_not_found(tmp_path, pm):
     async with open_host(tmp_path, pm) as host:
         engine = host.engine
-        for call in (lambda: engine.pause("nope"), lambda: engine.resume("nope"),
-                     lambda: engine.cancel("nope"), lambda: engine.signal("nope", "go", 1),
-                     lambda: host.get_run("nope"), lambda: engine.events("nope")):
+        for call in (
+            lambda: engine.pause("nope"),
+            lambda: engine.resume("nope"),
+            lambda: engine.cancel("nope"),
+            lambda: engine.signal("nope", "go", 1),
+            lambda: host.get_run("nope"),
+            lambda: engine.events("nope"),
+        ):
             with pytest.raises(plait.RunNotFound) as info:
                 await call()
             assert info.value.run_id == "nope"
@@ -298,8 +341,11 @@ async def test_unknown_run_id_raises_run_not_found(tmp_path, pm):
 
 
 async def test_paused_run_stays_paused_across_restart(tmp_path, pm, probe):
-    definition = {"name": "pp", "steps": [work("a", 0.3), work("b", 0.01, needs=["a"])],
-                  "outputs": {"b": "${steps.b.output}"}}
+    definition = {
+        "name": "pp",
+        "steps": [work("a", 0.3), work("b", 0.01, needs=["a"])],
+        "outputs": {"b": "${steps.b.output}"},
+    }
     async with open_host(tmp_path, pm) as host:
         host.register(definition)
         run_id = await host.start_run("pp")
@@ -325,10 +371,16 @@ async def test_paused_run_stays_paused_across_restart(tmp_path, pm, probe):
 
 async def test_waiting_run_keeps_waiting_across_restart(tmp_path, pm, probe):
     async with open_host(tmp_path, pm) as host:
-        host.register({"name": "ww", "steps": [
-            {"id": "w", "wait": "go"},
-            {"id": "e", "tool": "probe.echo", "with": {"value": "${steps.w.output.n}"}},
-        ], "outputs": {"n": "${steps.e.output}"}})
+        host.register(
+            {
+                "name": "ww",
+                "steps": [
+                    {"id": "w", "wait": "go"},
+                    {"id": "e", "tool": "probe.echo", "with": {"value": "${steps.w.output.n}"}},
+                ],
+                "outputs": {"n": "${steps.e.output}"},
+            }
+        )
         run_id = await host.start_run("ww")
         await until(lambda: is_status(host, run_id, "waiting"))
         await host.engine.committed()
@@ -350,8 +402,13 @@ async def test_waiting_run_keeps_waiting_across_restart(tmp_path, pm, probe):
 async def paused_waiting_run(tmp_path, pm):
     """Start a run whose only step waits for ``go``, pause it, stop the host; its id."""
     async with open_host(tmp_path, pm) as host:
-        host.register({"name": "pw", "steps": [{"id": "w", "wait": "go"}],
-                       "outputs": {"got": "${steps.w.output}"}})
+        host.register(
+            {
+                "name": "pw",
+                "steps": [{"id": "w", "wait": "go"}],
+                "outputs": {"got": "${steps.w.output}"},
+            }
+        )
         run_id = await host.start_run("pw")
         await until(lambda: is_status(host, run_id, "waiting"))
         await host.engine.pause(run_id)
@@ -361,7 +418,7 @@ async def paused_waiting_run(tmp_path, pm):
 
 def run_kinds_after_restart(events):
     kinds = [e.type for e in events if e.type.startswith("run.")]
-    return kinds[kinds.index("run.recovered"):]
+    return kinds[kinds.index("run.recovered") :]
 
 
 async def test_paused_waiting_run_resumes_to_waiting_after_restart(tmp_path, pm, probe):
@@ -378,7 +435,12 @@ async def test_paused_waiting_run_resumes_to_waiting_after_restart(tmp_path, pm,
         events = await host.engine.events(run_id)
     assert run.outputs == {"got": 7}
     assert run_kinds_after_restart(events) == [
-        "run.recovered", "run.waiting", "run.signal", "run.resumed", "run.succeeded"]
+        "run.recovered",
+        "run.waiting",
+        "run.signal",
+        "run.resumed",
+        "run.succeeded",
+    ]
     assert_gapless(events)
 
 
@@ -416,9 +478,12 @@ async def test_paused_run_in_flight_step_carries_on_after_restart(tmp_path, pm, 
     assert run.steps["a"].status == "succeeded" and run.steps["a"].output == "a"
     assert count(probe, "a") == 2 and count(probe, "b") == 0
     assert [e.data for e in of_type(events, "step.started", "a")] == [
-        {"attempt": 1}, {"attempt": 1, "recovered": True}]
+        {"attempt": 1},
+        {"attempt": 1, "recovered": True},
+    ]
     assert [e.data for e in of_type(events, "run.recovered")] == [
-        {"status": "paused", "interrupted": ["a"]}]
+        {"status": "paused", "interrupted": ["a"]}
+    ]
     assert not of_type(events, "step.started", "b"), "a cancelled run recorded a start of b"
     assert run.steps["b"].status == "cancelled"  # the rest, never started, are cancelled
     assert_gapless(events)
@@ -426,10 +491,16 @@ async def test_paused_run_in_flight_step_carries_on_after_restart(tmp_path, pm, 
 
 async def test_signal_sent_before_the_wait_is_kept_across_restart(tmp_path, pm, probe):
     async with open_host(tmp_path, pm) as host:
-        host.register({"name": "early", "steps": [
-            {"id": "d", "delay": 0.6},
-            {"id": "w", "wait": "go", "needs": ["d"]},
-        ], "outputs": {"got": "${steps.w.output}"}})
+        host.register(
+            {
+                "name": "early",
+                "steps": [
+                    {"id": "d", "delay": 0.6},
+                    {"id": "w", "wait": "go", "needs": ["d"]},
+                ],
+                "outputs": {"got": "${steps.w.output}"},
+            }
+        )
         run_id = await host.start_run("early")
         run = await host.get_run(run_id)
         await until(lambda: run.steps.get("d") and run.steps["d"].status == "running")
@@ -451,9 +522,15 @@ async def test_signal_sent_before_the_wait_is_kept_across_restart(tmp_path, pm, 
 
 async def test_wait_deadline_is_kept_across_restart(tmp_path, pm, probe):
     async with open_host(tmp_path, pm) as host:
-        host.register({"name": "dl", "steps": [
-            {"id": "w", "wait": "go", "within": 1.0, "default": {"timed_out": True}},
-        ], "outputs": {"got": "${steps.w.output}"}})
+        host.register(
+            {
+                "name": "dl",
+                "steps": [
+                    {"id": "w", "wait": "go", "within": 1.0, "default": {"timed_out": True}},
+                ],
+                "outputs": {"got": "${steps.w.output}"},
+            }
+        )
         begun = time.monotonic()
         run_id = await host.start_run("dl")
         await until(lambda: is_status(host, run_id, "waiting"))
@@ -473,12 +550,17 @@ async def test_wait_deadline_is_kept_across_restart(tmp_path, pm, probe):
 
 async def test_delay_deadline_passed_while_down(tmp_path, pm, probe):
     async with open_host(tmp_path, pm) as host:
-        host.register({"name": "dd", "steps": [{"id": "d", "delay": 1.0}],
-                       "outputs": {"d": "${steps.d.output}"}})
+        host.register(
+            {
+                "name": "dd",
+                "steps": [{"id": "d", "delay": 1.0}],
+                "outputs": {"d": "${steps.d.output}"},
+            }
+        )
         begun = time.monotonic()
         run_id = await host.start_run("dd")
         run = await host.get_run(run_id)
-        await until(lambda: of_type(run.events[:run.published], "delay.scheduled"))
+        await until(lambda: of_type(run.events[: run.published], "delay.scheduled"))
         await anyio.sleep(max(0.0, 0.2 - (time.monotonic() - begun)))
     await anyio.sleep(1.1)
     async with open_host(tmp_path, fresh_pm(probe)) as host:
@@ -502,11 +584,20 @@ async def test_delay_deadline_passed_while_down(tmp_path, pm, probe):
 
 async def test_committed_steps_are_not_rerun(tmp_path, pm, probe):
     async with open_host(tmp_path, pm) as host:
-        host.register({"name": "chain", "steps": [
-            work("s1", 0.3, "one"), work("s2", 0.3, "two", needs=["s1"]),
-            work("s3", 0.3, "three", needs=["s2"]), work("s4", 0.3, "four", needs=["s3"]),
-        ], "outputs": {"all": "${[steps.s1.output, steps.s2.output, steps.s3.output, "
-                              "steps.s4.output]}"}})
+        host.register(
+            {
+                "name": "chain",
+                "steps": [
+                    work("s1", 0.3, "one"),
+                    work("s2", 0.3, "two", needs=["s1"]),
+                    work("s3", 0.3, "three", needs=["s2"]),
+                    work("s4", 0.3, "four", needs=["s3"]),
+                ],
+                "outputs": {
+                    "all": "${[steps.s1.output, steps.s2.output, steps.s3.output, steps.s4.output]}"
+                },
+            }
+        )
         run_id = await host.start_run("chain")
         await until(started(probe, "two"))
         await anyio.sleep(0.1)  # in the middle of s2
@@ -519,24 +610,38 @@ async def test_committed_steps_are_not_rerun(tmp_path, pm, probe):
     assert run.outputs == {"all": ["one", "two", "three", "four"]}
     assert [count(probe, x) for x in ("one", "two", "three", "four")] == [1, 2, 1, 1]
     assert {p: run.steps[p].output for p in ("s1", "s2", "s3", "s4")} == {
-        "s1": "one", "s2": "two", "s3": "three", "s4": "four"}
+        "s1": "one",
+        "s2": "two",
+        "s3": "three",
+        "s4": "four",
+    }
     assert run.steps["s2"].attempts == 1
     s2 = of_type(events, "step.started", "s2")
     assert [e.data for e in s2] == [{"attempt": 1}, {"attempt": 1, "recovered": True}]
     assert len(of_type(events, "step.started", "s1")) == 1
     assert len(of_type(events, "step.succeeded", "s1")) == 1
     assert [e.data for e in of_type(events, "run.recovered")] == [
-        {"status": "running", "interrupted": ["s2"]}]
+        {"status": "running", "interrupted": ["s2"]}
+    ]
     assert_gapless(events)
 
 
 async def test_finished_loop_iterations_are_not_rerun(tmp_path, pm, probe):
     async with open_host(tmp_path, pm) as host:
-        host.register({"name": "lp", "steps": [{
-            "id": "l", "loop": "${range(5) | list}",
-            "steps": [work("x", 0.25, "it${index}")],
-            "output": "${steps.x.output}",
-        }], "outputs": {"l": "${steps.l.output}"}})
+        host.register(
+            {
+                "name": "lp",
+                "steps": [
+                    {
+                        "id": "l",
+                        "loop": "${range(5) | list}",
+                        "steps": [work("x", 0.25, "it${index}")],
+                        "output": "${steps.x.output}",
+                    }
+                ],
+                "outputs": {"l": "${steps.l.output}"},
+            }
+        )
         run_id = await host.start_run("lp")
         await until(started(probe, "it2"))
         await anyio.sleep(0.05)
@@ -550,17 +655,24 @@ async def test_finished_loop_iterations_are_not_rerun(tmp_path, pm, probe):
     assert run.steps["l[2].x"].attempts == 1
     assert len(of_type(events, "step.started", "l[0].x")) == 1
     assert [e.data for e in of_type(events, "run.recovered")] == [
-        {"status": "running", "interrupted": ["l", "l[2].x"]}]
+        {"status": "running", "interrupted": ["l", "l[2].x"]}
+    ]
     assert_gapless(events)
 
 
 async def test_settled_branch_choice_is_replayed(tmp_path, pm, probe):
     async with open_host(tmp_path, pm) as host:
-        host.register({"name": "br", "steps": [
-            {"id": "check", "if": "inputs.n > 3", "then": ["big"], "else": ["small"]},
-            work("big", 0.4), work("small", 0.01),
-            work("after", 0.01, needs_any=["big", "small"]),
-        ]})
+        host.register(
+            {
+                "name": "br",
+                "steps": [
+                    {"id": "check", "if": "inputs.n > 3", "then": ["big"], "else": ["small"]},
+                    work("big", 0.4),
+                    work("small", 0.01),
+                    work("after", 0.01, needs_any=["big", "small"]),
+                ],
+            }
+        )
         run_id = await host.start_run("br", {"n": 5})
         await until(started(probe, "big"))
         await anyio.sleep(0.1)
@@ -569,7 +681,11 @@ async def test_settled_branch_choice_is_replayed(tmp_path, pm, probe):
         events = await host.engine.events(run_id)
     assert run.status == "succeeded"
     assert {p: s.status for p, s in run.steps.items()} == {
-        "check": "succeeded", "big": "succeeded", "small": "skipped", "after": "succeeded"}
+        "check": "succeeded",
+        "big": "succeeded",
+        "small": "skipped",
+        "after": "succeeded",
+    }
     assert [count(probe, x) for x in ("big", "small", "after")] == [2, 0, 1]
     assert len(of_type(events, "step.succeeded", "check")) == 1
     assert len(of_type(events, "step.skipped", "small")) == 1
@@ -578,12 +694,22 @@ async def test_settled_branch_choice_is_replayed(tmp_path, pm, probe):
 
 async def test_retry_waiting_for_its_backoff_resumes_with_the_next_attempt(tmp_path, pm, probe):
     async with open_host(tmp_path, pm) as host:
-        host.register({"name": "rt", "steps": [{
-            "id": "f", "tool": "probe.fail", "with": {"key": "k", "times": 1, "value": "ok"},
-            "retry": {"attempts": 3, "backoff": "fixed", "base": 1.0}}]})
+        host.register(
+            {
+                "name": "rt",
+                "steps": [
+                    {
+                        "id": "f",
+                        "tool": "probe.fail",
+                        "with": {"key": "k", "times": 1, "value": "ok"},
+                        "retry": {"attempts": 3, "backoff": "fixed", "base": 1.0},
+                    }
+                ],
+            }
+        )
         run_id = await host.start_run("rt")
         run = await host.get_run(run_id)
-        await until(lambda: of_type(run.events[:run.published], "step.retrying"))
+        await until(lambda: of_type(run.events[: run.published], "step.retrying"))
     async with open_host(tmp_path, fresh_pm(probe)) as host:
         run = await finish(host, run_id)
         events = await host.engine.events(run_id)
@@ -592,7 +718,9 @@ async def test_retry_waiting_for_its_backoff_resumes_with_the_next_attempt(tmp_p
     assert run.steps["f"].attempts == 2
     assert probe.count("fail") == 2, "the failed attempt was repeated instead of retried"
     assert [e.data for e in of_type(events, "step.started", "f")] == [
-        {"attempt": 1}, {"attempt": 2, "recovered": True}]
+        {"attempt": 1},
+        {"attempt": 2, "recovered": True},
+    ]
     (retrying,) = of_type(events, "step.retrying", "f")
     second = of_type(events, "step.started", "f")[1]
     assert second.ts >= retrying.ts + retrying.data["delay"] - 0.01, "the backoff was cut short"
@@ -601,8 +729,13 @@ async def test_retry_waiting_for_its_backoff_resumes_with_the_next_attempt(tmp_p
 
 async def test_checkpoint_keeps_the_first_value_across_restart(tmp_path, probe):
     async with open_host(tmp_path, fresh_pm(probe, job_plugin())) as host:
-        host.register({"name": "cp", "steps": [{"id": "j", "job": 0.6}],
-                       "outputs": {"token": "${steps.j.output}"}})
+        host.register(
+            {
+                "name": "cp",
+                "steps": [{"id": "j", "job": 0.6}],
+                "outputs": {"token": "${steps.j.output}"},
+            }
+        )
         run_id = await host.start_run("cp")
         await until(lambda: Job.calls)
         await anyio.sleep(0.1)
@@ -616,7 +749,8 @@ async def test_checkpoint_keeps_the_first_value_across_restart(tmp_path, probe):
     assert key1 == key2 == f"{run_id}/j"
     assert run.outputs == {"token": token1}
     assert [e.data for e in of_type(events, "step.checkpoint", "j")] == [
-        {"key": "token", "value": token1}]
+        {"key": "token", "value": token1}
+    ]
 
 
 # -- 6 and 7. step types that cannot simply run again, or are gone ----------------------------
@@ -624,8 +758,9 @@ async def test_checkpoint_keeps_the_first_value_across_restart(tmp_path, probe):
 
 async def test_non_rerunnable_step_is_interrupted(tmp_path, probe):
     async with open_host(tmp_path, fresh_pm(probe, slow_plugin())) as host:
-        host.register({"name": "nr", "steps": [{"id": "s", "slow": 1.0},
-                                               work("after", 0.01, needs=["s"])]})
+        host.register(
+            {"name": "nr", "steps": [{"id": "s", "slow": 1.0}, work("after", 0.01, needs=["s"])]}
+        )
         run_id = await host.start_run("nr")
         await until(lambda: Slow.calls)
         await anyio.sleep(0.1)
@@ -645,11 +780,17 @@ async def test_non_rerunnable_step_is_interrupted(tmp_path, probe):
 
 async def test_interrupted_step_falls_back(tmp_path, probe):
     async with open_host(tmp_path, fresh_pm(probe, slow_plugin())) as host:
-        host.register({"name": "fb", "steps": [
-            {"id": "s", "slow": 1.0, "on_error": "plan_b"},
-            {"id": "plan_b", "transform": "fallback"},
-            {"id": "use", "transform": "${steps.s.output}", "needs": ["s"]},
-        ], "outputs": {"used": "${steps.use.output}"}})
+        host.register(
+            {
+                "name": "fb",
+                "steps": [
+                    {"id": "s", "slow": 1.0, "on_error": "plan_b"},
+                    {"id": "plan_b", "transform": "fallback"},
+                    {"id": "use", "transform": "${steps.s.output}", "needs": ["s"]},
+                ],
+                "outputs": {"used": "${steps.use.output}"},
+            }
+        )
         run_id = await host.start_run("fb")
         await until(lambda: Slow.calls)
         await anyio.sleep(0.1)
@@ -670,12 +811,22 @@ async def test_non_rerunnable_step_between_attempts_is_not_interrupted(tmp_path,
     """Stopped during a retry's backoff, nothing of the step was in flight: it just retries
     (after the rest of the backoff)."""
     async with open_host(tmp_path, fresh_pm(probe, job_plugin())) as host:
-        host.register({"name": "bo", "steps": [
-            {"id": "j", "once_job": 0.01, "fail_first": True,
-             "retry": {"attempts": 2, "backoff": "fixed", "base": 1.0}}]})
+        host.register(
+            {
+                "name": "bo",
+                "steps": [
+                    {
+                        "id": "j",
+                        "once_job": 0.01,
+                        "fail_first": True,
+                        "retry": {"attempts": 2, "backoff": "fixed", "base": 1.0},
+                    }
+                ],
+            }
+        )
         run_id = await host.start_run("bo")
         run = await host.get_run(run_id)
-        await until(lambda: of_type(run.events[:run.published], "step.retrying"))
+        await until(lambda: of_type(run.events[: run.published], "step.retrying"))
     async with open_host(tmp_path, fresh_pm(probe, job_plugin())) as host:
         run = await finish(host, run_id)
         events = await host.engine.events(run_id)
@@ -685,7 +836,8 @@ async def test_non_rerunnable_step_between_attempts_is_not_interrupted(tmp_path,
     assert run.steps["j"].output == Job.calls[1][1]
     assert of_type(events, "step.interrupted") == []
     assert [e.data for e in of_type(events, "run.recovered")] == [
-        {"status": "running", "interrupted": ["j"]}]
+        {"status": "running", "interrupted": ["j"]}
+    ]
 
 
 async def test_missing_step_type_after_restart_fails_the_run(tmp_path, probe):
@@ -714,16 +866,28 @@ async def test_missing_step_type_after_restart_fails_the_run(tmp_path, probe):
 
 async def test_sub_workflow_continues_the_same_child_after_restart(tmp_path, pm, probe):
     async with open_host(tmp_path, pm) as host:
-        host.register({"name": "child", "steps": [
-            {"id": "d", "delay": 1.0},
-            {"id": "r", "transform": "${inputs.x * 2}", "needs": ["d"]},
-        ], "outputs": {"y": "${steps.r.output}"}})
-        host.register({"name": "parent", "steps": [
-            {"id": "c", "workflow": "child", "inputs": {"x": "${inputs.x}"}},
-        ], "outputs": {"y": "${steps.c.output.y}"}})
+        host.register(
+            {
+                "name": "child",
+                "steps": [
+                    {"id": "d", "delay": 1.0},
+                    {"id": "r", "transform": "${inputs.x * 2}", "needs": ["d"]},
+                ],
+                "outputs": {"y": "${steps.r.output}"},
+            }
+        )
+        host.register(
+            {
+                "name": "parent",
+                "steps": [
+                    {"id": "c", "workflow": "child", "inputs": {"x": "${inputs.x}"}},
+                ],
+                "outputs": {"y": "${steps.c.output.y}"},
+            }
+        )
         run_id = await host.start_run("parent", {"x": 21})
         parent = await host.get_run(run_id)
-        await until(lambda: of_type(parent.events[:parent.published], "run.child"))
+        await until(lambda: of_type(parent.events[: parent.published], "run.child"))
         await anyio.sleep(0.2)
     children = query(tmp_path, "SELECT id, status FROM runs WHERE parent_id = ?", run_id)
     assert len(children) == 1 and children[0][1] in ("running", "pending")
@@ -747,35 +911,57 @@ async def test_sub_workflow_continues_the_same_child_after_restart(tmp_path, pm,
     assert_gapless(events)
     assert_gapless(child_events)
     assert [e.data for e in of_type(child_events, "run.recovered")] == [
-        {"status": "running", "interrupted": ["d"]}]
+        {"status": "running", "interrupted": ["d"]}
+    ]
 
 
 # -- 9. conversations ------------------------------------------------------------------------
 
 
 async def test_conversation_history_survives_restart(tmp_path, pm, probe):
-    agents = {"agents": {"bot": {"provider": "scripted",
-                                 "script": [{"say": "one"}, {"say": "two: {last}"}]}}}
+    agents = {
+        "agents": {
+            "bot": {"provider": "scripted", "script": [{"say": "one"}, {"say": "two: {last}"}]}
+        }
+    }
     async with open_host(tmp_path, pm, **agents) as host:
-        host.register({"name": "chat", "steps": [
-            {"id": "g1", "agent": "bot", "prompt": "hello", "conversation": "c1"},
-            {"id": "d", "delay": 0.6, "needs": ["g1"]},
-            {"id": "g2", "agent": "bot", "prompt": "again", "conversation": "c1",
-             "needs": ["d"]},
-        ], "outputs": {"first": "${steps.g1.output}", "second": "${steps.g2.output}"}})
+        host.register(
+            {
+                "name": "chat",
+                "steps": [
+                    {"id": "g1", "agent": "bot", "prompt": "hello", "conversation": "c1"},
+                    {"id": "d", "delay": 0.6, "needs": ["g1"]},
+                    {
+                        "id": "g2",
+                        "agent": "bot",
+                        "prompt": "again",
+                        "conversation": "c1",
+                        "needs": ["d"],
+                    },
+                ],
+                "outputs": {"first": "${steps.g1.output}", "second": "${steps.g2.output}"},
+            }
+        )
         run_id = await host.start_run("chat")
         run = await host.get_run(run_id)
-        await until(lambda: of_type(run.events[:run.published], "delay.scheduled"))
+        await until(lambda: of_type(run.events[: run.published], "delay.scheduled"))
     async with open_host(tmp_path, fresh_pm(probe), **agents) as host:
         run = await finish(host, run_id)
         events = await host.engine.events(run_id)
     assert run.status == "succeeded", run.error
     assert run.outputs == {"first": "one", "second": "two: again"}
     history = [(m.role, m.content) for m in run.conversations["c1"]]
-    assert history == [("user", "hello"), ("assistant", "one"),
-                       ("user", "again"), ("assistant", "two: again")]
-    stored = query(tmp_path, "SELECT idx, message FROM conversations WHERE run_id = ? "
-                             "AND name = 'c1' ORDER BY idx", run_id)
+    assert history == [
+        ("user", "hello"),
+        ("assistant", "one"),
+        ("user", "again"),
+        ("assistant", "two: again"),
+    ]
+    stored = query(
+        tmp_path,
+        "SELECT idx, message FROM conversations WHERE run_id = ? AND name = 'c1' ORDER BY idx",
+        run_id,
+    )
     assert [idx for idx, _ in stored] == [0, 1, 2, 3]
     assert '"two: again"' in stored[3][1]
     assert len(of_type(events, "agent.message", "g1")) == 1  # g1 was not asked again
@@ -786,8 +972,11 @@ async def test_conversation_history_survives_restart(tmp_path, pm, probe):
 
 
 def versioned(text):
-    return {"name": "ver", "steps": [{"id": "a", "transform": text}],
-            "outputs": {"text": "${steps.a.output}"}}
+    return {
+        "name": "ver",
+        "steps": [{"id": "a", "transform": text}],
+        "outputs": {"text": "${steps.a.output}"},
+    }
 
 
 async def test_versions_identical_content_and_rollback_survive_restart(tmp_path, pm, probe):
@@ -822,9 +1011,11 @@ async def test_versions_identical_content_and_rollback_survive_restart(tmp_path,
 
 async def test_run_keeps_its_version_after_update_delete_and_restart(tmp_path, pm, probe):
     def definition(which):
-        return {"name": "pin", "steps": [work("a", 0.3, "a"),
-                                         {"id": "b", "transform": which, "needs": ["a"]}],
-                "outputs": {"which": "${steps.b.output}"}}
+        return {
+            "name": "pin",
+            "steps": [work("a", 0.3, "a"), {"id": "b", "transform": which, "needs": ["a"]}],
+            "outputs": {"which": "${steps.b.output}"},
+        }
 
     async with open_host(tmp_path, pm) as host:
         assert host.register(definition("from-v1")).version == 1
@@ -853,8 +1044,9 @@ async def test_run_keeps_its_version_after_update_delete_and_restart(tmp_path, p
 
 async def test_idempotency_key_returns_the_same_run(tmp_path, pm, probe):
     async with open_host(tmp_path, pm) as host:
-        host.register({"name": "once", "steps": [work("a", 0.6, "a")],
-                       "outputs": {"a": "${steps.a.output}"}})
+        host.register(
+            {"name": "once", "steps": [work("a", 0.6, "a")], "outputs": {"a": "${steps.a.output}"}}
+        )
         ids = []
 
         async def start():
@@ -890,8 +1082,9 @@ async def test_idempotency_key_returns_the_same_run(tmp_path, pm, probe):
 async def test_tools_see_a_stable_idempotency_key(tmp_path, probe):
     seen = []
 
-    async def keyed(step: str, fail: bool = False, seconds: float = 0.0,
-                    context: plait.ToolContext = None):
+    async def keyed(
+        step: str, fail: bool = False, seconds: float = 0.0, context: plait.ToolContext = None
+    ):
         seen.append((step, context.idempotency_key, context.attempt))
         if fail and sum(1 for s, _, _ in seen if s == step) == 1:
             raise RuntimeError("first call fails")
@@ -899,20 +1092,40 @@ async def test_tools_see_a_stable_idempotency_key(tmp_path, probe):
         return context.idempotency_key
 
     plugin = types.SimpleNamespace(
-        __name__="keyplug", register_tools=hookimpl(lambda register: register(keyed, "t.key")))
+        __name__="keyplug", register_tools=hookimpl(lambda register: register(keyed, "t.key"))
+    )
     async with open_host(tmp_path, fresh_pm(probe, plugin)) as host:
-        host.register({"name": "keys", "steps": [
-            {"id": "r", "tool": "t.key", "with": {"step": "r", "fail": True},
-             "retry": {"attempts": 3, "backoff": "fixed", "base": 0.05}},
-            {"id": "s", "tool": "t.key", "with": {"step": "s", "seconds": 0.8}, "needs": ["r"]},
-        ], "outputs": {"r": "${steps.r.output}", "s": "${steps.s.output}"}})
+        host.register(
+            {
+                "name": "keys",
+                "steps": [
+                    {
+                        "id": "r",
+                        "tool": "t.key",
+                        "with": {"step": "r", "fail": True},
+                        "retry": {"attempts": 3, "backoff": "fixed", "base": 0.05},
+                    },
+                    {
+                        "id": "s",
+                        "tool": "t.key",
+                        "with": {"step": "s", "seconds": 0.8},
+                        "needs": ["r"],
+                    },
+                ],
+                "outputs": {"r": "${steps.r.output}", "s": "${steps.s.output}"},
+            }
+        )
         run_id = await host.start_run("keys")
         await until(lambda: any(step == "s" for step, _, _ in seen))
         await anyio.sleep(0.1)
     async with open_host(tmp_path, fresh_pm(probe, plugin)) as host:
         run = await finish(host, run_id)
     assert run.status == "succeeded", run.error
-    assert seen == [("r", f"{run_id}/r", 1), ("r", f"{run_id}/r", 2),
-                    ("s", f"{run_id}/s", 1), ("s", f"{run_id}/s", 1)]
+    assert seen == [
+        ("r", f"{run_id}/r", 1),
+        ("r", f"{run_id}/r", 2),
+        ("s", f"{run_id}/s", 1),
+        ("s", f"{run_id}/s", 1),
+    ]
     assert run.outputs == {"r": f"{run_id}/r", "s": f"{run_id}/s"}
     assert run.steps["r"].attempts == 2 and run.steps["s"].attempts == 1

@@ -22,10 +22,13 @@ def wf(*steps, **extra):
 
 async def test_independent_steps_run_in_parallel(pm):
     start = time.monotonic()
-    run = await plait.run(wf(
-        {"id": "a", "tool": "probe.work", "with": {"seconds": 0.3, "label": "a"}},
-        {"id": "b", "tool": "probe.work", "with": {"seconds": 0.3, "label": "b"}},
-    ), pm=pm)
+    run = await plait.run(
+        wf(
+            {"id": "a", "tool": "probe.work", "with": {"seconds": 0.3, "label": "a"}},
+            {"id": "b", "tool": "probe.work", "with": {"seconds": 0.3, "label": "b"}},
+        ),
+        pm=pm,
+    )
     elapsed = time.monotonic() - start
     assert run.status == "succeeded"
     assert elapsed < 0.55, f"two 0.3 s steps took {elapsed:.2f} s: not parallel"
@@ -35,30 +38,40 @@ async def test_independent_steps_run_in_parallel(pm):
 
 async def test_slow_branch_never_delays_fast_chain(pm):
     """No superstep barrier: c (after fast a) finishes long before slow b does."""
-    run = await plait.run(wf(
-        {"id": "a", "tool": "probe.work", "with": {"seconds": 0.01}},
-        {"id": "b", "tool": "probe.work", "with": {"seconds": 0.4}},
-        {"id": "c", "tool": "probe.work", "with": {"seconds": 0.01}, "needs": ["a"]},
-    ), pm=pm)
+    run = await plait.run(
+        wf(
+            {"id": "a", "tool": "probe.work", "with": {"seconds": 0.01}},
+            {"id": "b", "tool": "probe.work", "with": {"seconds": 0.4}},
+            {"id": "c", "tool": "probe.work", "with": {"seconds": 0.01}, "needs": ["a"]},
+        ),
+        pm=pm,
+    )
     assert run.steps["c"].finished_at < run.steps["b"].finished_at - 0.2
 
 
 async def test_template_references_imply_dependencies(pm):
-    run = await plait.run(wf(
-        {"id": "sum", "tool": "probe.add", "with": {"a": "${steps.one.output}", "b": 2}},
-        {"id": "one", "transform": "${1}"},
-    ), pm=pm)
+    run = await plait.run(
+        wf(
+            {"id": "sum", "tool": "probe.add", "with": {"a": "${steps.one.output}", "b": 2}},
+            {"id": "one", "transform": "${1}"},
+        ),
+        pm=pm,
+    )
     assert run.status == "succeeded"
     assert run.steps["sum"].output == 3
 
 
 async def test_when_guard_skips_and_skip_propagates(pm):
-    run = await plait.run(wf(
-        {"id": "a", "transform": 1, "when": "inputs.go"},
-        {"id": "b", "transform": "${steps.a.output}"},
-        {"id": "c", "transform": "after", "needs_any": ["a", "d"]},
-        {"id": "d", "transform": "d"},
-    ), {"go": False}, pm=pm)
+    run = await plait.run(
+        wf(
+            {"id": "a", "transform": 1, "when": "inputs.go"},
+            {"id": "b", "transform": "${steps.a.output}"},
+            {"id": "c", "transform": "after", "needs_any": ["a", "d"]},
+            {"id": "d", "transform": "d"},
+        ),
+        {"go": False},
+        pm=pm,
+    )
     assert run.status == "succeeded"
     assert run.steps["a"].status == "skipped"
     assert run.steps["b"].status == "skipped"
@@ -66,30 +79,40 @@ async def test_when_guard_skips_and_skip_propagates(pm):
 
 
 async def test_needs_any_all_skipped_skips(pm):
-    run = await plait.run(wf(
-        {"id": "a", "transform": 1, "when": False},
-        {"id": "b", "transform": 2, "when": "false"},
-        {"id": "c", "transform": 3, "needs_any": ["a", "b"]},
-    ), pm=pm)
+    run = await plait.run(
+        wf(
+            {"id": "a", "transform": 1, "when": False},
+            {"id": "b", "transform": 2, "when": "false"},
+            {"id": "c", "transform": 3, "needs_any": ["a", "b"]},
+        ),
+        pm=pm,
+    )
     assert run.steps["c"].status == "skipped"
 
 
 async def test_condition_skips_untaken_branch(pm):
-    run = await plait.run(wf(
-        {"id": "check", "if": "inputs.n > 3", "then": ["big"], "else": ["small"]},
-        {"id": "big", "transform": "big"},
-        {"id": "small", "transform": "small"},
-    ), {"n": 5}, pm=pm)
+    run = await plait.run(
+        wf(
+            {"id": "check", "if": "inputs.n > 3", "then": ["big"], "else": ["small"]},
+            {"id": "big", "transform": "big"},
+            {"id": "small", "transform": "small"},
+        ),
+        {"n": 5},
+        pm=pm,
+    )
     assert run.steps["check"].output is True
     assert run.steps["big"].status == "succeeded"
     assert run.steps["small"].status == "skipped"
 
 
-@pytest.mark.parametrize("backoff,expected", [
-    ("fixed", [0.1, 0.1, 0.1]),
-    ("linear", [0.1, 0.2, 0.3]),
-    ("exponential", [0.1, 0.2, 0.4]),
-])
+@pytest.mark.parametrize(
+    "backoff,expected",
+    [
+        ("fixed", [0.1, 0.1, 0.1]),
+        ("linear", [0.1, 0.2, 0.3]),
+        ("exponential", [0.1, 0.2, 0.4]),
+    ],
+)
 def test_backoff_delays(backoff, expected):
     policy = RetryPolicy(attempts=4, backoff=backoff, base=0.1, max=10)
     assert [round(policy.delay(n), 6) for n in (1, 2, 3)] == expected
@@ -107,10 +130,17 @@ def test_backoff_max_and_jitter():
 
 @pytest.mark.parametrize("backoff", ["fixed", "linear", "exponential"])
 async def test_retry_until_success(pm, probe, backoff):
-    run = await plait.run(wf({
-        "id": "f", "tool": "probe.fail", "with": {"key": backoff, "times": 2, "value": "done"},
-        "retry": {"attempts": 3, "backoff": backoff, "base": 0.01},
-    }), pm=pm)
+    run = await plait.run(
+        wf(
+            {
+                "id": "f",
+                "tool": "probe.fail",
+                "with": {"key": backoff, "times": 2, "value": "done"},
+                "retry": {"attempts": 3, "backoff": backoff, "base": 0.01},
+            }
+        ),
+        pm=pm,
+    )
     assert run.status == "succeeded"
     assert run.steps["f"].output == "done"
     assert run.steps["f"].attempts == 3
@@ -119,20 +149,35 @@ async def test_retry_until_success(pm, probe, backoff):
 
 
 async def test_retry_on_filters_errors(pm, probe):
-    run = await plait.run(wf({
-        "id": "f", "tool": "probe.fail", "with": {"key": "k", "times": 5},
-        "retry": {"attempts": 3, "base": 0.01, "retry_on": ["timeout"]},
-    }), pm=pm)
+    run = await plait.run(
+        wf(
+            {
+                "id": "f",
+                "tool": "probe.fail",
+                "with": {"key": "k", "times": 5},
+                "retry": {"attempts": 3, "base": 0.01, "retry_on": ["timeout"]},
+            }
+        ),
+        pm=pm,
+    )
     assert run.status == "failed"
     assert probe.count("fail") == 1  # a tool error is not a timeout: no retry
 
 
 async def test_timeout_per_attempt(pm):
     start = time.monotonic()
-    run = await plait.run(wf({
-        "id": "slow", "tool": "probe.work", "with": {"seconds": 5},
-        "timeout": 0.2, "retry": {"attempts": 2, "base": 0.01},
-    }), pm=pm)
+    run = await plait.run(
+        wf(
+            {
+                "id": "slow",
+                "tool": "probe.work",
+                "with": {"seconds": 5},
+                "timeout": 0.2,
+                "retry": {"attempts": 2, "base": 0.01},
+            }
+        ),
+        pm=pm,
+    )
     assert run.status == "failed"
     assert run.steps["slow"].attempts == 2
     assert run.steps["slow"].error["type"] == "timeout"
@@ -140,25 +185,40 @@ async def test_timeout_per_attempt(pm):
 
 
 async def test_on_error_continue(pm):
-    run = await plait.run(wf(
-        {"id": "f", "tool": "probe.fail", "with": {"key": "c", "times": 9}, "on_error": "continue"},
-        {"id": "after", "transform": "${steps.f.status}"},
-    ), pm=pm)
+    run = await plait.run(
+        wf(
+            {
+                "id": "f",
+                "tool": "probe.fail",
+                "with": {"key": "c", "times": 9},
+                "on_error": "continue",
+            },
+            {"id": "after", "transform": "${steps.f.status}"},
+        ),
+        pm=pm,
+    )
     assert run.status == "succeeded"
     assert run.steps["f"].status == "failed"
     assert run.steps["after"].output == "failed"
 
 
 async def test_fallback_runs_only_on_failure_and_dependents_see_it(pm):
-    run = await plait.run(wf(
-        {"id": "main", "tool": "probe.fail", "with": {"key": "m", "times": 9},
-         "on_error": "backup"},
-        {"id": "backup", "transform": "from backup"},
-        {"id": "use", "transform": "${steps.main.output}"},
-        {"id": "ok", "transform": "fine", "on_error": "spare"},
-        {"id": "spare", "transform": "unused"},
-        {"id": "use_ok", "transform": "${steps.ok.output}"},
-    ), pm=pm)
+    run = await plait.run(
+        wf(
+            {
+                "id": "main",
+                "tool": "probe.fail",
+                "with": {"key": "m", "times": 9},
+                "on_error": "backup",
+            },
+            {"id": "backup", "transform": "from backup"},
+            {"id": "use", "transform": "${steps.main.output}"},
+            {"id": "ok", "transform": "fine", "on_error": "spare"},
+            {"id": "spare", "transform": "unused"},
+            {"id": "use_ok", "transform": "${steps.ok.output}"},
+        ),
+        pm=pm,
+    )
     assert run.status == "succeeded"
     assert run.steps["backup"].status == "succeeded"
     assert run.steps["use"].output == "from backup"
@@ -167,11 +227,14 @@ async def test_fallback_runs_only_on_failure_and_dependents_see_it(pm):
 
 
 async def test_failure_fails_run_and_cancels_the_rest(pm):
-    run = await plait.run(wf(
-        {"id": "f", "tool": "probe.fail", "with": {"key": "x", "times": 9}},
-        {"id": "slow", "tool": "probe.work", "with": {"seconds": 5}},
-        {"id": "later", "transform": 1, "needs": ["f"]},
-    ), pm=pm)
+    run = await plait.run(
+        wf(
+            {"id": "f", "tool": "probe.fail", "with": {"key": "x", "times": 9}},
+            {"id": "slow", "tool": "probe.work", "with": {"seconds": 5}},
+            {"id": "later", "transform": 1, "needs": ["f"]},
+        ),
+        pm=pm,
+    )
     assert run.status == "failed"
     assert run.error["type"] == "tool"
     assert "probe.fail" in run.error["message"]
@@ -194,10 +257,12 @@ async def test_cancel_a_run(pm):
 
 async def test_pause_holds_new_steps_and_resume_continues(pm):
     engine = plait.Engine(pm)
-    compiled = engine.register(wf(
-        {"id": "a", "tool": "probe.work", "with": {"seconds": 0.2}},
-        {"id": "b", "transform": 1, "needs": ["a"]},
-    ))
+    compiled = engine.register(
+        wf(
+            {"id": "a", "tool": "probe.work", "with": {"seconds": 0.2}},
+            {"id": "b", "transform": 1, "needs": ["a"]},
+        )
+    )
     async with engine:
         run = await engine.start(compiled)
         await anyio.sleep(0.05)
@@ -251,11 +316,13 @@ async def test_per_agent_concurrency_limit(probe):
         def create(self, name, config):
             return SlowAgent()
 
-    plugin = types.SimpleNamespace(__name__="slowagents", register_agents=plait.hookimpl(
-        lambda register: register(Provider())))
+    plugin = types.SimpleNamespace(
+        __name__="slowagents", register_agents=plait.hookimpl(lambda register: register(Provider()))
+    )
     pm = create_plugin_manager(entry_points=False, extra=[plugin])
     config = HostConfig.model_validate(
-        {"agents": {"bot": {"provider": "slow", "max_concurrency": 2}}})
+        {"agents": {"bot": {"provider": "slow", "max_concurrency": 2}}}
+    )
     steps = [{"id": f"a{i}", "agent": "bot", "prompt": "go"} for i in range(6)]
     run = await plait.run(wf(*steps), pm=pm, config=config)
     assert run.status == "succeeded", run.error
@@ -263,9 +330,13 @@ async def test_per_agent_concurrency_limit(probe):
 
 
 async def test_events_are_numbered_without_gaps(pm):
-    run = await plait.run(wf(
-        {"id": "a", "transform": 1}, {"id": "b", "transform": "${steps.a.output + 1}"},
-    ), pm=pm)
+    run = await plait.run(
+        wf(
+            {"id": "a", "transform": 1},
+            {"id": "b", "transform": "${steps.a.output + 1}"},
+        ),
+        pm=pm,
+    )
     seqs = [e.seq for e in run.events]
     assert seqs == list(range(1, len(seqs) + 1))
     types = [e.type for e in run.events]
@@ -282,18 +353,26 @@ async def test_stream_yields_every_event_live(pm):
 
 
 async def test_outputs_and_native_types(pm):
-    run = await plait.run(wf(
-        {"id": "a", "transform": {"n": "${inputs.n}", "s": "${inputs.s}", "l": [1, 2]}},
-        outputs={"n": "${steps.a.output.n}", "s": "${steps.a.output.s}",
-                 "text": "n=${steps.a.output.n}"},
-    ), {"n": 2, "s": "2"}, pm=pm)
+    run = await plait.run(
+        wf(
+            {"id": "a", "transform": {"n": "${inputs.n}", "s": "${inputs.s}", "l": [1, 2]}},
+            outputs={
+                "n": "${steps.a.output.n}",
+                "s": "${steps.a.output.s}",
+                "text": "n=${steps.a.output.n}",
+            },
+        ),
+        {"n": 2, "s": "2"},
+        pm=pm,
+    )
     assert run.outputs == {"n": 2, "s": "2", "text": "n=2"}
 
 
 async def test_inputs_are_validated_against_schema(pm):
-    definition = wf({"id": "a", "transform": 1},
-                    inputs={"type": "object", "properties": {"n": {"type": "integer"}},
-                            "required": ["n"]})
+    definition = wf(
+        {"id": "a", "transform": 1},
+        inputs={"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
+    )
     with pytest.raises(plait.InputsInvalid) as info:
         await plait.run(definition, {"n": "x"}, pm=pm)
     assert "$.n" in str(info.value)
@@ -334,12 +413,20 @@ async def test_tool_arguments_are_validated_before_the_call(pm, probe):
 
 
 async def test_sub_workflow_runs_as_child(pm):
-    child = {"name": "child", "inputs": {"type": "object", "properties": {"x": {}}},
-             "steps": [{"id": "double", "transform": "${inputs.x * 2}"}],
-             "outputs": {"y": "${steps.double.output}"}}
-    run = await plait.run(wf({"id": "c", "workflow": "child", "inputs": {"x": 21}},
-                             outputs={"y": "${steps.c.output.y}"}),
-                          pm=pm, workflows=[child])
+    child = {
+        "name": "child",
+        "inputs": {"type": "object", "properties": {"x": {}}},
+        "steps": [{"id": "double", "transform": "${inputs.x * 2}"}],
+        "outputs": {"y": "${steps.double.output}"},
+    }
+    run = await plait.run(
+        wf(
+            {"id": "c", "workflow": "child", "inputs": {"x": 21}},
+            outputs={"y": "${steps.c.output.y}"},
+        ),
+        pm=pm,
+        workflows=[child],
+    )
     assert run.status == "succeeded", run.error
     assert run.outputs == {"y": 42}
     assert any(e.type == "run.child" for e in run.events)
@@ -354,10 +441,20 @@ async def test_recursive_sub_workflow_stops_at_depth_limit(pm):
 
 
 async def test_loop_over_with_concurrency(pm, probe):
-    run = await plait.run(wf({
-        "id": "each", "loop": "${inputs.items}", "concurrency": 2,
-        "steps": [{"id": "w", "tool": "probe.work", "with": {"seconds": 0.05, "label": "${item}"}}],
-    }), {"items": ["a", "b", "c", "d", "e"]}, pm=pm)
+    run = await plait.run(
+        wf(
+            {
+                "id": "each",
+                "loop": "${inputs.items}",
+                "concurrency": 2,
+                "steps": [
+                    {"id": "w", "tool": "probe.work", "with": {"seconds": 0.05, "label": "${item}"}}
+                ],
+            }
+        ),
+        {"items": ["a", "b", "c", "d", "e"]},
+        pm=pm,
+    )
     assert run.status == "succeeded", run.error
     assert run.steps["each"].output == ["a", "b", "c", "d", "e"]
     assert probe.peak == 2
@@ -365,53 +462,99 @@ async def test_loop_over_with_concurrency(pm, probe):
 
 
 async def test_loop_while_with_max_iterations(pm):
-    run = await plait.run(wf({
-        "id": "count", "type": "loop", "while": "index < 4",
-        "steps": [{"id": "i", "transform": "${index}"}],
-    }), pm=pm)
+    run = await plait.run(
+        wf(
+            {
+                "id": "count",
+                "type": "loop",
+                "while": "index < 4",
+                "steps": [{"id": "i", "transform": "${index}"}],
+            }
+        ),
+        pm=pm,
+    )
     assert run.status == "succeeded", run.error
     assert run.steps["count"].output == [0, 1, 2, 3]
-    run = await plait.run(wf({
-        "id": "forever", "type": "loop", "while": "true", "max_iterations": 3,
-        "steps": [{"id": "i", "transform": 1}],
-    }), pm=pm)
+    run = await plait.run(
+        wf(
+            {
+                "id": "forever",
+                "type": "loop",
+                "while": "true",
+                "max_iterations": 3,
+                "steps": [{"id": "i", "transform": 1}],
+            }
+        ),
+        pm=pm,
+    )
     assert run.status == "failed"
     assert run.error["type"] == "loop_limit"
 
 
 async def test_loop_body_reads_outer_steps(pm):
-    run = await plait.run(wf(
-        {"id": "base", "transform": 10},
-        {"id": "each", "loop": [1, 2], "steps": [
-            {"id": "plus", "transform": "${item + steps.base.output}"}]},
-    ), pm=pm)
+    run = await plait.run(
+        wf(
+            {"id": "base", "transform": 10},
+            {
+                "id": "each",
+                "loop": [1, 2],
+                "steps": [{"id": "plus", "transform": "${item + steps.base.output}"}],
+            },
+        ),
+        pm=pm,
+    )
     assert run.steps["each"].output == [11, 12]
     assert run.steps["each"].started_at >= run.steps["base"].finished_at
 
 
 async def test_parallel_all_and_any(pm):
-    run = await plait.run(wf({
-        "id": "p", "parallel": {
-            "fast": [{"id": "f", "tool": "probe.work", "with": {"seconds": 0.01, "label": "f"}}],
-            "slow": [{"id": "s", "tool": "probe.work", "with": {"seconds": 0.2, "label": "s"}}],
-        }}), pm=pm)
+    run = await plait.run(
+        wf(
+            {
+                "id": "p",
+                "parallel": {
+                    "fast": [
+                        {"id": "f", "tool": "probe.work", "with": {"seconds": 0.01, "label": "f"}}
+                    ],
+                    "slow": [
+                        {"id": "s", "tool": "probe.work", "with": {"seconds": 0.2, "label": "s"}}
+                    ],
+                },
+            }
+        ),
+        pm=pm,
+    )
     assert run.steps["p"].output == {"fast": "f", "slow": "s"}
-    run = await plait.run(wf({
-        "id": "p", "wait": "any", "parallel": {
-            "fast": [{"id": "f", "tool": "probe.work", "with": {"seconds": 0.01, "label": "f"}}],
-            "slow": [{"id": "s", "tool": "probe.work", "with": {"seconds": 2, "label": "s"}}],
-        }}), pm=pm)
+    run = await plait.run(
+        wf(
+            {
+                "id": "p",
+                "wait": "any",
+                "parallel": {
+                    "fast": [
+                        {"id": "f", "tool": "probe.work", "with": {"seconds": 0.01, "label": "f"}}
+                    ],
+                    "slow": [
+                        {"id": "s", "tool": "probe.work", "with": {"seconds": 2, "label": "s"}}
+                    ],
+                },
+            }
+        ),
+        pm=pm,
+    )
     assert run.steps["p"].output == {"fast": "f"}
     assert run.steps["p.slow.s"].status == "cancelled" if "p.slow.s" in run.steps else True
 
 
 async def test_delay_and_wait_signal(pm):
     engine = plait.Engine(pm)
-    compiled = engine.register(wf(
-        {"id": "nap", "delay": 0.1},
-        {"id": "approval", "wait": "approve", "within": 5, "needs": ["nap"]},
-        outputs={"by": "${steps.approval.output.by}"},
-    ))
+    compiled = engine.register(
+        wf(
+            {"id": "nap", "delay": 0.1},
+            {"id": "approval", "wait": "approve", "within": 5, "needs": ["nap"]},
+            outputs={"by": "${steps.approval.output.by}"},
+        )
+    )
     async with engine:
         run = await engine.start(compiled)
         await anyio.sleep(0.3)
@@ -431,36 +574,73 @@ async def test_wait_timeout(pm):
 
 
 async def test_validate_lists_every_violation(pm):
-    run = await plait.run(wf({
-        "id": "v", "validate": {"a": "x", "b": -1},
-        "schema": {"type": "object", "properties": {"a": {"type": "integer"},
-                                                    "b": {"minimum": 0}}},
-        "assert": ["steps | length > 100"],
-    }), pm=pm)
+    run = await plait.run(
+        wf(
+            {
+                "id": "v",
+                "validate": {"a": "x", "b": -1},
+                "schema": {
+                    "type": "object",
+                    "properties": {"a": {"type": "integer"}, "b": {"minimum": 0}},
+                },
+                "assert": ["steps | length > 100"],
+            }
+        ),
+        pm=pm,
+    )
     assert run.status == "failed"
     message = run.error["message"]
     assert "$.a" in message and "$.b" in message and "steps | length > 100" in message
 
 
 async def test_agent_conversation_carries_across_steps(pm):
-    config = HostConfig.model_validate({"agents": {"bot": {
-        "provider": "scripted",
-        "script": [{"call": "probe.add", "args": {"a": 2, "b": 3}},
-                   {"say": "sum is {last}"},
-                   {"json": {"ok": True}}],
-    }}})
-    run = await plait.run(wf(
-        {"id": "one", "agent": "bot", "prompt": "add", "tools": ["probe.add"],
-         "conversation": "c"},
-        {"id": "two", "agent": "bot", "prompt": "verdict?", "conversation": "c",
-         "needs": ["one"], "output_schema": {"type": "object", "required": ["ok"]}},
-    ), pm=pm, config=config)
+    config = HostConfig.model_validate(
+        {
+            "agents": {
+                "bot": {
+                    "provider": "scripted",
+                    "script": [
+                        {"call": "probe.add", "args": {"a": 2, "b": 3}},
+                        {"say": "sum is {last}"},
+                        {"json": {"ok": True}},
+                    ],
+                }
+            }
+        }
+    )
+    run = await plait.run(
+        wf(
+            {
+                "id": "one",
+                "agent": "bot",
+                "prompt": "add",
+                "tools": ["probe.add"],
+                "conversation": "c",
+            },
+            {
+                "id": "two",
+                "agent": "bot",
+                "prompt": "verdict?",
+                "conversation": "c",
+                "needs": ["one"],
+                "output_schema": {"type": "object", "required": ["ok"]},
+            },
+        ),
+        pm=pm,
+        config=config,
+    )
     assert run.status == "succeeded", run.error
     assert run.steps["one"].output == "sum is 5"
     assert run.steps["two"].output == {"ok": True}
     history = run.conversations["c"]
-    assert [m.role for m in history] == ["user", "assistant", "tool", "assistant", "user",
-                                         "assistant"]
+    assert [m.role for m in history] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+        "assistant",
+    ]
 
 
 async def test_cache_hits_emit_step_cached(tmp_path, pm, probe):
@@ -474,8 +654,15 @@ async def test_cache_hits_emit_step_cached(tmp_path, pm, probe):
 
 
 async def test_errors_and_side_effecting_tools_are_not_cached(tmp_path, pm, probe):
-    definition = wf({"id": "f", "tool": "probe.fail", "with": {"key": "nc", "times": 1},
-                     "cache": True, "retry": {"attempts": 2, "base": 0.01}})
+    definition = wf(
+        {
+            "id": "f",
+            "tool": "probe.fail",
+            "with": {"key": "nc", "times": 1},
+            "cache": True,
+            "retry": {"attempts": 2, "base": 0.01},
+        }
+    )
     run = await plait.run(definition, pm=pm, cache_dir=str(tmp_path / "c"))
     assert run.status == "succeeded"
     assert probe.count("fail") == 2  # the failure was not cached
@@ -491,8 +678,12 @@ async def test_cache_false_on_step_disables_tool_default(tmp_path, pm, probe):
 async def test_host_runs_registered_workflow(tmp_path, pm):
     host = plait.Host(data_dir=tmp_path / "data", pm=pm)
     async with host:
-        host.register(wf({"id": "a", "transform": "${inputs.name | upper}"},
-                         outputs={"x": "${steps.a.output}"}))
+        host.register(
+            wf(
+                {"id": "a", "transform": "${inputs.name | upper}"},
+                outputs={"x": "${steps.a.output}"},
+            )
+        )
         run_id = await host.start_run("t", {"name": "ada"})
         run = await host.wait(run_id)
     assert run.outputs == {"x": "ADA"}
@@ -501,22 +692,31 @@ async def test_host_runs_registered_workflow(tmp_path, pm):
 
 async def test_cache_key_template_and_when(tmp_path, pm, probe):
     def definition(day, use_cache):
-        return wf({"id": "a", "tool": "probe.add", "with": {"a": 1, "b": 2},
-                   "cache": {"key": "${inputs.day}", "when": "inputs.use"}})
+        return wf(
+            {
+                "id": "a",
+                "tool": "probe.add",
+                "with": {"a": 1, "b": 2},
+                "cache": {"key": "${inputs.day}", "when": "inputs.use"},
+            }
+        )
 
     cache_dir = str(tmp_path / "c")
     for day in ("mon", "mon", "tue"):
-        await plait.run(definition(day, True), {"day": day, "use": True}, pm=pm,
-                        cache_dir=cache_dir)
+        await plait.run(
+            definition(day, True), {"day": day, "use": True}, pm=pm, cache_dir=cache_dir
+        )
     assert probe.count("add") == 2  # "mon" hit once; "tue" is another key
-    await plait.run(definition("mon", False), {"day": "mon", "use": False}, pm=pm,
-                    cache_dir=cache_dir)
+    await plait.run(
+        definition("mon", False), {"day": "mon", "use": False}, pm=pm, cache_dir=cache_dir
+    )
     assert probe.count("add") == 3  # when false: neither looked up nor stored
 
 
 async def test_cache_ttl_expires(tmp_path, pm, probe):
-    definition = wf({"id": "a", "tool": "probe.add", "with": {"a": 5, "b": 5},
-                     "cache": {"ttl": 0.2}})
+    definition = wf(
+        {"id": "a", "tool": "probe.add", "with": {"a": 5, "b": 5}, "cache": {"ttl": 0.2}}
+    )
     cache_dir = str(tmp_path / "c")
     await plait.run(definition, pm=pm, cache_dir=cache_dir)
     await plait.run(definition, pm=pm, cache_dir=cache_dir)
@@ -531,26 +731,45 @@ async def test_delay_until_timestamp(pm):
 
     until = (datetime.now(UTC) + timedelta(seconds=0.3)).isoformat()
     start = time.monotonic()
-    run = await plait.run(wf({"id": "d", "delay": None, "until": until, "type": "delay"}),
-                          pm=pm)
+    run = await plait.run(wf({"id": "d", "delay": None, "until": until, "type": "delay"}), pm=pm)
     assert run.status == "succeeded", run.error
     assert 0.2 < time.monotonic() - start < 2
 
 
 async def test_agent_max_turns_and_output_schema_repair(pm):
-    config = HostConfig.model_validate({"agents": {
-        "looper": {"provider": "scripted",
-                   "script": [{"call": "probe.echo", "args": {"value": i}} for i in range(5)]},
-        "fixer": {"provider": "scripted",
-                  "script": [{"say": "not json"}, {"json": {"wrong": 1}}, {"json": {"ok": 1}}]},
-    }})
-    run = await plait.run(wf({"id": "a", "agent": "looper", "prompt": "go", "max_turns": 3,
-                              "tools": ["probe.echo"]}), pm=pm, config=config)
+    config = HostConfig.model_validate(
+        {
+            "agents": {
+                "looper": {
+                    "provider": "scripted",
+                    "script": [{"call": "probe.echo", "args": {"value": i}} for i in range(5)],
+                },
+                "fixer": {
+                    "provider": "scripted",
+                    "script": [{"say": "not json"}, {"json": {"wrong": 1}}, {"json": {"ok": 1}}],
+                },
+            }
+        }
+    )
+    run = await plait.run(
+        wf({"id": "a", "agent": "looper", "prompt": "go", "max_turns": 3, "tools": ["probe.echo"]}),
+        pm=pm,
+        config=config,
+    )
     assert run.status == "failed"
     assert "max_turns" in run.error["message"]
-    run = await plait.run(wf({"id": "a", "agent": "fixer", "prompt": "go",
-                              "output_schema": {"type": "object", "required": ["ok"]}}),
-                          pm=pm, config=config)
+    run = await plait.run(
+        wf(
+            {
+                "id": "a",
+                "agent": "fixer",
+                "prompt": "go",
+                "output_schema": {"type": "object", "required": ["ok"]},
+            }
+        ),
+        pm=pm,
+        config=config,
+    )
     assert run.status == "succeeded", run.error
     assert run.steps["a"].output == {"ok": 1}
 

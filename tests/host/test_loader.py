@@ -61,10 +61,10 @@ steps:
 
 
 def test_yaml_12_booleans_and_numbers_keep_their_types():
-    wf = plait.load("name: t\nsteps:\n  - {id: a, transform: {t: true, f: false, n: 12, x: 1.5,"
-                    " z: null}}\n")
-    assert wf.steps[0].config["transform"] == {"t": True, "f": False, "n": 12, "x": 1.5,
-                                               "z": None}
+    wf = plait.load(
+        "name: t\nsteps:\n  - {id: a, transform: {t: true, f: false, n: 12, x: 1.5, z: null}}\n"
+    )
+    assert wf.steps[0].config["transform"] == {"t": True, "f": False, "n": 12, "x": 1.5, "z": None}
     value = wf.steps[0].config["transform"]
     assert type(value["n"]) is int and type(value["t"]) is bool and type(value["x"]) is float
 
@@ -116,8 +116,7 @@ def test_path_as_str_and_as_path(tmp_path):
 
 def test_file_errors_name_the_file_and_line(tmp_path):
     file = tmp_path / "bad.yaml"
-    file.write_text("name: t\ncolour: red\nsteps:\n  - {id: a, transform: 1}\n",
-                    encoding="utf-8")
+    file.write_text("name: t\ncolour: red\nsteps:\n  - {id: a, transform: 1}\n", encoding="utf-8")
     with pytest.raises(plait.DefinitionError) as info:
         plait.load(file)
     assert info.value.source == str(file)
@@ -147,8 +146,9 @@ def test_unknown_top_level_field_at_its_line():
 
 
 def test_bad_step_id_pattern_at_its_line():
-    issue = only_issue("name: t\nsteps:\n  - id: ok\n    transform: 1\n  - id: 2bad\n"
-                       "    transform: 2\n")
+    issue = only_issue(
+        "name: t\nsteps:\n  - id: ok\n    transform: 1\n  - id: 2bad\n    transform: 2\n"
+    )
     assert issue.path == "steps[1].id"
     assert issue.line == 5
     assert "'2bad'" in issue.message
@@ -187,7 +187,10 @@ steps:
     retry: {attempts: 0}
 """)
     assert sorted((i.path, i.line) for i in issues) == [
-        ("bogus", 2), ("steps[0].id", 4), ("steps[1].retry.attempts", 8)]
+        ("bogus", 2),
+        ("steps[0].id", 4),
+        ("steps[1].retry.attempts", 8),
+    ]
 
 
 def test_yaml_syntax_error_reports_its_line():
@@ -203,11 +206,14 @@ def test_tab_indentation_reports_its_line():
     assert "YAML" in issue.message
 
 
-@pytest.mark.parametrize(("text", "key", "line"), [
-    ("name: t\nname: u\nsteps:\n  - {id: a, transform: 1}\n", "name", 2),
-    ("name: t\nsteps:\n  - id: a\n    transform: 1\n    transform: 2\n", "transform", 5),
-    ('{"name": "t",\n "steps": [{"id": "a", "transform": 1}],\n "name": "u"}', "name", 3),
-])
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ("name: t\nname: u\nsteps:\n  - {id: a, transform: 1}\n", "name", 2),
+        ("name: t\nsteps:\n  - id: a\n    transform: 1\n    transform: 2\n", "transform", 5),
+        ('{"name": "t",\n "steps": [{"id": "a", "transform": 1}],\n "name": "u"}', "name", 3),
+    ],
+)
 def test_duplicate_keys_are_reported(text, key, line):
     issue = only_issue(text)
     assert "duplicate key" in issue.message
@@ -221,8 +227,10 @@ def test_non_mapping_document(text):
     assert "a workflow is a mapping" in issue.message
 
 
-@pytest.mark.parametrize(("text", "kind"), [("- a\n- b\n", "list"), ("just text\n", "string"),
-                                          ("42\n", "number"), ("", "empty")])
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [("- a\n- b\n", "list"), ("just text\n", "string"), ("42\n", "number"), ("", "empty")],
+)
 def test_non_mapping_document_names_the_yaml_kind(text, kind):
     message = only_issue(text).message
     assert kind in message
@@ -230,8 +238,10 @@ def test_non_mapping_document_names_the_yaml_kind(text, kind):
 
 
 def test_needs_as_a_string_is_a_list():
-    wf = plait.load("name: t\nsteps:\n  - {id: a, transform: 1}\n"
-                    "  - {id: b, transform: 2, needs: a, needs_any: a}\n")
+    wf = plait.load(
+        "name: t\nsteps:\n  - {id: a, transform: 1}\n"
+        "  - {id: b, transform: 2, needs: a, needs_any: a}\n"
+    )
     assert wf.steps[1].needs == ["a"]
     assert wf.steps[1].needs_any == ["a"]
     assert wf.to_dict()["steps"][1]["needs"] == ["a"]
@@ -288,7 +298,11 @@ def test_to_dict_round_trips(source):
 def test_to_dict_is_the_form_it_is_written_in():
     data = plait.load(RICH_YAML).to_dict()
     assert data["steps"][0] == {
-        "id": "a", "tool": "x.y", "with": {"on": "yes"}, "timeout": 3.0, "description": "first",
+        "id": "a",
+        "tool": "x.y",
+        "with": {"on": "yes"},
+        "timeout": 3.0,
+        "description": "first",
         "retry": {"attempts": 2, "jitter": 0.5, "retry_on": ["tool"]},
         "cache": {"ttl": 60.0, "key": "${inputs.n}"},
     }
@@ -305,12 +319,14 @@ def test_examples_round_trip(path):
 
 
 def test_builder_equals_yaml():
-    built = (plait.Workflow("hello")
-             .input("name", str)
-             .tool("greet", "hello.greet", name="${inputs.name}")
-             .transform("shout", "${steps.greet.output | upper}")
-             .output("text", "${steps.shout.output}")
-             .build())
+    built = (
+        plait.Workflow("hello")
+        .input("name", str)
+        .tool("greet", "hello.greet", name="${inputs.name}")
+        .transform("shout", "${steps.greet.output | upper}")
+        .output("text", "${steps.shout.output}")
+        .build()
+    )
     assert isinstance(built, plait.WorkflowDef)
     assert built.to_dict() == plait.load(HELLO_YAML).to_dict()
 

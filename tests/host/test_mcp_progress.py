@@ -8,8 +8,14 @@ from plait.state.runs import Event, Run
 
 def test_progress_counts_the_published_event_not_the_live_run() -> None:
     held: list[Event] = []
-    run = Run(id="r1", workflow="w", version=1, inputs={}, total_steps=3,
-              sink=lambda _run, event: held.append(event))
+    run = Run(
+        id="r1",
+        workflow="w",
+        version=1,
+        inputs={},
+        total_steps=3,
+        sink=lambda _run, event: held.append(event),
+    )
     sent: list[tuple[int, str]] = []
     run.listen(progress_reporter(run, lambda done, message: sent.append((done, message))))
 

@@ -30,14 +30,19 @@ async def test_host_request_gets_the_matching_response():
     dispatcher, session = Dispatcher(), Session(transport="test")
 
     def answer(message):
-        return {"jsonrpc": "2.0", "id": message["id"],
-                "result": {"echo": message["params"]["text"]}}
+        return {
+            "jsonrpc": "2.0",
+            "id": message["id"],
+            "result": {"echo": message["params"]["text"]},
+        }
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(_client, session, dispatcher, answer)
         with anyio.fail_after(2):
-            first, second = await session.request("sampling/createMessage", {"text": "a"}), \
-                await session.request("sampling/createMessage", {"text": "b"})
+            first, second = (
+                await session.request("sampling/createMessage", {"text": "a"}),
+                await session.request("sampling/createMessage", {"text": "b"}),
+            )
         assert first == {"echo": "a"} and second == {"echo": "b"}
         session.close()
 
@@ -46,8 +51,11 @@ async def test_host_request_error_response_raises_rpc_error():
     dispatcher, session = Dispatcher(), Session(transport="test")
 
     def answer(message):
-        return {"jsonrpc": "2.0", "id": message["id"],
-                "error": {"code": -32602, "message": "no", "data": {"x": 1}}}
+        return {
+            "jsonrpc": "2.0",
+            "id": message["id"],
+            "error": {"code": -32602, "message": "no", "data": {"x": 1}},
+        }
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(_client, session, dispatcher, answer)
@@ -82,8 +90,10 @@ async def test_pending_host_request_fails_when_the_client_goes_away():
 
 async def test_unknown_response_ids_are_ignored_and_never_answered():
     dispatcher, session = Dispatcher(), Session(transport="test")
-    assert await dispatcher.handle('{"jsonrpc": "2.0", "id": "plait-99", "result": 1}',
-                                   session) is None
+    assert (
+        await dispatcher.handle('{"jsonrpc": "2.0", "id": "plait-99", "result": 1}', session)
+        is None
+    )
     session.close()
 
 

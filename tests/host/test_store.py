@@ -264,10 +264,12 @@ async def test_events_are_committed_in_groups_and_published_only_after_commit(tm
         assert query(store.path, "SELECT count(*) FROM events WHERE run_id = 'r1'") == [(500,)]
         stored = await store.events(run.id)
         assert [e.seq for e in stored] == list(range(1, 501))
-        assert [(e.type, e.step, e.data) for e in stored] == \
-            [(e.type, e.step, e.data) for e in run.events]
-        assert [e.data for e in await store.events(run.id, since=495)] == \
-            [{"i": i, "text": f"event {i}"} for i in range(495, 500)]
+        assert [(e.type, e.step, e.data) for e in stored] == [
+            (e.type, e.step, e.data) for e in run.events
+        ]
+        assert [e.data for e in await store.events(run.id, since=495)] == [
+            {"i": i, "text": f"event {i}"} for i in range(495, 500)
+        ]
         assert len(await store.events(run.id, since=10, limit=5)) == 5
 
 
@@ -293,8 +295,10 @@ async def test_the_writer_commits_while_the_event_loop_is_busy(tmp_path):
 async def test_large_batches_keep_every_row_and_each_runs_latest_status(tmp_path):
     """Rows go in many to a statement; a run whose changes share a batch ends up with the
     last of them."""
-    runs = [Run(id=f"r{i:04d}", workflow="w", version=1, inputs={"i": i}, total_steps=1)
-            for i in range(1500)]
+    runs = [
+        Run(id=f"r{i:04d}", workflow="w", version=1, inputs={"i": i}, total_steps=1)
+        for i in range(1500)
+    ]
     async with SqliteStore(tmp_path) as store:
         for run in runs:
             run.sink = store.record
@@ -307,15 +311,21 @@ async def test_large_batches_keep_every_row_and_each_runs_latest_status(tmp_path
         await store.sync()
         assert query(store.path, "SELECT count(*) FROM events") == [(1500 * 5,)]
         assert query(store.path, "SELECT status, count(*) FROM runs GROUP BY status") == [
-            ("succeeded", 1500)]
+            ("succeeded", 1500)
+        ]
         assert query(store.path, "SELECT count(*) FROM steps WHERE status = 'succeeded'") == [
-            (1500,)]
+            (1500,)
+        ]
         back = await store.load_run("r0777")
         assert back is not None
-        assert (back.status, back.outputs, back.steps["a"].output) == (
-            "succeeded", {"v": 777}, 777)
+        assert (back.status, back.outputs, back.steps["a"].output) == ("succeeded", {"v": 777}, 777)
         assert [e.type for e in await store.events("r1499")] == [
-            "run.created", "run.started", "step.started", "step.succeeded", "run.succeeded"]
+            "run.created",
+            "run.started",
+            "step.started",
+            "step.succeeded",
+            "run.succeeded",
+        ]
 
 
 async def test_a_row_that_breaks_a_constraint_is_dropped_and_the_rest_kept(tmp_path, caplog):
@@ -369,9 +379,11 @@ def test_a_store_left_open_does_not_keep_the_interpreter_from_exiting(tmp_path):
         "    run.record('probe.tick', None, {})\n"
         "    await store.sync()\n"
         "anyio.run(main)\n"
-        "print('ended')\n")
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                          timeout=60)
+        "print('ended')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ended"
     assert query(tmp_path / "plait.db", "SELECT count(*) FROM events") == [(1,)]
@@ -382,9 +394,15 @@ async def test_a_listener_that_sees_an_event_finds_it_on_disk(tmp_path):
         run = Run(id="r2", workflow="w", version=1, inputs={})
         run.sink = store.record
         on_disk = []
-        run.listen(lambda e: on_disk.append(
-            query(store.path, "SELECT count(*) FROM events WHERE run_id = 'r2' AND seq = ?",
-                  (e.seq,))[0][0]))
+        run.listen(
+            lambda e: on_disk.append(
+                query(
+                    store.path,
+                    "SELECT count(*) FROM events WHERE run_id = 'r2' AND seq = ?",
+                    (e.seq,),
+                )[0][0]
+            )
+        )
         for i in range(40):
             run.record("probe.tick", None, {"i": i})
         await store.sync()
@@ -411,8 +429,9 @@ async def test_closing_the_store_folds_the_wal_into_the_database_file(tmp_path):
             run.record("probe.tick", None, {"i": i})
         await store.sync()
     wal = tmp_path / "plait.db-wal"
-    assert not wal.exists() or wal.stat().st_size == 0, \
+    assert not wal.exists() or wal.stat().st_size == 0, (
         f"a closed store left {wal.stat().st_size} bytes in its WAL"
+    )
     # plait.db on its own (a copy without the -wal file) holds every event.
     copy = tmp_path / "copy"
     copy.mkdir()
@@ -449,8 +468,11 @@ async def test_finished_runs_survive_a_restart(tmp_path, pm):
             run = await host.wait(run_id)
             assert run.status == "succeeded"
             events = await host.engine.events(run_id)
-            before[run_id] = (run.outputs, {p: s.to_dict() for p, s in run.steps.items()},
-                              [(e.seq, e.type, e.step, e.data) for e in events])
+            before[run_id] = (
+                run.outputs,
+                {p: s.to_dict() for p, s in run.steps.items()},
+                [(e.seq, e.type, e.step, e.data) for e in events],
+            )
         assert not set(ids) & set(host.engine.runs), "finished runs stayed in memory"
     assert not DataDirLock.held(data_dir)
     async with plait.Host(config(data_dir), pm=pm) as host:
@@ -488,13 +510,20 @@ async def test_list_runs_pages_and_filters(tmp_path, pm):
         runs = {run_id: await host.wait(run_id) for run_id in ids}
         failed = {r for r, run in runs.items() if run.status == "failed"}
         assert len(failed) == 5 and all(runs[r].workflow == "bad" for r in failed)
-        assert {r for r, run in runs.items() if run.workflow == "parent"} and \
-            all(run.status == "succeeded" for run in runs.values() if run.workflow != "bad")
+        assert {r for r, run in runs.items() if run.workflow == "parent"} and all(
+            run.status == "succeeded" for run in runs.values() if run.workflow != "bad"
+        )
         children = query(host.store.path, "SELECT id FROM runs WHERE parent_id IS NOT NULL")
         assert children, "the parent runs should have left child runs in the store"
 
-        expected = [r for r, _ in sorted(((r, (run.created_at, r)) for r, run in runs.items()),
-                                         key=lambda item: item[1], reverse=True)]
+        expected = [
+            r
+            for r, _ in sorted(
+                ((r, (run.created_at, r)) for r, run in runs.items()),
+                key=lambda item: item[1],
+                reverse=True,
+            )
+        ]
         seen, cursor, pages = [], None, 0
         while True:
             page = await host.engine.list_runs(limit=7, cursor=cursor)
@@ -605,8 +634,9 @@ async def test_memory_data_dir_writes_no_database(tmp_path, pm, monkeypatch):
         run = await host.wait(await host.start_run("w", {"x": 2}))
         assert run.status == "succeeded"
         assert run.outputs == {"b": 3}
-        assert [e.seq for e in await host.engine.events(run.id)] == \
-            list(range(1, len(run.events) + 1))
+        assert [e.seq for e in await host.engine.events(run.id)] == list(
+            range(1, len(run.events) + 1)
+        )
     assert list(tmp_path.rglob("*")) == []
 
 
@@ -661,11 +691,11 @@ async def test_runs_wait_out_another_writer_and_lose_nothing(tmp_path, pm, caplo
         for run_id in ids:
             events = await host.engine.events(run_id)
             assert events[-1].type == "run.succeeded"
-            stored = query(db, "SELECT seq, type FROM events WHERE run_id = ? ORDER BY seq",
-                           (run_id,))
+            stored = query(
+                db, "SELECT seq, type FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
+            )
             assert stored == [(e.seq, e.type) for e in events]
-            assert query(db, "SELECT status FROM runs WHERE id = ?", (run_id,)) == \
-                [("succeeded",)]
+            assert query(db, "SELECT status FROM runs WHERE id = ?", (run_id,)) == [("succeeded",)]
         assert host.store.last_error is None
     failures = [r for r in caplog.records if "commit failed" in r.getMessage()]
     assert failures == [], "the writer failed instead of waiting for the lock"

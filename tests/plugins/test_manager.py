@@ -176,7 +176,8 @@ def test_blocked_builtin_is_not_loaded_and_its_step_type_is_unknown():
 
 async def test_plait_run_blocks_plugins_named_in_host_config():
     config = plait.HostConfig.model_validate(
-        {"plugins": {"disabled": ["plait.steps.delay"], "entry_points": False}})
+        {"plugins": {"disabled": ["plait.steps.delay"], "entry_points": False}}
+    )
     run = await plait.run(wf({"id": "a", "transform": 1}), config=config)
     assert run.status == "succeeded"
     with pytest.raises(plait.DefinitionError, match="unknown step type"):
@@ -206,16 +207,21 @@ def plugin_dir(tmp_path, monkeypatch):
             del sys.modules[name]
 
 
-@pytest.mark.parametrize("body", [
-    "raise RuntimeError('cannot start')",
-    "import a_module_that_is_not_there_at_all",
-    "raise SystemExit(3)",
-    "raise KeyboardInterrupt",
-    "def broken(:\n    pass",
-], ids=["runtime-error", "missing-import", "system-exit", "keyboard-interrupt", "syntax-error"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "raise RuntimeError('cannot start')",
+        "import a_module_that_is_not_there_at_all",
+        "raise SystemExit(3)",
+        "raise KeyboardInterrupt",
+        "def broken(:\n    pass",
+    ],
+    ids=["runtime-error", "missing-import", "system-exit", "keyboard-interrupt", "syntax-error"],
+)
 def test_plugin_that_fails_to_import_is_recorded_and_others_load(plugin_dir, body):
     (plugin_dir / "plugmod_bad.py").write_text(body + "\n")
-    (plugin_dir / "plugmod_good.py").write_text(textwrap.dedent("""
+    (plugin_dir / "plugmod_good.py").write_text(
+        textwrap.dedent("""
         import plait
         from plait.plugins import StepConfig, StepType
 
@@ -229,10 +235,12 @@ def test_plugin_that_fails_to_import_is_recorded_and_others_load(plugin_dir, bod
         @plait.hookimpl
         def register_step_types(register):
             register(Hush)
-    """))
+    """)
+    )
     pm = create_plugin_manager(
         entry_points=False,
-        builtins=[*DEFAULT_PLUGINS[:3], "plugmod_bad", "plugmod_good", *DEFAULT_PLUGINS[3:]])
+        builtins=[*DEFAULT_PLUGINS[:3], "plugmod_bad", "plugmod_good", *DEFAULT_PLUGINS[3:]],
+    )
     [failure] = pm.failures
     assert failure.plugin == "plugmod_bad"
     assert failure.stage == "import"
@@ -258,8 +266,11 @@ def test_load_module_records_import_failure_and_returns_false(plugin_dir):
     assert "delay" in pm.registries.step_types
 
 
-@pytest.mark.parametrize("exc", [RuntimeError("registry on fire"), SystemExit(2),
-                                 KeyboardInterrupt()], ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize(
+    "exc",
+    [RuntimeError("registry on fire"), SystemExit(2), KeyboardInterrupt()],
+    ids=lambda e: type(e).__name__,
+)
 @pytest.mark.parametrize("hook", ["register_step_types", "register_tools", "register_agents"])
 def test_registration_hook_that_raises_fails_only_its_plugin(exc, hook):
     def raising(register):
@@ -285,8 +296,9 @@ async def test_host_keeps_running_workflows_after_a_registration_hook_raised():
     def register_step_types(register):
         raise SystemExit(1)
 
-    pm = create_plugin_manager(entry_points=False,
-                               extra=[plugin("quitter", register_step_types), shout_plugin()])
+    pm = create_plugin_manager(
+        entry_points=False, extra=[plugin("quitter", register_step_types), shout_plugin()]
+    )
     run = await plait.run(wf({"id": "a", "shout": "still here"}), pm=pm)
     assert run.status == "succeeded"
     assert run.steps["a"].output == "STILL HERE"
@@ -298,8 +310,9 @@ def test_hookimpl_with_invalid_signature_is_reported_at_register():
     def register_tools(register, bogus):
         register(lambda: 1, "never.registered")
 
-    pm = create_plugin_manager(entry_points=False,
-                               extra=[plugin("badsig", register_tools), shout_plugin()])
+    pm = create_plugin_manager(
+        entry_points=False, extra=[plugin("badsig", register_tools), shout_plugin()]
+    )
     [failure] = pm.failures
     assert failure.plugin == "badsig"
     assert failure.stage == "register"
@@ -314,8 +327,9 @@ def test_hookimpl_for_unknown_hook_is_reported_at_register():
     def register_tool(register):  # typo: the hook is register_tools
         raise AssertionError("never called")
 
-    pm = create_plugin_manager(entry_points=False,
-                               extra=[plugin("typo", register_tool), shout_plugin()])
+    pm = create_plugin_manager(
+        entry_points=False, extra=[plugin("typo", register_tool), shout_plugin()]
+    )
     [failure] = pm.failures
     assert failure.plugin == "typo"
     assert failure.stage == "register"
@@ -333,17 +347,18 @@ def test_every_plugin_with_an_unknown_hook_is_reported():
     def step_finish(run, step):
         pass
 
-    pm = create_plugin_manager(entry_points=False,
-                               extra=[plugin("typo_a", register_tool),
-                                      plugin("typo_b", step_finish)])
+    pm = create_plugin_manager(
+        entry_points=False, extra=[plugin("typo_a", register_tool), plugin("typo_b", step_finish)]
+    )
     assert sorted(f.plugin for f in pm.failures) == ["typo_a", "typo_b"]
     assert pm.get_plugin("typo_b") is None
     pm.check_pending()  # nothing unverified is left registered
 
 
 def test_duplicate_step_type_key_is_refused_naming_both_plugins():
-    pm = create_plugin_manager(entry_points=False,
-                               extra=[step_types_plugin("impostor", FakeTool, Shout)])
+    pm = create_plugin_manager(
+        entry_points=False, extra=[step_types_plugin("impostor", FakeTool, Shout)]
+    )
     steps = pm.registries.step_types
     [failure] = pm.failures
     assert failure.plugin == "impostor"
@@ -406,8 +421,11 @@ def test_register_rejects_what_is_not_a_step_type():
 
     pm = create_plugin_manager(
         entry_points=False,
-        extra=[plugin("noconfig_plugin", register_step_types),
-               plugin("bad_agent", register_agents)])
+        extra=[
+            plugin("noconfig_plugin", register_step_types),
+            plugin("bad_agent", register_agents),
+        ],
+    )
     _ = pm.registries  # building the registries calls the hooks and records failures
     by_plugin = {f.plugin: f for f in pm.failures}
     assert "no Config model" in by_plugin["noconfig_plugin"].error
@@ -416,8 +434,9 @@ def test_register_rejects_what_is_not_a_step_type():
 
 
 def test_registries_follow_plugins_blocked_or_loaded_after_first_use():
-    pm = create_plugin_manager(entry_points=False, builtins=["plait.steps.tool",
-                                                             "plait.steps.delay"])
+    pm = create_plugin_manager(
+        entry_points=False, builtins=["plait.steps.tool", "plait.steps.delay"]
+    )
     assert "delay" in pm.registries.step_types
     pm.set_blocked("plait.steps.delay")
     assert pm.load_module("plait.steps.transform", builtin=True)
@@ -474,9 +493,13 @@ def make_distribution(root, name, version, entry_points, modules):
 
 @pytest.fixture
 def fake_dist(plugin_dir):
-    make_distribution(plugin_dir, "fakeplug", "1.0",
-                      {"fake": "fakeplug_mod", "broken": "does_not_exist_mod"},
-                      {"fakeplug_mod": FAKE_MODULE})
+    make_distribution(
+        plugin_dir,
+        "fakeplug",
+        "1.0",
+        {"fake": "fakeplug_mod", "broken": "does_not_exist_mod"},
+        {"fakeplug_mod": FAKE_MODULE},
+    )
     return plugin_dir
 
 
@@ -494,11 +517,15 @@ async def test_entry_point_plugin_loads_and_a_broken_one_is_recorded(fake_dist):
     assert "broken" not in info
     assert set(DEFAULT_PLUGINS) <= set(info)  # the built-ins loaded all the same
 
-    run = await plait.run(wf(
-        {"id": "rev", "fake_reverse": "${inputs.word}"},
-        {"id": "mul", "tool": "fake.mul", "with": {"a": 6, "b": 7}},
-        outputs={"rev": "${steps.rev.output}", "mul": "${steps.mul.output}"},
-    ), {"word": "plait"}, pm=pm)
+    run = await plait.run(
+        wf(
+            {"id": "rev", "fake_reverse": "${inputs.word}"},
+            {"id": "mul", "tool": "fake.mul", "with": {"a": 6, "b": 7}},
+            outputs={"rev": "${steps.rev.output}", "mul": "${steps.mul.output}"},
+        ),
+        {"word": "plait"},
+        pm=pm,
+    )
     assert run.status == "succeeded", run.error
     assert run.outputs == {"rev": "tialp", "mul": 42}
 
@@ -521,14 +548,21 @@ def test_entry_points_are_skipped_when_disabled(fake_dist):
 
 
 def test_entry_point_with_invalid_hookimpl_names_plugin_and_entry_point(plugin_dir):
-    make_distribution(plugin_dir, "fakeplug-badsig", "2.5", {"badsig": "fakeplug_badsig"},
-                      {"fakeplug_badsig": textwrap.dedent("""
+    make_distribution(
+        plugin_dir,
+        "fakeplug-badsig",
+        "2.5",
+        {"badsig": "fakeplug_badsig"},
+        {
+            "fakeplug_badsig": textwrap.dedent("""
                           import plait
 
                           @plait.hookimpl
                           def register_tools(register, bogus):
                               pass
-                      """)})
+                      """)
+        },
+    )
     pm = create_plugin_manager()
     [failure] = failures_of(pm, "badsig")
     assert failure.stage == "register"
@@ -539,14 +573,21 @@ def test_entry_point_with_invalid_hookimpl_names_plugin_and_entry_point(plugin_d
 
 
 def test_entry_point_with_unknown_hook_is_reported_under_its_entry_point_name(plugin_dir):
-    make_distribution(plugin_dir, "fakeplug-typo", "0.3", {"typo_ep": "fakeplug_typo"},
-                      {"fakeplug_typo": textwrap.dedent("""
+    make_distribution(
+        plugin_dir,
+        "fakeplug-typo",
+        "0.3",
+        {"typo_ep": "fakeplug_typo"},
+        {
+            "fakeplug_typo": textwrap.dedent("""
                           import plait
 
                           @plait.hookimpl
                           def register_step_type(register):
                               pass
-                      """)})
+                      """)
+        },
+    )
     pm = create_plugin_manager()
     [failure] = failures_of(pm, "typo_ep")
     assert failure.stage == "register"
@@ -561,8 +602,9 @@ def test_entry_point_with_unknown_hook_is_reported_under_its_entry_point_name(pl
 
 
 async def test_step_type_that_raises_fails_its_step_naming_the_plugin():
-    pm = create_plugin_manager(entry_points=False,
-                               extra=[step_types_plugin("boomplug", Boom, Shout)])
+    pm = create_plugin_manager(
+        entry_points=False, extra=[step_types_plugin("boomplug", Boom, Shout)]
+    )
     run = await plait.run(wf({"id": "a", "boom": True}), pm=pm)
     assert run.status == "failed"
     error = run.steps["a"].error
@@ -578,17 +620,20 @@ async def test_step_type_that_raises_fails_its_step_naming_the_plugin():
 
 
 async def test_failing_plugin_step_does_not_stop_independent_steps_with_on_error_continue():
-    pm = create_plugin_manager(entry_points=False,
-                               extra=[step_types_plugin("boomplug", Boom, Shout)])
-    run = await plait.run(wf({"id": "a", "boom": True, "on_error": "continue"},
-                             {"id": "b", "shout": "fine"}), pm=pm)
+    pm = create_plugin_manager(
+        entry_points=False, extra=[step_types_plugin("boomplug", Boom, Shout)]
+    )
+    run = await plait.run(
+        wf({"id": "a", "boom": True, "on_error": "continue"}, {"id": "b", "shout": "fine"}), pm=pm
+    )
     assert run.steps["a"].status == "failed"
     assert run.steps["b"].output == "FINE"
 
 
 async def test_step_type_returning_non_json_fails_its_step_with_output_error():
-    pm = create_plugin_manager(entry_points=False,
-                               extra=[step_types_plugin("setplug", SetOutput, Shout)])
+    pm = create_plugin_manager(
+        entry_points=False, extra=[step_types_plugin("setplug", SetOutput, Shout)]
+    )
     run = await plait.run(wf({"id": "a", "setout": 3}), pm=pm)
     assert run.status == "failed"
     assert run.steps["a"].status == "failed"
@@ -726,35 +771,50 @@ print(json.dumps(out))
 def base_exception_outcomes(tmp_path_factory):
     """Plugin code raising SystemExit/KeyboardInterrupt, in a child process (an escaping
     KeyboardInterrupt would end this pytest session): the outcome of each case by label."""
-    proc = subprocess.run([sys.executable, "-c", BASE_EXCEPTIONS_SCRIPT],
-                          cwd=tmp_path_factory.mktemp("base-exceptions"), capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", BASE_EXCEPTIONS_SCRIPT],
+        cwd=tmp_path_factory.mktemp("base-exceptions"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = proc.stdout.strip().splitlines()
     assert lines, proc.stderr[-3000:]
     return json.loads(lines[-1])
 
 
 @pytest.mark.parametrize("how", ["exit", "interrupt"])
-@pytest.mark.parametrize(("what", "named"), [
-    ("step", "plugin 'quitter'"), ("tool-inline", "'qt.inline'"), ("tool-thread", "'qt.thread'"),
-])
+@pytest.mark.parametrize(
+    ("what", "named"),
+    [
+        ("step", "plugin 'quitter'"),
+        ("tool-inline", "'qt.inline'"),
+        ("tool-thread", "'qt.thread'"),
+    ],
+)
 def test_systemexit_or_keyboardinterrupt_in_plugin_code_fails_only_its_step(
-        base_exception_outcomes, what, named, how):
+    base_exception_outcomes, what, named, how
+):
     result = base_exception_outcomes[f"{what}-{how}"]
     assert result.get("status") == "failed", result
     assert named in result["error"]["message"], result
     assert {"exit": "SystemExit", "interrupt": "KeyboardInterrupt"}[how] in (
-        result["error"]["message"])
+        result["error"]["message"]
+    )
     assert result["next_run"] == "succeeded", result
 
 
 @pytest.mark.parametrize("how", ["exit", "interrupt"])
-@pytest.mark.parametrize("what", [
-    "observer",
-    "async-observer",
-])
+@pytest.mark.parametrize(
+    "what",
+    [
+        "observer",
+        "async-observer",
+    ],
+)
 def test_systemexit_or_keyboardinterrupt_in_an_observer_does_not_affect_the_run(
-        base_exception_outcomes, what, how):
+    base_exception_outcomes, what, how
+):
     result = base_exception_outcomes[f"{what}-{how}"]
     assert result.get("status") == "succeeded", result
     assert result["next_run"] == "succeeded", result
@@ -788,12 +848,15 @@ def recording_observer(name, calls):
 async def test_observers_see_run_and_step_lifecycle_with_right_arguments():
     calls = []
     pm = create_plugin_manager(entry_points=False, extra=[recording_observer("watcher", calls)])
-    run = await plait.run(wf(
-        {"id": "a", "transform": 1},
-        {"id": "b", "transform": "${steps.a.output + 1}"},
-        {"id": "c", "transform": 3, "when": "false"},
-        name="observed",
-    ), pm=pm)
+    run = await plait.run(
+        wf(
+            {"id": "a", "transform": 1},
+            {"id": "b", "transform": "${steps.a.output + 1}"},
+            {"id": "c", "transform": 3, "when": "false"},
+            name="observed",
+        ),
+        pm=pm,
+    )
     assert run.status == "succeeded"
     assert calls[0] == ("run_started", run.id, "observed")
     assert calls[-1] == ("run_finished", run.id, "succeeded", "succeeded")
@@ -803,24 +866,30 @@ async def test_observers_see_run_and_step_lifecycle_with_right_arguments():
     assert ("step_finished", run.id, "b", "succeeded") in middle
     assert ("step_finished", run.id, "c", "skipped") in middle
     assert ("step_started", run.id, "c") not in middle
-    assert middle.index(("step_started", run.id, "a")) < middle.index(
-        ("step_finished", run.id, "a", "succeeded")) < middle.index(
-        ("step_started", run.id, "b"))
+    assert (
+        middle.index(("step_started", run.id, "a"))
+        < middle.index(("step_finished", run.id, "a", "succeeded"))
+        < middle.index(("step_started", run.id, "b"))
+    )
 
 
 async def test_observers_see_failed_outcomes():
     calls = []
-    pm = create_plugin_manager(entry_points=False,
-                               extra=[recording_observer("watcher", calls),
-                                      step_types_plugin("boomplug", Boom)])
+    pm = create_plugin_manager(
+        entry_points=False,
+        extra=[recording_observer("watcher", calls), step_types_plugin("boomplug", Boom)],
+    )
     run = await plait.run(wf({"id": "a", "boom": True}), pm=pm)
     assert run.status == "failed"
     assert ("step_finished", run.id, "a", "failed") in calls
     assert calls[-1] == ("run_finished", run.id, "failed", "failed")
 
 
-@pytest.mark.parametrize("exc", [RuntimeError("observer broke"), SystemExit(1),
-                                 KeyboardInterrupt()], ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize(
+    "exc",
+    [RuntimeError("observer broke"), SystemExit(1), KeyboardInterrupt()],
+    ids=lambda e: type(e).__name__,
+)
 async def test_observer_that_raises_does_not_affect_the_run(exc):
     calls = []
 
@@ -832,9 +901,10 @@ async def test_observer_that_raises_does_not_affect_the_run(exc):
     def run_started(run):
         raise exc
 
-    pm = create_plugin_manager(entry_points=False,
-                               extra=[plugin("clumsy", step_finished, run_started),
-                                      recording_observer("watcher", calls)])
+    pm = create_plugin_manager(
+        entry_points=False,
+        extra=[plugin("clumsy", step_finished, run_started), recording_observer("watcher", calls)],
+    )
     run = await plait.run(wf({"id": "a", "transform": 1}, {"id": "b", "transform": 2}), pm=pm)
     assert run.status == "succeeded"
     assert run.steps["a"].output == 1 and run.steps["b"].output == 2
@@ -863,9 +933,10 @@ async def test_async_observers_are_awaited():
         seen.append(("run_finished", outcome))
         done.set()
 
-    pm = create_plugin_manager(entry_points=False,
-                               extra=[plugin("async_watcher", run_started, step_finished,
-                                             run_finished)])
+    pm = create_plugin_manager(
+        entry_points=False,
+        extra=[plugin("async_watcher", run_started, step_finished, run_finished)],
+    )
     engine = plait.Engine(pm)
     compiled = engine.register(wf({"id": "a", "transform": 1}))
     async with engine:
@@ -885,8 +956,7 @@ async def test_async_observer_that_raises_does_not_affect_the_run():
         await anyio.sleep(0)
         raise RuntimeError("async observer broke")
 
-    pm = create_plugin_manager(entry_points=False,
-                               extra=[plugin("async_clumsy", step_finished)])
+    pm = create_plugin_manager(entry_points=False, extra=[plugin("async_clumsy", step_finished)])
     engine = plait.Engine(pm)
     compiled = engine.register(wf({"id": "a", "transform": 1}, {"id": "b", "transform": 2}))
     async with engine:
@@ -925,10 +995,14 @@ def shout_filter_plugin():
 
 async def test_prepare_jinja_environment_adds_a_filter_usable_in_templates():
     pm = create_plugin_manager(entry_points=False, extra=[shout_filter_plugin()])
-    run = await plait.run(wf(
-        {"id": "a", "transform": "${inputs.x | shout}"},
-        {"id": "b", "transform": "say ${inputs.x | shout} twice"},
-    ), {"x": "hi"}, pm=pm)
+    run = await plait.run(
+        wf(
+            {"id": "a", "transform": "${inputs.x | shout}"},
+            {"id": "b", "transform": "say ${inputs.x | shout} twice"},
+        ),
+        {"x": "hi"},
+        pm=pm,
+    )
     assert run.status == "succeeded", run.error
     assert run.steps["a"].output == "HI!"
     assert run.steps["b"].output == "say HI! twice"
@@ -945,9 +1019,10 @@ async def test_prepare_jinja_environment_that_raises_leaves_templates_working():
     def prepare_jinja_environment(env):
         raise RuntimeError("no filters today")
 
-    pm = create_plugin_manager(entry_points=False,
-                               extra=[plugin("grumpy", prepare_jinja_environment),
-                                      shout_filter_plugin()])
+    pm = create_plugin_manager(
+        entry_points=False,
+        extra=[plugin("grumpy", prepare_jinja_environment), shout_filter_plugin()],
+    )
     run = await plait.run(wf({"id": "a", "transform": "${inputs.x | shout}"}), {"x": "ok"}, pm=pm)
     assert run.steps["a"].output == "OK!"
 
@@ -972,8 +1047,11 @@ def simple_format_plugin(name="simple_format", calls=None):
         for line in lines[1:]:
             step_id, _, value = (p.strip() for p in line.partition("="))
             steps.append({"id": step_id, "transform": value})
-        return {"name": wf_name, "steps": steps,
-                "outputs": {s["id"]: f"${{steps.{s['id']}.output}}" for s in steps}}
+        return {
+            "name": wf_name,
+            "steps": steps,
+            "outputs": {s["id"]: f"${{steps.{s['id']}.output}}" for s in steps},
+        }
 
     return plugin(name, load_workflow)
 
@@ -1011,9 +1089,9 @@ def test_load_workflow_hook_that_raises_does_not_stop_other_formats():
     def load_workflow(source, path):
         raise ValueError("cannot parse anything")
 
-    pm = create_plugin_manager(entry_points=False,
-                               extra=[simple_format_plugin(), plugin("failing_format",
-                                                                     load_workflow)])
+    pm = create_plugin_manager(
+        entry_points=False, extra=[simple_format_plugin(), plugin("failing_format", load_workflow)]
+    )
     assert plait.Engine(pm).compile(SIMPLE_SOURCE).name == "simple-demo"
     assert plait.Engine(pm).compile("name: y\nsteps: [{id: a, transform: 1}]\n").name == "y"
 
@@ -1021,9 +1099,10 @@ def test_load_workflow_hook_that_raises_does_not_stop_other_formats():
 def test_load_workflow_stops_at_the_first_non_none_result():
     calls = []
     # pluggy calls the last registered implementation first.
-    pm = create_plugin_manager(entry_points=False,
-                               extra=[simple_format_plugin("second", calls),
-                                      simple_format_plugin("first", calls)])
+    pm = create_plugin_manager(
+        entry_points=False,
+        extra=[simple_format_plugin("second", calls), simple_format_plugin("first", calls)],
+    )
     assert plait.Engine(pm).compile(SIMPLE_SOURCE).name == "simple-demo"
     assert calls == ["first"]
 
@@ -1035,11 +1114,17 @@ def test_load_workflow_stops_at_the_first_non_none_result():
 
 def hook_signatures():
     """``name(arg, ...)`` of every hookspec, from the specs module and from a manager."""
-    specs = {name: fn for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
-             if hasattr(fn, f"{hookspecs.PROJECT}_spec")}
+    specs = {
+        name: fn
+        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        if hasattr(fn, f"{hookspecs.PROJECT}_spec")
+    }
     pm = create_plugin_manager(entry_points=False, builtins=())
-    callers = {name: caller for name, caller in vars(pm.hook).items()
-               if not name.startswith("_") and getattr(caller, "spec", None) is not None}
+    callers = {
+        name: caller
+        for name, caller in vars(pm.hook).items()
+        if not name.startswith("_") and getattr(caller, "spec", None) is not None
+    }
     assert set(specs) == set(callers)
     out = {}
     for name, fn in specs.items():
@@ -1051,9 +1136,17 @@ def hook_signatures():
 
 def test_hook_signatures_cover_the_expected_hooks():
     assert set(hook_signatures()) == {
-        "register_step_types", "register_tools", "register_agents",
-        "prepare_jinja_environment", "load_workflow", "host_started", "host_stopping",
-        "run_started", "run_finished", "step_started", "step_finished",
+        "register_step_types",
+        "register_tools",
+        "register_agents",
+        "prepare_jinja_environment",
+        "load_workflow",
+        "host_started",
+        "host_stopping",
+        "run_started",
+        "run_finished",
+        "step_started",
+        "step_finished",
     }
 
 
@@ -1062,4 +1155,5 @@ def test_every_hook_is_documented_in_the_readme(hook):
     expected = hook_signatures()[hook]
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert any(expected in line for line in readme.splitlines()), (
-        f"README.md has no line containing {expected}")
+        f"README.md has no line containing {expected}"
+    )

@@ -28,13 +28,27 @@ def hello_site(tmp_path_factory):
     """A folder holding ``plait-hello`` as pip installs it, removed after this module."""
     root = tmp_path_factory.mktemp("plugin-hello")
     source = root / "plugin-hello"
-    shutil.copytree(EXAMPLE, source,
-                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    shutil.copytree(
+        EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    )
     site = root / "site"
     # The venv's setuptools cannot build without `wheel`, so pip builds in isolation.
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site),
-                    "-q", "--disable-pip-version-check", str(source)],
-                   check=True, timeout=180)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--target",
+            str(site),
+            "-q",
+            "--disable-pip-version-check",
+            str(source),
+        ],
+        check=True,
+        timeout=180,
+    )
     assert (site / "plait_hello-0.1.0.dist-info" / "entry_points.txt").is_file()
     yield site
     shutil.rmtree(root, ignore_errors=True)
@@ -43,16 +57,27 @@ def hello_site(tmp_path_factory):
 def plait_cli(*argv, site, cwd):
     """``plait ARGV`` in a child process that has ``site`` on its path: (code, stdout, stderr)."""
     code = f"from plait.cli.commands import main; raise SystemExit(main({list(argv)!r}))"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=60)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_installed_plugin_runs_the_example_workflow(hello_site, tmp_path):
-    code, out, err = plait_cli("run", str(EXAMPLE / "hello.yaml"), "--input", "name=ada",
-                               "--json", "--no-cache", site=hello_site, cwd=tmp_path)
+    code, out, err = plait_cli(
+        "run",
+        str(EXAMPLE / "hello.yaml"),
+        "--input",
+        "name=ada",
+        "--json",
+        "--no-cache",
+        site=hello_site,
+        cwd=tmp_path,
+    )
     assert code == 0, err
     run = json.loads(out)
     assert run["status"] == "succeeded", run.get("error")
@@ -69,8 +94,14 @@ def test_installed_plugin_is_listed_with_its_version_and_contributions(hello_sit
     assert listing["failed"] == []
     plugins = {p["name"]: p for p in listing["plugins"]}
     hello = plugins["hello"]
-    assert hello == {"name": "hello", "version": "0.1.0", "builtin": False,
-                     "step_types": ["greet"], "tools": ["hello.greet"], "agent_providers": []}
+    assert hello == {
+        "name": "hello",
+        "version": "0.1.0",
+        "builtin": False,
+        "step_types": ["greet"],
+        "tools": ["hello.greet"],
+        "agent_providers": [],
+    }
     assert plugins["plait.steps.tool"]["builtin"]
 
 
@@ -82,7 +113,15 @@ def test_installed_plugin_can_be_disabled_by_name_in_config(hello_site, tmp_path
     assert "hello" not in names
     assert "plait.steps.tool" in names
 
-    code, out, err = plait_cli("run", str(EXAMPLE / "hello.yaml"), "--input", "name=ada",
-                               "--json", "--no-cache", site=hello_site, cwd=tmp_path)
+    code, out, err = plait_cli(
+        "run",
+        str(EXAMPLE / "hello.yaml"),
+        "--input",
+        "name=ada",
+        "--json",
+        "--no-cache",
+        site=hello_site,
+        cwd=tmp_path,
+    )
     assert code == 2
     assert "unknown step type" in err

@@ -17,8 +17,9 @@ class FakeCtx:
     extra roots as keywords.
     """
 
-    def __init__(self, *, definition=None, tools=None, agents=None, bodies=None,
-                 signal=None, workflows=None):
+    def __init__(
+        self, *, definition=None, tools=None, agents=None, bodies=None, signal=None, workflows=None
+    ):
         self.run_id = "run-1"
         self.step_id = "step"
         self.attempt = 1

@@ -21,8 +21,18 @@ from plait.steps.workflow import WorkflowStep
 
 pytestmark = pytest.mark.anyio
 
-STEP_TYPES = [ToolStep, AgentStep, IfStep, TransformStep, ValidateStep, LoopStep, DelayStep,
-              ParallelStep, WorkflowStep, WaitStep]
+STEP_TYPES = [
+    ToolStep,
+    AgentStep,
+    IfStep,
+    TransformStep,
+    ValidateStep,
+    LoopStep,
+    DelayStep,
+    ParallelStep,
+    WorkflowStep,
+    WaitStep,
+]
 
 
 @pytest.fixture
@@ -98,8 +108,10 @@ def test_if_config_and_branches():
     assert (config.if_, config.then, config.else_) == (True, ["a"], ["b", "c"])
     assert IfStep.expressions == frozenset({"if"})
     assert IfStep().branches({"if": "x", "then": ["a"]}) == {"then": ["a"], "else": []}
-    assert IfStep().branches({"if": "x", "then": "a", "else": "b"}) == {"then": ["a"],
-                                                                        "else": ["b"]}
+    assert IfStep().branches({"if": "x", "then": "a", "else": "b"}) == {
+        "then": ["a"],
+        "else": ["b"],
+    }
     invalid(IfStep, {"then": ["a"]}, "if", "Field required")
     invalid(IfStep, {"if": 1, "then": ["a", "b"], "else": ["b"]}, "both `then` and `else`: b")
 
@@ -125,9 +137,9 @@ def test_transform_config():
 
 def test_validate_config():
     config = ValidateStep.Config.model_validate(
-        {"validate": 3, "schema": {"type": "integer"}, "assert": "value > 1"})
-    assert (config.value, config.schema_, config.assert_) == (3, {"type": "integer"},
-                                                              ["value > 1"])
+        {"validate": 3, "schema": {"type": "integer"}, "assert": "value > 1"}
+    )
+    assert (config.value, config.schema_, config.assert_) == (3, {"type": "integer"}, ["value > 1"])
     assert ValidateStep.expressions == frozenset({"assert"})
     invalid(ValidateStep, {"validate": 1}, "nothing to check")
     invalid(ValidateStep, {"schema": {}}, "validate", "Field required")
@@ -135,28 +147,42 @@ def test_validate_config():
 
 
 async def test_validate_lists_every_violation(make_ctx):
-    definition = {"validate": "${x}", "schema": {},
-                  "assert": ["steps.a.output > 3", "${ok}", "true"]}
+    definition = {
+        "validate": "${x}",
+        "schema": {},
+        "assert": ["steps.a.output > 3", "${ok}", "true"],
+    }
     ctx = make_ctx(definition=definition)
-    config = ValidateStep.Config.model_validate({
-        "validate": {"a": [{"b": "x"}], "c": 5},
-        "schema": {"type": "object", "required": ["d"],
-                   "properties": {"a": {"type": "array", "items": {"type": "object",
-                                  "properties": {"b": {"type": "integer"}}}},
-                                  "c": {"maximum": 4}}},
-        "assert": [False, None, True],
-        "message": "review output is off",
-    })
+    config = ValidateStep.Config.model_validate(
+        {
+            "validate": {"a": [{"b": "x"}], "c": 5},
+            "schema": {
+                "type": "object",
+                "required": ["d"],
+                "properties": {
+                    "a": {
+                        "type": "array",
+                        "items": {"type": "object", "properties": {"b": {"type": "integer"}}},
+                    },
+                    "c": {"maximum": 4},
+                },
+            },
+            "assert": [False, None, True],
+            "message": "review output is off",
+        }
+    )
     with pytest.raises(ValidationFailed) as info:
         await ValidateStep().run(ctx, config)
     exc = info.value
-    assert sorted(exc.violations) == sorted([
-        "$: 'd' is a required property",
-        "$.a[0].b: 'x' is not of type 'integer'",
-        "$.c: 5 is greater than the maximum of 4",
-        "assertion failed: steps.a.output > 3",
-        "assertion failed: ${ok}",
-    ])
+    assert sorted(exc.violations) == sorted(
+        [
+            "$: 'd' is a required property",
+            "$.a[0].b: 'x' is not of type 'integer'",
+            "$.c: 5 is greater than the maximum of 4",
+            "assertion failed: steps.a.output > 3",
+            "assertion failed: ${ok}",
+        ]
+    )
     assert str(exc).startswith("review output is off: 5 violation(s)\n")
     assert all(v in str(exc) for v in exc.violations)
     assert exc.kind == "validation" and exc.retryable is False
@@ -165,7 +191,8 @@ async def test_validate_lists_every_violation(make_ctx):
 
 async def test_validate_passes_the_value_through(make_ctx):
     config = ValidateStep.Config.model_validate(
-        {"validate": {"n": 1}, "schema": {"type": "object"}, "assert": [True]})
+        {"validate": {"n": 1}, "schema": {"type": "object"}, "assert": [True]}
+    )
     assert await ValidateStep().run(make_ctx(), config) == {"n": 1}
 
 
@@ -179,7 +206,8 @@ async def test_validate_reports_an_invalid_schema(make_ctx):
 
 async def test_validate_checks_formats(make_ctx):
     config = ValidateStep.Config.model_validate(
-        {"validate": "not a date", "schema": {"type": "string", "format": "date"}})
+        {"validate": "not a date", "schema": {"type": "string", "format": "date"}}
+    )
     with pytest.raises(ValidationFailed, match="is not a 'date'"):
         await ValidateStep().run(make_ctx(), config)
 
@@ -188,8 +216,9 @@ async def test_validate_checks_formats(make_ctx):
 
 
 def test_loop_config_modes():
-    over = LoopStep.Config.model_validate({"loop": [1, 2], "steps": [{"id": "a"}],
-                                           "concurrency": 4})
+    over = LoopStep.Config.model_validate(
+        {"loop": [1, 2], "steps": [{"id": "a"}], "concurrency": 4}
+    )
     assert over.loop == [1, 2] and over.concurrency == 4 and over.max_iterations == 1000
     assert "loop" in over.model_fields_set
     cond = LoopStep.Config.model_validate({"while": "index < 3", "steps": [{"id": "a"}]})
@@ -221,7 +250,8 @@ def test_delay_config():
     until = DelayStep.Config.model_validate({"until": "2025-01-01T00:00:00Z"})
     assert until.deadline(0.0) == 1735689600.0
     assert DelayStep.Config.model_validate({"until": "2025-01-01T02:00:00+02:00"}).until == (
-        1735689600.0)
+        1735689600.0
+    )
     assert DelayStep.Config.model_validate({"until": 1735689600}).until == 1735689600.0
     assert DelayStep.Config.model_validate({"until": "1735689600"}).until == 1735689600.0
 
@@ -280,8 +310,9 @@ def test_wait_config():
     assert (config.within, config.on_timeout) == (None, "fail")
     implied = WaitStep.Config.model_validate({"wait": "go", "within": 5, "default": {"x": 1}})
     assert implied.on_timeout == "default" and implied.default == {"x": 1}
-    explicit = WaitStep.Config.model_validate({"wait": "go", "within": 5, "default": 1,
-                                               "on_timeout": "fail"})
+    explicit = WaitStep.Config.model_validate(
+        {"wait": "go", "within": 5, "default": 1, "on_timeout": "fail"}
+    )
     assert explicit.on_timeout == "fail"
     invalid(WaitStep, {"wait": "go", "default": 1}, "need(s) `within`")
     invalid(WaitStep, {"wait": "go", "within": 0}, "within")
@@ -293,8 +324,9 @@ def test_wait_config():
 
 
 def scripted(*script, **extra):
-    return ScriptedProvider().create("bot", {"provider": "scripted", "script": list(script),
-                                             **extra})
+    return ScriptedProvider().create(
+        "bot", {"provider": "scripted", "script": list(script), **extra}
+    )
 
 
 async def test_scripted_agent_plays_its_script_in_turns():
@@ -303,7 +335,9 @@ async def test_scripted_agent_plays_its_script_in_turns():
         {"calls": [{"tool": "a.one"}, {"tool": "a.two", "args": {"n": 2}}]},
         {"say": "Saw {last}!", "when": r"two"},
         {"json": {"score": 0.5, "tags": ["x"]}},
-        max_concurrency=2, system="be nice", model="m",
+        max_concurrency=2,
+        system="be nice",
+        model="m",
     )
     assert (agent.name, agent.max_concurrency, agent.system) == ("bot", 2, "be nice")
     messages = [Message(role="system", content="sys"), Message(role="user", content="go")]
@@ -311,16 +345,24 @@ async def test_scripted_agent_plays_its_script_in_turns():
     first = await agent.complete(AgentRequest(messages=list(messages)))
     assert first.message.role == "assistant" and first.message.content == ""
     assert [c.to_dict() for c in first.message.tool_calls] == [
-        {"id": "call_1", "name": "files.list", "arguments": {"dir": "src"}}]
+        {"id": "call_1", "name": "files.list", "arguments": {"dir": "src"}}
+    ]
     assert first.usage == {"prompt_tokens": len("sysgo") // 4, "completion_tokens": 0}
-    messages += [first.message, Message(role="tool", content='["a.py"]', tool_call_id="call_1",
-                                        name="files.list")]
+    messages += [
+        first.message,
+        Message(role="tool", content='["a.py"]', tool_call_id="call_1", name="files.list"),
+    ]
 
     second = await agent.complete(AgentRequest(messages=list(messages)))
     assert [(c.id, c.name, c.arguments) for c in second.message.tool_calls] == [
-        ("call_2", "a.one", {}), ("call_3", "a.two", {"n": 2})]
-    messages += [second.message, Message(role="tool", content="1", tool_call_id="call_2"),
-                 Message(role="tool", content="two", tool_call_id="call_3")]
+        ("call_2", "a.one", {}),
+        ("call_3", "a.two", {"n": 2}),
+    ]
+    messages += [
+        second.message,
+        Message(role="tool", content="1", tool_call_id="call_2"),
+        Message(role="tool", content="two", tool_call_id="call_3"),
+    ]
 
     third = await agent.complete(AgentRequest(messages=list(messages)))
     assert third.message.content == "Saw two!" and not third.message.tool_calls
@@ -359,19 +401,24 @@ async def test_scripted_when_mismatch_fails():
     assert "'reject it'" in str(info.value)
 
 
-@pytest.mark.parametrize(("config", "fragment"), [
-    ({"provider": "scripted"}, "script: Field required"),
-    ({"script": []}, "script: List should have at least 1 item"),
-    ({"script": [{"say": "a"}], "temperature": 1}, "temperature: unknown key"),
-    ({"script": [{"say": "a", "json": 1}]}, "script[0]: give exactly one of say, json, call, "
-                                            "calls (got say, json)"),
-    ({"script": [{"when": "x"}]}, "script[0]: give exactly one"),
-    ({"script": [{"say": "a"}, {"call": "t", "bogus": 1}]}, "script[1].bogus: unknown key"),
-    ({"script": [{"calls": [{"args": {}}]}]}, "script[0].calls[0].tool: Field required"),
-    ({"script": [{"calls": [{"tool": "t"}], "args": {}}]}, "`args` goes with `call`"),
-    ({"script": [{"say": "a", "when": "("}]}, "script[0].when: `when` is not a valid regular"),
-    ({"script": [{"say": "a"}], "max_concurrency": 0}, "max_concurrency"),
-])
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ({"provider": "scripted"}, "script: Field required"),
+        ({"script": []}, "script: List should have at least 1 item"),
+        ({"script": [{"say": "a"}], "temperature": 1}, "temperature: unknown key"),
+        (
+            {"script": [{"say": "a", "json": 1}]},
+            "script[0]: give exactly one of say, json, call, calls (got say, json)",
+        ),
+        ({"script": [{"when": "x"}]}, "script[0]: give exactly one"),
+        ({"script": [{"say": "a"}, {"call": "t", "bogus": 1}]}, "script[1].bogus: unknown key"),
+        ({"script": [{"calls": [{"args": {}}]}]}, "script[0].calls[0].tool: Field required"),
+        ({"script": [{"calls": [{"tool": "t"}], "args": {}}]}, "`args` goes with `call`"),
+        ({"script": [{"say": "a", "when": "("}]}, "script[0].when: `when` is not a valid regular"),
+        ({"script": [{"say": "a"}], "max_concurrency": 0}, "max_concurrency"),
+    ],
+)
 def test_scripted_config_errors(config, fragment):
     with pytest.raises(ValueError) as info:
         ScriptedProvider().create("bot", config)

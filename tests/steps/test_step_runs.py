@@ -43,8 +43,9 @@ async def test_tool_calls_the_tool(make_ctx):
 
 async def test_workflow_runs_the_child(make_ctx):
     ctx = make_ctx(workflows={"child": lambda inputs, version: {"got": inputs, "v": version}})
-    config = WorkflowStep.Config.model_validate({"workflow": "child", "version": 2,
-                                                 "inputs": {"a": 1}})
+    config = WorkflowStep.Config.model_validate(
+        {"workflow": "child", "version": 2, "inputs": {"a": 1}}
+    )
     assert await WorkflowStep().run(ctx, config) == {"got": {"a": 1}, "v": 2}
 
 
@@ -57,22 +58,33 @@ async def test_agent_plain_answer_is_stored_in_the_conversation(make_ctx):
     assert out == "hello"
     stored = ctx.conversations["agent:bot"]
     assert [(m.role, m.content) for m in stored] == [
-        ("system", "be brief"), ("user", "go"), ("assistant", "hello")]
-    assert ctx.events_of("agent.message")[0]["message"] == {"role": "assistant",
-                                                            "content": "hello"}
-    assert ctx.events_of("agent.usage") == [{"agent": "bot", "conversation": "agent:bot",
-                                             "turns": 1, "usage": {"prompt_tokens": 2,
-                                                                   "completion_tokens": 1}}]
+        ("system", "be brief"),
+        ("user", "go"),
+        ("assistant", "hello"),
+    ]
+    assert ctx.events_of("agent.message")[0]["message"] == {"role": "assistant", "content": "hello"}
+    assert ctx.events_of("agent.usage") == [
+        {
+            "agent": "bot",
+            "conversation": "agent:bot",
+            "turns": 1,
+            "usage": {"prompt_tokens": 2, "completion_tokens": 1},
+        }
+    ]
 
 
 async def test_agent_continues_a_named_conversation(make_ctx):
     ctx = make_ctx(agents={"bot": scripted({"say": "one"}, {"say": "two: {last}"})})
     await AgentStep().run(ctx, agent_config(conversation="c", system="sys", prompt="first"))
-    out = await AgentStep().run(ctx, agent_config(conversation="c", system="sys",
-                                                  prompt="second"))
+    out = await AgentStep().run(ctx, agent_config(conversation="c", system="sys", prompt="second"))
     assert out == "two: second"
     assert [m.role for m in ctx.conversations["c"]] == [
-        "system", "user", "assistant", "user", "assistant"]
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
 
 
 async def test_agent_system_prompt_goes_first_in_requests(make_ctx):
@@ -86,37 +98,52 @@ async def test_agent_system_prompt_goes_first_in_requests(make_ctx):
             return AgentReply(Message(role="assistant", content="ok"))
 
     ctx = make_ctx(agents={"bot": Spy()})
-    ctx.conversations["agent:bot"] = [Message(role="user", content="earlier"),
-                                      Message(role="assistant", content="reply")]
+    ctx.conversations["agent:bot"] = [
+        Message(role="user", content="earlier"),
+        Message(role="assistant", content="reply"),
+    ]
     await AgentStep().run(ctx, agent_config(system="sys"))
     assert seen == [["system", "user", "assistant", "user"]]
 
 
 async def test_agent_calls_tools_and_feeds_back_results(make_ctx):
     agent = scripted(
-        {"calls": [{"tool": "files.list", "args": {"dir": "src"}},
-                   {"tool": "files.boom"}, {"tool": "shell.rm", "args": {"path": "/"}}]},
+        {
+            "calls": [
+                {"tool": "files.list", "args": {"dir": "src"}},
+                {"tool": "files.boom"},
+                {"tool": "shell.rm", "args": {"path": "/"}},
+            ]
+        },
         {"say": "done: {last}"},
     )
 
     def boom(args):
         raise OSError("disk on fire")
 
-    ctx = make_ctx(agents={"bot": agent},
-                   tools={"files.list": lambda a: ["a.py"], "files.boom": boom,
-                          "shell.rm": lambda a: "never"})
+    ctx = make_ctx(
+        agents={"bot": agent},
+        tools={"files.list": lambda a: ["a.py"], "files.boom": boom, "shell.rm": lambda a: "never"},
+    )
     out = await AgentStep().run(ctx, agent_config(tools=["files.list", "files.boom"]))
     assert ctx.tool_calls == [("files.list", {"dir": "src"}), ("files.boom", {})]
     tool_messages = [m for m in ctx.conversations["agent:bot"] if m.role == "tool"]
     assert [(m.tool_call_id, m.name) for m in tool_messages] == [
-        ("call_1", "files.list"), ("call_2", "files.boom"), ("call_3", "shell.rm")]
+        ("call_1", "files.list"),
+        ("call_2", "files.boom"),
+        ("call_3", "shell.rm"),
+    ]
     assert tool_messages[0].content == '["a.py"]'
     assert tool_messages[1].content == "error: tool 'files.boom': disk on fire"
     assert tool_messages[2].content.startswith("error: tool 'shell.rm' is not available")
     assert out.startswith("done: error: tool 'shell.rm' is not available")
     events = ctx.events_of("agent.tool_call")
-    assert events[0] == {"id": "call_1", "tool": "files.list", "arguments": {"dir": "src"},
-                         "result": ["a.py"]}
+    assert events[0] == {
+        "id": "call_1",
+        "tool": "files.list",
+        "arguments": {"dir": "src"},
+        "result": ["a.py"],
+    }
     assert "error" in events[1] and "error" in events[2]
     # one append per complete turn: the prompt with the tool round, then the answer
     assert [len(batch) for _, batch in ctx.appends] == [5, 1]
@@ -142,10 +169,13 @@ async def test_agent_repairs_a_non_matching_answer(make_ctx):
 async def test_agent_fails_when_repairs_run_out(make_ctx):
     ctx = make_ctx(agents={"bot": scripted({"json": [1]}, {"json": [2]})})
     with pytest.raises(AgentFailed, match=r"after 1 repair turn\(s\): \$: \[2\] is not of type"):
-        await AgentStep().run(ctx, agent_config(output_schema={"type": "object"},
-                                                repair_turns=1))
+        await AgentStep().run(ctx, agent_config(output_schema={"type": "object"}, repair_turns=1))
     assert [m.role for m in ctx.conversations["agent:bot"]] == [
-        "user", "assistant", "user", "assistant"]
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
     assert ctx.events_of("agent.usage")[0]["turns"] == 2
 
 
@@ -178,13 +208,16 @@ async def test_agent_wraps_provider_errors_and_unknown_agents(make_ctx):
         await AgentStep().run(ctx, agent_config(agent="nobody"))
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ('{"a": 1}', {"a": 1}),
-    ("  [1, 2] ", [1, 2]),
-    ('Sure! ```json\n{"a": [1]}\n``` hope it helps', {"a": [1]}),
-    ('```\n"plain"\n```', "plain"),
-    ('The answer is {"a": {"b": 2}} and more {"c": 3}', {"a": {"b": 2}}),
-])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ('{"a": 1}', {"a": 1}),
+        ("  [1, 2] ", [1, 2]),
+        ('Sure! ```json\n{"a": [1]}\n``` hope it helps', {"a": [1]}),
+        ('```\n"plain"\n```', "plain"),
+        ('The answer is {"a": {"b": 2}} and more {"c": 3}', {"a": {"b": 2}}),
+    ],
+)
 def test_extract_json(text, value):
     assert extract_json(text) == value
 
@@ -265,8 +298,10 @@ async def test_while_loop_sees_index_and_previous_output(make_ctx):
     out = await LoopStep().run(ctx, config)
     assert [o["state"] for o in out] == ["running", "running", "done"]
     assert [vars for _, vars, _ in ctx.body_runs] == [
-        {"index": 0, "item": None}, {"index": 1, "item": {"state": "running"}},
-        {"index": 2, "item": {"state": "running"}}]
+        {"index": 0, "item": None},
+        {"index": 1, "item": {"state": "running"}},
+        {"index": 2, "item": {"state": "running"}},
+    ]
 
 
 async def test_while_loop_limit(make_ctx):
@@ -275,8 +310,9 @@ async def test_while_loop_limit(make_ctx):
 
     ctx = make_ctx(bodies={"steps": body})
     with pytest.raises(LoopLimitExceeded, match="still true after max_iterations=3") as info:
-        await LoopStep().run(ctx, loop_config(max_iterations=3,
-                                              **{"while": lambda index, item: True}))
+        await LoopStep().run(
+            ctx, loop_config(max_iterations=3, **{"while": lambda index, item: True})
+        )
     assert len(ctx.body_runs) == 3 and info.value.kind == "loop_limit"
     exact = loop_config(max_iterations=3, **{"while": lambda index, item: index < 3})
     assert await LoopStep().run(make_ctx(bodies={"steps": body}), exact) == [0, 1, 2]
@@ -294,6 +330,7 @@ def branches(**delays):
                 raise ToolFailed(name, "broken")
             await anyio.sleep(delay)
             return name.upper()
+
         return run
 
     return {name: body(name, delay) for name, delay in delays.items()}

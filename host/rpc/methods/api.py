@@ -83,8 +83,10 @@ class EventsParams(RunParams):
 
 class ListParams(_Params):
     workflow: str | None = None
-    status: Literal["pending", "running", "paused", "waiting", "succeeded", "failed",
-                    "cancelled"] | None = None
+    status: (
+        Literal["pending", "running", "paused", "waiting", "succeeded", "failed", "cancelled"]
+        | None
+    ) = None
     limit: int = Field(50, ge=1, le=500)
     cursor: str | None = None
     created_after: float | None = Field(None, alias="createdAfter")
@@ -108,8 +110,15 @@ def _parse_cursor(cursor: str) -> tuple[float, str]:
 
 
 def _event_notification(subscription: str, event: Event) -> dict[str, Any]:
-    return {"subscription": subscription, "runId": event.run_id, "seq": event.seq,
-            "type": event.type, "step": event.step, "data": event.data, "ts": event.ts}
+    return {
+        "subscription": subscription,
+        "runId": event.run_id,
+        "seq": event.seq,
+        "type": event.type,
+        "step": event.step,
+        "data": event.data,
+        "ts": event.ts,
+    }
 
 
 def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
@@ -128,9 +137,12 @@ def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
 
     @method("workflows/list")
     async def list_workflows(session: Session, p: None) -> dict[str, Any]:
-        return {"workflows": [{"name": e.name, "version": e.version,
-                               "description": e.description}
-                              for e in host.list_workflows()]}
+        return {
+            "workflows": [
+                {"name": e.name, "version": e.version, "description": e.description}
+                for e in host.list_workflows()
+            ]
+        }
 
     @method("workflows/get", GetWorkflowParams)
     async def get_workflow(session: Session, p: GetWorkflowParams) -> dict[str, Any]:
@@ -153,8 +165,13 @@ def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
 
     @method("runs/start", StartParams)
     async def start(session: Session, p: StartParams) -> dict[str, Any]:
-        run = await host.launch(p.workflow, p.inputs, version=p.version,
-                                idempotency_key=p.idempotency_key, origin=session)
+        run = await host.launch(
+            p.workflow,
+            p.inputs,
+            version=p.version,
+            idempotency_key=p.idempotency_key,
+            origin=session,
+        )
         return {"runId": run.id, "status": run.status}
 
     @method("runs/get", RunParams)
@@ -165,9 +182,13 @@ def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
     @method("runs/list", ListParams)
     async def list_runs(session: Session, p: ListParams) -> dict[str, Any]:
         page = await host.list_runs(
-            workflow=p.workflow, status=p.status, created_after=p.created_after,
-            created_before=p.created_before, limit=p.limit,
-            cursor=_parse_cursor(p.cursor) if p.cursor else None)
+            workflow=p.workflow,
+            status=p.status,
+            created_after=p.created_after,
+            created_before=p.created_before,
+            limit=p.limit,
+            cursor=_parse_cursor(p.cursor) if p.cursor else None,
+        )
         return {"runs": page.runs, "nextCursor": page.next_cursor}
 
     @method("runs/wait", WaitParams, cancellable=True)

@@ -74,8 +74,9 @@ def register_mcp(dispatcher: Dispatcher, host: HostApi) -> None:
 
     @method("initialize", InitializeParams, before_init=True)
     async def initialize(session: Session, p: InitializeParams) -> dict[str, Any]:
-        version = (p.protocol_version if p.protocol_version in PROTOCOL_VERSIONS
-                   else PROTOCOL_VERSIONS[0])
+        version = (
+            p.protocol_version if p.protocol_version in PROTOCOL_VERSIONS else PROTOCOL_VERSIONS[0]
+        )
         session.mcp_version = version
         session.client_capabilities = p.capabilities
         session.client_info = p.client_info
@@ -85,7 +86,7 @@ def register_mcp(dispatcher: Dispatcher, host: HostApi) -> None:
             "capabilities": {"tools": {"listChanged": False}},
             "serverInfo": {"name": "plait", "version": host.version},
             "instructions": "plait runs workflows of tools and agents. Every registered "
-                            "workflow is a tool named workflow.<name>.",
+            "workflow is a tool named workflow.<name>.",
         }
 
     @method("notifications/initialized", _Params, before_init=True)
@@ -126,32 +127,40 @@ def register_mcp(dispatcher: Dispatcher, host: HostApi) -> None:
 
 def host_tools(host: HostApi) -> list[dict[str, Any]]:
     """The MCP tool list: registered tools, then one tool per workflow."""
-    tools = [{"name": t.name, "description": t.description or t.name,
-              "inputSchema": t.input_schema} for t in host.tools()]
+    tools = [
+        {"name": t.name, "description": t.description or t.name, "inputSchema": t.input_schema}
+        for t in host.tools()
+    ]
     for entry in host.list_workflows():
         schema = entry.inputs
         schema.setdefault("type", "object")
-        tools.append({"name": f"{WORKFLOW_TOOL_PREFIX}{entry.name}",
-                      "description": entry.description or f"Run the workflow {entry.name}",
-                      "inputSchema": schema})
+        tools.append(
+            {
+                "name": f"{WORKFLOW_TOOL_PREFIX}{entry.name}",
+                "description": entry.description or f"Run the workflow {entry.name}",
+                "inputSchema": schema,
+            }
+        )
     return tools
 
 
 def _check_arguments(schema: dict[str, Any], arguments: dict[str, Any], name: str) -> None:
     try:
         validator = Draft202012Validator(schema)
-        problems = [f"{'.'.join(str(p) for p in e.absolute_path) or 'arguments'}: {e.message}"
-                    for e in validator.iter_errors(arguments)]
+        problems = [
+            f"{'.'.join(str(p) for p in e.absolute_path) or 'arguments'}: {e.message}"
+            for e in validator.iter_errors(arguments)
+        ]
     except SchemaError as exc:
         problems = [f"the tool's input schema is invalid: {exc.message}"]
     if problems:
-        raise InvalidParams(f"invalid arguments for {name}: " + "; ".join(problems),
-                            {"problems": problems})
+        raise InvalidParams(
+            f"invalid arguments for {name}: " + "; ".join(problems), {"problems": problems}
+        )
 
 
-async def _call_workflow(host: HostApi, session: Session, p: CallToolParams
-                         ) -> dict[str, Any]:
-    name = p.name[len(WORKFLOW_TOOL_PREFIX):]
+async def _call_workflow(host: HostApi, session: Session, p: CallToolParams) -> dict[str, Any]:
+    name = p.name[len(WORKFLOW_TOOL_PREFIX) :]
     entry = host.get_workflow(name)
     _check_arguments(entry.inputs, p.arguments, p.name)
     try:
@@ -161,10 +170,17 @@ async def _call_workflow(host: HostApi, session: Session, p: CallToolParams
     token = p.meta.get("progressToken")
     undo = None
     if token is not None:
+
         def send(progress: int, message: str) -> None:
-            session.notify("notifications/progress", {
-                "progressToken": token, "progress": progress, "total": run.total_steps,
-                "message": message})
+            session.notify(
+                "notifications/progress",
+                {
+                    "progressToken": token,
+                    "progress": progress,
+                    "total": run.total_steps,
+                    "message": message,
+                },
+            )
 
         undo = run.listen(progress_reporter(run, send))
     key = _current_request(session)
@@ -194,8 +210,11 @@ def progress_reporter(run: Run, send: Callable[[int, str], None]) -> Callable[[E
 
     def listener(event: Event) -> None:
         nonlocal read, settled
-        settled += sum(1 for earlier in run.events[read:event.seq]
-                       if _top_level_step_event(earlier) and earlier.type[5:] in STEP_SETTLED)
+        settled += sum(
+            1
+            for earlier in run.events[read : event.seq]
+            if _top_level_step_event(earlier) and earlier.type[5:] in STEP_SETTLED
+        )
         read = event.seq
         if _top_level_step_event(event) and event.type != "step.started":
             send(min(settled, run.total_steps), f"{event.step}: {event.type[5:]}")
@@ -206,8 +225,7 @@ def progress_reporter(run: Run, send: Callable[[int, str], None]) -> Callable[[E
 def _top_level_step_event(event: Event) -> bool:
     """A ``step.*`` event of a step of the workflow itself (not one inside a loop or
     parallel body)."""
-    return (event.step is not None and is_top_level(event.step)
-            and event.type.startswith("step."))
+    return event.step is not None and is_top_level(event.step) and event.type.startswith("step.")
 
 
 def _current_request(session: Session) -> tuple[str, Any] | None:

@@ -20,9 +20,15 @@ from plait.rpc.session import Session
 __all__ = ["serve_stdio"]
 
 
-async def serve_stdio(dispatcher: Dispatcher, sessions: set[Session], *,
-                      max_message_bytes: int, stdin: IO[bytes] | None = None,
-                      stdout: IO[bytes] | None = None, max_inflight: int = 64) -> None:
+async def serve_stdio(
+    dispatcher: Dispatcher,
+    sessions: set[Session],
+    *,
+    max_message_bytes: int,
+    stdin: IO[bytes] | None = None,
+    stdout: IO[bytes] | None = None,
+    max_inflight: int = 64,
+) -> None:
     """Serve one MCP client on stdin/stdout until stdin closes."""
     source = stdin or sys.stdin.buffer
     writer = anyio.wrap_file(stdout or sys.stdout.buffer)
@@ -57,8 +63,17 @@ async def serve_stdio(dispatcher: Dispatcher, sessions: set[Session], *,
                 if not line:
                     break
                 if len(line) > max_message_bytes and not line.endswith(b"\n"):
-                    session.deliver(encode({"jsonrpc": "2.0", "id": None, "error": InvalidRequest(
-                        f"message larger than {max_message_bytes} bytes").to_error_data()}))
+                    session.deliver(
+                        encode(
+                            {
+                                "jsonrpc": "2.0",
+                                "id": None,
+                                "error": InvalidRequest(
+                                    f"message larger than {max_message_bytes} bytes"
+                                ).to_error_data(),
+                            }
+                        )
+                    )
                     while line and not line.endswith(b"\n"):  # skip the rest of it
                         line = await readline(max_message_bytes + 1)
                     continue

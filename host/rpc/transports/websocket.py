@@ -70,9 +70,17 @@ OPEN_TIMEOUT = 10.0
 class WebSocketTransport:
     """Serves the dispatcher to WebSocket clients with the checks above."""
 
-    def __init__(self, host: HostApi, dispatcher: Dispatcher, *, token: str, limits: Limits,
-                 bind: str = "127.0.0.1", port: int = 0, allowed_origins: Iterable[str] = ()
-                 ) -> None:
+    def __init__(
+        self,
+        host: HostApi,
+        dispatcher: Dispatcher,
+        *,
+        token: str,
+        limits: Limits,
+        bind: str = "127.0.0.1",
+        port: int = 0,
+        allowed_origins: Iterable[str] = (),
+    ) -> None:
         self.host = host
         self.dispatcher = dispatcher
         self.token = token
@@ -90,10 +98,16 @@ class WebSocketTransport:
     async def start(self) -> int:
         """Listen; returns the port (useful when configured as 0)."""
         self.server = await serve(
-            self._connection, self.bind, self.requested_port,
-            process_request=self._check, max_size=self.limits.max_message_bytes,
-            ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT, open_timeout=OPEN_TIMEOUT,
-            server_header="plait", logger=protocol_log,
+            self._connection,
+            self.bind,
+            self.requested_port,
+            process_request=self._check,
+            max_size=self.limits.max_message_bytes,
+            ping_interval=PING_INTERVAL,
+            ping_timeout=PING_TIMEOUT,
+            open_timeout=OPEN_TIMEOUT,
+            server_header="plait",
+            logger=protocol_log,
         )
         sockets = list(self.server.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else self.requested_port
@@ -119,9 +133,19 @@ class WebSocketTransport:
         if host_header not in self._allowed_hosts():
             return _refuse(connection, HTTPStatus.FORBIDDEN, "Host header not allowed")
         if url.path == HEALTH_PATH:
-            return connection.respond(HTTPStatus.OK, json.dumps({
-                "status": "ok", "name": "plait", "version": self.host.version,
-                "connections": self.open, "limits": self.limits.model_dump()}) + "\n")
+            return connection.respond(
+                HTTPStatus.OK,
+                json.dumps(
+                    {
+                        "status": "ok",
+                        "name": "plait",
+                        "version": self.host.version,
+                        "connections": self.open,
+                        "limits": self.limits.model_dump(),
+                    }
+                )
+                + "\n",
+            )
         if url.path != RPC_PATH:
             return _refuse(connection, HTTPStatus.NOT_FOUND, f"the endpoint is {RPC_PATH}")
         origin = request.headers.get("Origin")
@@ -130,15 +154,18 @@ class WebSocketTransport:
         if not self._token_ok(request.headers, url.query):
             return _refuse(connection, HTTPStatus.UNAUTHORIZED, "a valid token is required")
         if self.open >= self.limits.max_connections:
-            return _refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE,
-                           f"too many connections (limit {self.limits.max_connections})")
+            return _refuse(
+                connection,
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"too many connections (limit {self.limits.max_connections})",
+            )
         return None
 
     def _token_ok(self, headers: Headers, query: str) -> bool:
         given = ""
         auth = headers.get("Authorization", "")
         if auth.startswith("Bearer "):
-            given = auth[len("Bearer "):].strip()
+            given = auth[len("Bearer ") :].strip()
         elif query:
             given = (parse_qs(query).get("token") or [""])[0]
         return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
@@ -155,8 +182,12 @@ class WebSocketTransport:
         request's cost close to the transport's own.
         """
         self.open += 1
-        session = Session(transport="websocket", max_inflight=self.max_inflight,
-                          max_queue=self.max_queue, max_queue_bytes=self.max_queue_bytes)
+        session = Session(
+            transport="websocket",
+            max_inflight=self.max_inflight,
+            max_queue=self.max_queue,
+            max_queue_bytes=self.max_queue_bytes,
+        )
         self.host.sessions.add(session)
         most = self.max_inflight + 8
         inbox, taken = anyio.create_memory_object_stream[str | bytes](most)
@@ -179,8 +210,9 @@ class WebSocketTransport:
             self.host.sessions.discard(session)
             self.open -= 1
 
-    async def _worker(self, messages: MemoryObjectReceiveStream[str | bytes],
-                      session: Session) -> None:
+    async def _worker(
+        self, messages: MemoryObjectReceiveStream[str | bytes], session: Session
+    ) -> None:
         async with messages:
             async for message in messages:
                 await self.dispatcher.serve(message, session)
