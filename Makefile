@@ -3,27 +3,42 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TREE := $(VENV)/.tree
+# The editable install is setuptools' strict mode: a tree of links to host/, plugins/, steps/
+# and agents/ that type checkers and IDEs follow. A new module needs the tree made again,
+# which `links` does whenever the set of modules changed.
+EDITABLE := --config-settings editable_mode=strict
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint typecheck bench links clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' $(EDITABLE)
+	find host plugins steps agents -name '*.py' | sort > $(TREE)
 	touch $(STAMP)
 
-run: $(STAMP)
+links: $(STAMP)
+	@find host plugins steps agents -name '*.py' | sort > $(TREE).new
+	@if ! cmp -s $(TREE).new $(TREE); then \
+		echo "modules added or removed: making the editable install's links again"; \
+		$(BIN)/pip install --quiet --no-deps -e . $(EDITABLE) && mv $(TREE).new $(TREE); \
+	else rm -f $(TREE).new; fi
+
+run: links
 	$(BIN)/plait serve --config examples/plait.toml --workflows examples
 
-test: $(STAMP)
+lint: links
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy -p plait
 
-bench: $(STAMP)
+test: lint
+	$(BIN)/pytest -q -n 2
+
+bench: links
 	$(BIN)/python bench/run.py
 
-lint: $(STAMP)
-	$(BIN)/ruff check .
-
 clean:
-	rm -rf $(VENV) .plait
+	rm -rf $(VENV) .plait build

@@ -175,7 +175,7 @@ class OpenAIAgent:
 
     def __init__(self, name: str, settings: _Settings) -> None:
         self.name = name
-        self.max_concurrency = None
+        self.max_concurrency: int | None = None
         self.settings = settings
         self.url = settings.base_url.rstrip("/") + "/chat/completions"
         self._client: httpx.AsyncClient | None = None

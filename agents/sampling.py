@@ -136,7 +136,7 @@ class SamplingAgent:
 
     def __init__(self, name: str, settings: _Settings) -> None:
         self.name = name
-        self.max_concurrency = None
+        self.max_concurrency: int | None = None
         self.settings = settings
 
     async def complete(self, request: AgentRequest) -> AgentReply:

@@ -287,7 +287,7 @@ def create_plugin_manager(
         try:
             pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            name = pm.get_name(exc.plugin) or getattr(exc.plugin, "__name__", str(exc.plugin))
+            name = pm.get_name(exc.plugin) or str(getattr(exc.plugin, "__name__", exc.plugin))
             pm._fail(name, "register", exc)
             pm.unregister(exc.plugin)
             continue

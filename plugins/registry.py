@@ -72,14 +72,14 @@ class Registries:
     """The three registries a plugin manager fills: step types, tools and agent providers."""
 
     def __init__(self) -> None:
-        self.step_types: Registry[type[StepType]] = Registry("step type")
+        self.step_types: Registry[type[StepType[Any]]] = Registry("step type")
         self.tools: Registry[Tool] = Registry("tool")
         self.agent_providers: Registry[AgentProvider] = Registry("agent provider")
 
     def step_type_register(self, plugin: str) -> Callable[..., None]:
         """The ``register`` callback given to one plugin's ``register_step_types``."""
 
-        def register(step_type: type[StepType], *, replace: bool = False) -> None:
+        def register(step_type: type[StepType[Any]], *, replace: bool = False) -> None:
             if not (isinstance(step_type, type) and issubclass(step_type, StepType)):
                 raise PluginError(
                     plugin, f"register_step_types expects a StepType subclass, got {step_type!r}"

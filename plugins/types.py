@@ -12,15 +12,12 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from plait.errors import ToolFailed
-
-if TYPE_CHECKING:
-    from plait.templates.engine import Template
 
 __all__ = [
     "Agent",
@@ -57,6 +54,19 @@ class StepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
 
 
+class Renderable(Protocol):
+    """A compiled template, as a step receives one in a deferred field of its config."""
+
+    @property
+    def source(self) -> Any:
+        """What the workflow wrote (a string, or a list or mapping holding templates)."""
+        ...
+
+    def render(self, context: Mapping[str, Any]) -> Any:
+        """The value in ``context`` (prefer :meth:`StepContext.render`, which adds the roots)."""
+        ...
+
+
 class StepContext(Protocol):
     """What the engine hands to a running step: identity, services and control.
 
@@ -64,24 +74,42 @@ class StepContext(Protocol):
     increased.
     """
 
-    run_id: str
-    """The run this step belongs to (the top-level run for steps in loops and branches)."""
-    step_id: str
-    """The step's path in the run: ``fetch``, or ``each[2].fetch`` inside a loop body."""
-    attempt: int
-    """1 for the first attempt, 2 for the first retry, and so on."""
-    idempotency_key: str
-    """``run_id/step_id``: the same on every attempt and after a restart, so a tool with side
-    effects can tell the external system "this is the same request" and not act twice."""
-    log: logging.Logger
-    """A logger named after the step."""
-    definition: Mapping[str, Any]
-    """The step exactly as written in the workflow (templates unrendered)."""
+    @property
+    def run_id(self) -> str:
+        """The run this step belongs to (the top-level run for steps in loops and branches)."""
+        ...
+
+    @property
+    def step_id(self) -> str:
+        """The step's path in the run: ``fetch``, or ``each[2].fetch`` inside a loop body."""
+        ...
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first attempt, 2 for the first retry, and so on."""
+        ...
+
+    @property
+    def idempotency_key(self) -> str:
+        """``run_id/step_id``: the same on every attempt and after a restart, so a tool with
+        side effects can tell the external system "this is the same request" and not act
+        twice."""
+        ...
+
+    @property
+    def log(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+        """A logger named after the step (its records carry the run and step)."""
+        ...
+
+    @property
+    def definition(self) -> Mapping[str, Any]:
+        """The step exactly as written in the workflow (templates unrendered)."""
+        ...
 
     async def emit(self, type: str, data: Mapping[str, Any] | None = None) -> None:
         """Record an event of this step (``agent.message``, ``log``, ...), after the store."""
 
-    def render(self, template: Template, **extra: Any) -> Any:
+    def render(self, template: Renderable, **extra: Any) -> Any:
         """Render one of the step's deferred templates, with ``extra`` roots (``item``, ...)."""
 
     async def call_tool(
@@ -169,22 +197,27 @@ class StepContext(Protocol):
         """
 
 
-class StepType(ABC):
+class StepType(ABC, Generic[ConfigT]):
     """A kind of step. Subclass it, give it a ``key`` and a ``Config``, register it with a hook.
+
+    Generic over its config model, so a type checker knows what ``run`` receives.
 
     Example::
 
-        class Shout(StepType):
+        class ShoutConfig(StepConfig):
+            shout: str
+
+        class Shout(StepType[ShoutConfig]):
             key = "shout"
-            class Config(StepConfig):
-                shout: str
-            async def run(self, ctx, config):
+            Config = ShoutConfig
+
+            async def run(self, ctx: StepContext, config: ShoutConfig) -> str:
                 return config.shout.upper()
     """
 
     key: ClassVar[str]
     """The field that marks a step of this type in a workflow (``tool``, ``if``, ...)."""
-    Config: ClassVar[type[StepConfig]]
+    Config: type[ConfigT]
     """The pydantic model of the step's own fields (common fields like ``id`` excluded)."""
     rerunnable: ClassVar[bool] = True
     """Whether a step the host stopped in the middle of may simply run again after a restart.
@@ -220,7 +253,7 @@ class StepType(ABC):
         return {}
 
     @abstractmethod
-    async def run(self, ctx: StepContext, config: Any) -> Any:
+    async def run(self, ctx: StepContext, config: ConfigT) -> Any:
         """Do the step's work and return its output (a JSON value)."""
 
 
@@ -387,9 +420,7 @@ def _arguments_model(fn: Callable[..., Any], tool_name: str) -> tuple[type[BaseM
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (annotation, default)
     safe = "".join(c if c.isalnum() else "_" for c in tool_name)
-    model = create_model(  # type: ignore[call-overload]
-        f"{safe}_args", __config__=ConfigDict(extra="forbid"), **fields
-    )
+    model = create_model(f"{safe}_args", __config__=ConfigDict(extra="forbid"), **fields)
     return model, context_param
 
 
@@ -580,7 +611,7 @@ class AgentProvider(Protocol):
 class RegisterStepType(Protocol):
     """``register(StepTypeClass, replace=False)``."""
 
-    def __call__(self, step_type: type[StepType], *, replace: bool = False) -> None:
+    def __call__(self, step_type: type[StepType[Any]], *, replace: bool = False) -> None:
         """Add a step type under its ``key``; a duplicate key is an error unless ``replace``."""
 
 

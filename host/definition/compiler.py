@@ -457,11 +457,11 @@ class _Compiler:
                             f"{s.path}.{label}", f"unknown step {target!r}{_suggest(target, by_id)}"
                         )
                         continue
-                    if steps[t].gate is not None:
+                    gate = steps[t].gate
+                    if gate is not None:
                         self.issue(
                             f"{s.path}.{label}",
-                            f"step {target!r} is already a branch "
-                            f"of step {steps[steps[t].gate[0]].id!r}",
+                            f"step {target!r} is already a branch of step {steps[gate[0]].id!r}",
                         )
                         continue
                     steps[t].gate = (s.index, label)
@@ -491,9 +491,9 @@ class _Compiler:
         # A fallback's dependents wait for it too: they see whichever of the two produced output.
         for s in steps:
             if s.fallback is not None:
-                for t in steps:
-                    if s.index in hard[t.index] and t.index != s.fallback:
-                        hard[t.index].add(s.fallback)
+                for other in steps:
+                    if s.index in hard[other.index] and other.index != s.fallback:
+                        hard[other.index].add(s.fallback)
         for s in steps:
             s.deps = tuple(sorted(hard[s.index] - soft[s.index]))
             s.any_deps = tuple(sorted(soft[s.index]))
@@ -509,11 +509,12 @@ class _Compiler:
             for name in names:
                 refs.setdefault(name, _field_of(raw, name, where))
 
-        for key, t in s.templated.items():
-            add(t.references, f"{s.path}.{key}", s.definition.get(key))
-        for name, t in (("when", s.when), ("cache.key", s.cache_key), ("cache.when", s.cache_when)):
-            if t is not None:
-                add(t.references, f"{s.path}.{name}", None)
+        for key, template in s.templated.items():
+            add(template.references, f"{s.path}.{key}", s.definition.get(key))
+        guards = (("when", s.when), ("cache.key", s.cache_key), ("cache.when", s.cache_when))
+        for name, guard in guards:
+            if guard is not None:
+                add(guard.references, f"{s.path}.{name}", None)
         # Deferred templates (a loop's `output`) render inside the step's bodies, so they may
         # name the bodies' own steps as well as outer ones.
         inner = set().union(*(b.by_id for b in s.bodies.values())) if s.bodies else set()

@@ -7,6 +7,7 @@ YAML 1.2 too, so one reader serves both and every error can point at its line.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ MAX_SOURCE_BYTES = 4 * 1024 * 1024
 
 
 def load(
-    source: WorkflowDef | Mapping[str, Any] | str | Path,
+    source: WorkflowDef | Mapping[str, Any] | str | os.PathLike[str],
     *,
     hook: SourceHook | None = None,
     text_only: bool = False,
@@ -48,15 +49,17 @@ def load(
         return source
     if isinstance(source, Mapping):
         return _validate(dict(source), {}, None)
-    if isinstance(source, Path) and text_only:
-        raise DefinitionError("a definition over the API is text or an object, not a path")
-    if isinstance(source, Path) or (not text_only and _looks_like_path(source)):
+    if not isinstance(source, str):
+        if text_only:
+            raise DefinitionError("a definition over the API is text or an object, not a path")
+        return read_file(source, hook=hook)
+    if not text_only and _looks_like_path(source):
         return read_file(source, hook=hook)
     data, lines = parse_text(source, hook=hook)
     return _validate(data, lines, None)
 
 
-def read_file(path: str | Path, *, hook: SourceHook | None = None) -> WorkflowDef:
+def read_file(path: str | os.PathLike[str], *, hook: SourceHook | None = None) -> WorkflowDef:
     """Read and validate one workflow file."""
     p = Path(path)
     try:

@@ -35,7 +35,7 @@ from plait.errors import (
     StepTimeout,
     TemplateError,
 )
-from plait.plugins.types import Agent, Message, ToolContext
+from plait.plugins.types import Agent, Message, Renderable, ToolContext
 from plait.values import PLUGIN_ERRORS, json_problem
 
 if TYPE_CHECKING:
@@ -536,7 +536,7 @@ class ScopeExecution:
 
     def render(
         self,
-        template: Template,
+        template: Renderable,
         step: CompiledStep,
         field: str,
         extra: Mapping[str, Any] | None = None,
@@ -772,7 +772,7 @@ class StepRuntime:
             raise OutputError(f"event {type!r} data is not JSON: {problem}")
         self._run.record(type, self.step_id, payload)
 
-    def render(self, template: Template, **extra: Any) -> Any:
+    def render(self, template: Renderable, **extra: Any) -> Any:
         return self._scope.render(template, self._step, getattr(template, "where", ""), extra)
 
     async def call_tool(

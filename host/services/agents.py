@@ -101,7 +101,9 @@ class _Limited:
         limit = config.get("max_concurrency")
         self.max_concurrency = int(limit) if limit else None
         self._agent = agent
-        self._limiter = anyio.CapacityLimiter(self.max_concurrency) if limit else None
+        self._limiter = (
+            anyio.CapacityLimiter(self.max_concurrency) if self.max_concurrency else None
+        )
         rpm, tpm = config.get("requests_per_minute"), config.get("tokens_per_minute")
         self._budget = Budget(rpm, tpm) if rpm or tpm else None
         self._answer = int(config.get("max_tokens") or ANSWER_TOKENS)

@@ -137,7 +137,8 @@ class SafeJSONDisk(diskcache.Disk):
         """Encode a value as JSON bytes, which diskcache keeps in the database or a file."""
         if read:
             raise TypeError("SafeJSONDisk stores JSON values, not streams")
-        return super().store(_encode(value), False, key=key)
+        stored: tuple[int, int, Any, Any] = super().store(_encode(value), False, key=key)
+        return stored
 
     def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
         """Decode a stored value, refusing pickles and anything this class did not write."""
@@ -376,21 +377,25 @@ class ToolCache:
         path = self._path
         assert path is not None
         if not _prepare_directory(path):
-            return self._disable()
+            self._disable()
+            return None
         try:
             cache = self._connect(path)
         except Exception as exc:
             if not (isinstance(exc, _UnsafeEntry) or _is_corruption(exc)):
                 logger.warning("tool cache %s cannot be opened: %s", path, _describe(exc))
-                return self._disable()
+                self._disable()
+                return None
             logger.warning("tool cache %s is corrupt: %s", path, _describe(exc))
             if not _quarantine(path) or not _prepare_directory(path):
-                return self._disable()
+                self._disable()
+                return None
             try:
                 cache = self._connect(path)
             except Exception as exc:
                 logger.warning("tool cache %s cannot be rebuilt: %s", path, _describe(exc))
-                return self._disable()
+                self._disable()
+                return None
         self._state = "open"
         self._drop_anchor()
         with contextlib.suppress(sqlite3.Error):  # only a speed-up: fine without it

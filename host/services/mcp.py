@@ -288,7 +288,9 @@ class McpServer:
             self._broken.set()  # check the connection now rather than at the next ping
             raise ToolFailed(name, f"MCP server {self.name!r}: {_describe(exc)}") from exc
         if result.is_error:
-            text = " ".join(c.text for c in result.content if getattr(c, "type", None) == "text")
+            from mcp.types import TextContent  # loaded with the client by now
+
+            text = " ".join(c.text for c in result.content if isinstance(c, TextContent))
             raise ToolFailed(
                 name, f"MCP server {self.name!r} reported: {text or 'an error without a message'}"
             )

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plait.plugins.types import Message
-from plait.state.runs import Event, StepState
+from plait.state.runs import Event, StepState, StepStatus
 
 __all__ = ["REPLAYED", "RecoveredRun", "StepRecord", "replay"]
 
@@ -31,7 +31,7 @@ branch, or a shutdown) runs again if its scope runs again."""
 class StepRecord:
     """What the events say about one step path."""
 
-    status: str = "pending"
+    status: StepStatus = "pending"
     output: Any = None
     error: dict[str, Any] | None = None
     attempts: int = 0
@@ -65,7 +65,7 @@ class StepRecord:
         return StepState(
             status=self.status,
             output=self.output,
-            error=self.error,  # type: ignore[arg-type]
+            error=self.error,
             attempts=self.attempts,
             started_at=self.started_at,
             finished_at=self.finished_at,
@@ -86,6 +86,16 @@ class RecoveredRun:
     def in_flight(self) -> list[str]:
         """Steps that were running or waiting when the host stopped."""
         return [path for path, rec in self.steps.items() if rec.in_flight]
+
+
+_SETTLED_STATUS: dict[str, StepStatus] = {
+    "step.succeeded": "succeeded",
+    "step.failed": "failed",
+    "step.skipped": "skipped",
+    "step.cancelled": "cancelled",
+    "step.interrupted": "interrupted",
+}
+"""The step status each settling event leaves behind."""
 
 
 def replay(events: Iterable[Event]) -> RecoveredRun:
@@ -151,7 +161,7 @@ def _apply(
         "step.cancelled",
         "step.interrupted",
     ):
-        rec.status = kind[5:]
+        rec.status = _SETTLED_STATUS[kind]
         rec.executing = False
         rec.finished_at = ts
         if kind == "step.succeeded":

@@ -231,7 +231,7 @@ class Run:
         ``run.resumed`` for ``running``)."""
         now = time.time()
         self.status = status
-        kind = status
+        kind: str = status
         if status == "running":
             kind = "started" if self.started_at is None else "resumed"
             self.started_at = self.started_at or now

@@ -545,6 +545,7 @@ class TemplateEngine:
             )
         refs = set()
         for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+            assert isinstance(node, (nodes.Getattr, nodes.Getitem))
             if not (isinstance(node.node, nodes.Name) and node.node.name == "steps"):
                 continue
             if isinstance(node, nodes.Getattr):

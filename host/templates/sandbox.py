@@ -226,7 +226,7 @@ def _literal_len(body: list[nodes.Node]) -> int:
 class Guard(NodeTransformer):
     """Rewrites loops, ``~`` and container literals into the budgeted internal filters."""
 
-    def _filter(self, node: nodes.Expr, name: str, args: list[nodes.Expr]) -> nodes.Filter:
+    def _filter(self, node: nodes.Node, name: str, args: list[nodes.Expr]) -> nodes.Filter:
         return nodes.Filter(node, name, args, [], None, None, lineno=node.lineno)
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
@@ -236,7 +236,9 @@ class Guard(NodeTransformer):
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
         self.generic_visit(node)
-        return self._filter(node.nodes[0], _CONCAT, node.nodes[1:])
+        first, *rest = node.nodes
+        assert isinstance(first, nodes.Expr)
+        return self._filter(first, _CONCAT, [n for n in rest if isinstance(n, nodes.Expr)])
 
     def visit_container(self, node: nodes.Expr) -> nodes.Node:
         self.generic_visit(node)
@@ -245,14 +247,18 @@ class Guard(NodeTransformer):
     visit_List = visit_Tuple = visit_Dict = visit_container
 
 
-class _GuardedFilters(dict):  # type: ignore[type-arg]
+class _GuardedFilters(dict[str, Any]):
     """``env.filters`` handing Jinja a size-guarded wrapper of each filter, plugins' included."""
 
     def __init__(self, env: PlaitSandbox, base: Mapping[str, Callable[..., Any]]) -> None:
         super().__init__(base)
         self._env = env
         self._wrapped: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
-        self._internal = {_ITER: env._iter, _CONCAT: env._concat, _SIZE: env._size}
+        self._internal: dict[str, Callable[..., Any]] = {
+            _ITER: env._iter,
+            _CONCAT: env._concat,
+            _SIZE: env._size,
+        }
 
     def __getitem__(self, name: str) -> Callable[..., Any]:
         if name in self._internal:
@@ -439,7 +445,8 @@ class PlaitSandbox(ImmutableSandboxedEnvironment):
             parts.append(str(value))
             total += len(parts[-1])
             self._check_size("'~' concatenation", total)
-        return self._check_result("'~' concatenation", "".join(parts))
+        joined: str = self._check_result("'~' concatenation", "".join(parts))
+        return joined
 
     def _size(self, value: Any) -> Any:
         self._check_size("literal", weight(value, self.limits.max_output))
@@ -487,9 +494,10 @@ class PlaitSandbox(ImmutableSandboxedEnvironment):
                 self._check_format(fmt, args[0].values())
             else:
                 self._check_format(fmt, [*args, *kwargs.values()])
-            return self._check_result(what, wrapped(*args, **kwargs))
+            return str(self._check_result(what, wrapped(*args, **kwargs)))
 
-        return update_wrapper(guarded, wrapped)
+        wrapper: Callable[..., str] = update_wrapper(guarded, wrapped)
+        return wrapper
 
     def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Tick the deadline, precheck builtin methods' size arguments, check the result."""
