@@ -1,64 +1,183 @@
 """plait: an agent-tool orchestrator and plugin host.
 
 This module is the public API: every name in ``__all__`` is re-exported from the module that
-owns it, and nothing else lives here.
+owns it, and nothing else lives here. The names load on first use (PEP 562), so a plugin that
+imports ``plait.plugins`` or ``plait.errors`` does not pull in the host: websockets, SQLite,
+jsonrpcserver and diskcache load only when something needs them.
 """
 
-from plait.config import HostConfig, load_config
-from plait.definition.builder import Workflow
-from plait.definition.compiler import CompiledWorkflow, compile_workflow
-from plait.definition.models import CachePolicy, RetryPolicy, StepDef, WorkflowDef
-from plait.engine.engine import Engine
-from plait.errors import (
-    AgentFailed,
-    AgentNotFound,
-    ConfigError,
-    DataDirLocked,
-    DefinitionError,
-    InputsInvalid,
-    InvalidRunState,
-    Issue,
-    LimitReached,
-    OutputError,
-    PlaitError,
-    PluginError,
-    RunCancelled,
-    RunError,
-    RunNotFound,
-    StepFailed,
-    StepInterrupted,
-    StepTimeout,
-    StoreCorrupt,
-    StoreError,
-    TemplateError,
-    TemplateLimitError,
-    TemplateSecurityError,
-    TemplateSyntaxError,
-    ToolFailed,
-    ToolNotFound,
-    WorkflowNotFound,
-)
-from plait.host.app import Host
-from plait.host.oneshot import load, run, run_sync, stream
-from plait.plugins import (
-    Agent,
-    AgentContext,
-    AgentProvider,
-    AgentReply,
-    AgentRequest,
-    Message,
-    StepConfig,
-    StepContext,
-    StepType,
-    Tool,
-    ToolCall,
-    ToolContext,
-    create_plugin_manager,
-    hookimpl,
-    tool,
-)
-from plait.services.cache import ToolCache
-from plait.state.runs import Event, Run, StepState
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from plait.config import (
+        HostConfig,
+        load_config,
+    )
+    from plait.definition.builder import (
+        Workflow,
+    )
+    from plait.definition.compiler import (
+        CompiledWorkflow,
+        compile_workflow,
+    )
+    from plait.definition.models import (
+        CachePolicy,
+        RetryPolicy,
+        StepDef,
+        WorkflowDef,
+    )
+    from plait.engine.engine import (
+        Engine,
+    )
+    from plait.errors import (
+        AgentFailed,
+        AgentNotFound,
+        ConfigError,
+        DataDirLocked,
+        DefinitionError,
+        InputsInvalid,
+        InvalidRunState,
+        Issue,
+        LimitReached,
+        OutputError,
+        PlaitError,
+        PluginError,
+        RunCancelled,
+        RunError,
+        RunNotFound,
+        StepFailed,
+        StepInterrupted,
+        StepTimeout,
+        StoreCorrupt,
+        StoreError,
+        TemplateError,
+        TemplateLimitError,
+        TemplateSecurityError,
+        TemplateSyntaxError,
+        ToolFailed,
+        ToolNotFound,
+        WorkflowNotFound,
+    )
+    from plait.host.app import (
+        Host,
+    )
+    from plait.host.oneshot import (
+        load,
+        run,
+        run_sync,
+        stream,
+    )
+    from plait.plugins import (
+        Agent,
+        AgentContext,
+        AgentProvider,
+        AgentReply,
+        AgentRequest,
+        Message,
+        RegisterAgent,
+        RegisterStepType,
+        RegisterTool,
+        Renderable,
+        StepConfig,
+        StepContext,
+        StepType,
+        Tool,
+        ToolCall,
+        ToolContext,
+        create_plugin_manager,
+        hookimpl,
+        tool,
+    )
+    from plait.services.cache import (
+        ToolCache,
+    )
+    from plait.state import (
+        RunStore,
+    )
+    from plait.state.runs import (
+        Event,
+        Run,
+        StepState,
+    )
+    from plait.store import (
+        MemoryStore,
+        SqliteStore,
+    )
+
+_OWNERS: dict[str, str] = {
+    "HostConfig": "plait.config",
+    "load_config": "plait.config",
+    "Workflow": "plait.definition.builder",
+    "CompiledWorkflow": "plait.definition.compiler",
+    "compile_workflow": "plait.definition.compiler",
+    "CachePolicy": "plait.definition.models",
+    "RetryPolicy": "plait.definition.models",
+    "StepDef": "plait.definition.models",
+    "WorkflowDef": "plait.definition.models",
+    "Engine": "plait.engine.engine",
+    "AgentFailed": "plait.errors",
+    "AgentNotFound": "plait.errors",
+    "ConfigError": "plait.errors",
+    "DataDirLocked": "plait.errors",
+    "DefinitionError": "plait.errors",
+    "InputsInvalid": "plait.errors",
+    "InvalidRunState": "plait.errors",
+    "Issue": "plait.errors",
+    "LimitReached": "plait.errors",
+    "OutputError": "plait.errors",
+    "PlaitError": "plait.errors",
+    "PluginError": "plait.errors",
+    "RunCancelled": "plait.errors",
+    "RunError": "plait.errors",
+    "RunNotFound": "plait.errors",
+    "StepFailed": "plait.errors",
+    "StepInterrupted": "plait.errors",
+    "StepTimeout": "plait.errors",
+    "StoreCorrupt": "plait.errors",
+    "StoreError": "plait.errors",
+    "TemplateError": "plait.errors",
+    "TemplateLimitError": "plait.errors",
+    "TemplateSecurityError": "plait.errors",
+    "TemplateSyntaxError": "plait.errors",
+    "ToolFailed": "plait.errors",
+    "ToolNotFound": "plait.errors",
+    "WorkflowNotFound": "plait.errors",
+    "Host": "plait.host.app",
+    "load": "plait.host.oneshot",
+    "run": "plait.host.oneshot",
+    "run_sync": "plait.host.oneshot",
+    "stream": "plait.host.oneshot",
+    "Agent": "plait.plugins",
+    "AgentContext": "plait.plugins",
+    "AgentProvider": "plait.plugins",
+    "AgentReply": "plait.plugins",
+    "AgentRequest": "plait.plugins",
+    "Message": "plait.plugins",
+    "RegisterAgent": "plait.plugins",
+    "RegisterStepType": "plait.plugins",
+    "RegisterTool": "plait.plugins",
+    "Renderable": "plait.plugins",
+    "StepConfig": "plait.plugins",
+    "StepContext": "plait.plugins",
+    "StepType": "plait.plugins",
+    "Tool": "plait.plugins",
+    "ToolCall": "plait.plugins",
+    "ToolContext": "plait.plugins",
+    "create_plugin_manager": "plait.plugins",
+    "hookimpl": "plait.plugins",
+    "tool": "plait.plugins",
+    "ToolCache": "plait.services.cache",
+    "RunStore": "plait.state",
+    "Event": "plait.state.runs",
+    "Run": "plait.state.runs",
+    "StepState": "plait.state.runs",
+    "MemoryStore": "plait.store",
+    "SqliteStore": "plait.store",
+}
+"""Each public name and the module that owns it."""
 
 __all__ = [
     "Agent",
@@ -81,15 +200,22 @@ __all__ = [
     "InvalidRunState",
     "Issue",
     "LimitReached",
+    "MemoryStore",
     "Message",
     "OutputError",
     "PlaitError",
     "PluginError",
+    "RegisterAgent",
+    "RegisterStepType",
+    "RegisterTool",
+    "Renderable",
     "RetryPolicy",
     "Run",
     "RunCancelled",
     "RunError",
     "RunNotFound",
+    "RunStore",
+    "SqliteStore",
     "StepConfig",
     "StepContext",
     "StepDef",
@@ -123,3 +249,17 @@ __all__ = [
     "stream",
     "tool",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module the first time it is asked for."""
+    owner = _OWNERS.get(name)
+    if owner is None:
+        raise AttributeError(f"module 'plait' has no attribute {name!r}")
+    value = getattr(import_module(owner), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -29,6 +29,7 @@ __all__ = [
     "RegisterAgent",
     "RegisterStepType",
     "RegisterTool",
+    "Renderable",
     "StepConfig",
     "StepContext",
     "StepType",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import plait
@@ -42,33 +45,67 @@ def test_errors_all_lists_every_public_name():
     assert len(plait.errors.__all__) == len(set(plait.errors.__all__))
 
 
-def test_facade_holds_only_imports_docstring_and_all():
-    tree = ast.parse((REPO / "host" / "__init__.py").read_text(encoding="utf-8"))
-    body = tree.body
+def _facade() -> ast.Module:
+    return ast.parse((REPO / "host" / "__init__.py").read_text(encoding="utf-8"))
+
+
+def _type_checking_imports(tree: ast.Module) -> dict[str, str]:
+    """name -> module of the imports under ``if TYPE_CHECKING:``."""
+    block = next(n for n in tree.body if isinstance(n, ast.If))
+    assert isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+    found = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+        assert node.module.startswith("plait.")
+        for alias in node.names:
+            found[alias.asname or alias.name] = node.module
+    return found
+
+
+def test_facade_holds_only_its_lazy_table():
+    """The facade: docstring, the names for type checkers, the owner table, __all__ and the
+    two module hooks of PEP 562; nothing that runs at import but the table."""
+    body = _facade().body
     assert isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
     assert isinstance(body[0].value.value, str), "the module starts with its docstring"
     assigned = []
+    functions = []
     for node in body[1:]:
-        if isinstance(node, ast.Import | ast.ImportFrom):
+        if isinstance(node, ast.Import | ast.ImportFrom | ast.If | ast.Expr):
             continue
-        assert isinstance(node, ast.Assign), ast.dump(node)
-        assert [t.id for t in node.targets if isinstance(t, ast.Name)] == ["__all__"]
-        assert isinstance(node.value, ast.List)
-        assert all(isinstance(e, ast.Constant) for e in node.value.elts)
-        assigned.append(node)
-    assert len(assigned) == 1
+        if isinstance(node, ast.FunctionDef):
+            functions.append(node.name)
+            continue
+        target = node.target if isinstance(node, ast.AnnAssign) else node.targets[0]
+        assert isinstance(target, ast.Name), ast.dump(node)
+        assigned.append(target.id)
+    assert sorted(assigned) == ["_OWNERS", "__all__"]
+    assert sorted(functions) == ["__dir__", "__getattr__"]
 
 
-def test_facade_imports_are_exactly_all():
-    tree = ast.parse((REPO / "host" / "__init__.py").read_text(encoding="utf-8"))
-    imported = {
-        alias.asname or alias.name
-        for node in tree.body
-        if isinstance(node, ast.ImportFrom)
-        for alias in node.names
-    }
-    assert imported == set(plait.__all__)
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom):
-            assert node.level == 0 and node.module is not None
-            assert node.module.startswith("plait.")
+def test_facade_names_are_exactly_all_and_each_owner_is_right():
+    typed = _type_checking_imports(_facade())
+    assert set(typed) == set(plait.__all__)
+    assert typed == plait._OWNERS
+    for name, module in plait._OWNERS.items():
+        assert getattr(importlib.import_module(module), name) is getattr(plait, name)
+
+
+def test_a_plugin_import_stays_light():
+    """Issue 10: ``import plait.plugins`` loads the plugin contract, not the host."""
+    code = (
+        "import sys, plait.plugins, plait.errors; "
+        "print(sorted(m for m in ('websockets', 'sqlite3', 'jsonrpcserver', 'diskcache', "
+        "'jinja2', 'mcp', 'httpx') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    try:
+        plait.NoSuchThing  # noqa: B018
+    except AttributeError as exc:
+        assert "NoSuchThing" in str(exc)
+    else:
+        raise AssertionError("plait.NoSuchThing resolved")
