@@ -7,6 +7,10 @@ implementation may take any subset of them.
 Registration hooks run once when a host (or ``plait.run``) starts; what they register is called
 directly by the engine afterwards, never through ``pm.hook``, so the hot path pays nothing for
 the plugin system.
+
+Every hook is called implementation by implementation, so one that raises fails alone. A
+``wrapper=True`` or ``hookwrapper=True`` implementation would therefore never wrap anything:
+a plugin carrying one is refused at load, with the reason in ``plugins/list``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import pluggy
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from plait.plugins.types import RegisterAgent, RegisterStepType, RegisterTool
+    from plait.plugins.types import RegisterAgent, RegisterStepType, RegisterTool, RunInfo
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 
@@ -134,6 +138,10 @@ def load_workflow(source: str, path: str | None) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------------------------
 # Lifecycle observers: return None or an awaitable; errors are logged and never abort a run
 # --------------------------------------------------------------------------------------------
+#
+# The run and step observers are called once the change they report is committed to the store
+# (a crash can no longer undo it), in the order of the run's events, with a read-only
+# :class:`plait.RunInfo` snapshot: an observer cannot change the run it watches.
 
 
 @hookspec(historic=True)
@@ -169,11 +177,12 @@ def host_stopping(host: Any) -> Awaitable[None] | None:
 
 
 @hookspec
-def run_started(run: Any) -> Awaitable[None] | None:
+def run_started(run: RunInfo) -> Awaitable[None] | None:
     """A run has started (or resumed).
 
     Args:
-        run: a :class:`plait.RunInfo` snapshot (``id``, ``workflow``, ``inputs``).
+        run: a read-only :class:`plait.RunInfo` snapshot (``id``, ``workflow``, ``inputs``,
+            ``status``, ...), taken once the start is kept by the store.
 
     Example::
 
@@ -184,11 +193,11 @@ def run_started(run: Any) -> Awaitable[None] | None:
 
 
 @hookspec
-def run_finished(run: Any, outcome: str) -> Awaitable[None] | None:
+def run_finished(run: RunInfo, outcome: str) -> Awaitable[None] | None:
     """A run reached a terminal state.
 
     Args:
-        run: a :class:`plait.RunInfo` snapshot.
+        run: a read-only :class:`plait.RunInfo` snapshot.
         outcome: ``succeeded``, ``failed`` or ``cancelled``.
 
     Example::
@@ -200,11 +209,11 @@ def run_finished(run: Any, outcome: str) -> Awaitable[None] | None:
 
 
 @hookspec
-def step_started(run: Any, step: str) -> Awaitable[None] | None:
+def step_started(run: RunInfo, step: str) -> Awaitable[None] | None:
     """A step attempt is about to run.
 
     Args:
-        run: a :class:`plait.RunInfo` snapshot.
+        run: a read-only :class:`plait.RunInfo` snapshot.
         step: the step's path (``fetch``, ``each[2].fetch``).
 
     Example::
@@ -216,11 +225,11 @@ def step_started(run: Any, step: str) -> Awaitable[None] | None:
 
 
 @hookspec
-def step_finished(run: Any, step: str, outcome: str) -> Awaitable[None] | None:
+def step_finished(run: RunInfo, step: str, outcome: str) -> Awaitable[None] | None:
     """A step settled.
 
     Args:
-        run: a :class:`plait.RunInfo` snapshot.
+        run: a read-only :class:`plait.RunInfo` snapshot.
         step: the step's path.
         outcome: ``succeeded``, ``failed``, ``skipped`` or ``cancelled``.
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pluggy
 
+from plait.errors import PluginError
 from plait.plugins import hookspecs
 from plait.plugins.registry import Registries
 
@@ -109,9 +110,27 @@ class PluginManager(pluggy.PluginManager):
         self._registries: Registries | None = None
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
-        """Register a plugin; the registries are rebuilt on next use to include it."""
+        """Register a plugin; the registries are rebuilt on next use to include it.
+
+        Raises:
+            PluginError: the plugin implements a hook as a pluggy wrapper (``wrapper=True``
+                or ``hookwrapper=True``). plait calls each implementation of its hooks by
+                itself, so a wrapper would silently never wrap anything: it is refused.
+        """
         self._registries = None
-        return super().register(plugin, name)
+        registered = super().register(plugin, name)
+        if registered is None:  # blocked
+            return None
+        wrapped = self._wrapper_hooks(registered)
+        if wrapped:
+            super().unregister(name=registered)
+            raise PluginError(
+                registered,
+                f"implements {', '.join(wrapped)} with wrapper=True/hookwrapper=True; plait "
+                "calls each implementation of its hooks by itself, so a wrapper would never "
+                "wrap anything: implement the hook plainly",
+            )
+        return registered
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
         """Unregister a plugin; the registries are rebuilt on next use without it."""
@@ -166,6 +185,16 @@ class PluginManager(pluggy.PluginManager):
             self.versions.setdefault(name, _plait_version())
         self.versions.setdefault(name, getattr(plugin, "__version__", None))
         return True
+
+    def _wrapper_hooks(self, name: str) -> list[str]:
+        """The hooks a registered plugin implements as a pluggy wrapper, which plait refuses."""
+        plugin = self.get_plugin(name)
+        return sorted(
+            caller.name
+            for caller in self.get_hookcallers(plugin) or ()
+            for impl in caller.get_hookimpls()
+            if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper)
+        )
 
     def _fail(
         self, plugin: str, stage: str, exc: BaseException, entry_point: str | None = None

@@ -7,11 +7,13 @@ module works the same whether it ships with plait or in a third-party package.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import anyio.to_thread
@@ -30,6 +32,7 @@ __all__ = [
     "RegisterStepType",
     "RegisterTool",
     "Renderable",
+    "RunInfo",
     "StepConfig",
     "StepContext",
     "StepType",
@@ -196,6 +199,55 @@ class StepContext(Protocol):
         Raises:
             AgentFailed: no client can sample, it refused, or it did not answer in time.
         """
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A read-only snapshot of a run, as lifecycle observers receive it.
+
+    Taken when the change an observer hears of is already kept by the store; changing it
+    changes nothing (its mappings are read-only copies).
+    """
+
+    id: str
+    workflow: str
+    version: int
+    status: str
+    """The run's status: ``running`` for ``run_started``, the outcome for ``run_finished``;
+    for the step hooks, where the run stands when the observer is called."""
+    inputs: Mapping[str, Any]
+    outputs: Mapping[str, Any] | None = None
+    error: Mapping[str, Any] | None = None
+    parent_id: str | None = None
+    """For a sub-workflow's run: the run whose step started it."""
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @classmethod
+    def of(cls, run: Any, *, started: bool = False) -> RunInfo:
+        """A snapshot of anything with a run's attributes (the engine's live ``Run``).
+
+        ``started``: the run as it was when it started (running, no outcome yet), whatever it
+        has done since.
+        """
+        return cls(
+            id=run.id,
+            workflow=run.workflow,
+            version=run.version,
+            status="running" if started else run.status,
+            inputs=_frozen(run.inputs) or MappingProxyType({}),
+            outputs=None if started else _frozen(run.outputs),
+            error=None if started else _frozen(run.error),
+            parent_id=run.parent_id,
+            created_at=run.created_at,
+            started_at=run.started_at,
+            finished_at=None if started else run.finished_at,
+        )
+
+
+def _frozen(value: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    return None if value is None else MappingProxyType(copy.deepcopy(dict(value)))
 
 
 class StepType(ABC, Generic[ConfigT]):

@@ -39,6 +39,7 @@ from plait.errors import (
     TemplateError,
 )
 from plait.plugins.manager import PluginManager
+from plait.plugins.types import RunInfo
 from plait.services.agents import AgentPool
 from plait.services.cache import ToolCache
 from plait.services.mcp import McpTools
@@ -55,6 +56,8 @@ __all__ = ["Engine"]
 log = logging.getLogger("plait.engine.engine")
 
 
+_STEP_OUTCOME = {f"step.{s}": s for s in ("succeeded", "failed", "skipped", "cancelled")}
+"""The events of a step settling, and the outcome ``step_finished`` reports for each."""
 OBSERVER_SECONDS = 10.0
 """How long an async lifecycle observer may take before it is cancelled."""
 CANCEL_SECONDS = 5.0
@@ -109,10 +112,12 @@ class Engine:
         """Definitions runs still execute that the catalog no longer holds, by digest."""
         self._tg: anyio.abc.TaskGroup | None = None
         self._observing = 0
-        self._observers = {
-            h: pm.has_impls(h)
+        self._observed = frozenset(
+            h
             for h in ("run_started", "run_finished", "step_started", "step_finished")
-        }
+            if pm.has_impls(h)
+        )
+        """The lifecycle hooks some plugin implements (none: events skip observing at once)."""
         env_allow = self.config.env.allow
         self._env = {k: os.environ[k] for k in env_allow if k in os.environ}
 
@@ -267,6 +272,8 @@ class Engine:
     def _on_event(self, event: Event) -> None:
         for listener in self.listeners:
             listener(event)
+        if self._observed:
+            self._observe_event(event)
         if event.type in TERMINAL_EVENTS:  # kept and told: from now on the store answers
             run = self.runs.pop(event.run_id, None)
             if run is not None:
@@ -327,7 +334,6 @@ class Engine:
             with rx.cancel_scope as cancel_scope:
                 if not resume or run.status == "pending":
                     run.set_status("running")
-                self._observe("run_started", run=run)
                 scope = ScopeExecution(rx, compiled.scope, "", None)
                 rx.vars.update(self._render_top(compiled.vars, scope, "vars") or {})
                 await scope.execute()
@@ -380,7 +386,6 @@ class Engine:
             run.error = data["error"]
         run.set_status(status, **data)  # type: ignore[arg-type]
         self.executions.pop(run.id, None)
-        self._observe("run_finished", run=run, outcome=status)
 
     async def run_child(
         self,
@@ -643,19 +648,31 @@ class Engine:
         """The plugin that registered a step type, for error messages."""
         return self.registries.step_types.owner(key)
 
-    def observe_step_started(self, run: Run, step: str) -> None:
-        """Tell ``step_started`` observers, if any plugin listens."""
-        if self._observers["step_started"]:
-            self._observe("step_started", run=run, step=step)
-
-    def observe_step_finished(self, run: Run, step: str, outcome: str) -> None:
-        """Tell ``step_finished`` observers, if any plugin listens."""
-        if self._observers["step_finished"]:
-            self._observe("step_finished", run=run, step=step, outcome=outcome)
+    def _observe_event(self, event: Event) -> None:
+        """Tell the lifecycle observers of a told (so committed) event, with a snapshot."""
+        kind = event.type
+        extra: dict[str, Any]
+        if kind == "step.started":
+            hook, extra = "step_started", {"step": event.step}
+        elif kind in _STEP_OUTCOME:
+            hook, extra = "step_finished", {"step": event.step, "outcome": _STEP_OUTCOME[kind]}
+        elif kind in TERMINAL_EVENTS:
+            hook, extra = "run_finished", {"outcome": kind[4:]}
+        elif kind == "run.started" or (
+            kind == "run.recovered" and event.data.get("status") != "pending"
+        ):
+            hook, extra = "run_started", {}  # a recovered pending run is started afresh
+        else:
+            return
+        run = self.runs.get(event.run_id)
+        if run is None or hook not in self._observed:
+            return
+        # Told after its commit, the run may have gone on meanwhile: a start is shown as it
+        # was at the start (running, no outcome yet).
+        info = RunInfo.of(run, started=True) if hook == "run_started" else RunInfo.of(run)
+        self._observe(hook, run=info, **extra)
 
     def _observe(self, hook: str, **kwargs: Any) -> None:
-        if not self._observers.get(hook, True):
-            return
         for result in self.pm.call_isolated(hook, **kwargs):
             if inspect.isawaitable(result) and self._tg is not None:
                 self._observing += 1

@@ -72,14 +72,6 @@ class RunServices(Protocol):
         """The plugin that registered a step type, for error messages."""
         ...
 
-    def observe_step_started(self, run: Run, step: str) -> None:
-        """Tell ``step_started`` observers, if any."""
-        ...
-
-    def observe_step_finished(self, run: Run, step: str, outcome: str) -> None:
-        """Tell ``step_finished`` observers, if any."""
-        ...
-
     async def run_child(
         self,
         parent: RunExecution,
@@ -404,7 +396,6 @@ class ScopeExecution:
             elif error is not None:
                 event_data["error"] = error
             run.set_step(path, status, event_data, output=output, error=error)  # type: ignore[arg-type]
-            self.rx.engine.observe_step_finished(run, path, status)
         ready = []
         waiting = self.waiting
         for d in step.dependents:
@@ -436,7 +427,6 @@ class ScopeExecution:
                 return self.settle(step, "skipped", data={"reason": "when was false"}), None
             config = self.configure(step)
             run.set_step(path, "running", {"attempt": 1}, attempts=1)
-            self.rx.engine.observe_step_started(run, path)
             output = self.attempt_inline(step, StepRuntime(self, step, path, 1), config)
         except RunError as exc:
             if (
@@ -618,7 +608,6 @@ class ScopeExecution:
                 self.rx.forget_under(path)
             resumed = False
             run.set_step(path, "running", data, attempts=attempt)
-            engine.observe_step_started(run, path)
             ctx = StepRuntime(self, step, path, attempt, "recovered" in data)
             # The attempt itself, within its deadline and the run's and host's limiters;
             # written out here rather than in a method of its own: a suspended step keeps a
