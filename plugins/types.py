@@ -287,6 +287,10 @@ class StepType(ABC, Generic[ConfigT]):
     code that never waits (templates have their own time limit)."""
     deferred: ClassVar[frozenset[str]] = frozenset()
     """Config fields the step renders itself (with ``ctx.render``) instead of the engine."""
+    body_roots: ClassVar[frozenset[str]] = frozenset()
+    """Template roots this step type gives the steps of its bodies through ``run_body(vars=)``
+    (a loop: ``item`` and ``index``). Validation refuses ``item``/``index`` anywhere no
+    enclosing step type declares them, instead of failing at run time."""
     expressions: ClassVar[frozenset[str]] = frozenset()
     """Config fields holding an expression: a bare string is Jinja code, not text."""
     description: ClassVar[str] = ""

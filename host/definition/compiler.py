@@ -24,7 +24,7 @@ from plait.definition.models import CachePolicy, RetryPolicy, StepDef, WorkflowD
 from plait.errors import DefinitionError, Issue, TemplateSyntaxError
 from plait.plugins.registry import Registry
 from plait.plugins.types import StepConfig, StepType
-from plait.templates.engine import Template, TemplateEngine
+from plait.templates.engine import CONTEXT_ROOTS, Template, TemplateEngine
 
 __all__ = ["CompiledStep", "CompiledWorkflow", "Scope", "compile_workflow"]
 
@@ -129,10 +129,12 @@ def compile_workflow(
     c = _Compiler(wf, step_types, templates, limits)
     scope = c.scope(list(wf.steps), "steps", nested=False, enclosing=())
     outputs = c.template(wf.outputs, "outputs")
+    c.check_roots(outputs, "outputs", frozenset())
     top_ids = set(scope.by_id)
     for ref in sorted(outputs.references - top_ids):
         c.issue("outputs", f"refers to unknown step {ref!r}")
     variables = c.template(wf.vars, "vars")
+    c.check_roots(variables, "vars", frozenset())
     if variables.references:
         c.issue("vars", "vars are computed before any step runs; they may use only inputs")
     try:
@@ -179,6 +181,16 @@ class _Compiler:
     def issue(self, path: str, message: str) -> None:
         self.issues.append(Issue(path, message, self.wf.line_of(path)))
 
+    def check_roots(self, template: Template, where: str, body_roots: frozenset[str]) -> None:
+        """Refuse ``item``/``index`` where no enclosing step's body provides them."""
+        allowed = (CONTEXT_ROOTS - _BODY_ROOTS) | body_roots
+        for name in self.templates.check_names(template, allowed):
+            self.issue(
+                where,
+                f"{name!r} is only defined inside the body of a step that provides it "
+                f"(a loop gives its body 'item' and 'index')",
+            )
+
     def template(self, value: Any, where: str, *, expression: bool = False) -> Template:
         try:
             if expression and isinstance(value, str):
@@ -210,7 +222,13 @@ class _Compiler:
     # -- scopes ------------------------------------------------------------------------------
 
     def scope(
-        self, raw_steps: list[Any], path: str, *, nested: bool, enclosing: tuple[str, ...]
+        self,
+        raw_steps: list[Any],
+        path: str,
+        *,
+        nested: bool,
+        enclosing: tuple[str, ...],
+        body_roots: frozenset[str] = frozenset(),
     ) -> Scope:
         defs: list[tuple[int, StepDef]] = []
         for i, raw in enumerate(raw_steps):
@@ -232,7 +250,7 @@ class _Compiler:
                     f"duplicate step id {sd.id!r} (first at {steps[by_id[sd.id]].path})",
                 )
                 continue
-            compiled = self.step(sd, f"{path}[{i}]", len(steps), enclosing)
+            compiled = self.step(sd, f"{path}[{i}]", len(steps), enclosing, body_roots)
             if compiled is not None:
                 by_id[sd.id] = len(steps)
                 steps.append(compiled)
@@ -244,7 +262,12 @@ class _Compiler:
     # -- one step ----------------------------------------------------------------------------
 
     def step(
-        self, sd: StepDef, path: str, index: int, enclosing: tuple[str, ...]
+        self,
+        sd: StepDef,
+        path: str,
+        index: int,
+        enclosing: tuple[str, ...],
+        body_roots: frozenset[str] = frozenset(),
     ) -> CompiledStep | None:
         cls = self.resolve_type(sd, path)
         if cls is None:
@@ -285,10 +308,15 @@ class _Compiler:
                 _body_path(raw, body, path, label),
                 nested=True,
                 enclosing=enclosing + (sd.id,),
+                body_roots=body_roots | cls.body_roots,
             )
         when = None
         if sd.when is not None and sd.when is not True:
             when = self.template(sd.when, f"{path}.when", expression=True)
+        for key, t in templated.items():
+            self.check_roots(t, f"{path}.{key}", body_roots)
+        if when is not None:
+            self.check_roots(when, f"{path}.when", body_roots)
         defaults = self.wf.defaults
         retry = sd.retry or defaults.retry or RetryPolicy()
         timeout = sd.timeout or defaults.timeout
@@ -605,6 +633,8 @@ class _Unrenderable:
         raise RuntimeError(f"template at {self.where} did not compile")
 
 
+_BODY_ROOTS = frozenset({"item", "index"})
+"""Roots only a body's enclosing step provides (see ``StepType.body_roots``)."""
 _REF = r"steps(?:\.{0}\b|\[\s*['\"]{0}['\"]\s*\])"
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from plait.definition.compiler import CompiledWorkflow, Scope
+from plait.definition.compiler import CompiledStep, CompiledWorkflow, Scope
+from plait.plugins.types import StepType
 
 __all__ = ["render_graph"]
 
@@ -20,6 +21,13 @@ def render_graph(compiled: CompiledWorkflow, fmt: str = "mermaid") -> str:
     else:
         raise ValueError(f"unknown graph format {fmt!r} (mermaid or dot)")
     return "\n".join(lines)
+
+
+def _branching(step: CompiledStep) -> bool:
+    """Whether the step chooses between branches: its type declares ``branches`` (as ``if``
+    does), or this step gates others. Drawn as a decision, whichever plugin it comes from."""
+    declares = type(step.step_type).branches is not StepType.branches
+    return declares or bool(step.gated)
 
 
 def _node(prefix: str, step_id: str) -> str:
@@ -45,7 +53,7 @@ def _edges(scope: Scope) -> list[tuple[str, str, str]]:
 def _mermaid(scope: Scope, prefix: str, lines: list[str], indent: str) -> None:
     for s in scope.steps:
         node = _node(prefix, s.id)
-        shape = ('{{"%s"}}' if s.key == "if" else '["%s"]') % f"{s.id} ({s.key})"
+        shape = ('{{"%s"}}' if _branching(s) else '["%s"]') % f"{s.id} ({s.key})"
         lines.append(f"{indent}{node}{shape}")
         for label, body in s.bodies.items():
             lines.append(f'{indent}subgraph {node}__{label}["{s.id}: {label}"]')
@@ -60,7 +68,7 @@ def _mermaid(scope: Scope, prefix: str, lines: list[str], indent: str) -> None:
 def _dot(scope: Scope, prefix: str, lines: list[str], indent: str) -> None:
     for s in scope.steps:
         node = _node(prefix, s.id)
-        shape = ", shape=diamond" if s.key == "if" else ""
+        shape = ", shape=diamond" if _branching(s) else ""
         lines.append(f'{indent}{node} [label="{s.id} ({s.key})"{shape}];')
         for label, body in s.bodies.items():
             lines.append(f"{indent}subgraph cluster_{node}__{label} {{")

@@ -51,7 +51,7 @@ from plait.store.memory import MemoryStore
 from plait.templates.engine import TemplateEngine, TemplateLimits
 from plait.values import PLUGIN_ERRORS
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "template_engine"]
 
 log = logging.getLogger("plait.engine.engine")
 
@@ -76,17 +76,14 @@ class Engine:
         cache: ToolCache | None = None,
         store: RunStore | None = None,
         sampler: Sampler | None = None,
+        templates: TemplateEngine | None = None,
     ) -> None:
         self.pm = pm
         self.config = config or HostConfig()
         limits = self.config.limits
         self.registries = pm.registries
-        self.templates = TemplateEngine(
-            TemplateLimits(
-                max_output=limits.template_output_bytes, max_seconds=limits.template_seconds
-            )
-        )
-        pm.call_isolated("prepare_jinja_environment", env=self.templates.env)
+        self.templates = templates or template_engine(pm, self.config)
+        """The sandboxed template engine of ``pm``'s plugins (shareable between engines)."""
         self.cache = cache or ToolCache(None)
         self.store: RunStore = (
             store if store is not None else MemoryStore(self.config.store.keep_finished)
@@ -107,7 +104,7 @@ class Engine:
         """The configured MCP servers as tool sources, while the engine is entered."""
         self.sampler = sampler
         """Sends a run's ``sampling/createMessage`` to a connected client (the host's)."""
-        self._run_limiters: dict[str, anyio.CapacityLimiter | None] = {}
+        self._run_limiters: dict[tuple[str, int], anyio.CapacityLimiter] = {}
         self._snapshots: dict[str, CompiledWorkflow] = {}
         """Definitions runs still execute that the catalog no longer holds, by digest."""
         self._tg: anyio.abc.TaskGroup | None = None
@@ -176,11 +173,7 @@ class Engine:
 
         ``text_only``: a string is the definition's text, never a file name (see ``load``).
         """
-        wf = (
-            source
-            if isinstance(source, WorkflowDef)
-            else load(source, hook=self._load_hook, text_only=text_only)
-        )
+        wf = source if isinstance(source, WorkflowDef) else self.load(source, text_only=text_only)
         return compile_workflow(wf, self.registries.step_types, self.templates, self.config.limits)
 
     def register(
@@ -196,6 +189,15 @@ class Engine:
     async def committed(self) -> None:
         """Return once every change made so far is kept (at once in memory)."""
         await self.store.sync()
+
+    def load(
+        self,
+        source: Mapping[str, Any] | str | os.PathLike[str],
+        *,
+        text_only: bool = False,
+    ) -> WorkflowDef:
+        """Read a definition (with the formats plugins add through ``load_workflow``)."""
+        return load(source, hook=self._load_hook, text_only=text_only)
 
     def _load_hook(self, text: str, path: str | None) -> Mapping[str, Any] | None:
         results = self.pm.call_isolated("load_workflow", firstresult=True, source=text, path=path)
@@ -222,7 +224,9 @@ class Engine:
                     f"the definition snapshot {digest[:12]} of workflow "
                     f"{name!r} version {version} is missing from the store"
                 )
-            found = self._snapshots[digest] = self.compile(definition)
+            # off the event loop: a large definition compiles for seconds
+            found = await anyio.to_thread.run_sync(self.compile, definition)
+            self._snapshots[digest] = found
             found.version = version
         return found
 
@@ -303,7 +307,7 @@ class Engine:
                 return existing
         run = self.prepare(compiled, inputs, run_id=run_id, idempotency_key=idempotency_key)
         run.origin = origin
-        rx = RunExecution(self, run)
+        rx = RunExecution(self, run, limiter=self.run_limiter(compiled))
         self.executions[run.id] = rx
         self._tg.start_soon(self.execute, rx, compiled, False, True)
         return await run.committed()
@@ -422,7 +426,7 @@ class Engine:
             raise StepFailed(step_path, str(exc)) from None
         child.origin = parent.run.origin
         parent.run.record("run.child", step_path, {"child": child.id, "workflow": name})
-        rx = RunExecution(self, child, parent.depth + 1)
+        rx = RunExecution(self, child, parent.depth + 1, limiter=self.run_limiter(compiled))
         self.executions[child.id] = rx
         return await self._child_outcome(rx, compiled, step_path, resume=False)
 
@@ -489,23 +493,28 @@ class Engine:
         state = replay(events)
         run = run_from_row(row)
         _load_state(run, events, state)
+        compiled: CompiledWorkflow | None = None
+        problem: Exception | None = None
+        try:
+            compiled = await self.snapshot(row["digest"], row["workflow"], row["version"])
+        except (DefinitionError, LookupError) as exc:
+            problem = exc
         self._adopt(run)
-        rx = RunExecution(self, run, depth, recovered=state.steps)
+        limiter = self.run_limiter(compiled) if compiled is not None else None
+        rx = RunExecution(self, run, depth, recovered=state.steps, limiter=limiter)
         self.executions[run.id] = rx
         if row["status"] == "paused":
             rx.pause()
         run.record("run.recovered", None, {"status": row["status"], "interrupted": state.in_flight})
-        try:
-            compiled = await self.snapshot(row["digest"], row["workflow"], row["version"])
-        except (DefinitionError, LookupError) as exc:
-            log.error("cannot resume run %s: %s", run.id, exc)
+        if problem is not None:
+            log.error("cannot resume run %s: %s", run.id, problem)
             self._finish(
                 rx,
                 "failed",
                 error={
                     "type": "definition",
                     "message": f"cannot resume after a restart: workflow {run.workflow!r} version "
-                    f"{run.version} no longer loads: {exc}",
+                    f"{run.version} no longer loads: {problem}",
                 },
             )
             return rx, None
@@ -635,14 +644,21 @@ class Engine:
         the run's top scope adds its ``steps`` to it)."""
         return {"inputs": rx.run.inputs, "vars": rx.vars, "run": rx.run.info(), "env": self._env}
 
-    def run_limiter(self, workflow: str) -> anyio.CapacityLimiter | None:
-        """The per-workflow step limit (``concurrency:``), shared by that workflow's runs."""
-        if workflow not in self._run_limiters:
-            limit = None
-            if workflow in self.catalog:
-                limit = self.catalog.entry(workflow).definition.get("concurrency")
-            self._run_limiters[workflow] = anyio.CapacityLimiter(limit) if limit else None
-        return self._run_limiters[workflow]
+    def run_limiter(self, compiled: CompiledWorkflow) -> anyio.CapacityLimiter | None:
+        """The per-workflow step limit (``concurrency:``) of the version a run executes.
+
+        Runs of the workflow that declare the same limit share it; a version declaring another
+        limit gets a limiter of its own, so a new version's limit holds from its first run
+        (runs of older versions keep theirs until they end).
+        """
+        limit = compiled.definition.concurrency
+        if not limit:
+            return None
+        key = (compiled.name, limit)
+        limiter = self._run_limiters.get(key)
+        if limiter is None:
+            limiter = self._run_limiters[key] = anyio.CapacityLimiter(limit)
+        return limiter
 
     def step_type_owner(self, key: str) -> str | None:
         """The plugin that registered a step type, for error messages."""
@@ -686,6 +702,16 @@ class Engine:
             log.error("observer %s failed: %s", hook, exc)
         finally:
             self._observing -= 1
+
+
+def template_engine(pm: PluginManager, config: HostConfig) -> TemplateEngine:
+    """A template engine with ``config``'s limits and the filters ``pm``'s plugins add."""
+    limits = config.limits
+    templates = TemplateEngine(
+        TemplateLimits(max_output=limits.template_output_bytes, max_seconds=limits.template_seconds)
+    )
+    pm.call_isolated("prepare_jinja_environment", env=templates.env)
+    return templates
 
 
 def _with_defaults(schema: Mapping[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:

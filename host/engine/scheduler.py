@@ -64,10 +64,6 @@ class RunServices(Protocol):
         """The template roots of a run before any step: inputs, vars, run, env."""
         ...
 
-    def run_limiter(self, workflow: str) -> anyio.CapacityLimiter | None:
-        """The per-workflow step limit (``concurrency:``), shared by its runs."""
-        ...
-
     def step_type_owner(self, key: str) -> str | None:
         """The plugin that registered a step type, for error messages."""
         ...
@@ -135,6 +131,8 @@ class RunExecution:
         run: Run,
         depth: int = 0,
         recovered: dict[str, StepRecord] | None = None,
+        *,
+        limiter: anyio.CapacityLimiter | None = None,
     ) -> None:
         self.engine = engine
         self.run = run
@@ -146,7 +144,8 @@ class RunExecution:
         self.cancel_scope = anyio.CancelScope()
         """The run's scope, made here so that a cancel arriving before the run's task starts
         still takes effect."""
-        self.limiter = engine.run_limiter(run.workflow)
+        self.limiter = limiter
+        """The workflow's ``concurrency:`` limit, shared with the workflow's other runs."""
         self.vars: dict[str, Any] = {}
         self.waiting = 0
 

@@ -114,6 +114,8 @@ class Host:
         """Connected clients, on any transport."""
         self.version = _version()
         self._dispatcher: Dispatcher | None = None
+        self._compile_limiter = anyio.CapacityLimiter(2)
+        """Client compiles in worker threads at once (each holds the GIL most of the time)."""
 
     @property
     def mcp(self) -> McpTools | None:
@@ -177,7 +179,7 @@ class Host:
 
         Only clients that keep draining are waited for; one that drains nothing within
         :data:`PACE_SECONDS` is marked stalled, no longer waited for, and dropped when its
-        bounded queue overflows (RELIABILITY item 31).
+        bounded queue overflows (docs/reliability.md §31).
         """
         await anyio.sleep(0)
         for session in [s for s in self.sessions if s.congested and not s.stalled]:
@@ -252,17 +254,27 @@ class Host:
         """Register a workflow from a client (text is a definition, never a path); returns
         once the new version is kept."""
         engine = self._engine()
-        compiled = engine.catalog.add(engine.compile(source, text_only=True))
+        compiled = engine.catalog.add(await self._compile_off_loop(source))
         await engine.committed()
         return compiled
 
-    def validate_workflow(self, source: WorkflowDef | Mapping[str, Any] | str) -> list[Issue]:
+    async def validate_workflow(self, source: WorkflowDef | Mapping[str, Any] | str) -> list[Issue]:
         """Every problem of a client's definition (text is a definition, never a path)."""
         try:
-            self._engine().compile(source, text_only=True)
+            await self._compile_off_loop(source)
         except DefinitionError as exc:
             return list(exc.issues)
         return []
+
+    async def _compile_off_loop(
+        self, source: WorkflowDef | Mapping[str, Any] | str
+    ) -> CompiledWorkflow:
+        """Compile a client's definition in a worker thread: a workflow of thousands of steps
+        takes seconds to compile, during which the event loop must go on serving."""
+        engine = self._engine()
+        return await anyio.to_thread.run_sync(
+            lambda: engine.compile(source, text_only=True), limiter=self._compile_limiter
+        )
 
     def list_workflows(self) -> list[CatalogEntry]:
         """The current version of every registered workflow."""

@@ -14,7 +14,7 @@ from plait.definition.compiler import CompiledWorkflow
 from plait.definition.loader import load as _load
 from plait.definition.models import WorkflowDef
 from plait.engine.engine import Engine
-from plait.host.compose import build_engine, tool_cache
+from plait.host.compose import engine_parts, tool_cache
 from plait.plugins.manager import PluginManager
 from plait.state.runs import Event, Run
 
@@ -38,16 +38,20 @@ async def _session(
     cache_dir: str | None = None,
     pm: PluginManager | None = None,
 ) -> AsyncIterator[tuple[Engine, CompiledWorkflow]]:
-    """A started engine with ``workflow`` (and its sub-workflows) registered."""
-    config = config or load_config()
-    pm = pm or config.plugin_manager(plugins)
-    cache = tool_cache(config, cache_dir)
+    """A started engine with ``workflow`` (and its sub-workflows) registered.
+
+    The plugin manager, template engine and compiled workflows come from the parts earlier
+    calls with the same configuration and plugins built (:func:`engine_parts`); the engine
+    and its memory store are this call's own.
+    """
+    parts = engine_parts(config or load_config(), plugins, pm)
+    cache = tool_cache(parts.config, cache_dir)
     cache.open()
-    engine = build_engine(config, pm, cache=cache)
+    engine = parts.engine(cache=cache)
     try:
         for extra in workflows:
-            engine.register(extra)
-        compiled = engine.register(workflow)
+            engine.catalog.add(parts.compile(engine, extra))
+        compiled = engine.catalog.add(parts.compile(engine, workflow))
         async with engine:
             yield engine, compiled
     finally:

@@ -24,7 +24,7 @@ __all__ = ["HostApi"]
 
 
 class HostApi(Protocol):
-    """The host as the methods of DESIGN's API see it."""
+    """The host as the JSON-RPC methods see it."""
 
     @property
     def version(self) -> str:
@@ -42,7 +42,7 @@ class HostApi(Protocol):
         """Register a workflow (text is always a definition, never a path) once it is kept."""
         ...
 
-    def validate_workflow(self, source: WorkflowDef | Mapping[str, Any] | str) -> list[Issue]:
+    async def validate_workflow(self, source: WorkflowDef | Mapping[str, Any] | str) -> list[Issue]:
         """Every problem of a definition (empty when it is valid); registers nothing."""
         ...
 

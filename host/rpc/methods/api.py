@@ -1,4 +1,4 @@
-"""The plait methods of DESIGN §7: workflows, runs, subscriptions, plugins and host info."""
+"""The plait methods of the JSON-RPC API: workflows, runs, subscriptions, plugins, host info."""
 
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
 
     @method("workflows/validate", DefinitionParams)
     async def validate(session: Session, p: DefinitionParams) -> dict[str, Any]:
-        issues = host.validate_workflow(p.value)
+        issues = await host.validate_workflow(p.value)
         return {"valid": not issues, "errors": [i.to_dict() for i in issues]}
 
     @method("workflows/list")
