@@ -28,10 +28,31 @@ from plait.plugins import (
 if TYPE_CHECKING:
     from plait.plugins.types import RegisterStepType
 
-__all__ = ["AgentStep", "extract_json"]
+__all__ = ["AgentConfig", "AgentStep", "extract_json"]
 
 
-class AgentStep(StepType):
+class AgentConfig(StepConfig):
+    """The fields of an ``agent`` step."""
+
+    agent: str = Field(min_length=1)
+    """The configured agent's name."""
+    prompt: str
+    """The user message."""
+    system: str | None = None
+    """A system prompt for a conversation that has none."""
+    conversation: str | None = Field(default=None, min_length=1)
+    """The conversation's name; ``None`` for ``agent:<agent>``."""
+    tools: list[str] = Field(default_factory=list)
+    """Tools the agent may call."""
+    max_turns: int = Field(default=8, ge=1, le=100)
+    """Replies allowed in this step."""
+    output_schema: dict[str, Any] | None = None
+    """JSON Schema of the final answer."""
+    repair_turns: int = Field(default=2, ge=0, le=5)
+    """Retries of a final answer that does not match ``output_schema``."""
+
+
+class AgentStep(StepType[AgentConfig]):
     """Send a prompt to a configured agent inside a conversation; let it call tools.
 
     Fields:
@@ -68,27 +89,9 @@ class AgentStep(StepType):
     key = "agent"
     description = "Ask a configured agent, letting it call the listed tools."
 
-    class Config(StepConfig):
-        """The fields of an ``agent`` step."""
+    Config = AgentConfig
 
-        agent: str = Field(min_length=1)
-        """The configured agent's name."""
-        prompt: str
-        """The user message."""
-        system: str | None = None
-        """A system prompt for a conversation that has none."""
-        conversation: str | None = Field(default=None, min_length=1)
-        """The conversation's name; ``None`` for ``agent:<agent>``."""
-        tools: list[str] = Field(default_factory=list)
-        """Tools the agent may call."""
-        max_turns: int = Field(default=8, ge=1, le=100)
-        """Replies allowed in this step."""
-        output_schema: dict[str, Any] | None = None
-        """JSON Schema of the final answer."""
-        repair_turns: int = Field(default=2, ge=0, le=5)
-        """Retries of a final answer that does not match ``output_schema``."""
-
-    async def run(self, ctx: StepContext, config: Config) -> Any:
+    async def run(self, ctx: StepContext, config: AgentConfig) -> Any:
         """Converse until the agent gives a final answer; return it."""
         return await _Session(ctx, config).run()
 
@@ -96,7 +99,7 @@ class AgentStep(StepType):
 class _Session:
     """One agent step's exchange: the messages so far and those not yet stored."""
 
-    def __init__(self, ctx: StepContext, config: AgentStep.Config) -> None:
+    def __init__(self, ctx: StepContext, config: AgentConfig) -> None:
         self.ctx = ctx
         self.config = config
         self.name = config.conversation or f"agent:{config.agent}"
@@ -244,7 +247,7 @@ class _Session:
         )
 
 
-def _schema_validator(cfg: AgentStep.Config) -> Validator:
+def _schema_validator(cfg: AgentConfig) -> Validator:
     schema = cfg.output_schema or {}
     cls = validator_for(schema, default=Draft202012Validator)
     try:

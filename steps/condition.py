@@ -13,10 +13,33 @@ if TYPE_CHECKING:
 
     from plait.plugins.types import RegisterStepType
 
-__all__ = ["IfStep"]
+__all__ = ["IfConfig", "IfStep"]
 
 
-class IfStep(StepType):
+class IfConfig(StepConfig):
+    """The fields of an ``if`` step."""
+
+    if_: Any = Field(alias="if")
+    """The condition, rendered to a native value by the engine."""
+    then: list[str] = Field(default_factory=list)
+    """Steps to run when the condition holds."""
+    else_: list[str] = Field(default_factory=list, alias="else")
+    """Steps to run when it does not."""
+
+    @field_validator("then", "else_", mode="before")
+    @classmethod
+    def _one_id(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> IfConfig:
+        both = sorted(set(self.then) & set(self.else_))
+        if both:
+            raise ValueError(f"steps listed in both `then` and `else`: {', '.join(both)}")
+        return self
+
+
+class IfStep(StepType[IfConfig]):
     """Evaluate a condition; the steps of the branch not taken are skipped.
 
     Fields:
@@ -43,33 +66,13 @@ class IfStep(StepType):
     inline = True
     expressions = frozenset({"if"})
 
-    class Config(StepConfig):
-        """The fields of an ``if`` step."""
-
-        if_: Any = Field(alias="if")
-        """The condition, rendered to a native value by the engine."""
-        then: list[str] = Field(default_factory=list)
-        """Steps to run when the condition holds."""
-        else_: list[str] = Field(default_factory=list, alias="else")
-        """Steps to run when it does not."""
-
-        @field_validator("then", "else_", mode="before")
-        @classmethod
-        def _one_id(cls, value: Any) -> Any:
-            return [value] if isinstance(value, str) else value
-
-        @model_validator(mode="after")
-        def _disjoint(self) -> IfStep.Config:
-            both = sorted(set(self.then) & set(self.else_))
-            if both:
-                raise ValueError(f"steps listed in both `then` and `else`: {', '.join(both)}")
-            return self
+    Config = IfConfig
 
     def branches(self, config: Mapping[str, Any]) -> dict[str, list[str]]:
         """The ``then`` and ``else`` step ids, as written."""
         return {"then": _ids(config.get("then")), "else": _ids(config.get("else"))}
 
-    async def run(self, ctx: StepContext, config: Config) -> bool:
+    async def run(self, ctx: StepContext, config: IfConfig) -> bool:
         """Select the branch and return the condition's truth."""
         value = bool(config.if_)
         ctx.select_branch("then" if value else "else")

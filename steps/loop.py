@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from plait.plugins.types import RegisterStepType
 
-__all__ = ["LoopError", "LoopLimitExceeded", "LoopStep"]
+__all__ = ["LoopConfig", "LoopError", "LoopLimitExceeded", "LoopStep"]
 
 
 class LoopError(RunError):
@@ -32,7 +32,36 @@ class LoopLimitExceeded(LoopError):
     kind = "loop_limit"
 
 
-class LoopStep(StepType):
+class LoopConfig(StepConfig):
+    """The fields of a ``loop`` step."""
+
+    loop: Any = None
+    """The list to iterate (rendered by the engine); absent for a while-loop."""
+    while_: Any = Field(default=None, alias="while")
+    """The compiled condition of a while-loop (rendered by the step)."""
+    steps: Any = None
+    """The body, as written; the engine compiles it into a scope (label ``steps``) and
+    leaves it out of the config it renders for a run, so nothing here relies on it."""
+    concurrency: int = Field(default=1, ge=1, le=1000)
+    """For-each iterations at once."""
+    max_iterations: int = Field(default=1000, ge=1, le=100_000)
+    """The most iterations allowed."""
+    output: Any = None
+    """The compiled per-iteration output template, or ``None`` for the last step's."""
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> LoopConfig:
+        over = "loop" in self.model_fields_set
+        if over and self.while_ is not None:
+            raise ValueError("give either `loop` (a list to iterate) or `while`, not both")
+        if not over and self.while_ is None:
+            raise ValueError("a loop needs `loop: <list>` (for each) or `while: <expression>`")
+        if not over and self.concurrency != 1:
+            raise ValueError("`concurrency` applies to for-each loops only, not `while`")
+        return self
+
+
+class LoopStep(StepType[LoopConfig]):
     """Run a body of steps for each item of a list, or while a condition holds.
 
     Example, for each (the value of ``loop`` is the list)::
@@ -71,49 +100,24 @@ class LoopStep(StepType):
     key = "loop"
     description = "Run a body of steps for each item of a list, or while a condition holds."
     uses_capacity = False
+    body_roots = frozenset({"item", "index"})
     deferred = frozenset({"while", "output", "steps"})
     expressions = frozenset({"while"})
 
-    class Config(StepConfig):
-        """The fields of a ``loop`` step."""
-
-        loop: Any = None
-        """The list to iterate (rendered by the engine); absent for a while-loop."""
-        while_: Any = Field(default=None, alias="while")
-        """The compiled condition of a while-loop (rendered by the step)."""
-        steps: Any = None
-        """The body, as written; the engine compiles it into a scope (label ``steps``) and
-        leaves it out of the config it renders for a run, so nothing here relies on it."""
-        concurrency: int = Field(default=1, ge=1, le=1000)
-        """For-each iterations at once."""
-        max_iterations: int = Field(default=1000, ge=1, le=100_000)
-        """The most iterations allowed."""
-        output: Any = None
-        """The compiled per-iteration output template, or ``None`` for the last step's."""
-
-        @model_validator(mode="after")
-        def _one_mode(self) -> LoopStep.Config:
-            over = "loop" in self.model_fields_set
-            if over and self.while_ is not None:
-                raise ValueError("give either `loop` (a list to iterate) or `while`, not both")
-            if not over and self.while_ is None:
-                raise ValueError("a loop needs `loop: <list>` (for each) or `while: <expression>`")
-            if not over and self.concurrency != 1:
-                raise ValueError("`concurrency` applies to for-each loops only, not `while`")
-            return self
+    Config = LoopConfig
 
     def bodies(self, config: Mapping[str, Any]) -> dict[str, list[Any]]:
         """The loop body, labelled ``steps``; empty when missing, which the engine reports."""
         steps = config.get("steps")
         return {"steps": steps if isinstance(steps, list) else []}
 
-    async def run(self, ctx: StepContext, config: Config) -> list[Any]:
+    async def run(self, ctx: StepContext, config: LoopConfig) -> list[Any]:
         """Run the iterations and return their outputs."""
         if "loop" in config.model_fields_set:
             return await self._for_each(ctx, config)
         return await self._while(ctx, config)
 
-    async def _for_each(self, ctx: StepContext, config: Config) -> list[Any]:
+    async def _for_each(self, ctx: StepContext, config: LoopConfig) -> list[Any]:
         items = config.loop
         if not isinstance(items, list | tuple):
             raise LoopError(f"loop expects a list, got {_json_type(items)}")
@@ -129,7 +133,7 @@ class LoopStep(StepType):
 
         return await _run_all([iteration(i) for i in range(len(items))], config.concurrency)
 
-    async def _while(self, ctx: StepContext, config: Config) -> list[Any]:
+    async def _while(self, ctx: StepContext, config: LoopConfig) -> list[Any]:
         outputs: list[Any] = []
         last: Any = None
         index = 0

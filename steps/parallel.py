@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from plait.plugins.types import RegisterStepType
 
-__all__ = ["BranchesFailed", "ParallelStep"]
+__all__ = ["BranchesFailed", "ParallelConfig", "ParallelStep"]
 
 _NOT_BRANCHES = (list, str, int, float, bool)
 """Values that cannot be a mapping of branches."""
@@ -37,7 +37,25 @@ class BranchesFailed(RunError):
         return {**super().to_dict(), "branches": dict(self.errors)}
 
 
-class ParallelStep(StepType):
+class ParallelConfig(StepConfig):
+    """The fields of a ``parallel`` step."""
+
+    parallel: Any = None
+    """The branches, as written; the engine compiles each into a scope (labelled with
+    its name) and leaves them out of the config it renders for a run."""
+    wait: Literal["all", "any"] = "all"
+    """Join all branches, or take the first to succeed."""
+
+    @model_validator(mode="after")
+    def _branches(self) -> ParallelConfig:
+        if isinstance(self.parallel, dict):
+            _check_branches(self.parallel)
+        elif isinstance(self.parallel, _NOT_BRANCHES):
+            raise ValueError("`parallel` must map branch names to lists of steps")
+        return self
+
+
+class ParallelStep(StepType[ParallelConfig]):
     """Run named branches of steps concurrently and join them.
 
     Fields:
@@ -64,22 +82,7 @@ class ParallelStep(StepType):
     uses_capacity = False
     deferred = frozenset({"parallel"})
 
-    class Config(StepConfig):
-        """The fields of a ``parallel`` step."""
-
-        parallel: Any = None
-        """The branches, as written; the engine compiles each into a scope (labelled with
-        its name) and leaves them out of the config it renders for a run."""
-        wait: Literal["all", "any"] = "all"
-        """Join all branches, or take the first to succeed."""
-
-        @model_validator(mode="after")
-        def _branches(self) -> ParallelStep.Config:
-            if isinstance(self.parallel, dict):
-                _check_branches(self.parallel)
-            elif isinstance(self.parallel, _NOT_BRANCHES):
-                raise ValueError("`parallel` must map branch names to lists of steps")
-            return self
+    Config = ParallelConfig
 
     def bodies(self, config: Mapping[str, Any]) -> dict[str, list[Any]]:
         """One body per branch, labelled with the branch's name.
@@ -94,7 +97,7 @@ class ParallelStep(StepType):
             return {}
         return {str(name): steps for name, steps in branches.items() if isinstance(steps, list)}
 
-    async def run(self, ctx: StepContext, config: Config) -> dict[str, Any]:
+    async def run(self, ctx: StepContext, config: ParallelConfig) -> dict[str, Any]:
         """Run the branches and join them as ``wait`` says."""
         names = list(self.bodies(ctx.definition))
         if config.wait == "any":

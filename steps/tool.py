@@ -11,10 +11,19 @@ from plait.plugins import StepConfig, StepContext, StepType, hookimpl
 if TYPE_CHECKING:
     from plait.plugins.types import RegisterStepType
 
-__all__ = ["ToolStep"]
+__all__ = ["ToolConfig", "ToolStep"]
 
 
-class ToolStep(StepType):
+class ToolConfig(StepConfig):
+    """The fields of a ``tool`` step."""
+
+    tool: str = Field(min_length=1)
+    """The registered tool name."""
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    """The tool's arguments."""
+
+
+class ToolStep(StepType[ToolConfig]):
     """Call a registered tool with the step's ``with`` arguments, through the result cache.
 
     Fields:
@@ -36,15 +45,9 @@ class ToolStep(StepType):
     key = "tool"
     description = "Call a registered tool with the `with` arguments."
 
-    class Config(StepConfig):
-        """The fields of a ``tool`` step."""
+    Config = ToolConfig
 
-        tool: str = Field(min_length=1)
-        """The registered tool name."""
-        with_: dict[str, Any] = Field(default_factory=dict, alias="with")
-        """The tool's arguments."""
-
-    async def run(self, ctx: StepContext, config: Config) -> Any:
+    async def run(self, ctx: StepContext, config: ToolConfig) -> Any:
         """Call the tool and return its result."""
         return await ctx.call_tool(config.tool, config.with_)
 

@@ -9,10 +9,17 @@ from plait.plugins import StepConfig, StepContext, StepType, hookimpl
 if TYPE_CHECKING:
     from plait.plugins.types import RegisterStepType
 
-__all__ = ["TransformStep"]
+__all__ = ["TransformConfig", "TransformStep"]
 
 
-class TransformStep(StepType):
+class TransformConfig(StepConfig):
+    """The fields of a ``transform`` step."""
+
+    transform: Any
+    """The value, already rendered by the engine."""
+
+
+class TransformStep(StepType[TransformConfig]):
     """Evaluate a template value, or a mapping or list of them, and output the result.
 
     Fields:
@@ -34,13 +41,9 @@ class TransformStep(StepType):
     uses_capacity = False
     inline = True
 
-    class Config(StepConfig):
-        """The fields of a ``transform`` step."""
+    Config = TransformConfig
 
-        transform: Any
-        """The value, already rendered by the engine."""
-
-    async def run(self, ctx: StepContext, config: Config) -> Any:
+    async def run(self, ctx: StepContext, config: TransformConfig) -> Any:
         """Return the rendered value."""
         return config.transform
 

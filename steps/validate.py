@@ -15,7 +15,7 @@ from plait.plugins import StepConfig, StepContext, StepType, hookimpl
 if TYPE_CHECKING:
     from plait.plugins.types import RegisterStepType
 
-__all__ = ["ValidateStep", "ValidationFailed", "schema_violations"]
+__all__ = ["ValidateConfig", "ValidateStep", "ValidationFailed", "schema_violations"]
 
 
 class ValidationFailed(RunError):
@@ -50,7 +50,31 @@ def schema_violations(value: Any, schema: dict[str, Any]) -> list[str]:
     return [f"{err.json_path}: {err.message}" for err in validator.iter_errors(value)]
 
 
-class ValidateStep(StepType):
+class ValidateConfig(StepConfig):
+    """The fields of a ``validate`` step."""
+
+    value: Any = Field(alias="validate")
+    """The value to check."""
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    """The JSON Schema it must match."""
+    assert_: list[Any] = Field(default_factory=list, alias="assert")
+    """The rendered assertions; each must be truthy."""
+    message: str | None = None
+    """Headline of the failure."""
+
+    @field_validator("assert_", mode="before")
+    @classmethod
+    def _one_assertion(cls, value: Any) -> Any:
+        return [value] if not isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _something_to_check(self) -> ValidateConfig:
+        if self.schema_ is None and not self.assert_:
+            raise ValueError("give `schema`, `assert` or both: there is nothing to check")
+        return self
+
+
+class ValidateStep(StepType[ValidateConfig]):
     """Check a value against a JSON Schema and/or assertions; fail listing every violation.
 
     Fields:
@@ -78,30 +102,9 @@ class ValidateStep(StepType):
     inline = True
     expressions = frozenset({"assert"})
 
-    class Config(StepConfig):
-        """The fields of a ``validate`` step."""
+    Config = ValidateConfig
 
-        value: Any = Field(alias="validate")
-        """The value to check."""
-        schema_: dict[str, Any] | None = Field(default=None, alias="schema")
-        """The JSON Schema it must match."""
-        assert_: list[Any] = Field(default_factory=list, alias="assert")
-        """The rendered assertions; each must be truthy."""
-        message: str | None = None
-        """Headline of the failure."""
-
-        @field_validator("assert_", mode="before")
-        @classmethod
-        def _one_assertion(cls, value: Any) -> Any:
-            return [value] if not isinstance(value, list) else value
-
-        @model_validator(mode="after")
-        def _something_to_check(self) -> ValidateStep.Config:
-            if self.schema_ is None and not self.assert_:
-                raise ValueError("give `schema`, `assert` or both: there is nothing to check")
-            return self
-
-    async def run(self, ctx: StepContext, config: Config) -> Any:
+    async def run(self, ctx: StepContext, config: ValidateConfig) -> Any:
         """Check the value and return it, or raise with every violation."""
         violations = schema_violations(config.value, config.schema_) if config.schema_ else []
         sources = ctx.definition.get("assert")

@@ -13,7 +13,7 @@ from plait.plugins import StepConfig, StepContext, StepType, hookimpl
 if TYPE_CHECKING:
     from plait.plugins.types import RegisterStepType
 
-__all__ = ["SignalTimeout", "WaitStep"]
+__all__ = ["SignalTimeout", "WaitConfig", "WaitStep"]
 
 
 class SignalTimeout(RunError):
@@ -28,7 +28,30 @@ class SignalTimeout(RunError):
         super().__init__(f"signal {event!r} did not arrive within {within:g}s")
 
 
-class WaitStep(StepType):
+class WaitConfig(StepConfig):
+    """The fields of a ``wait`` step."""
+
+    wait: str = Field(min_length=1)
+    """The signal's event name."""
+    within: float | None = Field(default=None, gt=0)
+    """Seconds to wait at most; ``None`` waits forever."""
+    default: Any = None
+    """The output when the signal does not come in time and ``on_timeout`` is ``default``."""
+    on_timeout: Literal["fail", "default"] = "fail"
+    """What a timeout does: fail the step, or output ``default``."""
+
+    @model_validator(mode="after")
+    def _timeout_fields(self) -> WaitConfig:
+        given = self.model_fields_set & {"default", "on_timeout"}
+        if given and self.within is None:
+            names = " and ".join(f"`{n}`" for n in sorted(given))
+            raise ValueError(f"{names} need(s) `within` (the seconds to wait at most)")
+        if "default" in given and "on_timeout" not in given:
+            self.on_timeout = "default"
+        return self
+
+
+class WaitStep(StepType[WaitConfig]):
     """Wait until the run receives a signal (``runs/signal``) and output its data.
 
     Fields:
@@ -55,29 +78,9 @@ class WaitStep(StepType):
     description = "Wait for an external signal sent to the run."
     uses_capacity = False
 
-    class Config(StepConfig):
-        """The fields of a ``wait`` step."""
+    Config = WaitConfig
 
-        wait: str = Field(min_length=1)
-        """The signal's event name."""
-        within: float | None = Field(default=None, gt=0)
-        """Seconds to wait at most; ``None`` waits forever."""
-        default: Any = None
-        """The output when the signal does not come in time and ``on_timeout`` is ``default``."""
-        on_timeout: Literal["fail", "default"] = "fail"
-        """What a timeout does: fail the step, or output ``default``."""
-
-        @model_validator(mode="after")
-        def _timeout_fields(self) -> WaitStep.Config:
-            given = self.model_fields_set & {"default", "on_timeout"}
-            if given and self.within is None:
-                names = " and ".join(f"`{n}`" for n in sorted(given))
-                raise ValueError(f"{names} need(s) `within` (the seconds to wait at most)")
-            if "default" in given and "on_timeout" not in given:
-                self.on_timeout = "default"
-            return self
-
-    async def run(self, ctx: StepContext, config: Config) -> Any:
+    async def run(self, ctx: StepContext, config: WaitConfig) -> Any:
         """Wait for the signal; on timeout fail or return the default."""
         timeout = None
         if config.within is not None:  # the deadline is kept, so a restart does not extend it

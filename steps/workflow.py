@@ -11,10 +11,21 @@ from plait.plugins import StepConfig, StepContext, StepType, hookimpl
 if TYPE_CHECKING:
     from plait.plugins.types import RegisterStepType
 
-__all__ = ["WorkflowStep"]
+__all__ = ["WorkflowConfig", "WorkflowStep"]
 
 
-class WorkflowStep(StepType):
+class WorkflowConfig(StepConfig):
+    """The fields of a ``workflow`` step."""
+
+    workflow: str = Field(min_length=1)
+    """The child workflow's name."""
+    version: int | None = Field(default=None, ge=1)
+    """The version to run; ``None`` for the current one."""
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    """The child's inputs."""
+
+
+class WorkflowStep(StepType[WorkflowConfig]):
     """Run another registered workflow as a child run and wait for it.
 
     Fields:
@@ -37,17 +48,9 @@ class WorkflowStep(StepType):
     description = "Run another registered workflow as a child run."
     uses_capacity = False
 
-    class Config(StepConfig):
-        """The fields of a ``workflow`` step."""
+    Config = WorkflowConfig
 
-        workflow: str = Field(min_length=1)
-        """The child workflow's name."""
-        version: int | None = Field(default=None, ge=1)
-        """The version to run; ``None`` for the current one."""
-        inputs: dict[str, Any] = Field(default_factory=dict)
-        """The child's inputs."""
-
-    async def run(self, ctx: StepContext, config: Config) -> dict[str, Any]:
+    async def run(self, ctx: StepContext, config: WorkflowConfig) -> dict[str, Any]:
         """Run the child and return its outputs."""
         return await ctx.run_workflow(config.workflow, config.inputs, version=config.version)
 
