@@ -5,7 +5,8 @@ repository) and pip-installed once for this module into a private ``--target`` f
 shared venv's site-packages: the CLI runs in a child process with that folder on ``PYTHONPATH``,
 so it finds the plugin exactly as an installed one (metadata, entry point, import), while no
 other test, and no other pytest session using the same venv, ever sees it. Removing the folder
-is the uninstall.
+is the uninstall. The example's own tests (written with ``plait.testing``) run there too, in a
+pytest of their own, as the plugin's author would run them.
 """
 
 from __future__ import annotations
@@ -65,6 +66,30 @@ def plait_cli(*argv, site, cwd):
         [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_installed_plugin_passes_its_own_tests_written_with_plait_testing(hello_site):
+    """The example's tests/ in a pytest of its own, as its author would run them: the plugin
+    installed, plait.testing's fixtures found through plait's ``pytest11`` entry point."""
+    source = hello_site.parent / "plugin-hello"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(hello_site), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    env.pop("PYTEST_ADDOPTS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        + ["--import-mode=importlib", "tests"],
+        cwd=source,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert " passed" in proc.stdout
 
 
 def test_installed_plugin_runs_the_example_workflow(hello_site, tmp_path):
