@@ -2,7 +2,7 @@
 
 Every measurement runs in a fresh subprocess (peak RSS then belongs to it alone) and prints one
 JSON line; this driver collects them, prints a table with plait's figure, the baseline's, the
-ratio and the goal of DESIGN §9, and writes everything as JSON to ``bench/results/`` so runs can
+ratio and plait's goal for it, and writes everything as JSON to ``bench/results/`` so runs can
 be compared across commits. ``--quick`` uses tiny sizes: it checks the harness, not the speed.
 """
 

@@ -1,4 +1,4 @@
-"""The engine workloads of DESIGN §9 (W1-W3), for plait and for the plain-asyncio baseline.
+"""The engine workloads (W1-W3 of `make bench`), for plait and for the plain-asyncio baseline.
 
 Each function runs one measurement in this process and returns a dict of figures; the driver
 (``bench/run.py``) runs each in a fresh subprocess so that peak RSS belongs to that workload

@@ -1,11 +1,11 @@
 """The transport-agnostic JSON-RPC dispatcher: one instance serves WebSocket and stdio alike.
 
-jsonrpcserver finds and calls methods and shapes responses. The host adds what the library
-leaves out (see RELIABILITY.md): a batch is answered item by item, is bounded in size and runs
+jsonrpcserver finds and calls methods and shapes responses. The host adds what the library leaves
+out (see docs/reliability.md §1-§24): a batch is answered item by item, is bounded in size and runs
 with bounded concurrency; envelopes are checked by a fast hand-written validator; params are
-validated by type with pydantic; handler failures carry a correlation id instead of exception
-text; results that are not JSON become -32603; MCP session rules (initialize first, no batches
-on modern revisions, no null or reused ids) and cancellation are enforced here.
+validated by type with pydantic; handler failures carry a correlation id instead of exception text;
+results that are not JSON become -32603; MCP session rules (initialize first, no batches on modern
+revisions, no null or reused ids) and cancellation are enforced here.
 """
 
 from __future__ import annotations

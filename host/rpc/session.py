@@ -86,7 +86,7 @@ class Session:
 
     def batch_limiter(self, concurrency: int) -> anyio.CapacityLimiter:
         """The limiter every batch of this connection shares, so that two batches sent at once
-        still run at most ``concurrency`` items together (RELIABILITY 13)."""
+        still run at most ``concurrency`` items together (docs/reliability.md §13)."""
         if self._batch_limiter is None:
             self._batch_limiter = anyio.CapacityLimiter(concurrency)
         return self._batch_limiter

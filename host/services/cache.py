@@ -1,8 +1,8 @@
 """Tool-result memoization: a JSON-only, self-healing ``diskcache`` store.
 
 A step with ``cache:`` (or a tool cached by default) looks its result up here before calling the
-tool (DESIGN.md §5). The cache is an optimisation, never a dependency, so whatever goes wrong in
-it shows up as a miss and a log line, never as a failed step (RELIABILITY.md items 42–47):
+tool. The cache is an optimisation, never a dependency, so whatever goes wrong in it shows up
+as a miss and a log line, never as a failed step (docs/reliability.md §42-§47):
 
 * Values are JSON. :class:`SafeJSONDisk` replaces diskcache's pickle serializer and refuses to
   load a pickled row, so a payload planted in the database cannot run code.

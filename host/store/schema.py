@@ -1,9 +1,9 @@
 """Opening the run store's SQLite file: settings checked, damage detected, schema migrated.
 
-A store is only useful if it is what it claims to be, so opening one is strict (RELIABILITY
-item 48 and 54): WAL, the chosen ``synchronous`` level and the busy timeout are set and then read
-back; a file that SQLite cannot read, that fails ``quick_check`` or that is not a plait store
-stops the host with an error naming the file, and the file is never replaced or "repaired".
+A store is only useful if it is what it claims to be, so opening one is strict (docs/reliability.md
+§48 and §54): WAL, the chosen ``synchronous`` level and the busy timeout are set and then read back;
+a file that SQLite cannot read, that fails ``quick_check`` or that is not a plait store stops the
+host with an error naming the file, and the file is never replaced or "repaired".
 
 The schema version is SQLite's ``user_version``; :data:`MIGRATIONS` holds one script per
 version, applied in order, each in its own transaction.

@@ -1,9 +1,9 @@
 """The Jinja sandbox templates render in, and the in-process guards that bound each render.
 
-Security (RELIABILITY 34-41): :class:`PlaitSandbox` is an ``ImmutableSandboxedEnvironment`` with
-``StrictUndefined``, no loader, no constant folding, and unsafe attributes that *raise*
-:class:`~plait.TemplateSecurityError` instead of rendering empty. ``include``/``import``/``extends``
-raise before loading anything.
+Security (docs/reliability.md §34-§41): :class:`PlaitSandbox` is an
+``ImmutableSandboxedEnvironment`` with ``StrictUndefined``, no loader, no constant folding, and
+unsafe attributes that *raise* :class:`~plait.TemplateSecurityError` instead of rendering empty.
+``include``/``import``/``extends`` raise before loading anything.
 
 Limits are in-process guards, not a worker process: a subprocess per render would cost
 milliseconds on the hot path of every step, so we bound the work itself.

@@ -1,4 +1,4 @@
-"""Crash recovery with a real host process killed by SIGKILL (RELIABILITY items 49-51).
+"""Crash recovery with a real host process killed by SIGKILL (docs/reliability.md §49-§51).
 
 A host subprocess runs 100 runs whose tool steps log every execution (with the pid and the
 idempotency key the tool received) to a file. The host is killed with SIGKILL while they run,

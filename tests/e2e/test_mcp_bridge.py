@@ -1,4 +1,4 @@
-"""DESIGN §7: `plait mcp --url` bridges an IDE's stdio MCP client to a running, shared host.
+"""`plait mcp --url` bridges an IDE's stdio MCP client to a running, shared host.
 
 One `plait serve --port 0` subprocess serves the whole module. Each test launches the bridge
 with the official SDK client, exactly as an IDE would, and then checks on the shared host

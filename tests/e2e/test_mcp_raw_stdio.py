@@ -1,4 +1,4 @@
-"""RELIABILITY B2 (items 18-22, 24) on the wire: raw JSON lines to `plait serve --stdio`.
+"""docs/reliability.md §18-§22 and §24 on the wire: raw JSON lines to `plait serve --stdio`.
 
 Each test launches the host as a subprocess, writes newline-delimited JSON-RPC to its stdin and
 reads every line of its stdout (which must carry protocol messages only).

@@ -1,4 +1,4 @@
-"""DESIGN §7 (MCP): the official MCP SDK client against `plait serve --stdio` as a subprocess.
+"""MCP: the official MCP SDK client against `plait serve --stdio` as a subprocess.
 
 This is what an IDE does: launch the host, handshake, list the tools (built-in tools and one
 ``workflow.<name>`` tool per workflow), call them, follow progress, and cancel a call.

@@ -1,4 +1,4 @@
-"""DESIGN §7: every plait method over a real WebSocket, happy paths and error codes."""
+"""Every plait method over a real WebSocket, happy paths and error codes."""
 
 from __future__ import annotations
 

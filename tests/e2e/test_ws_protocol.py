@@ -1,4 +1,4 @@
-"""RELIABILITY B1 (items 1-17): JSON-RPC 2.0 over a real WebSocket to a real host."""
+"""docs/reliability.md §1-§17: JSON-RPC 2.0 over a real WebSocket to a real host."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RELIABILITY B3 (items 25-33): the WebSocket transport's handshake checks and limits."""
+"""docs/reliability.md §25-§33: the WebSocket transport's handshake checks and limits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Live run events over WebSocket (runs/subscribe); RELIABILITY 23: a disconnect cancels no run."""
+"""Live run events over WebSocket (runs/subscribe); a disconnect cancels no run.
+
+See docs/reliability.md §23.
+"""
 
 from __future__ import annotations
 

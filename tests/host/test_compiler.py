@@ -129,7 +129,7 @@ def test_template_reference_to_a_missing_step(pm):
 
 
 def test_template_reference_to_a_missing_step_has_the_field_path(pm):
-    """DESIGN section 2: the path of a reference error is the field holding it."""
+    """The path of a reference error is the field holding it."""
     issue = one_problem(
         pm,
         wf(
@@ -173,7 +173,7 @@ def test_references_in_any_field_are_checked(pm, field):
 
 
 def test_missing_step_reference_fails_before_the_run_starts(pm, probe):
-    """RELIABILITY 36: nothing runs; the error names the step."""
+    """docs/reliability.md §36: nothing runs; the error names the step."""
     definition = {
         "name": "t",
         "steps": [

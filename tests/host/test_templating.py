@@ -263,7 +263,7 @@ def test_fast_path_falls_back_to_the_sandbox_for_non_json_objects(engine):
     assert render(engine, "id=${ run.id } t=${ inputs.t[0] }", context) == "id=r1 t=10"
 
 
-# -- non-JSON results (RELIABILITY 40) ----------------------------------------------------------
+# -- non-JSON results (docs/reliability.md §40) -------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -322,7 +322,7 @@ def test_template_is_immutable_and_reusable(engine):
     assert [template.render({"inputs": {"pr": n}}) for n in range(3)] == [0, 1, 2]
 
 
-# -- sandbox (RELIABILITY 34, 35, 39, 41) -------------------------------------------------------
+# -- sandbox (docs/reliability.md §34, §35, §39, §41) -------------------------------------------
 
 
 def _escape_payloads(path):
@@ -434,7 +434,7 @@ def test_templates_cannot_load_files(engine, tmp_path, monkeypatch, source):
     assert "FILECONTENT" not in str(info.value)
 
 
-# -- limits (RELIABILITY 37, 38) ----------------------------------------------------------------
+# -- limits (docs/reliability.md §37, §38) ------------------------------------------------------
 
 BIG = "x" * 900_000
 LIMIT_CTX = {"inputs": {"big": BIG, "nl": "\n" * 900_000, "tabs": "\t" * 1000}}

@@ -1,8 +1,8 @@
 """The plugin manager: built-ins and third parties load one way, fail alone, and can be blocked.
 
-Covers RELIABILITY 56-60 through the public API: import and registration failures are recorded
-and skipped, hooks that raise fail only themselves, blocking by name, entry points of a fake
-distribution on ``sys.path``, step types and tools of plugins in real runs, observer and
+Covers docs/reliability.md §56-§60 through the public API: import and registration failures are
+recorded and skipped, hooks that raise fail only themselves, blocking by name, entry points of a
+fake distribution on ``sys.path``, step types and tools of plugins in real runs, observer and
 customisation hooks, and the guard that every hook is documented in the README.
 """
 
@@ -153,7 +153,7 @@ def test_builtins_are_listed_before_third_parties():
 
 
 # --------------------------------------------------------------------------------------------
-# 2. Blocking by name (RELIABILITY 60)
+# 2. Blocking by name (docs/reliability.md §60)
 # --------------------------------------------------------------------------------------------
 
 
@@ -192,7 +192,7 @@ def test_blocked_extra_plugin_is_not_registered():
 
 
 # --------------------------------------------------------------------------------------------
-# 3. Isolation (RELIABILITY 56-57)
+# 3. Isolation (docs/reliability.md §56-§57)
 # --------------------------------------------------------------------------------------------
 
 
@@ -597,7 +597,7 @@ def test_entry_point_with_unknown_hook_is_reported_under_its_entry_point_name(pl
 
 
 # --------------------------------------------------------------------------------------------
-# 5. Plugin code misbehaving at run time fails only its step (RELIABILITY 57-59)
+# 5. Plugin code misbehaving at run time fails only its step (docs/reliability.md §57-§59)
 # --------------------------------------------------------------------------------------------
 
 
