@@ -35,6 +35,7 @@ SIZES = {
         "requests": 5000,
         "inflight": 8,
         "samples": 500,
+        "oneshot": 500,
     },
     "quick": {
         "graph": 50,
@@ -45,6 +46,7 @@ SIZES = {
         "requests": 200,
         "inflight": 8,
         "samples": 20,
+        "oneshot": 50,
     },
 }
 
@@ -66,6 +68,8 @@ def measure(name: str, args: dict[str, Any]) -> dict[str, Any]:
         return anyio.run(lambda: workloads.plait_runs(args["n"], args["mode"]))
     if name == "asyncio-runs":
         return anyio.run(lambda: workloads.asyncio_runs(args["n"]))
+    if name == "oneshot":
+        return anyio.run(lambda: workloads.oneshot(args["n"], args["how"]))
     if name == "latency":
         return anyio.run(lambda: rpc.first_step_latency(args["mode"], args["samples"]))
     if name == "load":
@@ -158,6 +162,8 @@ def collect(size: dict[str, int], only: set[str] | None, say: Any) -> dict[str, 
         put(f"W3/{mode}", child, "plait-runs", n=size["runs"], mode=mode)
     put("W3-many/asyncio", child, "asyncio-runs", n=size["many"])
     put("W3-many/memory", child, "plait-runs", n=size["many"], mode="memory")
+    for how in ("host", "run"):
+        put(f"oneshot/{how}", child, "oneshot", n=size["oneshot"], how=how)
     put("W4/raw", w4, "raw-server", size)
     for mode in ("memory", "durable"):
         put(f"W4/{mode}", w4, "plait-server", size, mode=mode)
@@ -310,13 +316,34 @@ def rows(r: dict[str, Any], size: dict[str, int]) -> list[tuple[str, ...]]:
             "—",
             None,
         )
+    shots = size["oneshot"]
+    host_rps, run_rps = get("oneshot/host", "runs_per_s"), get("oneshot/run", "runs_per_s")
+    row(
+        f"one-shot plait.run ×{shots} at once (baseline: a Host)",
+        run_rps,
+        host_rps,
+        "runs/s",
+        "≥ 0.25× Host",
+        None if run_rps is None or host_rps is None else run_rps >= 0.25 * host_rps,
+    )
+    host_ms, run_ms = get("oneshot/host", "ms_per_run"), get("oneshot/run", "ms_per_run")
+    row(
+        "one-shot plait.run, one at a time (baseline: a Host)",
+        run_ms,
+        host_ms,
+        "ms/run",
+        "≤ 4× Host",
+        None if run_ms is None or host_ms is None else run_ms <= 4 * host_ms,
+    )
     return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (harness check)")
-    parser.add_argument("--only", help="comma-separated workloads: W1,W2,W3,W3-many,W4,latency")
+    parser.add_argument(
+        "--only", help="comma-separated workloads: W1,W2,W3,W3-many,W4,latency,oneshot"
+    )
     parser.add_argument(
         "--json",
         metavar="PATH",

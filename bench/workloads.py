@@ -138,6 +138,65 @@ async def _plait_batch(host: plait.Host, n: int) -> None:
     assert not failures, failures[:3]
 
 
+# -- one-shot runs ---------------------------------------------------------------------------------
+
+INSTANT = {
+    "name": "instant",
+    "inputs": {"type": "object", "properties": {"i": {"type": "integer"}}},
+    "steps": [
+        {"id": "t", "tool": "bench.noop", "with": {"i": "${inputs.i}"}},
+        {"id": "a", "transform": "${steps.t.output + 1}"},
+        {"id": "b", "transform": "${steps.a.output * 2}"},
+    ],
+    "outputs": {"v": "${steps.b.output}"},
+}
+"""The one-shot workload's run: a tool and two expressions, nothing that waits."""
+
+
+async def oneshot(n: int, how: str) -> dict[str, Any]:
+    """``INSTANT`` run ``n`` times at once and 100 times one after the other, either with
+    ``plait.run`` per call (``how="run"``) or through one started ``Host`` (``how="host"``)."""
+    plugin = _plugin()
+    settings = config("memory", "")
+    tune_gc()
+    if how == "run":
+
+        async def one(i: int) -> plait.Run:
+            return await plait.run(INSTANT, {"i": i}, config=settings, plugins=[plugin])
+
+        return await _oneshot_figures(one, n)
+    async with plait.Host(settings, plugins=[plugin]) as host:
+        host.register(INSTANT)
+
+        async def through_host(i: int) -> plait.Run:
+            return await host.wait(await host.start_run("instant", {"i": i}))
+
+        return await _oneshot_figures(through_host, n)
+
+
+async def _oneshot_figures(one: Any, n: int) -> dict[str, Any]:
+    run = await one(0)  # warms up: plugins loaded, workflow compiled
+    assert run.status == "succeeded" and run.outputs == {"v": 2}, run.error
+    sequential = []
+    for i in range(100):
+        started = time.perf_counter()
+        await one(i)
+        sequential.append((time.perf_counter() - started) * 1e3)
+    gc.collect()
+    results: list[Any] = []
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(lambda i=i: _keep(results, one(i)))
+    elapsed = time.perf_counter() - started
+    assert all(r.status == "succeeded" for r in results) and len(results) == n
+    return {"runs_per_s": n / elapsed, "ms_per_run": statistics.median(sequential)}
+
+
+async def _keep(results: list[Any], awaitable: Any) -> None:
+    results.append(await awaitable)
+
+
 # -- the plain asyncio baseline ------------------------------------------------------------------
 
 

@@ -32,3 +32,7 @@ def test_quick_bench_measures_every_workload(tmp_path):
         assert results[f"W4/{side}"]["requests_per_s"] > 0
     for mode in ("memory", "durable"):
         assert 0 < results[f"latency/{mode}"]["p50_ms"] <= results[f"latency/{mode}"]["p99_ms"]
+    for how in ("host", "run"):
+        assert results[f"oneshot/{how}"]["runs_per_s"] > 0
+        assert results[f"oneshot/{how}"]["ms_per_run"] > 0
+    assert "one-shot plait.run" in done.stdout
