@@ -80,6 +80,10 @@ class Limits(_Section):
     """Steps in one definition, nested bodies included."""
     max_run_depth: int = Field(16, ge=1)
     """Nesting of sub-workflow runs, so a workflow that calls itself ends."""
+    max_crash_restarts: int = Field(3, ge=1)
+    """Host crashes in a row a step attempt may be in flight for before it is quarantined
+    (failed, not run again). One crash is not enough to blame a step: a kill -9 under load
+    finds many steps in flight, and they run again."""
     template_output_bytes: int = Field(1 << 20, ge=1024)
     template_seconds: float = Field(2.0, gt=0)
 

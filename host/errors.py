@@ -27,6 +27,7 @@ The tree::
         │   └── AgentNotFound
         ├── OutputError                     a step produced a value that is not JSON
         ├── StepInterrupted                 a crash stopped a step that is not safe to re-run
+        ├── StepQuarantined                 a step was in flight through crash after crash
         └── RunCancelled                    the run was cancelled
 
 The wire errors (JSON-RPC codes) are a separate tree owned by the RPC layer; only its dispatcher
@@ -56,6 +57,7 @@ __all__ = [
     "RunNotFound",
     "StepFailed",
     "StepInterrupted",
+    "StepQuarantined",
     "StepTimeout",
     "StoreCorrupt",
     "StoreError",
@@ -361,6 +363,15 @@ class StepInterrupted(RunError):
 
     __module__ = "plait"
     kind = "interrupted"
+    retryable = False
+
+
+class StepQuarantined(RunError):
+    """A step attempt was in flight each time the host crashed, several times in a row, so it
+    is not run again: it may be what brings the host down (``[limits] max_crash_restarts``)."""
+
+    __module__ = "plait"
+    kind = "quarantined"
     retryable = False
 
 

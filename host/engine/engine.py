@@ -38,18 +38,18 @@ from plait.errors import (
     StepFailed,
     TemplateError,
 )
+from plait.faults import is_plugin_failure
 from plait.plugins.manager import PluginManager
 from plait.plugins.types import RunInfo
 from plait.services.agents import AgentPool
 from plait.services.cache import ToolCache
 from plait.services.mcp import McpTools
 from plait.services.tools import ToolRunner
-from plait.state.recovery import RecoveredRun, replay
+from plait.state.recovery import RecoveredRun, count_crashes, replay
 from plait.state.run_store import RunPage, RunStore, run_from_row
 from plait.state.runs import TERMINAL_EVENTS, Event, Run, new_run_id
 from plait.store.memory import MemoryStore
 from plait.templates.engine import TemplateEngine, TemplateLimits
-from plait.values import PLUGIN_ERRORS
 
 __all__ = ["Engine", "template_engine"]
 
@@ -99,6 +99,8 @@ class Engine:
         self.listeners: list[Callable[[Event], None]] = []
         """Called with every event of every run (subscriptions to all runs)."""
         self.step_limiter = anyio.CapacityLimiter(limits.max_concurrent_steps)
+        self.crash_limit = limits.max_crash_restarts
+        """Crashes in a row a step attempt may be in flight for before it is quarantined."""
         self.stopping = False
         self.mcp: McpTools | None = None
         """The configured MCP servers as tool sources, while the engine is entered."""
@@ -505,7 +507,14 @@ class Engine:
         self.executions[run.id] = rx
         if row["status"] == "paused":
             rx.pause()
-        run.record("run.recovered", None, {"status": row["status"], "interrupted": state.in_flight})
+        crash = self.store.after_crash
+        interrupted = state.in_flight
+        run.record(
+            "run.recovered",
+            None,
+            {"status": row["status"], "interrupted": interrupted, "crash": crash},
+        )
+        count_crashes(state.steps, interrupted, crashed=crash)
         if problem is not None:
             log.error("cannot resume run %s: %s", run.id, problem)
             self._finish(
@@ -698,8 +707,10 @@ class Engine:
         try:
             with anyio.fail_after(OBSERVER_SECONDS):
                 await awaitable
-        except PLUGIN_ERRORS as exc:  # an observer never aborts anything
-            log.error("observer %s failed: %s", hook, exc)
+        except BaseException as exc:  # an observer never aborts anything
+            if not is_plugin_failure(exc):
+                raise
+            log.error("observer %s failed: %s: %s", hook, type(exc).__name__, exc)
         finally:
             self._observing -= 1
 

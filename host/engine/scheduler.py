@@ -32,11 +32,13 @@ from plait.errors import (
     RunError,
     StepFailed,
     StepInterrupted,
+    StepQuarantined,
     StepTimeout,
     TemplateError,
 )
+from plait.faults import is_plugin_failure
 from plait.plugins.types import Agent, Message, Renderable, ToolContext
-from plait.values import PLUGIN_ERRORS, json_problem
+from plait.values import json_problem
 
 if TYPE_CHECKING:
     from plait.services.agents import AgentPool
@@ -59,6 +61,8 @@ class RunServices(Protocol):
     sampler: Sampler | None
     step_limiter: anyio.CapacityLimiter
     """Steps in flight host-wide (``[limits] max_concurrent_steps``)."""
+    crash_limit: int
+    """Host crashes in a row a step attempt may be in flight for before it is quarantined."""
 
     def root_context(self, rx: RunExecution) -> dict[str, Any]:
         """The template roots of a run before any step: inputs, vars, run, env."""
@@ -446,7 +450,9 @@ class ScopeExecution:
             output = done.value
         except RunError:
             raise
-        except PLUGIN_ERRORS as exc:
+        except BaseException as exc:
+            if not is_plugin_failure(exc):
+                raise
             raise self.plugin_error(step, exc) from exc
         else:
             coro.close()
@@ -575,6 +581,18 @@ class ScopeExecution:
         resumed = rec is not None and rec.in_flight
         if resumed:
             assert rec is not None
+            if rec.executing and rec.crashes >= engine.crash_limit:
+                plugin = engine.step_type_owner(step.key)
+                run.record(
+                    "step.quarantined",
+                    path,
+                    {"attempt": rec.attempt, "crashes": rec.crashes, "plugin": plugin},
+                )
+                raise StepQuarantined(
+                    f"step {path!r} (step type {step.key!r}, plugin {plugin!r}) was running "
+                    f"each time the host crashed, {rec.crashes} times in a row; it is not run "
+                    "again, as it may be what brings the host down"
+                )
             if rec.executing and not step.step_type.rerunnable:
                 run.set_step(path, "interrupted", {"attempt": rec.attempt})
                 raise StepInterrupted(
@@ -635,7 +653,9 @@ class ScopeExecution:
                 return output
             except RunError as exc:
                 error = exc
-            except PLUGIN_ERRORS as exc:
+            except BaseException as exc:
+                if not is_plugin_failure(exc):
+                    raise
                 error = self.plugin_error(step, exc)
                 error.__cause__ = exc
 

@@ -12,6 +12,7 @@ until it may go on.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,9 +20,11 @@ from typing import Any
 import anyio
 
 from plait.errors import AgentFailed, AgentNotFound, RunError
+from plait.faults import is_plugin_failure
 from plait.plugins.registry import Registry
 from plait.plugins.types import Agent, AgentProvider, AgentReply, AgentRequest
-from plait.values import PLUGIN_ERRORS
+
+log = logging.getLogger("plait.agents")
 
 __all__ = ["AgentPool", "Budget"]
 
@@ -121,7 +124,9 @@ class _Limited:
                     reply = await self._agent.complete(request)
         except RunError:
             raise
-        except PLUGIN_ERRORS as exc:
+        except BaseException as exc:
+            if not is_plugin_failure(exc):
+                raise
             raise AgentFailed(self.name, f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(reply, AgentReply):
             raise AgentFailed(
@@ -204,5 +209,7 @@ class AgentPool:
             if close is not None:
                 try:
                     await close()
-                except PLUGIN_ERRORS:  # closing never fails the host
-                    pass
+                except BaseException as exc:  # closing never fails the host
+                    if not is_plugin_failure(exc):
+                        raise
+                    log.warning("agent %r failed to close: %s", limited.name, exc)

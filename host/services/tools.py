@@ -11,10 +11,11 @@ import anyio
 from plait.config import ToolSettings
 from plait.definition.models import CachePolicy
 from plait.errors import OutputError, RunError, ToolFailed, ToolNotFound
+from plait.faults import is_plugin_failure
 from plait.plugins.registry import Registry
 from plait.plugins.types import Tool, ToolContext
 from plait.services.cache import ToolCache, cache_key
-from plait.values import PLUGIN_ERRORS, json_problem
+from plait.values import json_problem
 
 __all__ = ["ToolRunner"]
 
@@ -139,7 +140,9 @@ class ToolRunner:
                     value = await call(*given)
         except RunError:
             raise
-        except PLUGIN_ERRORS as exc:
+        except BaseException as exc:
+            if not is_plugin_failure(exc):
+                raise
             owner = self.tools.owner(tool.name)
             source = f" (plugin {owner!r})" if owner else ""
             raise ToolFailed(tool.name, f"{type(exc).__name__}: {exc}{source}") from exc

@@ -20,7 +20,7 @@ from typing import Any
 from plait.plugins.types import Message
 from plait.state.runs import Event, StepState, StepStatus
 
-__all__ = ["REPLAYED", "RecoveredRun", "StepRecord", "replay"]
+__all__ = ["REPLAYED", "RecoveredRun", "StepRecord", "count_crashes", "replay"]
 
 REPLAYED: frozenset[str] = frozenset({"succeeded", "failed", "skipped"})
 """Settled statuses replayed from the record. A cancelled step (a losing ``wait: any``
@@ -48,6 +48,8 @@ class StepRecord:
     """The signal the step's current attempt took: (event, data)."""
     retry_at: float | None = None
     """When the next attempt was due, if the step was waiting out a retry's backoff."""
+    crashes: int = 0
+    """Host crashes in a row the current attempt was executing through."""
 
     @property
     def settled(self) -> bool:
@@ -113,6 +115,9 @@ def replay(events: Iterable[Event]) -> RecoveredRun:
                 Message.from_dict(m) for m in data["messages"]
             )
             continue
+        if kind == "run.recovered":
+            count_crashes(steps, data.get("interrupted", ()), crashed=bool(data.get("crash")))
+            continue
         if path is None:
             continue
         rec = steps.get(path)
@@ -128,6 +133,15 @@ def replay(events: Iterable[Event]) -> RecoveredRun:
     return out
 
 
+def count_crashes(steps: dict[str, StepRecord], paths: Iterable[str], *, crashed: bool) -> None:
+    """A restart found ``paths`` in flight: count a crash against each attempt that was
+    executing (a clean stop, or a step only waiting, clears the count)."""
+    for path in paths:
+        rec = steps.get(path)
+        if rec is not None:
+            rec.crashes = rec.crashes + 1 if crashed and rec.executing else 0
+
+
 def _apply(
     rec: StepRecord, kind: str, data: dict[str, Any], ts: float, signals: dict[str, deque[Any]]
 ) -> None:
@@ -138,6 +152,8 @@ def _apply(
         rec.status, rec.attempts, rec.attempt, rec.executing = "running", attempt, attempt, True
         rec.retry_at = None
         rec.started_at = rec.started_at if data.get("recovered") else ts
+        if not data.get("recovered"):
+            rec.crashes = 0
         rec.taken = None
     elif kind == "step.retrying":
         rec.attempt = int(data.get("attempt", rec.attempt)) + 1

@@ -116,6 +116,12 @@ class RunStore(Protocol):
         ...
 
     @property
+    def after_crash(self) -> bool:
+        """Whether the previous host using this store stopped without closing it (a crash,
+        a kill, a power cut): what a restart finds in flight may be what brought it down."""
+        ...
+
+    @property
     def backlogged(self) -> bool:
         """Whether so many changes wait to be kept that new steps should wait first."""
         ...

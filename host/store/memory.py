@@ -37,6 +37,11 @@ class MemoryStore:
         return False
 
     @property
+    def after_crash(self) -> bool:
+        """Never: a memory store starts empty."""
+        return False
+
+    @property
     def backlogged(self) -> bool:
         """Never: nothing waits for a disk."""
         return False

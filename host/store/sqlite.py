@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections import deque
@@ -51,6 +52,10 @@ __all__ = ["SqliteStore"]
 log = logging.getLogger("plait.store.sqlite")
 
 T = TypeVar("T")
+
+OPEN_MARK_SUFFIX = ".open"
+"""Beside the database, ``plait.db.open`` exists while a host has the store open; found at
+start, it means the previous host did not close the store (see ``after_crash``)."""
 
 
 # The kinds of rows, in the order a commit applies them.
@@ -222,6 +227,7 @@ class SqliteStore:
         """Transactions committed (a measure of how well commits are grouped)."""
         self.last_error: str | None = None
         """The last write error, while writes are being retried."""
+        self._after_crash = False
         self.pace = pace
         """Awaited between chunks of published events: the host waits here for connections
         that are still reading to catch up (see ``Host.pace``)."""
@@ -230,6 +236,7 @@ class SqliteStore:
 
     async def __aenter__(self) -> SqliteStore:
         self._conn = await anyio.to_thread.run_sync(open_database, self.path, self.settings)
+        self._after_crash = await anyio.to_thread.run_sync(self._mark_open)
         self._reader = await anyio.to_thread.run_sync(
             lambda: connect(self.path, self.settings, readonly=True)
         )
@@ -276,6 +283,8 @@ class SqliteStore:
                 if conn is not None:
                     conn.close()
             self._conn = self._reader = None
+            if self.pending == 0:  # all kept: the next start is not one after a crash
+                self._open_mark.unlink(missing_ok=True)
 
     def _stop_threads(self) -> None:
         """End the writer's and the kicker's threads (they cannot be cancelled)."""
@@ -288,6 +297,29 @@ class SqliteStore:
     def durable(self) -> bool:
         """Always: runs outlive the process."""
         return True
+
+    @property
+    def after_crash(self) -> bool:
+        """Whether the previous host left the store open: it crashed, was killed, or could
+        not write what it had queued."""
+        return self._after_crash
+
+    @property
+    def _open_mark(self) -> Path:
+        return self.path.with_name(self.path.name + OPEN_MARK_SUFFIX)
+
+    def _mark_open(self) -> bool:
+        """Leave a mark that the store is open (removed by a clean close); return whether the
+        previous host had left one."""
+        mark = self._open_mark
+        found = mark.exists()
+        fd = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return found
 
     def attach(self, run: Run) -> None:
         """Take a run in: its events are committed here before anyone is told of them."""

@@ -25,9 +25,10 @@ from plait.errors import (
     ToolNotFound,
     WorkflowNotFound,
 )
+from plait.faults import is_plugin_failure
 from plait.plugins.types import Agent, Message, Tool, ToolContext
 from plait.templates.engine import Template, TemplateEngine
-from plait.values import PLUGIN_ERRORS, json_problem
+from plait.values import json_problem
 
 if TYPE_CHECKING:
     from plait.plugins.types import StepContext
@@ -219,7 +220,9 @@ class FakeStepContext:
             value = await (call(dict(args), context) if tool.takes_context else call(dict(args)))
         except RunError:
             raise
-        except PLUGIN_ERRORS as exc:
+        except BaseException as exc:
+            if not is_plugin_failure(exc):
+                raise
             raise ToolFailed(name, f"{type(exc).__name__}: {exc}") from exc
         problem = json_problem(value)
         if problem is not None:

@@ -1,0 +1,147 @@
+"""A real ``plait serve`` subprocess with a plugin module of the test's, and a client for it.
+
+The plugin is a module written into the test's folder and loaded through ``[plugins] modules``,
+exactly as a user's own plugin would be; workflows come from a ``--workflows`` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from websockets.asyncio.client import connect
+
+PLAIT = [sys.executable, "-m", "plait.cli"]
+LISTENING = re.compile(r"listening on (ws://\S+)")
+TOKEN = re.compile(r"^token: (\S+)$", re.MULTILINE)
+
+
+class HostProcess:
+    """``plait serve`` on one data dir, started and stopped as often as a test likes."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        plugin: str | None = None,
+        workflows: dict[str, str] | None = None,
+        config: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.tmp = tmp
+        self.data_dir = tmp / "data"
+        self.starts = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.token = ""
+        self.env = env or {}
+        (tmp / "wf").mkdir(exist_ok=True)
+        for name, text in (workflows or {}).items():
+            (tmp / "wf" / f"{name}.yaml").write_text(text, encoding="utf-8")
+        modules = ""
+        if plugin is not None:
+            (tmp / "testplugin.py").write_text(plugin, encoding="utf-8")
+            modules = 'modules = ["testplugin"]\n'
+        (tmp / "plait.toml").write_text(
+            f"[plugins]\nentry_points = false\n{modules}{config}", encoding="utf-8"
+        )
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.tmp / f"host-{self.starts - 1}.stderr"
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def start(self, *, wait: bool = True) -> None:
+        self.starts += 1
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join([str(self.tmp), os.environ.get("PYTHONPATH", "")]),
+            **self.env,
+        )
+        with self.stderr_path.open("wb") as errfile:
+            self.process = subprocess.Popen(
+                [
+                    *PLAIT,
+                    "serve",
+                    "--port",
+                    "0",
+                    "--config",
+                    str(self.tmp / "plait.toml"),
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--workflows",
+                    str(self.tmp / "wf"),
+                ],
+                cwd=str(self.tmp),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errfile,
+            )
+        if wait:
+            self.wait_listening()
+
+    def wait_listening(self, timeout: float = 30) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.stderr()
+            url, token = LISTENING.search(text), TOKEN.search(text)
+            if url and token:
+                self.url, self.token = url.group(1), token.group(1)
+                return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"plait serve did not start:\n{text[-4000:]}")
+            time.sleep(0.05)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+    async def call(self, method: str, params: Any = None, *, timeout: float = 30) -> Any:
+        """One request on a fresh connection; the result, or AssertionError with the error."""
+        reply = await self.request(method, params, timeout=timeout)
+        assert "result" in reply, reply
+        return reply["result"]
+
+    async def request(self, method: str, params: Any = None, *, timeout: float = 30) -> Any:
+        """One request on a fresh connection; the whole reply."""
+        async with connect(
+            self.url, additional_headers={"Authorization": f"Bearer {self.token}"}, max_size=None
+        ) as ws:
+            message: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": method}
+            if params is not None:
+                message["params"] = params
+            await ws.send(json.dumps(message))
+            with anyio.fail_after(timeout):
+                return json.loads(await ws.recv())
+
+    async def wait_run(self, run_id: str, *, timeout: float = 30) -> dict[str, Any]:
+        """The run once terminal (``runs/wait``)."""
+        result = await self.call(
+            "runs/wait", {"runId": run_id, "timeout": timeout}, timeout=timeout + 5
+        )
+        return dict(result["run"])
