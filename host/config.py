@@ -80,6 +80,9 @@ class Limits(_Section):
     """Steps in one definition, nested bodies included."""
     max_run_depth: int = Field(16, ge=1)
     """Nesting of sub-workflow runs, so a workflow that calls itself ends."""
+    stall_seconds: float = Field(0.5, gt=0)
+    """A turn of the event loop longer than this is a stall: logged with what caused it and
+    reported by ``host/info`` (the loop watchdog)."""
     max_crash_restarts: int = Field(3, ge=1)
     """Host crashes in a row a step attempt may be in flight for before it is quarantined
     (failed, not run again). One crash is not enough to blame a step: a kill -9 under load

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
-import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from plait.errors import ToolFailed
+from plait.plugins.threads import run_blocking
 
 __all__ = [
     "Agent",
@@ -409,7 +409,7 @@ class Tool:
             if is_async:
                 return await fn(**kwargs)
             if run_in_thread:
-                return await anyio.to_thread.run_sync(lambda: fn(**kwargs), abandon_on_cancel=True)
+                return await run_blocking(lambda: fn(**kwargs), name=f"plait tool {tool_name}")
             return fn(**kwargs)
 
         doc = option("description", description)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import anyio
 import anyio.abc
@@ -23,7 +23,9 @@ from plait.engine.catalog import CatalogEntry
 from plait.engine.engine import Engine
 from plait.errors import AgentFailed, ConfigError, DefinitionError, Issue
 from plait.host.compose import build_engine, tool_cache
+from plait.host.watchdog import LoopWatchdog
 from plait.plugins.manager import PluginManager
+from plait.plugins.threads import abandoned_threads
 from plait.plugins.types import Tool
 from plait.rpc.dispatcher import Dispatcher
 from plait.rpc.errors import RpcError
@@ -107,6 +109,8 @@ class Host:
         self.load_errors: dict[str, DefinitionError] = {}
         self.engine: Engine | None = None
         """The engine, while the host runs."""
+        self.watchdog: LoopWatchdog | None = None
+        """The event-loop watchdog, while the host runs."""
         self.recovered: list[Run] = []
         """The runs the last start found unfinished and resumed."""
         self._stack: AsyncExitStack | None = None
@@ -162,6 +166,10 @@ class Host:
                 self.config, self.pm, store=store, cache=cache, sampler=self.sample
             )
             await stack.enter_async_context(self.engine)
+            self.watchdog = LoopWatchdog(self.engine, self.config.limits.stall_seconds)
+            watching = await stack.enter_async_context(anyio.create_task_group())
+            watching.start_soon(self.watchdog.run)
+            stack.callback(watching.cancel_scope.cancel)
             stack.push_async_callback(self._stopping)
             if self.config.host.workflows:
                 self.load_folder(self.config.host.workflows)
@@ -414,6 +422,8 @@ class Host:
             },
             "dataDir": str(self.data_dir) if self.data_dir else None,
             "mcpServers": engine.mcp.info() if engine.mcp is not None else {},
+            "loop": self.watchdog.info() if self.watchdog is not None else None,
+            "abandonedThreads": abandoned_threads(),
         }
 
     async def sample(self, run: Run, params: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -522,14 +532,16 @@ class Host:
                     remove_host_info(self.data_dir)
                 await transport.stop()
 
-    async def serve_stdio(self) -> None:
-        """Serve one MCP client on this process's stdin/stdout until stdin closes."""
+    async def serve_stdio(self, *, stdin: IO[bytes] | None = None) -> None:
+        """Serve one MCP client on this process's stdin/stdout (or ``stdin``, read with
+        ``readline(limit)``) until stdin closes."""
         limits = self.config.limits
         await serve_stdio(
             self.dispatcher,
             self.sessions,
             max_message_bytes=limits.max_message_bytes,
             max_inflight=limits.max_inflight,
+            stdin=stdin,
         )
 
 
