@@ -1,63 +1,191 @@
 """What counts as a JSON value, checked cheaply where plugin results enter run state, and
-the one way plait writes JSON text."""
+the one way plait writes JSON text.
+
+"A JSON value" here means one that plait can keep *exactly*: written by :func:`dumps` (the
+store) or by the wire's codec and read back, it is equal to what went in. So besides the types,
+non-finite numbers (orjson would write ``null``), integers past :data:`MAX_INT_DIGITS` digits
+(Python refuses to write them as text, and the wire refuses to read them), non-string mapping
+keys, nesting past :data:`MAX_NESTING` levels and strings holding a UTF-16 surrogate pair as two
+code units (JSON text writes it ``\\ud83d\\ude00``, which every reader joins into one
+character) are refused. A lone surrogate is kept: it is written as its escape.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import re
+import sys
 from typing import Any
 
 import orjson
 
-__all__ = ["PLUGIN_ERRORS", "dumps", "json_problem"]
+__all__ = [
+    "MAX_INT_DIGITS",
+    "MAX_NESTING",
+    "PLUGIN_ERRORS",
+    "dumps",
+    "json_location",
+    "json_problem",
+]
+
+MAX_INT_DIGITS = 4300
+"""Most digits of an integer that is a JSON value (Python's default int-to-string limit; the
+wire's codec reads no longer number)."""
+MAX_NESTING = 200
+"""Deepest nesting of lists and mappings in a JSON value."""
 
 _ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A lone surrogate: a valid JSON string escape (``\\ud800``), but not encodable as UTF-8."""
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def dumps(value: Any) -> str:
     """Compact, standard JSON text: orjson first (an order of magnitude faster), the standard
-    library for what orjson declines (integers beyond 64 bits).
+    library for what orjson declines (integers beyond 64 bits, lone surrogates).
+
+    The text is always encodable as UTF-8: a lone surrogate in a string (which JSON text may
+    carry as ``\\ud800``) is written as that escape, so it reads back as it was.
+
+    Non-finite floats are written as ``null`` by orjson: callers check values with
+    :func:`json_problem` where they enter, before they are written.
 
     Raises:
-        TypeError, ValueError, RecursionError: ``value`` is not JSON (NaN included).
+        TypeError, ValueError, RecursionError: ``value`` is not JSON.
     """
     try:
         return orjson.dumps(value).decode()
     except TypeError:  # orjson.JSONEncodeError is one
         pass
-    return _ENCODER.encode(value)
+    text = _ENCODER.encode(value)
+    # A surrogate can only appear inside a string literal, so escaping it there is exact.
+    return _SURROGATE.sub(_escape_surrogate, text) if _SURROGATE.search(text) else text
 
 
 PLUGIN_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
 """What plugin code may raise that fails only its own step or call. Cancellation is not in it:
 it always propagates."""
 
-_SCALARS = (str, bool, int, type(None))
+_FAST_INT = 1 << 63
+"""Integers below this in magnitude need no digit count."""
 
 
-def json_problem(value: Any, _depth: int = 0) -> str | None:
-    """Why ``value`` cannot be stored as JSON, or ``None`` when it can.
+@functools.lru_cache(maxsize=4)
+def _int_bound(digits: int) -> int:
+    return 10**digits
 
-    Tuples count as lists; NaN and infinities are refused because the wire never carries them.
+
+def _int_problem(value: int) -> str | None:
+    if -_FAST_INT < value < _FAST_INT:
+        return None
+    # Python's own limit, if a program set it lower (0 means none), is the one str() obeys.
+    limit = min(MAX_INT_DIGITS, sys.get_int_max_str_digits() or MAX_INT_DIGITS)
+    if -_int_bound(limit) < value < _int_bound(limit):
+        return None
+    digits = int(value.bit_length() * math.log10(2)) + 1
+    return f"an integer of about {digits:,} digits is over the {limit:,}-digit limit"
+
+
+def json_location(value: Any) -> tuple[str, str] | None:
+    """Where and why ``value`` is not a JSON value plait can keep exactly, or ``None``.
+
+    The place is a path relative to ``value`` in the notation of workflow paths (``.a[0].b``;
+    empty for ``value`` itself), the reason a short phrase.
     """
-    if isinstance(value, _SCALARS):
+    return _locate(value, 0)
+
+
+def json_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be stored as JSON and read back unchanged, or ``None`` when it can.
+
+    Tuples count as lists; NaN and infinities are refused because the wire never carries them,
+    integers past :data:`MAX_INT_DIGITS` digits because they cannot be written as text.
+    """
+    found = _locate(value, 0)
+    if found is None:
         return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else f"{value} is not a finite number"
-    if _depth > 200:
-        return "nested more than 200 levels deep"
-    if isinstance(value, dict):
+    path, problem = found
+    return f"{path.removeprefix('.')}: {problem}" if path else problem
+
+
+def _pair_problem(text: str) -> str | None:
+    """Why a non-ASCII ``text`` cannot be kept (a surrogate pair in it), or ``None``."""
+    pair = _SURROGATE_PAIR.search(text)
+    if pair is None:
+        return None
+    joined = pair.group().encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+    escapes = "".join(f"\\u{ord(c):04x}" for c in pair.group())
+    return (
+        f"holds the surrogate pair {escapes} as two code units, which JSON reads back as "
+        f"one character (U+{ord(joined):04X})"
+    )
+
+
+def _scalar_ok(value: Any, kind: type) -> bool:
+    """The common scalars, decided without a call: True when ``value`` is surely fine."""
+    if kind is str:
+        return value.isascii() or _SURROGATE_PAIR.search(value) is None
+    if kind is bool or value is None:
+        return True
+    if kind is int:
+        return -_FAST_INT < value < _FAST_INT
+    if kind is float:
+        return math.isfinite(value)
+    return False
+
+
+def _locate(value: Any, depth: int) -> tuple[str, str] | None:
+    # Hot: every step output and tool result passes here. Scalars inside containers are
+    # settled inline; only what is not surely fine takes the slow path below.
+    kind = type(value)
+    if _scalar_ok(value, kind):
+        return None
+    if kind is dict or (kind is not str and isinstance(value, dict)):
+        if depth >= MAX_NESTING:
+            return "", f"nested more than {MAX_NESTING} levels deep"
         for k, v in value.items():
-            if not isinstance(k, str):
-                return f"mapping key {k!r} is not a string"
-            problem = json_problem(v, _depth + 1)
-            if problem is not None:
-                return f"{k}: {problem}"
+            if type(k) is not str or not k.isascii():
+                if not isinstance(k, str):
+                    return "", f"mapping key {k!r} is not a string"
+                if (problem := _pair_problem(k)) is not None:
+                    return "", f"mapping key {k!r} {problem}"
+            if _scalar_ok(v, type(v)):
+                continue
+            found = _locate(v, depth + 1)
+            if found is not None:
+                return f".{k}{found[0]}", found[1]
         return None
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple or isinstance(value, list | tuple):
+        if depth >= MAX_NESTING:
+            return "", f"nested more than {MAX_NESTING} levels deep"
         for i, v in enumerate(value):
-            problem = json_problem(v, _depth + 1)
-            if problem is not None:
-                return f"[{i}]: {problem}"
+            if _scalar_ok(v, type(v)):
+                continue
+            found = _locate(v, depth + 1)
+            if found is not None:
+                return f"[{i}]{found[0]}", found[1]
         return None
-    return f"got {type(value).__name__}"
+    return _scalar_problem(value)
+
+
+def _scalar_problem(value: Any) -> tuple[str, str] | None:
+    """The slow path of a scalar: long integers, non-finite floats, strings with a surrogate
+    pair, subclasses of the scalar types (an IntEnum, a str subclass: written as their value),
+    and what is no JSON at all."""
+    if isinstance(value, str):
+        problem = _pair_problem(value) if not value.isascii() else None
+        return None if problem is None else ("", f"a string {problem}")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        problem = _int_problem(value)
+        return None if problem is None else ("", problem)
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ("", f"{value} is not a finite number")
+    return "", f"got {type(value).__name__}"

@@ -19,12 +19,13 @@ from jsonschema.exceptions import SchemaError
 from pydantic import ValidationError
 
 from plait.config import Limits
-from plait.definition.loader import issues_from_validation
+from plait.definition.loader import issues_from_validation, value_issues
 from plait.definition.models import CachePolicy, RetryPolicy, StepDef, WorkflowDef
 from plait.errors import DefinitionError, Issue, TemplateSyntaxError
 from plait.plugins.registry import Registry
 from plait.plugins.types import StepConfig, StepType
 from plait.templates.engine import CONTEXT_ROOTS, Template, TemplateEngine
+from plait.values import json_problem
 
 __all__ = ["CompiledStep", "CompiledWorkflow", "Scope", "compile_workflow"]
 
@@ -103,7 +104,11 @@ class CompiledWorkflow:
     size: int
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> list[str]:
-        """Every way ``inputs`` breaks the workflow's input schema (empty when valid)."""
+        """Every way ``inputs`` breaks the workflow's input schema (empty when valid), or why
+        they are not JSON values plait can keep exactly (NaN, a 5,000-digit integer...)."""
+        problem = json_problem(dict(inputs))
+        if problem is not None:
+            return [f"$: not a JSON value plait can keep: {problem}"]
         return [
             f"{_json_path(e.absolute_path)}: {e.message}"
             for e in sorted(self.inputs_validator.iter_errors(dict(inputs)), key=str)
@@ -115,7 +120,8 @@ def definition_digest(wf: WorkflowDef) -> str:
     data = wf.to_dict()
     data.pop("version", None)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    # A lone surrogate is a valid JSON string escape, but not UTF-8: kept as its code unit.
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def compile_workflow(
@@ -127,6 +133,8 @@ def compile_workflow(
     """Validate and compile ``wf``; raise :class:`DefinitionError` listing every problem."""
     limits = limits or Limits()
     c = _Compiler(wf, step_types, templates, limits)
+    # What the loader checks in text and mappings, again for models built in Python.
+    c.issues.extend(value_issues(wf.model_dump(), wf.source_lines))
     scope = c.scope(list(wf.steps), "steps", nested=False, enclosing=())
     outputs = c.template(wf.outputs, "outputs")
     c.check_roots(outputs, "outputs", frozenset())

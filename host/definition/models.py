@@ -223,8 +223,22 @@ class WorkflowDef(BaseModel):
             path = path[:cut]
 
     def to_dict(self) -> dict[str, Any]:
-        """The definition as plain JSON data, in the form it is written in."""
-        return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True) | {
+        """The definition as plain JSON data, in the form it is written in (fresh containers).
+
+        Not pydantic's JSON mode, which fails on a mapping key holding a lone surrogate: the
+        values are JSON already (the loader and the compiler refuse what is not).
+        """
+        data = self.model_dump(exclude_none=True, exclude_defaults=True) | {
             "name": self.name,
             "steps": [s.fields for s in self.steps],
         }
+        return _copy(data)
+
+
+def _copy(value: Any) -> Any:
+    """``value`` with fresh dicts and lists (tuples become lists), sharing nothing."""
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy(item) for item in value]
+    return value

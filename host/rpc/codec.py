@@ -21,14 +21,16 @@ from typing import Any
 import orjson
 
 from plait.rpc.errors import InternalError, ParseError
-from plait.values import dumps
+from plait.values import MAX_INT_DIGITS, dumps
 
 __all__ = ["MAX_DEPTH", "MAX_DIGITS", "decode", "encode"]
 
 MAX_DEPTH = 64
 """Deepest nesting of arrays and objects accepted in a message."""
-MAX_DIGITS = 4300
-"""Longest integer literal accepted (Python's own int-to-string limit)."""
+MAX_DIGITS = MAX_INT_DIGITS
+"""Most digits of an integer literal accepted, its sign aside (Python's own int-to-string
+limit): exactly the integers :func:`plait.values.json_problem` lets out, so what the host
+writes it also reads."""
 
 
 def _refuse_constant(name: str) -> Any:
@@ -36,7 +38,7 @@ def _refuse_constant(name: str) -> Any:
 
 
 def _parse_int(text: str) -> int:
-    if len(text) > MAX_DIGITS:
+    if len(text) - text.startswith("-") > MAX_DIGITS:
         raise ValueError("number too long")
     return int(text)
 
@@ -53,6 +55,8 @@ _DECODER = json.JSONDecoder(
 )
 _LONG_NUMBER = re.compile(r"\d{19}")
 """A digit run orjson might read as a float (integers beyond 64 bits)."""
+_RAW_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A surrogate code unit in the text itself (not as an escape): no UTF-8 text holds one."""
 
 
 def _too_deep(text: str, limit: int) -> bool:
@@ -94,6 +98,10 @@ def decode(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
             pass  # the standard library decides, and says why
+    if _RAW_SURROGATE.search(text) is not None:  # (orjson refuses such text as well)
+        # As bytes that are not UTF-8 would be: a transport never hands over such text, and
+        # read as is, a pair of them would make a string JSON cannot keep.
+        raise ParseError(data={"reason": "not UTF-8: a surrogate outside a \\u escape"})
     try:
         return _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:

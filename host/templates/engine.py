@@ -49,6 +49,7 @@ from plait.templates.sandbox import (
     Guard,
     PlaitSandbox,
     TemplateLimits,
+    keep_text,
     to_json,
     weight,
 )
@@ -139,7 +140,9 @@ def _jinja_leaf(
             for _ in chunks:
                 pass
             value = ctx.vars[_RESULT]
-            if type(value) is str or type(value) is bool or value is None:
+            if type(value) is str:
+                return keep_text(value)
+            if type(value) is bool or value is None:
                 return value
             if weight(value, cap) > cap:
                 raise TemplateLimitError(f"template result is over the {cap:,}-character limit")
@@ -150,7 +153,7 @@ def _jinja_leaf(
             if total > cap:
                 raise TemplateLimitError(f"rendered output is over {cap:,} characters")
             parts.append(chunk)
-        return "".join(parts)
+        return keep_text("".join(parts))
 
     def render(context: Mapping[str, Any]) -> Any:
         try:
@@ -205,9 +208,10 @@ def _text_leaf(source: str, where: str, parts: list[Any], slow: _Render, cap: in
                     return slow(context)
             if sum(map(len, out)) > cap:
                 raise TemplateLimitError(f"rendered output is over {cap:,} characters")
+            text = keep_text("".join(out))
         except Exception as exc:  # also str() of a huge int, an odd Mapping, ...
             raise _translate(exc, source, where) from None
-        return "".join(out)
+        return text
 
     return render
 

@@ -46,6 +46,7 @@ from jinja2.utils import generate_lorem_ipsum
 from jinja2.visitor import NodeTransformer
 
 from plait.errors import TemplateError, TemplateLimitError, TemplateSecurityError
+from plait.values import json_problem
 
 __all__ = [
     "BUDGET",
@@ -54,6 +55,7 @@ __all__ = [
     "Guard",
     "PlaitSandbox",
     "TemplateLimits",
+    "keep_text",
     "to_json",
     "weight",
 ]
@@ -157,10 +159,20 @@ def weight(value: Any, cap: int) -> int:
     return total
 
 
+def keep_text(text: str) -> str:
+    """``text``, if JSON keeps it exactly; else a TemplateError. Two lone surrogates put side
+    by side (``'\\ud83d' ~ '\\ude00'``) make a pair that JSON reads back as one character."""
+    if not text.isascii() and (problem := json_problem(text)) is not None:
+        raise TemplateError(f"template result is not a JSON value plait keeps: {problem}")
+    return text
+
+
 def to_json(value: Any, depth: int = 0) -> Any:
     """A JSON copy of ``value`` (tuples become lists), or a TemplateError saying what is not."""
     kind = type(value)
-    if kind is str or kind is bool or value is None:
+    if kind is str:
+        return keep_text(value)
+    if kind is bool or value is None:
         return value
     if (kind is int and value.bit_length() <= _MAX_INT_BITS) or (
         kind is float and math.isfinite(value)
@@ -173,11 +185,11 @@ def to_json(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict):
         if bad := [key for key in value if not isinstance(key, str)]:
             raise TemplateError(f"dict key {bad[0]!r} is not a string, so not a JSON value")
-        return {str(key): to_json(item, depth + 1) for key, item in value.items()}
+        return {keep_text(str(key)): to_json(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [to_json(item, depth + 1) for item in value]
     if isinstance(value, str):
-        return str(value)  # Markup and other str subclasses
+        return keep_text(str(value))  # Markup and other str subclasses
     if isinstance(value, int) and not isinstance(value, bool):
         got = f"an integer of {value.bit_length():,} bits"
     elif isinstance(value, float):
