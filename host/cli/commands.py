@@ -7,14 +7,20 @@ codes (0 ok, 1 the run or check failed, 2 bad usage or input).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import queue
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import anyio
+import anyio.abc
 
 from plait.cli.progress import ProgressView
 from plait.cli.runs import add_runs_parser
@@ -25,7 +31,10 @@ from plait.definition.schema import workflow_schema
 from plait.engine.engine import Engine
 from plait.errors import ConfigError, DefinitionError, InputsInvalid, PlaitError
 from plait.host.compose import build_engine, tool_cache
-from plait.store.datadir import ensure_private_dir
+from plait.store.datadir import ensure_private_dir, remove_host_info
+
+if TYPE_CHECKING:
+    from plait.host.app import Host
 
 __all__ = ["main"]
 
@@ -279,37 +288,198 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 1 if pm.failures else 0
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""What stops ``plait serve``: Ctrl-C, and what service managers send."""
+STOP_SECONDS = 10.0
+"""A stop that takes longer than this ends the process at once (exit code 1), saying so."""
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the host until interrupted: WebSocket by default, stdio with ``--stdio``."""
+    """Run the host until stopped: WebSocket by default, stdio with ``--stdio``.
+
+    SIGINT and SIGTERM stop it alike (exit code 0): the listener closes, ``host.json`` is
+    removed, runs in flight are left as a crash leaves them (the next start resumes them) and
+    what is queued for the store is committed. A stop that takes longer than
+    :data:`STOP_SECONDS`, or a second signal, ends the process at once (exit code 1) with one
+    line on stderr saying what was not written.
+    """
     from plait.host.app import Host, tune_gc
 
     config = config_from_args(args)  # logs go to stderr: on --stdio, stdout is the protocol
+    stop = _Stop(STOP_SECONDS)
 
     async def main() -> None:
-        async with Host(config) as host:
-            tune_gc()  # this process is the host: everything loaded so far stays
-            for path, error in host.load_errors.items():
-                print(f"warning: {path} not loaded: {error}", file=sys.stderr)
-            if args.stdio:
-                await host.serve_stdio()
-                return
-
-            def ready(url: str, token: str) -> None:
-                where = host.data_dir / "token" if host.data_dir else "not saved (:memory:)"
-                print(
-                    f"plait {host.version} listening on {url}\n"
-                    f"token: {token}\n(token file: {where})",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-            await host.serve_websocket(ready=ready)
+        stop.serving = serving = anyio.CancelScope()
+        failed: list[Exception] = []
+        async with anyio.create_task_group() as signals:
+            await signals.start(stop.watch)  # SIGINT and SIGTERM are ours from here on
+            try:
+                async with Host(config) as host:
+                    stop.host = host
+                    with serving:  # cancelled by the first signal
+                        await _serve(host, args, tune_gc)
+            except Exception as exc:  # noqa: BLE001 - raised below as itself, not in a group
+                failed.append(exc)
+            finally:
+                signals.cancel_scope.cancel()
+        if failed:
+            raise failed[0]
 
     try:
         anyio.run(main)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the signals were ours
         pass
+    finally:
+        stop.after()
     return 0
+
+
+async def _serve(host: Host, args: argparse.Namespace, tune_gc: Callable[[], None]) -> None:
+    tune_gc()  # this process is the host: everything loaded so far stays
+    for path, error in host.load_errors.items():
+        print(f"warning: {path} not loaded: {error}", file=sys.stderr)
+    if args.stdio:
+        lines = _StdinLines(sys.stdin.fileno())
+        try:
+            await host.serve_stdio(stdin=cast(IO[bytes], lines))  # readline() is enough
+        finally:
+            lines.close()
+        return
+
+    def ready(url: str, token: str) -> None:
+        where = host.data_dir / "token" if host.data_dir else "not saved (:memory:)"
+        print(
+            f"plait {host.version} listening on {url}\ntoken: {token}\n(token file: {where})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    await host.serve_websocket(ready=ready)
+
+
+class _Stop:
+    """How ``plait serve`` stops: gracefully on the first signal, within a bound."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.serving: anyio.CancelScope | None = None
+        """Cancelled by the first signal (before it is entered too: then it ends at once);
+        made in the event loop."""
+        self.host: Host | None = None
+        self.signalled = False
+
+    async def watch(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Take SIGINT and SIGTERM: the first stops serving, a second ends the process."""
+        with anyio.open_signal_receiver(*STOP_SIGNALS) as received:
+            task_status.started()
+            async for signum in received:
+                name = signal.Signals(signum).name
+                if self.signalled:
+                    self.force(f"{name} again while stopping")
+                self.signalled = True
+                print(f"plait: {name}: stopping", file=sys.stderr, flush=True)
+                deadline = threading.Timer(
+                    self.seconds, self.force, (f"not stopped within {self.seconds:g}s",)
+                )
+                deadline.daemon = True  # a stop that ends in time leaves it behind
+                deadline.start()
+                if self.serving is not None:
+                    self.serving.cancel()
+
+    def after(self) -> None:
+        """Once the event loop is gone, a signal still ends the process (the interpreter may
+        be waiting for a thread of a plugin's at exit)."""
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, lambda n, _: self.force(f"{signal.Signals(n).name} at exit"))
+
+    def force(self, why: str) -> None:
+        """End the process now: runs are left as a crash leaves them, resumed next start."""
+        line = f"plait: {why}; exiting now{self._unwritten()}\n"
+        with contextlib.suppress(OSError):  # straight to the fd: sys.stderr may be mid-write
+            os.write(sys.stderr.fileno(), line.encode(errors="replace"))
+        data_dir = getattr(self.host, "data_dir", None)
+        if data_dir is not None:
+            remove_host_info(data_dir)
+        os._exit(1)
+
+    def _unwritten(self) -> str:
+        engine = getattr(self.host, "engine", None)
+        store = getattr(engine, "store", None)
+        pending = getattr(store, "pending", 0)
+        if not pending:
+            return ""
+        where = getattr(store, "path", "the store")
+        error = getattr(store, "last_error", None)
+        why = f", last error: {error}" if error else ""
+        return f": {pending} change(s) not written to {where}{why} (runs resume from the rest)"
+
+
+class _StdinLines:
+    """stdin, read by a daemon thread of its own, straight from the file descriptor.
+
+    The stdio transport reads each line on a worker thread, abandoned when the host stops; a
+    worker thread is no daemon, so the interpreter would wait at exit for a line that an idle
+    client may never send. Here the read that can block runs on a daemon thread, on the bare
+    descriptor (a daemon thread inside ``sys.stdin`` would hold its lock as the interpreter
+    closes it, which aborts), and the worker only waits for its result, which :meth:`close`
+    ends as the end of input.
+    """
+
+    CHUNK = 1 << 16
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+        self._asked: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._lines: queue.SimpleQueue[bytes | BaseException] = queue.SimpleQueue()
+        self._reader: threading.Thread | None = None
+        self._closed = False
+
+    def readline(self, limit: int = -1) -> bytes:
+        """The next line with its newline, at most ``limit`` bytes of it; ``b""`` at the end."""
+        if self._closed:
+            return b""
+        if self._reader is None:
+            self._reader = threading.Thread(target=self._read, name="plait stdin", daemon=True)
+            self._reader.start()
+        self._asked.put(limit)
+        line = self._lines.get()
+        if isinstance(line, BaseException):
+            raise line
+        return line
+
+    def close(self) -> None:
+        """End of input, for a read waiting now and for every later one."""
+        self._closed = True
+        self._lines.put(b"")
+
+    def _read(self) -> None:
+        while True:
+            limit = self._asked.get()
+            try:
+                self._lines.put(self._line(limit))
+            except BaseException as exc:  # noqa: BLE001 - raised by the reader in turn
+                self._lines.put(exc)
+
+    def _line(self, limit: int) -> bytes:
+        buffer, searched = self._buffer, 0
+        while True:
+            end = buffer.find(b"\n", searched)
+            if end >= 0 and (limit < 0 or end < limit):
+                size = end + 1
+                break
+            if limit >= 0 and len(buffer) >= limit:
+                size = limit
+                break
+            searched = len(buffer)
+            chunk = os.read(self._fd, self.CHUNK)
+            if not chunk:  # end of input: what is left, then b""
+                size = len(buffer)
+                break
+            buffer += chunk
+        line = bytes(buffer[:size])
+        del buffer[:size]
+        return line
 
 
 def _client_target(args: argparse.Namespace) -> tuple[str, str]:

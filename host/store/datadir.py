@@ -5,11 +5,13 @@ Layout of ``<data_dir>``::
     plait.db    the run store (SQLite, WAL)
     cache/      the tool-result cache (diskcache)
     token       the per-launch token, 0600
-    host.lock   held (flock) by the host using the dir; the kernel drops it if the host dies
+    host.lock   the pid of the host using the dir, flocked by it
     host.json   the running host's URL and pid, for ``plait call`` / ``plait runs``
 
 Two hosts on one store would both resume the same unfinished runs, so the second one is
-refused with :class:`DataDirLocked`.
+refused with :class:`DataDirLocked`. The host holds an exclusive ``flock`` on the data dir
+itself (an fd opened on the directory) as well as on ``host.lock``: the directory's lock cannot
+be lost by deleting a file in it, and the kernel drops both when the host dies.
 """
 
 from __future__ import annotations
@@ -56,51 +58,80 @@ def write_private(path: Path, text: str) -> None:
 
 
 class DataDirLock:
-    """An exclusive, non-blocking ``flock`` on ``<data_dir>/host.lock``."""
+    """An exclusive, non-blocking ``flock`` on the data dir and on ``<data_dir>/host.lock``.
+
+    The lock on the directory is what keeps a second host out: ``host.lock`` can be deleted
+    under a running host (a new file is a new inode, and an flock on it would be granted),
+    while no file deleted in the directory undoes the lock on the directory. ``host.lock``
+    keeps the holder's pid for the refusal's message, and keeps out a host of an older plait
+    that locks only that file.
+    """
 
     def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
         self.path = data_dir / LOCK_FILE
-        self._fd: int | None = None
+        self._fds: list[int] = []
 
     def acquire(self) -> None:
         """Take the lock, or raise :class:`DataDirLocked` naming the process that holds it."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._take(os.open(self.data_dir, os.O_RDONLY | _O_DIRECTORY))
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._take(fd)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()  # its pid, see below
-            os.close(fd)
-            pid = f" (pid {holder})" if holder.isdigit() else ""
+            self.release()
             raise DataDirLocked(
-                str(self.path.parent),
-                f"another plait host{pid} is using it; "
+                str(self.data_dir),
+                f"another plait host{_holder(self.data_dir)} is using it; "
                 "stop it, talk to it with --url, or use another --data-dir",
             ) from None
+        except BaseException:
+            self.release()
+            raise
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
+
+    def _take(self, fd: int) -> None:
+        self._fds.append(fd)  # closed by release() if the flock is refused
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def release(self) -> None:
         """Let the next host in."""
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        while self._fds:
+            fd = self._fds.pop()
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     @staticmethod
     def held(data_dir: Path) -> bool:
         """Whether a host is using ``data_dir`` right now."""
-        path = data_dir / LOCK_FILE
-        if not path.exists():
-            return False
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+        for path, flags in ((data_dir, _O_DIRECTORY), (data_dir / LOCK_FILE, 0)):
+            try:
+                fd = os.open(path, os.O_RDONLY | flags)
+            except OSError:
+                continue  # no such dir or file: nobody holds a lock on it
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            finally:
+                os.close(fd)
         return False
+
+
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+def _holder(data_dir: Path) -> str:
+    """`` (pid N)`` of the host using ``data_dir``, from ``host.lock`` or else ``host.json``."""
+    holder = ""
+    try:
+        with open(data_dir / LOCK_FILE, "rb") as fh:
+            holder = fh.read(32).decode(errors="replace").strip()
+    except OSError:
+        holder = str((read_host_info(data_dir) or {}).get("pid", ""))
+    return f" (pid {holder})" if holder.isdigit() else ""
 
 
 def write_host_info(data_dir: Path, **info: Any) -> None:
