@@ -50,7 +50,7 @@ def config(mode: str, data_dir: str, **limits: int) -> HostConfig:
         {
             "host": {"data_dir": data_dir if mode == "durable" else ":memory:", "port": 0},
             "plugins": {"entry_points": False},
-            "limits": {"max_concurrent_steps": 1_000_000, **limits},
+            "limits": {"max_concurrent_steps": 1_000_000, "max_live_runs": 1_000_000, **limits},
             "store": {"synchronous": "FULL"},
         }
     )

@@ -80,6 +80,15 @@ class Limits(_Section):
     """Steps in one definition, nested bodies included."""
     max_run_depth: int = Field(16, ge=1)
     """Nesting of sub-workflow runs, so a workflow that calls itself ends."""
+    compiled_cache_steps: int = Field(100_000, ge=1)
+    """Steps of compiled workflow versions kept in memory (each step of a compiled version
+    holds a few KB); the least recently used versions past it compile again when next used."""
+    max_child_runs: int = Field(1000, ge=1)
+    """Sub-workflow runs one top-level run may create, its children's children included, so a
+    workflow whose sub-workflows fan out ends with an error instead of filling the host."""
+    max_live_runs: int = Field(50_000, ge=1)
+    """Runs in flight at once on this host (child runs included); a start past it is refused
+    with "busy, retry later"."""
     stall_seconds: float = Field(0.5, gt=0)
     """A turn of the event loop longer than this is a stall: logged with what caused it and
     reported by ``host/info`` (the loop watchdog)."""

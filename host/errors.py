@@ -14,6 +14,7 @@ The tree::
     ├── LimitReached                        a host limit was hit; retry later
     ├── StoreError                          the run store cannot be used
     │   ├── StoreCorrupt                    the database is damaged or not plait's; names the file
+    │   ├── StoreUnavailable                it cannot write now (disk full, read-only, log gone)
     │   └── DataDirLocked                   another host is using the data dir
     └── RunError (RuntimeError)             something failed while a run ran
         ├── StepFailed                      a step ended in failure (carries the step id)
@@ -61,6 +62,7 @@ __all__ = [
     "StepTimeout",
     "StoreCorrupt",
     "StoreError",
+    "StoreUnavailable",
     "TemplateError",
     "TemplateLimitError",
     "TemplateSecurityError",
@@ -200,6 +202,17 @@ class StoreError(PlaitError):
     def __init__(self, path: str, message: str) -> None:
         self.path = path
         super().__init__(f"run store {path}: {message}")
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot write now: the disk is full or read-only, or its write-ahead log was
+    deleted. New work is refused until it can write again; reads of what is kept go on."""
+
+    __module__ = "plait"
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(path, f"store unavailable: {reason}")
 
 
 class StoreCorrupt(StoreError):

@@ -13,6 +13,7 @@ for, with the reason.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -61,10 +62,15 @@ class _Workflow:
 class Catalog:
     """Workflows by name and version, kept in ``store``."""
 
-    def __init__(self, compile: Compile, store: RunStore) -> None:
+    def __init__(self, compile: Compile, store: RunStore, *, keep_steps: int = 100_000) -> None:
         self._compile = compile
         self._store = store
         self._workflows: dict[str, _Workflow] = {}
+        self.keep_steps = keep_steps
+        """Steps of compiled versions kept (a 5,000-step version holds tens of MB); the least
+        recently used versions past it are dropped and compile again when next asked for."""
+        self._kept: OrderedDict[tuple[str, int], CatalogEntry] = OrderedDict()
+        self._kept_steps = 0
 
     def restore(self, rows: list[dict[str, Any]]) -> None:
         """Load what :meth:`RunStore.catalog` read, before anything else is registered."""
@@ -87,6 +93,7 @@ class Catalog:
                     if existing.compiled is None:
                         compiled.version = existing.version
                         existing.compiled = compiled
+                    self._keep(existing, existing.compiled)
                     return existing.compiled
             compiled.version = max(entry.versions) + 1
         else:
@@ -102,6 +109,7 @@ class Catalog:
         )
         entry.versions[compiled.version] = version
         entry.current, entry.deleted = compiled.version, False
+        self._keep(version, compiled)
         self._store.put_workflow(
             version.name, version.version, version.digest, version.definition, version.created_at
         )
@@ -155,11 +163,28 @@ class Catalog:
         return None
 
     def _compiled(self, entry: CatalogEntry) -> CompiledWorkflow:
-        if entry.compiled is None:
+        compiled = entry.compiled
+        if compiled is None:
             compiled = self._compile(entry.definition)
             compiled.version = entry.version
             entry.compiled = compiled
-        return entry.compiled
+        self._keep(entry, compiled)
+        return compiled
+
+    def _keep(self, entry: CatalogEntry, compiled: CompiledWorkflow) -> None:
+        """Count ``entry`` as just used; drop the compiled form of the least recently used
+        versions while more than :attr:`keep_steps` steps are kept (never the one in use)."""
+        key = (entry.name, entry.version)
+        if key in self._kept:
+            self._kept.move_to_end(key)
+            return
+        self._kept[key] = entry
+        self._kept_steps += compiled.size
+        while self._kept_steps > self.keep_steps and len(self._kept) > 1:
+            _, oldest = self._kept.popitem(last=False)
+            if oldest.compiled is not None:
+                self._kept_steps -= oldest.compiled.size
+                oldest.compiled = None
 
     def _entry(self, name: str, version: int | None = None) -> _Workflow:
         entry = self._workflows.get(name)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from copy import deepcopy
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -32,10 +33,12 @@ from plait.errors import (
     DefinitionError,
     InputsInvalid,
     InvalidRunState,
+    LimitReached,
     RunCancelled,
     RunError,
     RunNotFound,
     StepFailed,
+    StoreUnavailable,
     TemplateError,
 )
 from plait.faults import is_plugin_failure
@@ -63,6 +66,11 @@ OBSERVER_SECONDS = 10.0
 CANCEL_SECONDS = 5.0
 """How long ``cancel`` waits for the run to wind down before answering with where it is."""
 LIVE = ("pending", "running", "paused", "waiting")
+SNAPSHOTS_KEPT = 16
+"""Compiled definitions of runs whose version the catalog no longer holds, kept by digest."""
+STORE_CHECK_SECONDS = 0.25
+"""How often a reply waiting for the store looks whether the store can write at all."""
+T = TypeVar("T")
 
 
 class Engine:
@@ -91,7 +99,7 @@ class Engine:
         """Where runs are kept (default: in memory, for the life of the process)."""
         self.tools = ToolRunner(self.registries.tools, self.cache, self.config.tools)
         self.agents = AgentPool(self.registries.agent_providers, self.config.agents)
-        self.catalog = Catalog(self.compile, self.store)
+        self.catalog = Catalog(self.compile, self.store, keep_steps=limits.compiled_cache_steps)
         self.runs: dict[str, Run] = {}
         """Runs not yet finished (a finished run is the store's to answer for)."""
         self.executions: dict[str, RunExecution] = {}
@@ -107,7 +115,9 @@ class Engine:
         self.sampler = sampler
         """Sends a run's ``sampling/createMessage`` to a connected client (the host's)."""
         self._run_limiters: dict[tuple[str, int], anyio.CapacityLimiter] = {}
-        self._snapshots: dict[str, CompiledWorkflow] = {}
+        self._tree_children: dict[str, int] = {}
+        """Child runs made so far by each top-level run's tree still running."""
+        self._snapshots: OrderedDict[str, CompiledWorkflow] = OrderedDict()
         """Definitions runs still execute that the catalog no longer holds, by digest."""
         self._tg: anyio.abc.TaskGroup | None = None
         self._observing = 0
@@ -190,7 +200,7 @@ class Engine:
 
     async def committed(self) -> None:
         """Return once every change made so far is kept (at once in memory)."""
-        await self.store.sync()
+        await self.until_kept(self.store.sync)
 
     def load(
         self,
@@ -229,6 +239,8 @@ class Engine:
             # off the event loop: a large definition compiles for seconds
             found = await anyio.to_thread.run_sync(self.compile, definition)
             self._snapshots[digest] = found
+            while len(self._snapshots) > SNAPSHOTS_KEPT:
+                self._snapshots.popitem(last=False)
             found.version = version
         return found
 
@@ -281,6 +293,7 @@ class Engine:
         if self._observed:
             self._observe_event(event)
         if event.type in TERMINAL_EVENTS:  # kept and told: from now on the store answers
+            self._tree_children.pop(event.run_id, None)
             run = self.runs.pop(event.run_id, None)
             if run is not None:
                 if run.idempotency_key is not None:
@@ -307,12 +320,22 @@ class Engine:
             existing = await self._by_key(idempotency_key)
             if existing is not None:
                 return existing
+        self._check_room()
         run = self.prepare(compiled, inputs, run_id=run_id, idempotency_key=idempotency_key)
         run.origin = origin
         rx = RunExecution(self, run, limiter=self.run_limiter(compiled))
         self.executions[run.id] = rx
         self._tg.start_soon(self.execute, rx, compiled, False, True)
-        return await run.committed()
+        return await self.until_kept(run.committed)
+
+    def _check_room(self) -> None:
+        """Refuse a new run while the host has ``max_live_runs`` in flight."""
+        limit = self.config.limits.max_live_runs
+        if len(self.executions) >= limit:
+            raise LimitReached(
+                f"the host has {len(self.executions)} runs in flight (max_live_runs = {limit}); "
+                "retry later"
+            )
 
     async def _by_key(self, key: str) -> Run | None:
         run_id = self.idempotency.get(key)
@@ -421,6 +444,19 @@ class Engine:
             row = await self.store.child_run(parent.run.id, parent_step)
             if row is not None:
                 return await self._continue_child(parent, row, step_path)
+        made = self._tree_children.get(parent.root, 0)
+        if made >= self.config.limits.max_child_runs:
+            raise StepFailed(
+                step_path,
+                f"the run tree of run {parent.root} already made {made} child runs "
+                f"(max_child_runs = {self.config.limits.max_child_runs}); a sub-workflow "
+                "fans out further than this host allows",
+            )
+        try:
+            self._check_room()
+        except LimitReached as exc:
+            raise StepFailed(step_path, str(exc)) from None
+        self._tree_children[parent.root] = made + 1
         compiled = self.catalog.get(name, version)
         try:
             child = self.prepare(compiled, inputs, parent_id=parent.run.id, parent_step=parent_step)
@@ -428,7 +464,9 @@ class Engine:
             raise StepFailed(step_path, str(exc)) from None
         child.origin = parent.run.origin
         parent.run.record("run.child", step_path, {"child": child.id, "workflow": name})
-        rx = RunExecution(self, child, parent.depth + 1, limiter=self.run_limiter(compiled))
+        rx = RunExecution(
+            self, child, parent.depth + 1, limiter=self.run_limiter(compiled), root=parent.root
+        )
         self.executions[child.id] = rx
         return await self._child_outcome(rx, compiled, step_path, resume=False)
 
@@ -458,7 +496,7 @@ class Engine:
                 step_path,
                 f"child run {row['id']} of workflow {row['workflow']!r} {row['status']}: {message}",
             )
-        rx, compiled = await self._restore(row, parent.depth + 1)
+        rx, compiled = await self._restore(row, parent.depth + 1, root=parent.root)
         return await self._child_outcome(rx, compiled, step_path, resume=True)
 
     # -- recovery ----------------------------------------------------------------------------
@@ -475,20 +513,24 @@ class Engine:
         """
         if self._tg is None:
             return []
-        resumed = []
+        restored = []
         for row in await self.store.unfinished_runs():
             if run_ids is not None and row["id"] not in run_ids:
                 continue
             rx, compiled = await self._restore(row, 0)
             if hold:
                 rx.pause()
-            resumed.append(rx.run)
+            restored.append((rx, compiled))
+        # Every run.recovered is kept before any step runs again: a step that kills the host
+        # at once must still have this crash counted against it (see max_crash_restarts).
+        await self.until_kept(self.store.sync)
+        for rx, compiled in restored:
             if compiled is not None:
                 self._tg.start_soon(self.execute, rx, compiled, True, True)
-        return resumed
+        return [rx.run for rx, _ in restored]
 
     async def _restore(
-        self, row: dict[str, Any], depth: int
+        self, row: dict[str, Any], depth: int, *, root: str | None = None
     ) -> tuple[RunExecution, CompiledWorkflow | None]:
         """Rebuild a stored run in memory from its events, ready to execute again."""
         events = await self.store.events(row["id"])
@@ -503,7 +545,15 @@ class Engine:
             problem = exc
         self._adopt(run)
         limiter = self.run_limiter(compiled) if compiled is not None else None
-        rx = RunExecution(self, run, depth, recovered=state.steps, limiter=limiter)
+        rx = RunExecution(
+            self,
+            run,
+            depth,
+            recovered=state.steps,
+            limiter=limiter,
+            root=root,
+            careful=self.store.after_crash,
+        )
         self.executions[run.id] = rx
         if row["status"] == "paused":
             rx.pause()
@@ -540,6 +590,32 @@ class Engine:
                 _load_state(run, [], replay(await self.store.events(run_id)))
         if run is None:
             raise RunNotFound(run_id)
+        return run
+
+    async def until_kept(self, wait: Callable[[], Awaitable[T]]) -> T:
+        """``await wait()``, a wait for the store to keep something, given up with
+        :class:`StoreUnavailable` once the store reports it cannot write: a reply is never
+        held until a full disk has room again. What was queued stays queued and is kept when
+        the store can write again."""
+        while True:
+            with anyio.move_on_after(STORE_CHECK_SECONDS):
+                return await wait()
+            reason = self.store.unavailable
+            if reason is not None:
+                raise StoreUnavailable(
+                    str(self.store.describe().get("path", ":memory:")),
+                    f"{reason} (what this request changed is queued, and kept once the store "
+                    "can write again)",
+                )
+
+    async def kept_run(self, run_id: str) -> Run:
+        """The run as the store has kept it (its row and committed events), even while it
+        runs: what may be shown when a live view cannot wait for the disk."""
+        run = await self.store.load_run(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        if not run.finished:
+            _load_state(run, [], replay(await self.store.events(run_id)))
         return run
 
     def wait(self, run_id: str) -> Awaitable[Run]:
@@ -644,7 +720,7 @@ class Engine:
         if run.done or run_id not in self.executions:
             raise InvalidRunState(run_id, run.status, "signal")
         run.signal(event, data)
-        await run.committed()
+        await self.until_kept(run.committed)
 
     # -- services for the execution layer ----------------------------------------------------
 

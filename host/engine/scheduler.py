@@ -120,7 +120,9 @@ class RunExecution:
         "cancel_scope",
         "depth",
         "engine",
+        "careful",
         "limiter",
+        "root",
         "paused",
         "recovered",
         "run",
@@ -137,10 +139,18 @@ class RunExecution:
         recovered: dict[str, StepRecord] | None = None,
         *,
         limiter: anyio.CapacityLimiter | None = None,
+        root: str | None = None,
+        careful: bool = False,
     ) -> None:
         self.engine = engine
         self.run = run
         self.depth = depth
+        self.root = root or run.id
+        """The top-level run of this run's tree (itself, for a top-level run)."""
+        self.careful = careful
+        """The run was resumed after a crash: each step attempt starts only once what came
+        before it (its own start included) is kept, so that a step that brings the host down
+        at once is still found in flight, and blamed, by the next start."""
         self.recovered = recovered
         """After a restart: what the events say of each step path, used up as steps reach it."""
         self.paused = False
@@ -625,6 +635,8 @@ class ScopeExecution:
                 self.rx.forget_under(path)
             resumed = False
             run.set_step(path, "running", data, attempts=attempt)
+            if self.rx.careful:
+                await store.sync()
             ctx = StepRuntime(self, step, path, attempt, "recovered" in data)
             # The attempt itself, within its deadline and the run's and host's limiters;
             # written out here rather than in a method of its own: a suspended step keeps a

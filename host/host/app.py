@@ -6,6 +6,7 @@ import gc
 import logging
 import os
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
@@ -21,7 +22,14 @@ from plait.definition.compiler import CompiledWorkflow
 from plait.definition.models import WorkflowDef
 from plait.engine.catalog import CatalogEntry
 from plait.engine.engine import Engine
-from plait.errors import AgentFailed, ConfigError, DefinitionError, Issue
+from plait.errors import (
+    AgentFailed,
+    ConfigError,
+    DefinitionError,
+    Issue,
+    StoreError,
+    StoreUnavailable,
+)
 from plait.host.compose import build_engine, tool_cache
 from plait.host.watchdog import LoopWatchdog
 from plait.plugins.manager import PluginManager
@@ -142,21 +150,28 @@ class Host:
         Raises:
             DataDirLocked: another host uses the data dir.
             StoreCorrupt: the store is damaged; it is left untouched.
+            StoreError: the data dir cannot be made or written (read-only, no permission).
         """
         async with AsyncExitStack() as stack:
-            if self.data_dir is not None:
-                ensure_private_dir(self.data_dir)
-            store: RunStore
-            if self.config.durable:
-                assert self.data_dir is not None
-                lock = DataDirLock(self.data_dir)
-                lock.acquire()
-                stack.callback(lock.release)
-                store = await stack.enter_async_context(
-                    SqliteStore(self.data_dir, self.config.store, pace=self.pace)
-                )
-            else:
-                store = MemoryStore(self.config.store.keep_finished)
+            store: RunStore = MemoryStore(self.config.store.keep_finished)
+            try:
+                if self.data_dir is not None:
+                    ensure_private_dir(self.data_dir)
+                if self.config.durable:
+                    assert self.data_dir is not None
+                    lock = DataDirLock(self.data_dir)
+                    lock.acquire()
+                    stack.callback(lock.release)
+                    store = await stack.enter_async_context(
+                        SqliteStore(self.data_dir, self.config.store, pace=self.pace)
+                    )
+            except (OSError, sqlite3.OperationalError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise StoreError(
+                    str(self.data_dir),
+                    f"the data dir cannot be written ({reason.lower()}); give a writable "
+                    '--data-dir, or data_dir = ":memory:" to keep nothing on disk',
+                ) from None
             cache = tool_cache(
                 self.config, None if self.data_dir is None else self.data_dir / "cache"
             )
@@ -167,9 +182,12 @@ class Host:
             )
             await stack.enter_async_context(self.engine)
             self.watchdog = LoopWatchdog(self.engine, self.config.limits.stall_seconds)
-            watching = await stack.enter_async_context(anyio.create_task_group())
+            # Entered and left by hand: the body's own exception must not reach this task
+            # group, which would wrap it in an exception group.
+            watching = anyio.create_task_group()
+            await watching.__aenter__()
+            stack.push_async_callback(_close_task_group, watching)
             watching.start_soon(self.watchdog.run)
-            stack.callback(watching.cancel_scope.cancel)
             stack.push_async_callback(self._stopping)
             if self.config.host.workflows:
                 self.load_folder(self.config.host.workflows)
@@ -261,6 +279,7 @@ class Host:
     async def put_workflow(self, source: WorkflowDef | Mapping[str, Any] | str) -> CompiledWorkflow:
         """Register a workflow from a client (text is a definition, never a path); returns
         once the new version is kept."""
+        self._writable()
         engine = self._engine()
         compiled = engine.catalog.add(await self._compile_off_loop(source))
         await engine.committed()
@@ -298,12 +317,14 @@ class Host:
 
     async def delete_workflow(self, name: str) -> None:
         """Unregister a workflow, once that is kept."""
+        self._writable()
         engine = self._engine()
         engine.catalog.remove(name)
         await engine.committed()
 
     async def rollback_workflow(self, name: str, version: int) -> CompiledWorkflow:
         """Make an earlier version current again, once that is kept."""
+        self._writable()
         engine = self._engine()
         compiled = engine.catalog.rollback(name, version)
         await engine.committed()
@@ -319,6 +340,7 @@ class Host:
         origin: Session | None = None,
     ) -> Run:
         """Start a run of a registered workflow; returns the run once its start is kept."""
+        self._writable()
         engine = self._engine()
         return await engine.start(
             engine.catalog.get(workflow, version),
@@ -330,6 +352,29 @@ class Host:
     async def get_run(self, run_id: str) -> Run:
         """The run with that id, live or from the store."""
         return await self._engine().load_run(run_id)
+
+    async def view_run(self, run_id: str) -> dict[str, Any]:
+        """``runs/get``'s view of a run: all of it kept. While the store cannot write, a live
+        run is shown as the store last kept it instead of waiting for the disk."""
+        engine = self._engine()
+        run = await engine.load_run(run_id)
+        if run.finished or engine.store.unavailable is None:
+            try:
+                return await engine.until_kept(run.view)
+            except StoreUnavailable:
+                pass  # the disk failed meanwhile: show what it kept
+        return (await engine.kept_run(run_id)).to_dict()
+
+    def store_problem(self) -> str | None:
+        """Why the store cannot write now, or ``None``."""
+        return self.engine.store.unavailable if self.engine is not None else None
+
+    def _writable(self) -> None:
+        """Refuse new work at once while the store cannot write (rather than wait for it)."""
+        engine = self._engine()
+        reason = engine.store.unavailable
+        if reason is not None:
+            raise StoreUnavailable(str(self.data_dir or ":memory:"), reason)
 
     async def list_runs(
         self,
@@ -364,6 +409,7 @@ class Host:
 
     async def cancel_run(self, run_id: str) -> Run:
         """Cancel a run; returns once it ended (or after a few seconds, as it then stands)."""
+        self._writable()
         return await self._engine().cancel(run_id)
 
     def cancel_soon(self, run_id: str) -> bool:
@@ -372,14 +418,17 @@ class Host:
 
     async def pause_run(self, run_id: str) -> Run:
         """Start no new steps of a run; running ones finish."""
+        self._writable()
         return await self._engine().pause(run_id)
 
     async def resume_run(self, run_id: str) -> Run:
         """Continue a paused run."""
+        self._writable()
         return await self._engine().resume(run_id)
 
     async def signal_run(self, run_id: str, event: str, data: Any = None) -> None:
         """Deliver a signal to a run's ``wait`` steps, once it is kept."""
+        self._writable()
         await self._engine().signal(run_id, event, data)
 
     def tools(self) -> list[Tool]:
@@ -491,10 +540,14 @@ class Host:
         *,
         token: str | None = None,
         ready: Callable[[str, str], None] | None = None,
+        close_seconds: float = 2.0,
         task_status: anyio.abc.TaskStatus[tuple[str, str]] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve JSON-RPC over WebSocket until cancelled; once listening, ``ready(url, token)``
-        is called and ``(url, token)`` handed to ``task_group.start``."""
+        is called and ``(url, token)`` handed to ``task_group.start``.
+
+        When cancelled, each client is sent a close (1001) and given ``close_seconds`` to
+        answer it; the connections of those that do not are cut."""
         settings = self.config.host
         if settings.bind not in LOOPBACK and not settings.allow_remote:
             raise ConfigError(
@@ -530,7 +583,21 @@ class Host:
             with anyio.CancelScope(shield=True):
                 if self.data_dir is not None:
                     remove_host_info(self.data_dir)
-                await transport.stop()
+                with anyio.move_on_after(close_seconds) as closing:
+                    await transport.stop()
+                if closing.cancelled_caught and transport.server is not None:
+                    # Clients that neither answer the close nor read (websockets would wait
+                    # 10 s for each): cut them, so that a stop never waits on a client.
+                    stuck = list(transport.server.all_connections)
+                    for connection in stuck:
+                        connection.transport.abort()
+                    log.warning(
+                        "cut %d connection(s) that did not close within %gs",
+                        len(stuck),
+                        close_seconds,
+                    )
+                    with anyio.move_on_after(close_seconds):
+                        await transport.server.wait_closed()
 
     async def serve_stdio(self, *, stdin: IO[bytes] | None = None) -> None:
         """Serve one MCP client on this process's stdin/stdout (or ``stdin``, read with
@@ -543,6 +610,11 @@ class Host:
             max_inflight=limits.max_inflight,
             stdin=stdin,
         )
+
+
+async def _close_task_group(tg: anyio.abc.TaskGroup) -> None:
+    tg.cancel_scope.cancel()
+    await tg.__aexit__(None, None, None)
 
 
 def _version() -> str:

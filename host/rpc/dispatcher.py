@@ -85,6 +85,8 @@ def to_rpc_error(exc: BaseException) -> RpcError:
         return NotFound(str(exc))
     if isinstance(exc, domain.LimitReached):
         return Busy(str(exc))
+    if isinstance(exc, domain.StoreUnavailable):
+        return Busy(str(exc), {"store": exc.reason})
     correlation = uuid.uuid4().hex[:16]
     log.error(
         "internal error [correlation %s]", correlation, exc_info=(type(exc), exc, exc.__traceback__)

@@ -84,6 +84,14 @@ class HostApi(Protocol):
         """A run, live or kept."""
         ...
 
+    async def view_run(self, run_id: str) -> dict[str, Any]:
+        """A run's JSON view, all of it kept (as last kept while the store cannot write)."""
+        ...
+
+    def store_problem(self) -> str | None:
+        """Why the store cannot write now, or ``None`` (``/health`` reports it)."""
+        ...
+
     async def list_runs(
         self,
         *,

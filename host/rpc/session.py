@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from plait.rpc.codec import encode
@@ -135,10 +136,18 @@ class Session:
         return False
 
     def deliver(self, message: dict[str, Any] | list[Any] | str) -> None:
-        """Queue a message without waiting; drop the client if its queue is full."""
+        """Queue a message without waiting; drop the client if its queue is full.
+
+        One message larger than the whole queue could ever hold is not a reason to drop a
+        client that reads: a reply becomes an error answer saying how to ask for less, an
+        event notification goes out without its data (``runs/events`` pages it).
+        """
         if self.closed:
             raise SessionClosed(self.id)
         text = message if isinstance(message, str) else encode(message)
+        if len(text) > self.max_queue_bytes:  # rare: read back what an encoded reply holds
+            parsed = orjson.loads(text) if isinstance(message, str) else message
+            text = encode(_shrunk(parsed, len(text), self.max_queue_bytes))
         if self._queued_bytes + len(text) > self.max_queue_bytes:
             self._overflow("bytes")
         try:
@@ -243,3 +252,42 @@ class Session:
     def sender(self) -> MemoryObjectSendStream[str]:
         """The queue's sending end (for transports that need to close it)."""
         return self._send
+
+
+TOO_LARGE = -32006
+"""The code of the error answer that stands in for a reply too large to send (busy: a limit)."""
+
+
+def _shrunk(
+    message: dict[str, Any] | list[Any], size: int, limit: int
+) -> dict[str, Any] | list[Any]:
+    """What goes out instead of a message of ``size`` bytes, over the ``limit`` of one message."""
+    if isinstance(message, list):
+        return [_shrunk(item, size, limit) if isinstance(item, dict) else item for item in message]
+    if "result" in message and "id" in message:
+        log.warning(
+            "a reply of %d bytes is over the %d-byte send limit; answered with an error",
+            size,
+            limit,
+        )
+        return {
+            "jsonrpc": "2.0",
+            "id": message["id"],
+            "error": {
+                "code": TOO_LARGE,
+                "message": f"the reply is {size} bytes, more than this connection takes at once "
+                f"({limit}, [limits] send_queue_bytes): ask for less (runs/get with "
+                "steps=false or a stepsLimit, runs/events with a smaller limit)",
+                "data": {"bytes": size, "limit": limit},
+            },
+        }
+    params = message.get("params")
+    if message.get("method") == "runs/event" and isinstance(params, dict):
+        return {
+            **message,
+            "params": {
+                **params,
+                "data": {"omitted": True, "bytes": size, "read": "runs/events"},
+            },
+        }
+    return message

@@ -116,6 +116,12 @@ class RunStore(Protocol):
         ...
 
     @property
+    def unavailable(self) -> str | None:
+        """Why the store cannot write now (a full or read-only disk, a lost log), or ``None``
+        while it can: new work is then refused at once instead of waiting for the disk."""
+        ...
+
+    @property
     def after_crash(self) -> bool:
         """Whether the previous host using this store stopped without closing it (a crash,
         a kill, a power cut): what a restart finds in flight may be what brought it down."""

@@ -37,6 +37,11 @@ class MemoryStore:
         return False
 
     @property
+    def unavailable(self) -> str | None:
+        """Never: memory does not fill up the way a disk does."""
+        return None
+
+    @property
     def after_crash(self) -> bool:
         """Never: a memory store starts empty."""
         return False

@@ -228,6 +228,9 @@ class SqliteStore:
         self.last_error: str | None = None
         """The last write error, while writes are being retried."""
         self._after_crash = False
+        self._broken: str | None = None
+        """Why the store may not write at all any more (its write-ahead log is gone)."""
+        self._wal_inode: int | None = None
         self.pace = pace
         """Awaited between chunks of published events: the host waits here for connections
         that are still reading to catch up (see ``Host.pace``)."""
@@ -269,8 +272,20 @@ class SqliteStore:
         tb: TracebackType | None,
     ) -> None:
         try:
-            with anyio.CancelScope(shield=True):
+            # What is queued gets a bounded time to be committed: a disk that keeps failing
+            # must not hold the host's stop forever (the writer says what it then loses).
+            close_seconds = 2.0
+            with anyio.move_on_after(close_seconds, shield=True) as closing:
                 await self.sync()
+            if closing.cancelled_caught and self.pending:
+                log.error(
+                    "store: closing: %d change(s) still not written to %s after %gs (%s); "
+                    "giving up",
+                    self.pending,
+                    self.path,
+                    close_seconds,
+                    self.last_error or "a commit is still under way",
+                )
         finally:
             assert self._tg is not None
             self._stop_threads()
@@ -297,6 +312,31 @@ class SqliteStore:
     def durable(self) -> bool:
         """Always: runs outlive the process."""
         return True
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why the store cannot write now (the last commit's error, or a lost log), or
+        ``None`` while it writes."""
+        return self._broken or self.last_error
+
+    def _log_lost(self) -> str | None:
+        """Whether the write-ahead log was deleted (or replaced) under the open database:
+        SQLite would go on writing to the unlinked file, and every commit would vanish at
+        the next start."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            inode = os.stat(wal).st_ino
+        except FileNotFoundError:
+            inode = None
+        if self._wal_inode is None:  # not seen yet: SQLite makes it at the first write
+            self._wal_inode = inode
+            return None
+        if inode == self._wal_inode:
+            return None
+        return (
+            f"its write-ahead log {wal.name} was deleted or replaced while the host ran; "
+            "stop the host: what was committed since is in the lost file"
+        )
 
     @property
     def after_crash(self) -> bool:
@@ -336,6 +376,7 @@ class SqliteStore:
             "pending": self.pending,
             "commits": self.commits,
             "lastError": self.last_error,
+            "unavailable": self.unavailable,
             "synchronous": self.settings.synchronous,
         }
 
@@ -508,6 +549,16 @@ class SqliteStore:
                 if not self._more.wait(THREAD_CHECK) and _interpreter_ending():
                     return
                 self._more.clear()
+            lost = self._log_lost()
+            if lost is not None:  # nothing written from here on would survive a restart
+                if self._broken is None:
+                    self._broken = lost
+                    log.error("store: %s; no more changes are written", lost)
+                self._more.wait(THREAD_CHECK)
+                self._more.clear()
+                if self._stopping:
+                    return
+                continue
             try:
                 try:
                     self._apply(taken.rows, False)
@@ -595,7 +646,13 @@ class SqliteStore:
                     conn.executemany(sql, batch)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite rolls a transaction back by itself after some failures (a full disk):
+            # a second ROLLBACK would then fail and hide the real error.
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as undo:
+                    log.error("store: rollback after a failed commit failed too: %s", undo)
             raise
 
     @staticmethod

@@ -35,9 +35,10 @@ class HostProcess:
         workflows: dict[str, str] | None = None,
         config: str = "",
         env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self.tmp = tmp
-        self.data_dir = tmp / "data"
+        self.data_dir = data_dir or tmp / "data"
         self.starts = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -138,6 +139,23 @@ class HostProcess:
             await ws.send(json.dumps(message))
             with anyio.fail_after(timeout):
                 return json.loads(await ws.recv())
+
+    async def health(self) -> tuple[int, dict[str, Any]]:
+        """``GET /health``: the HTTP status and the JSON body."""
+        port = int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+        async with stream:
+            request = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+            await stream.send(request.encode() + b"\r\n")
+            data = b""
+            with anyio.fail_after(10):
+                try:
+                    while True:
+                        data += await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    pass
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body)
 
     async def wait_run(self, run_id: str, *, timeout: float = 30) -> dict[str, Any]:
         """The run once terminal (``runs/wait``)."""

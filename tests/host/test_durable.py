@@ -366,7 +366,8 @@ async def test_paused_run_stays_paused_across_restart(tmp_path, pm, probe):
     assert count(probe, "a") == 1 and count(probe, "b") == 1
     assert_gapless(events)
     recovered = of_type(events, "run.recovered")
-    assert [e.data for e in recovered] == [{"status": "paused", "interrupted": []}]
+    # a clean stop: the restart is not one after a crash
+    assert [e.data for e in recovered] == [{"status": "paused", "interrupted": [], "crash": False}]
 
 
 async def test_waiting_run_keeps_waiting_across_restart(tmp_path, pm, probe):
@@ -482,7 +483,7 @@ async def test_paused_run_in_flight_step_carries_on_after_restart(tmp_path, pm, 
         {"attempt": 1, "recovered": True},
     ]
     assert [e.data for e in of_type(events, "run.recovered")] == [
-        {"status": "paused", "interrupted": ["a"]}
+        {"status": "paused", "interrupted": ["a"], "crash": False}
     ]
     assert not of_type(events, "step.started", "b"), "a cancelled run recorded a start of b"
     assert run.steps["b"].status == "cancelled"  # the rest, never started, are cancelled
@@ -621,7 +622,7 @@ async def test_committed_steps_are_not_rerun(tmp_path, pm, probe):
     assert len(of_type(events, "step.started", "s1")) == 1
     assert len(of_type(events, "step.succeeded", "s1")) == 1
     assert [e.data for e in of_type(events, "run.recovered")] == [
-        {"status": "running", "interrupted": ["s2"]}
+        {"status": "running", "interrupted": ["s2"], "crash": False}
     ]
     assert_gapless(events)
 
@@ -655,7 +656,7 @@ async def test_finished_loop_iterations_are_not_rerun(tmp_path, pm, probe):
     assert run.steps["l[2].x"].attempts == 1
     assert len(of_type(events, "step.started", "l[0].x")) == 1
     assert [e.data for e in of_type(events, "run.recovered")] == [
-        {"status": "running", "interrupted": ["l", "l[2].x"]}
+        {"status": "running", "interrupted": ["l", "l[2].x"], "crash": False}
     ]
     assert_gapless(events)
 
@@ -836,7 +837,7 @@ async def test_non_rerunnable_step_between_attempts_is_not_interrupted(tmp_path,
     assert run.steps["j"].output == Job.calls[1][1]
     assert of_type(events, "step.interrupted") == []
     assert [e.data for e in of_type(events, "run.recovered")] == [
-        {"status": "running", "interrupted": ["j"]}
+        {"status": "running", "interrupted": ["j"], "crash": False}
     ]
 
 
@@ -911,7 +912,7 @@ async def test_sub_workflow_continues_the_same_child_after_restart(tmp_path, pm,
     assert_gapless(events)
     assert_gapless(child_events)
     assert [e.data for e in of_type(child_events, "run.recovered")] == [
-        {"status": "running", "interrupted": ["d"]}
+        {"status": "running", "interrupted": ["d"], "crash": False}
     ]
 
 

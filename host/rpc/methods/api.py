@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from plait.rpc.codec import encode
 from plait.rpc.dispatcher import Dispatcher
 from plait.rpc.errors import Busy, InvalidParams
 from plait.rpc.session import Session
@@ -67,7 +68,16 @@ class RunParams(_Params):
     run_id: str = Field(alias="runId")
 
 
-class WaitParams(RunParams):
+class GetRunParams(RunParams):
+    steps: bool = True
+    """Whether the reply holds the step states at all."""
+    steps_limit: int | None = Field(None, ge=1, le=100_000, alias="stepsLimit")
+    """At most this many step states (a run with a long loop has one per iteration)."""
+    steps_after: str | None = Field(None, alias="stepsAfter")
+    """Continue after this step path (the ``nextStepsAfter`` of the previous page)."""
+
+
+class WaitParams(GetRunParams):
     timeout: float | None = Field(None, gt=0, le=3600)
 
 
@@ -107,6 +117,24 @@ def _parse_cursor(cursor: str) -> tuple[float, str]:
         return parse_cursor(cursor)
     except ValueError:
         raise InvalidParams("cursor is not one this host returned") from None
+
+
+def _page_steps(view: dict[str, Any], p: GetRunParams) -> dict[str, Any]:
+    """The steps of a run's view as the params ask: none, or a page of them in order."""
+    steps = view.pop("steps", None) or {}
+    if not p.steps:
+        return view
+    paths = list(steps)
+    start = 0
+    if p.steps_after is not None:
+        if p.steps_after not in steps:
+            raise InvalidParams(f"stepsAfter: the run has no step {p.steps_after!r}")
+        start = paths.index(p.steps_after) + 1
+    end = len(paths) if p.steps_limit is None else start + p.steps_limit
+    view["steps"] = {path: steps[path] for path in paths[start:end]}
+    if end < len(paths):
+        view["nextStepsAfter"] = paths[end - 1]
+    return view
 
 
 def _event_notification(subscription: str, event: Event) -> dict[str, Any]:
@@ -174,10 +202,9 @@ def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
         )
         return {"runId": run.id, "status": run.status}
 
-    @method("runs/get", RunParams)
-    async def get_run(session: Session, p: RunParams) -> dict[str, Any]:
-        run = await host.get_run(p.run_id)
-        return {"run": await run.view()}
+    @method("runs/get", GetRunParams)
+    async def get_run(session: Session, p: GetRunParams) -> dict[str, Any]:
+        return {"run": _page_steps(await host.view_run(p.run_id), p)}
 
     @method("runs/list", ListParams)
     async def list_runs(session: Session, p: ListParams) -> dict[str, Any]:
@@ -196,19 +223,22 @@ def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
         run = await host.get_run(p.run_id)
         with anyio.move_on_after(p.timeout):
             await run.wait()
-        return {"run": await run.view()}
+        return {"run": _page_steps(await host.view_run(p.run_id), p)}
 
     @method("runs/cancel", RunParams)
     async def cancel(session: Session, p: RunParams) -> dict[str, Any]:
-        return {"run": await (await host.cancel_run(p.run_id)).view()}
+        run = await host.cancel_run(p.run_id)
+        return {"run": await host.view_run(run.id)}
 
     @method("runs/pause", RunParams)
     async def pause(session: Session, p: RunParams) -> dict[str, Any]:
-        return {"run": await (await host.pause_run(p.run_id)).view()}
+        run = await host.pause_run(p.run_id)
+        return {"run": await host.view_run(run.id)}
 
     @method("runs/resume", RunParams)
     async def resume(session: Session, p: RunParams) -> dict[str, Any]:
-        return {"run": await (await host.resume_run(p.run_id)).view()}
+        run = await host.resume_run(p.run_id)
+        return {"run": await host.view_run(run.id)}
 
     @method("runs/signal", SignalParams)
     async def signal(session: Session, p: SignalParams) -> dict[str, Any]:
@@ -218,7 +248,16 @@ def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
     @method("runs/events", EventsParams)
     async def events(session: Session, p: EventsParams) -> dict[str, Any]:
         chosen = await host.events(p.run_id, p.since, p.limit)
-        return {"events": [e.to_dict() for e in chosen]}
+        # Stop short of what the connection can take at once; ``since`` pages on from there.
+        budget = session.max_queue_bytes // 2
+        out: list[dict[str, Any]] = []
+        for event in chosen:
+            item = event.to_dict()
+            budget -= len(encode(item))
+            if out and budget < 0:
+                break
+            out.append(item)
+        return {"events": out}
 
     @method("runs/subscribe", SubscribeParams)
     async def subscribe(session: Session, p: SubscribeParams) -> dict[str, Any]:

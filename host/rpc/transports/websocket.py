@@ -133,14 +133,17 @@ class WebSocketTransport:
         if host_header not in self._allowed_hosts():
             return _refuse(connection, HTTPStatus.FORBIDDEN, "Host header not allowed")
         if url.path == HEALTH_PATH:
+            # A store that cannot write makes the host unhealthy: it answers, but refuses work.
+            problem = self.host.store_problem()
             return connection.respond(
-                HTTPStatus.OK,
+                HTTPStatus.OK if problem is None else HTTPStatus.SERVICE_UNAVAILABLE,
                 json.dumps(
                     {
-                        "status": "ok",
+                        "status": "ok" if problem is None else "unavailable",
                         "name": "plait",
                         "version": self.host.version,
                         "connections": self.open,
+                        "store": problem or "ok",
                         "limits": self.limits.model_dump(),
                     }
                 )
