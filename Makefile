@@ -35,7 +35,7 @@ lint: links
 	$(BIN)/mypy -p plait
 
 test: lint
-	$(BIN)/pytest -q -n 2
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 bench: links
 	$(BIN)/python bench/run.py

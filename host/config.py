@@ -97,7 +97,9 @@ class Limits(_Section):
     (failed, not run again). One crash is not enough to blame a step: a kill -9 under load
     finds many steps in flight, and they run again."""
     template_output_bytes: int = Field(1 << 20, ge=1024)
-    template_seconds: float = Field(2.0, gt=0)
+    template_seconds: float = Field(0.25, gt=0)
+    """Wall time of one render. A render runs on the event loop, so this is also how long a
+    heavy template can keep other connections waiting."""
 
 
 class CacheSettings(_Section):

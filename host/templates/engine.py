@@ -177,6 +177,17 @@ def _path_leaf(
 ) -> _Render:
     """A lone plain path: a dict walk returning the context's own value; Jinja as fallback."""
     root, keys = path
+    if not keys:  # a whole root (``${steps}``): a copy, never the run's own live mapping
+
+        def whole(context: Mapping[str, Any]) -> Any:
+            try:
+                return to_json(context[root])
+            except KeyError:
+                raise TemplateError(f"undefined: {root!r} is undefined") from None
+            except Exception as exc:
+                raise _translate(exc, source, where) from None
+
+        return whole
 
     def render(context: Mapping[str, Any]) -> Any:
         try:

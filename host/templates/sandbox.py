@@ -84,7 +84,7 @@ class TemplateLimits:
     max_source: int = 64 * 1024  # bytes of template source
     max_output: int = 1024 * 1024  # characters of output / of any value an operation builds
     max_iterations: int = 100_000  # loop iterations per render, all loops together
-    max_seconds: float = 2.0  # wall time of one render
+    max_seconds: float = 0.25  # wall time of one render: it holds the event loop that long
     max_range: int = 100_000  # items in one range()
 
 
@@ -331,7 +331,9 @@ class PlaitSandbox(ImmutableSandboxedEnvironment):
         else:
             return result
         if budget is not None:
-            budget.charge(len(result))
+            budget.charge(
+                len(result) if isinstance(result, str) else weight(result, self.limits.max_output)
+            )
         return result
 
     def _check_widths(self, widths: Iterable[str]) -> None:
@@ -542,7 +544,19 @@ class PlaitSandbox(ImmutableSandboxedEnvironment):
             if isinstance(right, str | list | tuple):
                 self._check_size("'+' result", weight(left, cap) + weight(right, cap))
         result = self.binop_table[operator](left, right)
-        return self._check_result(f"'{operator}' result", result) if operator == "%" else result
+        # What an operator builds counts against the render's budget, as output does: values
+        # kept alive together (``{% set %}`` after ``{% set %}``) cannot grow past it.
+        return self._check_result(f"'{operator}' result", result)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        """Indexing and slicing, with the deadline checked and a slice's result charged: a
+        loop of slices is otherwise work the budget never sees."""
+        if (budget := BUDGET.get()) is not None:
+            budget.tick()
+        result = super().getitem(obj, argument)
+        if isinstance(argument, slice) and isinstance(result, str | list | tuple):
+            return self._check_result("slice", result)
+        return result
 
     def get_template(self, *args: Any, **kwargs: Any) -> NoReturn:
         """Templates never load other templates: no filesystem, no names from input."""

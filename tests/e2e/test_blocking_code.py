@@ -15,7 +15,9 @@ import pytest
 
 from .host_process import HostProcess
 
-pytestmark = pytest.mark.anyio
+# Timing-sensitive (pings under 500 ms) or CPU-heavy: one xdist worker runs these one after
+# another, so they never load the machine against each other (make test: --dist loadgroup).
+pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("timing")]
 
 PLUGIN = """\
 import time

@@ -11,7 +11,9 @@ import pytest
 import plait
 from plait.definition.graph import render_graph
 
-pytestmark = pytest.mark.anyio
+# Timing-sensitive (pings under 500 ms) or CPU-heavy: one xdist worker runs these one after
+# another, so they never load the machine against each other (make test: --dist loadgroup).
+pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("timing")]
 
 
 async def test_a_source_naming_a_file_is_text_not_a_path_to_read(served, client, tmp_path):

@@ -30,7 +30,9 @@ from .conftest import (
     ws_frame,
 )
 
-pytestmark = pytest.mark.anyio
+# Timing-sensitive (pings under 500 ms) or CPU-heavy: one xdist worker runs these one after
+# another, so they never load the machine against each other (make test: --dist loadgroup).
+pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("timing")]
 
 
 async def handshake_status(served, **kwargs) -> int:

@@ -45,6 +45,8 @@ FEW = settings(
     max_examples=60,
     deadline=None,
     database=None,
+    # the same examples on every run: CI is not where a new counterexample should surface
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 SOME = settings(FEW, max_examples=100)
