@@ -116,6 +116,8 @@ class Engine:
         """Sends a run's ``sampling/createMessage`` to a connected client (the host's)."""
         self._run_limiters: dict[tuple[str, int], anyio.CapacityLimiter] = {}
         self._tree_children: dict[str, int] = {}
+        self._store_waits: set[anyio.CancelScope] = set()
+        """Replies waiting for the store to keep something (see :meth:`until_kept`)."""
         """Child runs made so far by each top-level run's tree still running."""
         self._snapshots: OrderedDict[str, CompiledWorkflow] = OrderedDict()
         """Definitions runs still execute that the catalog no longer holds, by digest."""
@@ -137,6 +139,8 @@ class Engine:
         self.catalog.restore(await self.store.catalog())
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        if self.store.durable:  # a memory store never fails to write
+            self._tg.start_soon(self._watch_store)
         try:
             self.mcp = await mcp.__aenter__()
         except BaseException:
@@ -598,8 +602,6 @@ class Engine:
         held until a full disk has room again. What was queued stays queued and is kept when
         the store can write again."""
         while True:
-            with anyio.move_on_after(STORE_CHECK_SECONDS):
-                return await wait()
             reason = self.store.unavailable
             if reason is not None:
                 raise StoreUnavailable(
@@ -607,6 +609,20 @@ class Engine:
                     f"{reason} (what this request changed is queued, and kept once the store "
                     "can write again)",
                 )
+            with anyio.CancelScope() as scope:  # cancelled by _watch_store on trouble
+                self._store_waits.add(scope)
+                try:
+                    return await wait()
+                finally:
+                    self._store_waits.discard(scope)
+
+    async def _watch_store(self) -> None:
+        """Wake the replies waiting for a commit whenever the store cannot write."""
+        while True:
+            await self.store.troubled()
+            for scope in list(self._store_waits):
+                scope.cancel()
+            await anyio.sleep(STORE_CHECK_SECONDS)  # still in trouble: newcomers at this pace
 
     async def kept_run(self, run_id: str) -> Run:
         """The run as the store has kept it (its row and committed events), even while it

@@ -121,6 +121,11 @@ class RunStore(Protocol):
         while it can: new work is then refused at once instead of waiting for the disk."""
         ...
 
+    async def troubled(self) -> None:
+        """Return once the store cannot write (at once while it cannot): replies waiting for
+        a commit are then told instead of held."""
+        ...
+
     @property
     def after_crash(self) -> bool:
         """Whether the previous host using this store stopped without closing it (a crash,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+import anyio
+
 from plait.state.run_store import RunPage, page_cursor, row_of
 from plait.state.runs import Event, Run
 
@@ -40,6 +42,10 @@ class MemoryStore:
     def unavailable(self) -> str | None:
         """Never: memory does not fill up the way a disk does."""
         return None
+
+    async def troubled(self) -> None:
+        """Never returns: memory does not fail the way a disk does."""
+        await anyio.sleep_forever()
 
     @property
     def after_crash(self) -> bool:

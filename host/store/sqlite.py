@@ -228,6 +228,8 @@ class SqliteStore:
         self.last_error: str | None = None
         """The last write error, while writes are being retried."""
         self._after_crash = False
+        self._trouble = anyio.Event()
+        """Set while the store cannot write (see :meth:`troubled`)."""
         self._broken: str | None = None
         """Why the store may not write at all any more (its write-ahead log is gone)."""
         self._wal_inode: int | None = None
@@ -337,6 +339,10 @@ class SqliteStore:
             f"its write-ahead log {wal.name} was deleted or replaced while the host ran; "
             "stop the host: what was committed since is in the lost file"
         )
+
+    async def troubled(self) -> None:
+        """Return once the store cannot write (at once while it cannot)."""
+        await self._trouble.wait()
 
     @property
     def after_crash(self) -> bool:
@@ -554,6 +560,7 @@ class SqliteStore:
                 if self._broken is None:
                     self._broken = lost
                     log.error("store: %s; no more changes are written", lost)
+                    self._commit_done.set()
                 self._more.wait(THREAD_CHECK)
                 self._more.clear()
                 if self._stopping:
@@ -577,6 +584,7 @@ class SqliteStore:
                     )
                     return
                 log.warning("store: commit failed (%s); retrying in %.2fs", exc, delay)
+                self._commit_done.set()  # the teller tells those waiting for a commit
                 self._more.wait(delay)  # set early when the store closes
                 self._more.clear()
                 delay = min(delay * 2, 5.0)
@@ -612,6 +620,10 @@ class SqliteStore:
         while True:
             await self._kicked.wait()
             self._kicked = anyio.Event()
+            if self.unavailable is not None:
+                self._trouble.set()
+            elif self._trouble.is_set():
+                self._trouble = anyio.Event()
             while batches:
                 told, target = batches.popleft()
                 for run, event in told:

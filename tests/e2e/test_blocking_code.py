@@ -7,6 +7,7 @@ Everything runs in a real ``plait serve`` with the test's plugin loaded by ``[pl
 from __future__ import annotations
 
 import signal
+import statistics
 import time
 from pathlib import Path
 
@@ -119,8 +120,10 @@ async def test_a_step_blocking_the_loop_is_named_with_its_plugin(host):
 async def test_the_same_work_in_a_worker_thread_leaves_other_connections_served(host):
     run, times = await _pings_during(host, "threaded")
     assert run["status"] == "succeeded"
-    assert len(times) >= 5 and max(times) < 0.5, times
-    assert (await host.call("host/info"))["loop"]["stalls"] == 0
+    # Pings go on while the thread works (inline, the same work holds them all for 1.5 s);
+    # bounds with room for a machine loaded by other tests running alongside.
+    assert len(times) >= 5 and statistics.median(times) < 0.1 and max(times) < 1.0, times
+    assert (await host.call("host/info"))["loop"]["stalls"] <= 1
 
 
 async def test_a_hung_blocking_tool_is_timed_out_and_does_not_hold_the_stop(host):
