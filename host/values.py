@@ -24,7 +24,6 @@ import orjson
 __all__ = [
     "MAX_INT_DIGITS",
     "MAX_NESTING",
-    "PLUGIN_ERRORS",
     "dumps",
     "json_location",
     "json_problem",
@@ -67,10 +66,6 @@ def dumps(value: Any) -> str:
     # A surrogate can only appear inside a string literal, so escaping it there is exact.
     return _SURROGATE.sub(_escape_surrogate, text) if _SURROGATE.search(text) else text
 
-
-PLUGIN_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
-"""What plugin code may raise that fails only its own step or call. Cancellation is not in it:
-it always propagates."""
 
 _FAST_INT = 1 << 63
 """Integers below this in magnitude need no digit count."""

@@ -24,7 +24,7 @@ import anyio
 import anyio.abc
 
 from plait.config import HostConfig
-from plait.definition.compiler import CompiledWorkflow, compile_workflow, definition_digest
+from plait.definition.compiler import CompiledWorkflow, compile_workflow
 from plait.definition.loader import load
 from plait.definition.models import WorkflowDef
 from plait.engine.catalog import Catalog
@@ -218,10 +218,6 @@ class Engine:
     def _load_hook(self, text: str, path: str | None) -> Mapping[str, Any] | None:
         results = self.pm.call_isolated("load_workflow", firstresult=True, source=text, path=path)
         return next((r for r in results if r is not None), None)
-
-    def digest(self, wf: WorkflowDef) -> str:
-        """The content hash used to decide whether a definition changed."""
-        return definition_digest(wf)
 
     async def snapshot(self, digest: str | None, name: str, version: int) -> CompiledWorkflow:
         """The compiled definition a stored run executes: its own snapshot, by digest.
