@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
 import queue
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -22,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 import anyio
 import anyio.abc
 
+from plait.cli.failures import CommandFailed, explain, rpc_error_line
 from plait.cli.progress import ProgressView
 from plait.cli.runs import add_runs_parser
 from plait.cli.settings import config_from_args
@@ -29,38 +32,56 @@ from plait.config import HostConfig, load_config
 from plait.definition.graph import render_graph
 from plait.definition.schema import workflow_schema
 from plait.engine.engine import Engine
-from plait.errors import ConfigError, DefinitionError, InputsInvalid, PlaitError
+from plait.errors import ConfigError, DefinitionError, InputsInvalid
 from plait.host.compose import build_engine, tool_cache
-from plait.store.datadir import ensure_private_dir, remove_host_info
+from plait.store.datadir import TOKEN_FILE, ensure_private_dir, remove_host_info
 
 if TYPE_CHECKING:
     from plait.host.app import Host
 
 __all__ = ["main"]
 
+log = logging.getLogger("plait.cli")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``plait`` console script."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args) or 0)
     except (DefinitionError, InputsInvalid, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)  # a definition error lists every problem
         return 2
-    except PlaitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, never a traceback
+        log.debug("plait %s failed", args.command, exc_info=True)
+        print(f"error: {explain(exc, args)}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:  # a KeyboardInterrupt out of a task group
+        if group.subgroup(KeyboardInterrupt) is not None:
+            print("interrupted", file=sys.stderr)
+            return 130
+        raise
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plait",
         description="plait: workflows of agents and tools, run durably and watched live.",
+        epilog="Errors are one line on stderr with a non-zero exit code: 2 for bad usage or "
+        "input, 1 otherwise (130 when interrupted).",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="log at DEBUG level, and the Python traceback of an error (`plait --debug CMD ...`)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -142,10 +163,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def _engine(config: HostConfig, *, cache: bool = False) -> Engine:
     folder = None
-    if cache and config.cache.enabled and not config.memory_only:
-        folder = ensure_private_dir(Path(config.host.data_dir)) / "cache"
-    tool_cache_ = tool_cache(config, folder)
-    tool_cache_.open()
+    try:
+        if cache and config.cache.enabled and not config.memory_only:
+            folder = ensure_private_dir(Path(config.host.data_dir)) / "cache"
+        tool_cache_ = tool_cache(config, folder)
+        tool_cache_.open()
+    except (OSError, sqlite3.Error) as exc:  # a read-only or unwritable data dir
+        why = getattr(exc, "strerror", None) or exc
+        raise CommandFailed(
+            f"cannot keep the tool cache in {config.host.data_dir}: {why}; make it writable, "
+            "set another data_dir in the config (or PLAIT_HOST_DATA_DIR), or pass --no-cache"
+        ) from exc
     return build_engine(config, config.plugin_manager(), cache=tool_cache_)
 
 
@@ -346,7 +374,11 @@ async def _serve(host: Host, args: argparse.Namespace, tune_gc: Callable[[], Non
             lines.close()
         return
 
+    listening = False
+
     def ready(url: str, token: str) -> None:
+        nonlocal listening
+        listening = True
         where = host.data_dir / "token" if host.data_dir else "not saved (:memory:)"
         print(
             f"plait {host.version} listening on {url}\ntoken: {token}\n(token file: {where})",
@@ -354,7 +386,31 @@ async def _serve(host: Host, args: argparse.Namespace, tune_gc: Callable[[], Non
             flush=True,
         )
 
-    await host.serve_websocket(ready=ready)
+    try:
+        await host.serve_websocket(ready=ready)
+    except OSError as exc:
+        if listening:
+            raise
+        # Not listening: the token issued for this launch is of no use, leave none behind.
+        if host.data_dir is not None:
+            with contextlib.suppress(OSError):
+                (host.data_dir / TOKEN_FILE).unlink(missing_ok=True)
+        raise CommandFailed(_listen_failure(host, exc)) from exc
+
+
+def _listen_failure(host: Host, exc: OSError) -> str:
+    settings = host.config.host
+    where = f"{settings.bind}:{settings.port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: the port is already in use; stop what uses it, "
+            "or choose another with --port (0 picks a free one)"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot listen on {where}: not permitted; choose a port above 1023 with --port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {where}: no such address on this machine; check --host"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
 class _Stop:
@@ -498,13 +554,12 @@ def cmd_call(args: argparse.Namespace) -> int:
         params = json.loads(args.params) if args.params else {}
     except ValueError as exc:
         raise ConfigError(f"params are not JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"params must be a JSON object, got {type(params).__name__}")
     try:
         result = anyio.run(lambda: call(url, token, args.method, params, timeout=args.timeout))
-    except OSError as exc:
-        print(f"error: cannot reach {url}: {exc}", file=sys.stderr)
-        return 1
-    except RpcError as exc:
-        print(json.dumps(exc.to_error_data(), indent=2), file=sys.stderr)
+    except RpcError as exc:  # the host's answer: one line (an unreachable host: see main)
+        print(f"error: {rpc_error_line(exc)}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
     return 0
@@ -515,9 +570,5 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     from plait.rpc.bridge import bridge
 
     url, token = _client_target(args)
-    try:
-        anyio.run(lambda: bridge(url, token))
-    except OSError as exc:
-        print(f"error: cannot reach {url}: {exc}", file=sys.stderr)
-        return 1
+    anyio.run(lambda: bridge(url, token))  # an unreachable host or a refused token: see main
     return 0

@@ -21,11 +21,12 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
+from plait.cli.failures import CommandFailed, one_line
 from plait.cli.settings import config_from_args
 from plait.config import HostConfig
 from plait.errors import InvalidRunState, PlaitError
 from plait.state.run_store import parse_cursor
-from plait.store.datadir import DataDirLock
+from plait.store.datadir import DataDirLock, read_host_info
 
 __all__ = ["add_runs_parser"]
 
@@ -73,15 +74,19 @@ def cmd_runs(args: argparse.Namespace) -> int:
     data_dir = Path(config.host.data_dir)
     try:
         if args.url or (not config.memory_only and DataDirLock.held(data_dir)):
+            if not args.url and read_host_info(data_dir) is None:
+                raise CommandFailed(
+                    f"the data dir {data_dir} is in use by a plait host that serves no "
+                    "WebSocket (`plait serve --stdio`?): ask it through its client, stop it, "
+                    "or pass --url"
+                )
             result = anyio.run(_remote, args, config)
         else:
             result = anyio.run(_local, args, config)
     except RpcError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"error: {one_line(exc.message)}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        print(f"error: cannot reach the host: {exc}", file=sys.stderr)
-        return 1
+    # An unreachable host, a refused token, an unwritable data dir: one line from plait.cli.main.
     return _print(args, result)
 
 

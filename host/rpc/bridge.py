@@ -10,8 +10,9 @@ import sys
 from typing import IO
 
 import anyio
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+
+from plait.rpc.client import open_connection
 
 __all__ = ["bridge"]
 
@@ -24,15 +25,14 @@ async def bridge(
     stdout: IO[bytes] | None = None,
     max_message_bytes: int = 1 << 20,
 ) -> None:
-    """Pump messages both ways until either side closes."""
+    """Pump messages both ways until either side closes.
+
+    Raises:
+        plait.rpc.client.HostUnreachable: the host cannot be reached or refused the token.
+    """
     reader = anyio.wrap_file(stdin or sys.stdin.buffer)
     writer = anyio.wrap_file(stdout or sys.stdout.buffer)
-    async with connect(
-        url,
-        additional_headers={"Authorization": f"Bearer {token}"},
-        max_size=max_message_bytes,
-        open_timeout=10,
-    ) as ws:
+    async with open_connection(url, token, max_size=max_message_bytes) as ws:
 
         async def upstream() -> None:
             while True:
@@ -40,7 +40,10 @@ async def bridge(
                 if not line:
                     break
                 if line.strip():
-                    await ws.send(line.decode("utf-8", errors="replace").rstrip("\r\n"))
+                    try:
+                        await ws.send(line.decode("utf-8", errors="replace").rstrip("\r\n"))
+                    except ConnectionClosed:
+                        return  # the host went away: downstream ends too
             await ws.close()
 
         async def downstream() -> None:
