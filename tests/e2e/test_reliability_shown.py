@@ -27,7 +27,7 @@ import anyio
 import pytest
 from websockets.asyncio.client import connect
 
-from .serve_helpers import Serve
+from .host_process import HostProcess as Serve
 
 # Timing-sensitive (pings under 500 ms) or CPU-heavy: one xdist worker runs these one after
 # another, so they never load the machine against each other (make test: --dist loadgroup).

@@ -30,7 +30,7 @@ from websockets.asyncio.client import connect
 from plait.store.datadir import DataDirLock
 
 from .conftest import raw_websocket
-from .serve_helpers import Serve
+from .host_process import HostProcess as Serve
 
 pytestmark = pytest.mark.anyio
 
