@@ -569,6 +569,6 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     """Bridge stdin/stdout (an IDE's MCP client) to a running host."""
     from plait.rpc.bridge import bridge
 
-    url, token = _client_target(args)
-    anyio.run(lambda: bridge(url, token))  # an unreachable host or a refused token: see main
+    # Where the host is, read again before each connection: a restarted host has a new token.
+    anyio.run(lambda: bridge(lambda: _client_target(args)))  # unreachable at first: see main
     return 0
