@@ -32,7 +32,7 @@ from plait.config import HostConfig, load_config
 from plait.definition.graph import render_graph
 from plait.definition.schema import workflow_schema
 from plait.engine.engine import Engine
-from plait.errors import ConfigError, DefinitionError, InputsInvalid
+from plait.errors import ConfigError, DefinitionError, InputsInvalid, PlaitError
 from plait.host.compose import build_engine, tool_cache
 from plait.store.datadir import TOKEN_FILE, ensure_private_dir, remove_host_info
 
@@ -348,6 +348,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         await _serve(host, args, tune_gc)
             except Exception as exc:  # noqa: BLE001 - raised below as itself, not in a group
                 failed.append(exc)
+                if args.stdio and stop.host is None and isinstance(exc, PlaitError):
+                    # An IDE shows an error answer; a closed pipe it shows as a crash.
+                    with serving:
+                        await _refuse_stdio(f"plait could not start: {exc}")
             finally:
                 signals.cancel_scope.cancel()
         if failed:
@@ -360,6 +364,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         stop.after()
     return 0
+
+
+async def _refuse_stdio(reason: str) -> None:
+    """Answer every request of the stdio client with ``reason`` until its stdin closes."""
+    lines = _StdinLines(sys.stdin.fileno())
+    try:
+        while line := await anyio.to_thread.run_sync(lines.readline, abandon_on_cancel=True):
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(message, dict) and "id" in message and "method" in message:
+                answer = {
+                    "jsonrpc": "2.0",
+                    "id": message["id"],
+                    "error": {"code": -32603, "message": reason},
+                }
+                sys.stdout.buffer.write(json.dumps(answer).encode() + b"\n")
+                sys.stdout.buffer.flush()
+    finally:
+        lines.close()
 
 
 async def _serve(host: Host, args: argparse.Namespace, tune_gc: Callable[[], None]) -> None:

@@ -121,3 +121,46 @@ def test_the_bridge_reconnects_when_the_host_restarts(tmp_path: Path):
             if pipe is not None:
                 pipe.close()
         host.stop()
+
+
+def test_an_embedded_host_that_cannot_start_answers_the_ide_with_the_reason(tmp_path: Path):
+    """``plait serve --stdio`` on a data dir another host holds: the IDE's initialize gets an
+    error answer naming the reason (an IDE shows it), not a closed pipe."""
+    host = HostProcess(tmp_path)
+    host.start()  # holds the data dir
+    embedded = subprocess.Popen(
+        [*PLAIT, "serve", "--stdio", "--data-dir", str(host.data_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=host.environment(),
+    )
+    try:
+        assert embedded.stdin is not None and embedded.stdout is not None
+        request = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "test-ide", "version": "1"},
+            },
+        }
+        embedded.stdin.write(json.dumps(request).encode() + b"\n")
+        embedded.stdin.flush()
+        answer = json.loads(embedded.stdout.readline())
+        assert answer["id"] == 1 and "another plait host" in answer["error"]["message"]
+        embedded.stdin.close()
+        assert embedded.wait(timeout=20) == 1
+        assert embedded.stderr is not None
+        stderr = embedded.stderr.read().decode()
+        assert "Traceback" not in stderr and "another plait host" in stderr
+    finally:
+        if embedded.poll() is None:
+            embedded.kill()
+            embedded.wait(timeout=10)
+        for pipe in (embedded.stdin, embedded.stdout, embedded.stderr):
+            if pipe is not None:
+                pipe.close()
+        host.stop()
