@@ -24,7 +24,7 @@ from rich.table import Table
 from plait.cli.failures import CommandFailed, one_line
 from plait.cli.settings import config_from_args
 from plait.config import HostConfig
-from plait.errors import InvalidRunState, PlaitError
+from plait.errors import ConfigError, InvalidRunState, PlaitError
 from plait.state.run_store import parse_cursor
 from plait.store.datadir import DataDirLock, read_host_info
 
@@ -63,7 +63,11 @@ def add_runs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--since", type=int, default=0)
     p.add_argument("--limit", type=int, default=1000)
     action("cancel", "cancel a run")
+    action("pause", "pause a run: no new step starts (offline: it stays paused at the next start)")
     action("resume", "resume a paused run (offline: continue a stopped run to its end)")
+    p = action("signal", "deliver a signal to a run's wait steps (kept until one takes it)")
+    p.add_argument("event", metavar="EVENT")
+    p.add_argument("--data", default=None, help="the signal's data, as JSON")
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -114,8 +118,25 @@ async def _remote(args: argparse.Namespace, config: HostConfig) -> dict[str, Any
         )
     if command == "events":
         return dict(await rpc("runs/events", runId=args.run_id, since=args.since, limit=args.limit))
-    method = {"show": "runs/get", "cancel": "runs/cancel", "resume": "runs/resume"}[command]
+    if command == "signal":
+        await rpc("runs/signal", runId=args.run_id, event=args.event, data=_signal_data(args))
+        return dict(await rpc("runs/get", runId=args.run_id))
+    method = {
+        "show": "runs/get",
+        "cancel": "runs/cancel",
+        "pause": "runs/pause",
+        "resume": "runs/resume",
+    }[command]
     return dict(await rpc(method, runId=args.run_id))
+
+
+def _signal_data(args: argparse.Namespace) -> Any:
+    if args.data is None:
+        return None
+    try:
+        return json.loads(args.data)
+    except ValueError as exc:
+        raise ConfigError(f"--data is not JSON: {exc}") from None
 
 
 # -- the data dir, with no host ----------------------------------------------------------------
@@ -146,6 +167,12 @@ async def _local(args: argparse.Namespace, config: HostConfig) -> dict[str, Any]
         if command == "cancel":
             await engine.recover([args.run_id], hold=True)
             return {"run": await (await engine.cancel(args.run_id)).view()}
+        if command in ("pause", "signal"):  # kept in the store for the next start
+            await engine.recover([args.run_id], hold=True)
+            if command == "pause":
+                return {"run": await (await engine.pause(args.run_id)).view()}
+            await engine.signal(args.run_id, args.event, _signal_data(args))
+            return {"run": await (await engine.load_run(args.run_id)).view()}
         return await _resume_here(host, args)
 
 
@@ -193,7 +220,9 @@ def _when(ts: float | None) -> str:
 
 def _print_list(console: Console, result: dict[str, Any]) -> None:
     table = Table(show_header=True, header_style="bold")
-    for col in ("run", "workflow", "version", "status", "created", "finished"):
+    # A run id is what the user copies into the next command: never cut, whatever the width.
+    table.add_column("run", no_wrap=True, min_width=32)
+    for col in ("workflow", "version", "status", "created", "finished"):
         table.add_column(col)
     for r in result["runs"]:
         table.add_row(
@@ -229,8 +258,9 @@ def _print_run(console: Console, result: dict[str, Any]) -> None:
     if run.get("outputs"):
         console.print_json(data=run["outputs"])
     table = Table(show_header=True, header_style="bold")
-    for col in ("step", "status", "attempts", "duration", "error"):
-        table.add_column(col)
+    table.add_column("step", no_wrap=True)
+    for col in ("status", "attempts", "duration", "error"):
+        table.add_column(col, overflow="fold")
     for path, step in (run.get("steps") or {}).items():
         duration = ""
         if step.get("started_at") and step.get("finished_at"):

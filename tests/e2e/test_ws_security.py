@@ -152,7 +152,9 @@ async def test_health_answers_over_http_and_checks_the_host_header(served):
     get = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
     status, data = await http_status(port, get)
     assert status == 200
-    body = json.loads(data.split(b"\r\n\r\n", 1)[1].decode())
+    head, body_bytes = data.split(b"\r\n\r\n", 1)
+    assert b"content-type: application/json" in head.lower()  # issue 11: JSON, said so
+    body = json.loads(body_bytes.decode())
     assert body["status"] == "ok"
     assert body["limits"]["max_connections"] == served.host.config.limits.max_connections
     bad = get.replace(f"127.0.0.1:{port}".encode(), b"rebound.example")

@@ -135,7 +135,7 @@ class WebSocketTransport:
         if url.path == HEALTH_PATH:
             # A store that cannot write makes the host unhealthy: it answers, but refuses work.
             problem = self.host.store_problem()
-            return connection.respond(
+            response = connection.respond(
                 HTTPStatus.OK if problem is None else HTTPStatus.SERVICE_UNAVAILABLE,
                 json.dumps(
                     {
@@ -149,6 +149,8 @@ class WebSocketTransport:
                 )
                 + "\n",
             )
+            response.headers["Content-Type"] = "application/json"
+            return response
         if url.path != RPC_PATH:
             return _refuse(connection, HTTPStatus.NOT_FOUND, f"the endpoint is {RPC_PATH}")
         origin = request.headers.get("Origin")
