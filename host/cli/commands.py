@@ -17,7 +17,7 @@ import signal
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -177,8 +177,13 @@ def _engine(config: HostConfig, *, cache: bool = False) -> Engine:
     return build_engine(config, config.plugin_manager(), cache=tool_cache_)
 
 
-def parse_inputs(pairs: Sequence[str], inputs_json: str | None) -> dict[str, Any]:
-    """``--inputs-json`` then ``--input k=v`` (JSON when it parses, else a string)."""
+def parse_inputs(
+    pairs: Sequence[str], inputs_json: str | None, schema: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """``--inputs-json`` then ``--input k=v``: JSON when it parses, else a string; and always
+    the string as typed when the inputs' schema says the field is a string (``--input
+    pr=0042`` is ``"0042"`` for a string field, not the number 42)."""
+    properties = (schema or {}).get("properties") or {}
     inputs: dict[str, Any] = {}
     if inputs_json:
         try:
@@ -192,6 +197,10 @@ def parse_inputs(pairs: Sequence[str], inputs_json: str | None) -> dict[str, Any
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--input expects KEY=VALUE, got {pair!r}")
+        declared = properties.get(key) if isinstance(properties, Mapping) else None
+        if isinstance(declared, Mapping) and declared.get("type") == "string":
+            inputs[key] = raw
+            continue
         try:
             inputs[key] = json.loads(raw)
         except ValueError:
@@ -202,10 +211,10 @@ def parse_inputs(pairs: Sequence[str], inputs_json: str | None) -> dict[str, Any
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a workflow with a live display; exit 1 when the run does not succeed."""
     config = load_config(args.config)
-    inputs = parse_inputs(args.input, args.inputs_json)
     engine = _engine(config, cache=not args.no_cache)
     try:
         compiled = engine.register(args.file)
+        inputs = parse_inputs(args.input, args.inputs_json, compiled.definition.inputs)
         folder = args.workflows or config.host.workflows or str(Path(args.file).parent)
         _register_siblings(engine, Path(folder), Path(args.file))
         view = ProgressView(compiled, json_mode=args.json)

@@ -209,9 +209,19 @@ def test_input_without_key_and_equals_exits_2(workdir, capsys, pair):
     assert out == ""
 
 
-def test_inputs_that_break_the_schema_exit_2(repo, capsys):
+def test_inputs_that_break_the_schema_exit_2(repo, capsys, tmp_path):
+    # (--input name=3 is the string "3" for a string field: a number must come as JSON)
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text('{"name": 3}')
     code = main(
-        ["run", "examples/greet.yaml", "--config", "examples/plait.toml", "--input", "name=3"]
+        [
+            "run",
+            "examples/greet.yaml",
+            "--config",
+            "examples/plait.toml",
+            "--inputs-json",
+            str(inputs),
+        ]
     )
     out, err = capsys.readouterr()
     assert code == 2
@@ -463,3 +473,19 @@ def test_bad_config_exits_2(workdir, tmp_path, capsys):
     config.write_text("[limits]\nmax_batch = 0\n", encoding="utf-8")
     assert main(["schema", "--config", str(config)]) == 2
     assert "limits.max_batch" in capsys.readouterr()[1]
+
+
+def test_input_values_follow_the_schema_for_strings(workdir, capsys):
+    """Issue 11: --input pr=0042 stays the string "0042" where the schema says string."""
+    file = write(
+        workdir,
+        "typed.yaml",
+        "name: typed\n"
+        "inputs: {type: object, properties: {pr: {type: string}, n: {type: integer}}}\n"
+        "steps:\n  - {id: a, transform: {pr: '${inputs.pr}', n: '${inputs.n}'}}\n"
+        "outputs: {got: '${steps.a.output}'}\n",
+    )
+    code = main(["run", file, "--json", "--input", "pr=0042", "--input", "n=7"])
+    out, _ = capsys.readouterr()
+    assert code == 0, out
+    assert json.loads(out)["outputs"] == {"got": {"pr": "0042", "n": 7}}
