@@ -117,6 +117,7 @@ class RunExecution:
     """The live part of one run: its engine, state, limits, pause gate and cancel scope."""
 
     __slots__ = (
+        "busy",
         "cancel_scope",
         "depth",
         "engine",
@@ -124,6 +125,7 @@ class RunExecution:
         "limiter",
         "root",
         "paused",
+        "prewaiting",
         "recovered",
         "run",
         "unpaused",
@@ -162,6 +164,50 @@ class RunExecution:
         """The workflow's ``concurrency:`` limit, shared with the workflow's other runs."""
         self.vars: dict[str, Any] = {}
         self.waiting = 0
+        """Steps waiting for an outside event: a signal, a deadline, an agent's budget."""
+        self.busy = 0
+        """Steps that can progress: ready (held by a pause, or by a limiter, included) or
+        running, not counting a step whose body runs (its body's steps count) nor one in a
+        wait (counted in ``waiting``)."""
+        self.prewaiting: set[str] | None = None
+        """After a restart: the paths of steps that were waiting and go on, counted as
+        waiting until they are back in their wait."""
+
+    # -- the run's status from what its steps do ----------------------------------------------
+
+    def reflect(self) -> None:
+        """Move a running or waiting run to the status its steps give it: ``waiting`` iff at
+        least one step waits and none is ready or running.
+
+        A pause, a cancel or the end of the run leave the status alone: a cancelled run goes
+        from where it was straight to ``cancelled``, with no ``run.resumed`` on the way.
+        """
+        run = self.run
+        status = run.status
+        if self.cancel_scope.cancel_called:
+            return
+        if status == "running":
+            if self.waiting and not self.busy:
+                run.set_status("waiting")
+        elif status == "waiting" and self.busy:
+            run.set_status("running")
+
+    def enter_wait(self, scope: ScopeExecution, path: str, **data: Any) -> None:
+        """A step of ``scope`` waits for an outside event (``data`` goes in ``run.waiting``)."""
+        if self.prewaiting and path in self.prewaiting:
+            self.prewaiting.discard(path)  # counted as waiting since it went on
+        else:
+            scope.count(-1)
+            self.waiting += 1
+        if self.run.status == "running" and not self.busy and not self.cancel_scope.cancel_called:
+            self.run.set_status("waiting", **data)
+
+    def leave_wait(self, scope: ScopeExecution, cancelled: bool = False) -> None:
+        """The step goes on; the run is running again unless it was cancelled meanwhile."""
+        self.waiting -= 1
+        scope.count(1)
+        if not cancelled:
+            self.reflect()
 
     def pause(self) -> None:
         """No new step starts until :meth:`resume`; running ones finish."""
@@ -190,6 +236,7 @@ class ScopeExecution:
     """One run of one scope: the step states of its graph and the task group running them."""
 
     __slots__ = (
+        "busy",
         "context",
         "failure",
         "parent",
@@ -234,23 +281,41 @@ class ScopeExecution:
             self.context = {**parent.context, "steps": steps_view, **(extra or {})}
         self.failure: RunError | None = None
         self.tg: anyio.abc.TaskGroup | None = None
+        self.busy = 0
+        """This scope's share of ``rx.busy``: what is left of it when the scope ends (steps
+        never started after a failure or a cancel) is taken back then."""
+
+    def count(self, n: int) -> None:
+        """``n`` more (or fewer) steps of this scope are ready or running."""
+        self.busy += n
+        self.rx.busy += n
 
     # -- scheduling --------------------------------------------------------------------------
 
     async def execute(self) -> None:
         """Run every step of the scope; raise the first unhandled step failure."""
         ready = self.schedule(self.scope.roots)
-        while len(ready) == 1 and self.failure is None:  # sequential so far: no task group
-            step, extra = ready[0]
-            ready = (
-                await self.run_step(step, extra)
-                if step is not None
-                else await self.next_pass(extra)
-            )
-        if ready and self.failure is None:
-            async with anyio.create_task_group() as tg:
-                self.tg = tg
-                await self.drive(ready)
+        self.count(len(ready))
+        try:
+            while len(ready) == 1 and self.failure is None:  # sequential so far: no task group
+                step, extra = ready[0]
+                ready = (
+                    await self.run_step(step, extra)
+                    if step is not None
+                    else await self.next_pass(extra)
+                )
+                self.count(len(ready) - 1)
+                self.rx.reflect()
+            if ready and self.failure is None:
+                async with anyio.create_task_group() as tg:
+                    self.tg = tg
+                    await self.drive(ready)
+        except BaseException:
+            self.count(-self.busy)  # the scope is torn down: its steps never run now
+            raise
+        if self.busy:  # steps that will never run after a failure
+            self.count(-self.busy)
+            self.rx.reflect()
         if self.failure is not None:
             raise self.failure
 
@@ -269,6 +334,8 @@ class ScopeExecution:
                 if step is not None
                 else await self.next_pass(extra)
             )
+            self.count(len(ready) - 1)
+            self.rx.reflect()
 
     async def next_pass(self, indices: Iterable[int]) -> Ready:
         """Go on with a long pass of inline steps after giving the event loop a turn, and
@@ -490,39 +557,53 @@ class ScopeExecution:
         run = self.rx.run
         rec = self.rx.recovered.get(path) if self.rx.recovered else None
         in_flight = retry is not None or (rec is not None and rec.in_flight)
-        # Held here, inside the scope's task group, until resumed; a step that was already
-        # running (before a restart, or an inline step now retrying) is not new, so a pause
-        # does not hold it.
-        while self.rx.paused and not in_flight:
-            assert self.rx.unpaused is not None
-            await self.rx.unpaused.wait()
-        # A run cancelled before this step got going must not record a start (cheap: it
-        # neither yields nor switches tasks unless the run is cancelled).
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        if in_flight and rec is not None and rec.status == "waiting":
+            # It waited when the host stopped and goes back to its wait: not ready work.
+            if self.rx.prewaiting is None:
+                self.rx.prewaiting = set()
+            self.rx.prewaiting.add(path)
+            self.count(-1)
+            self.rx.waiting += 1
         try:
-            if retry is not None:
-                config, attempt, error = retry
-                output = await self.attempts(step, path, config, after=(attempt, error))
-            else:
-                if step.when is not None and not self.truthy(step.when, step, "when"):
-                    return self.schedule(
-                        self.settle(step, "skipped", data={"reason": "when was false"})
-                    )
-                config = self.configure(step)
-                output = await self.attempts(step, path, config)
-        except anyio.get_cancelled_exc_class():
-            if run.steps.get(path) is not None and run.steps[path].status not in (
-                "succeeded",
-                "failed",
-                "skipped",
-                "cancelled",
-            ):
-                run.set_step(path, "cancelled")
-                self.status[step.index] = "cancelled"
-            raise
-        except RunError as exc:
-            return self.schedule(self.settle_failure(step, exc))
-        return self.schedule(self.settle(step, "succeeded", output=output))
+            # Held here, inside the scope's task group, until resumed; a step that was
+            # already running (before a restart, or an inline step now retrying) is not new,
+            # so a pause does not hold it.
+            while self.rx.paused and not in_flight:
+                assert self.rx.unpaused is not None
+                await self.rx.unpaused.wait()
+            self.rx.reflect()  # a recovered waiting run with other steps to run is running
+            # A run cancelled before this step got going must not record a start (cheap: it
+            # neither yields nor switches tasks unless the run is cancelled).
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            try:
+                if retry is not None:
+                    config, attempt, error = retry
+                    output = await self.attempts(step, path, config, after=(attempt, error))
+                else:
+                    if step.when is not None and not self.truthy(step.when, step, "when"):
+                        return self.schedule(
+                            self.settle(step, "skipped", data={"reason": "when was false"})
+                        )
+                    config = self.configure(step)
+                    output = await self.attempts(step, path, config)
+            except anyio.get_cancelled_exc_class():
+                if run.steps.get(path) is not None and run.steps[path].status not in (
+                    "succeeded",
+                    "failed",
+                    "skipped",
+                    "cancelled",
+                ):
+                    run.set_step(path, "cancelled")
+                    self.status[step.index] = "cancelled"
+                raise
+            except RunError as exc:
+                return self.schedule(self.settle_failure(step, exc))
+            return self.schedule(self.settle(step, "succeeded", output=output))
+        finally:
+            if self.rx.prewaiting and path in self.rx.prewaiting:  # it never waited again
+                self.rx.prewaiting.discard(path)
+                self.rx.waiting -= 1
+                self.count(1)
 
     def settle_failure(self, step: CompiledStep, exc: RunError) -> list[int]:
         """Settle a failed step by its ``on_error``; return the dependents it readied."""
@@ -744,6 +825,7 @@ class StepRuntime:
     """The :class:`plait.plugins.StepContext` the engine gives one attempt of one step."""
 
     __slots__ = (
+        "_bodies",
         "_log",
         "_scope",
         "_step",
@@ -764,6 +846,8 @@ class StepRuntime:
         resumed: bool = False,
     ) -> None:
         self._scope = scope
+        self._bodies = 0
+        """Bodies of this step running now."""
         self.resumed = resumed
         """This attempt was in flight when the host stopped, and goes on after a restart."""
         self._step = step
@@ -858,7 +942,17 @@ class StepRuntime:
             raise StepRuntimeError(f"step {self.step_id!r} has no body {label!r}")
         suffix = f"[{key}]" if key is not None else f".{label}"
         inner = ScopeExecution(self._scope.rx, body, f"{self.step_id}{suffix}.", self._scope, vars)
-        await inner.execute()
+        # While its bodies run (a parallel step runs several at once), a step is neither
+        # ready nor running itself: its bodies' steps say whether the run can progress.
+        self._bodies += 1
+        if self._bodies == 1:
+            self._scope.count(-1)
+        try:
+            await inner.execute()
+        finally:
+            self._bodies -= 1
+            if self._bodies == 0:
+                self._scope.count(1)
         if output is not None:
             return inner.render(output, self._step, "output")
         last = body.last
@@ -898,29 +992,37 @@ class StepRuntime:
             {"event": event, "timeout": timeout},
             reason=f"signal {event!r}",
         )
-        rx.waiting += 1
-        if run.status == "running":
-            run.set_status("waiting", event=event)
+        rx.enter_wait(self._scope, self.step_id, event=event)
         try:
             with anyio.fail_after(timeout) if timeout is not None else _nullcontext():
                 data = await run.take_signal(event, self.step_id)
-        finally:
-            rx.waiting -= 1
-            if rx.waiting == 0 and run.status == "waiting":
-                run.set_status("running")
+        except anyio.get_cancelled_exc_class():
+            rx.leave_wait(self._scope, cancelled=True)
+            raise
+        except BaseException:
+            rx.leave_wait(self._scope)
+            raise
+        rx.leave_wait(self._scope)
         return data
 
     def sleep_until(self, deadline: float) -> Awaitable[None]:
         # anyio's sleep itself, not a coroutine around it: one frame less per sleeping step.
+        # A delay is work on a clock, not an outside event: its run stays running.
         return anyio.sleep(max(0.0, deadline - time.time()))
 
     async def waiting(self, reason: str | None) -> None:
         run = self._run
+        rx = self._scope.rx
         if reason is None:
             if run.step_state(self.step_id).status == "waiting":
                 run.set_step(self.step_id, "running", {}, type="step.resumed")
+                rx.leave_wait(self._scope, cancelled=rx.cancel_scope.cancel_called)
             return
-        run.set_step(self.step_id, "waiting", {"reason": reason}, reason=reason)
+        if run.step_state(self.step_id).status != "waiting":
+            run.set_step(self.step_id, "waiting", {"reason": reason}, reason=reason)
+            rx.enter_wait(self._scope, self.step_id, reason=reason)
+        else:
+            run.set_step(self.step_id, "waiting", {"reason": reason}, reason=reason)
 
     async def sample(self, params: Mapping[str, Any], *, timeout: float) -> dict[str, Any]:
         sampler = self._scope.rx.engine.sampler

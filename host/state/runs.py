@@ -48,6 +48,11 @@ STEP_SETTLED: frozenset[str] = frozenset({"succeeded", "failed", "skipped", "can
 TERMINAL_EVENTS: frozenset[str] = frozenset({"run.succeeded", "run.failed", "run.cancelled"})
 """The event types that end a run."""
 
+_LEAVE_PAUSE: frozenset[str] = frozenset(
+    {"run.resumed", "run.waiting", "run.started", *TERMINAL_EVENTS}
+)
+"""The events that end a pause (``runs/resume`` records ``run.resumed`` or ``run.waiting``)."""
+
 SUMMARY_FIELDS: tuple[str, ...] = (
     "id",
     "workflow",
@@ -185,6 +190,9 @@ class Run:
     """(seq, event): set once ``published`` reaches seq (``-1``: once the run is finished)."""
     _signals: dict[str, deque[Any]] | None = field(default=None, repr=False)
     _signal_waiters: dict[str, anyio.Event] | None = field(default=None, repr=False)
+    _pauses: tuple[int, float | None, float] = field(default=(0, None, 0.0), repr=False)
+    """For the ETA, read from the events as far as they were read: (events read, when the
+    pause in progress began or ``None``, seconds spent in pauses that ended)."""
 
     # -- the one place changes go through -------------------------------------------------
 
@@ -371,13 +379,38 @@ class Run:
             "parent_id": self.parent_id,
         }
 
+    def paused_time(self, now: float | None = None) -> float:
+        """Seconds this run has spent paused so far, from its ``run.*`` events (each event is
+        read once: the count goes on from where the last call stopped)."""
+        read, since, total = self._pauses
+        events = self.events
+        if read > len(events):  # the events were put back after a restart: read them again
+            read, since, total = 0, None, 0.0
+        for event in events[read:]:
+            kind = event.type
+            if kind == "run.paused":
+                if since is None:
+                    since = event.ts
+            elif since is not None and kind in _LEAVE_PAUSE:
+                total += max(0.0, event.ts - since)
+                since = None
+        self._pauses = (len(events), since, total)
+        if since is not None:
+            total += max(0.0, (time.time() if now is None else now) - since)
+        return total
+
     def progress(self) -> dict[str, Any]:
-        """Done, total, percent and a naive ETA (seconds) from the pace so far."""
+        """Done, total, percent and a naive ETA (seconds) from the pace so far.
+
+        The pace is that of the time spent working: time spent paused does not count, so the
+        ETA of a paused run stays as it was when the pause began.
+        """
         total = max(self.total_steps, 1)
         done = min(self.settled_steps, total)
         eta = None
         if self.started_at and 0 < done < total and not self.done:
-            elapsed = time.time() - self.started_at
+            now = time.time()
+            elapsed = max(0.0, now - self.started_at - self.paused_time(now))
             eta = elapsed / done * (total - done)
         return {
             "done": done,
