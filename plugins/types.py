@@ -302,6 +302,20 @@ class StepType(ABC, Generic[ConfigT]):
         """
         return {}
 
+    tool_arguments: ClassVar[str | None] = None
+    """The config field holding the arguments of the one tool the step calls (a tool step's
+    ``with``). Validation checks its literal values against that tool's input JSON Schema."""
+
+    def references(self, config: Mapping[str, Any]) -> dict[str, list[str]]:
+        """The tools and agents this step names, by kind: ``{"tools": [...], "agents": [...]}``.
+
+        ``config`` is the step's own fields as written. Validation refuses a literal name no
+        plugin registered as a tool (unless it is ``<server>.<tool>`` of a configured MCP
+        server) or that no ``[agents.<name>]`` configures; names holding a template are
+        skipped. Default: none.
+        """
+        return {}
+
     def branches(self, config: Mapping[str, Any]) -> dict[str, list[str]]:
         """Ids of sibling steps gated on this step's choice (``then``/``else``), by label.
 

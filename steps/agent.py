@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
@@ -90,6 +91,15 @@ class AgentStep(StepType[AgentConfig]):
     description = "Ask a configured agent, letting it call the listed tools."
 
     Config = AgentConfig
+
+    def references(self, config: Mapping[str, Any]) -> dict[str, list[str]]:
+        """The agent it asks and the tools it offers, for validation."""
+        agent = config.get("agent")
+        tools = config.get("tools")
+        return {
+            "agents": [agent] if isinstance(agent, str) else [],
+            "tools": [t for t in tools if isinstance(t, str)] if isinstance(tools, list) else [],
+        }
 
     async def run(self, ctx: StepContext, config: AgentConfig) -> Any:
         """Converse until the agent gives a final answer; return it."""

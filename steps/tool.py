@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
@@ -46,6 +47,12 @@ class ToolStep(StepType[ToolConfig]):
     description = "Call a registered tool with the `with` arguments."
 
     Config = ToolConfig
+    tool_arguments = "with"
+
+    def references(self, config: Mapping[str, Any]) -> dict[str, list[str]]:
+        """The tool it calls, for validation."""
+        name = config.get("tool")
+        return {"tools": [name]} if isinstance(name, str) else {}
 
     async def run(self, ctx: StepContext, config: ToolConfig) -> Any:
         """Call the tool and return its result."""

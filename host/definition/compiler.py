@@ -2,15 +2,16 @@
 
 Everything that can be checked before a run is checked here, once per workflow version, and
 every problem is reported at once: unknown step types and fields, duplicate ids, references to
-missing steps, cycles (naming the steps on them), templates that do not parse. Templates are
-compiled here too, so a run never parses one.
+missing steps, cycles (naming the steps on them), templates that do not parse, and, when the
+caller gives what the host offers, tools and agents nobody provides and literal tool arguments
+that break the tool's input schema. Templates are compiled here too, so a run never parses one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,11 +24,17 @@ from plait.definition.loader import issues_from_validation, value_issues
 from plait.definition.models import CachePolicy, RetryPolicy, StepDef, WorkflowDef
 from plait.errors import DefinitionError, Issue, TemplateSyntaxError
 from plait.plugins.registry import Registry
-from plait.plugins.types import StepConfig, StepType
+from plait.plugins.types import StepConfig, StepType, Tool
 from plait.templates.engine import CONTEXT_ROOTS, Template, TemplateEngine
 from plait.values import json_problem
 
-__all__ = ["CompiledStep", "CompiledWorkflow", "Scope", "compile_workflow"]
+__all__ = [
+    "CompiledStep",
+    "CompiledWorkflow",
+    "Scope",
+    "compile_workflow",
+    "with_compile_issues",
+]
 
 
 @dataclass(eq=False, slots=True)
@@ -129,10 +136,21 @@ def compile_workflow(
     step_types: Registry[type[StepType]],
     templates: TemplateEngine,
     limits: Limits | None = None,
+    *,
+    tools: Registry[Tool] | None = None,
+    agents: Collection[str] | None = None,
+    tool_sources: Collection[str] = (),
 ) -> CompiledWorkflow:
-    """Validate and compile ``wf``; raise :class:`DefinitionError` listing every problem."""
+    """Validate and compile ``wf``; raise :class:`DefinitionError` listing every problem.
+
+    ``tools``: the registered tools; a step naming another one, or giving literal arguments
+    its input schema refuses, is an issue. ``tool_sources``: the configured MCP servers, whose
+    tools (``<server>.<tool>``) arrive after compiling and are not checked. ``agents``: the
+    configured agent names. ``None`` (the default) checks nothing of that kind.
+    """
     limits = limits or Limits()
     c = _Compiler(wf, step_types, templates, limits)
+    c.known = _Known(tools, agents, frozenset(tool_sources))
     # What the loader checks in text and mappings, again for models built in Python.
     c.issues.extend(value_issues(wf.model_dump(), wf.source_lines))
     scope = c.scope(list(wf.steps), "steps", nested=False, enclosing=())
@@ -140,7 +158,7 @@ def compile_workflow(
     c.check_roots(outputs, "outputs", frozenset())
     top_ids = set(scope.by_id)
     for ref in sorted(outputs.references - top_ids):
-        c.issue("outputs", f"refers to unknown step {ref!r}")
+        c.issue("outputs", f"refers to unknown step {ref!r}{_suggest(ref, top_ids)}")
     variables = c.template(wf.vars, "vars")
     c.check_roots(variables, "vars", frozenset())
     if variables.references:
@@ -171,6 +189,31 @@ def compile_workflow(
     )
 
 
+def with_compile_issues(
+    error: DefinitionError, compile: Callable[[WorkflowDef], object]
+) -> DefinitionError:
+    """``error`` (the loader refusing a definition) with the problems of the rest of it.
+
+    The loader keeps what it could read of a definition it refused (``error.partial``);
+    ``compile`` runs on that, and its issues join the loader's, so one bad field does not
+    hide the other problems of the workflow.
+    """
+    partial = getattr(error, "partial", None)
+    if not isinstance(partial, WorkflowDef):
+        return error
+    try:
+        compile(partial)
+    except DefinitionError as more:
+        seen = {(i.path, i.message) for i in error.issues}
+        extra = [i for i in more.issues if (i.path, i.message) not in seen]
+    else:
+        extra = []
+    if not extra:
+        return error
+    issues = sorted([*error.issues, *extra], key=lambda i: (i.line is None, i.line or 0))
+    return DefinitionError(issues, source=error.source)
+
+
 class _Compiler:
     def __init__(
         self,
@@ -185,6 +228,8 @@ class _Compiler:
         self.limits = limits
         self.issues: list[Issue] = []
         self._instances: dict[str, StepType] = {}
+        self.known = _Known(None, None, frozenset())
+        self._validators: dict[str, Draft202012Validator | None] = {}
 
     def issue(self, path: str, message: str) -> None:
         self.issues.append(Issue(path, message, self.wf.line_of(path)))
@@ -306,6 +351,7 @@ class _Compiler:
             else:
                 templated[key] = t
         static_config = self.check_config(cls, raw, templated, deferred, path)
+        self.check_references(inst, cls, raw, path)
         bodies: dict[str, Scope] = {}
         for label, body in raw_bodies.items():
             if not isinstance(body, list) or not body:
@@ -426,6 +472,101 @@ class _Compiler:
                 self.issue(where, message)
             return None
         return None if templated else model
+
+    def check_references(
+        self,
+        inst: StepType,
+        cls: type[StepType],
+        raw: dict[str, Any],
+        path: str,
+    ) -> None:
+        """Tools and agents the step names that nothing here provides; literal tool arguments
+        that the tool's input schema refuses."""
+        known = self.known
+        if known.tools is None and known.agents is None:
+            return
+        refs = _safe(lambda: inst.references(raw), {}, self, path)
+        tools = [n for n in refs.get("tools") or () if isinstance(n, str) and self._literal(n)]
+        agents = [n for n in refs.get("agents") or () if isinstance(n, str) and self._literal(n)]
+        if known.tools is not None:
+            for name in tools:
+                if name in known.tools or name.split(".", 1)[0] in known.tool_sources:
+                    continue
+                self.issue(
+                    _field_naming(raw, name, path),
+                    f"unknown tool {name!r}: no plugin registers it"
+                    f"{_suggest(name, known.tools.names())}",
+                )
+        if known.agents is not None:
+            for name in agents:
+                if name not in known.agents:
+                    hint = _suggest(name, known.agents) or (
+                        f" (configured: {', '.join(sorted(known.agents))})"
+                        if known.agents
+                        else " (no agents are configured)"
+                    )
+                    self.issue(
+                        _field_naming(raw, name, path),
+                        f"unknown agent {name!r}: no [agents.{name}] in the host "
+                        f"configuration{hint}",
+                    )
+        field_name = cls.tool_arguments
+        if known.tools is None or field_name is None or len(tools) != 1:
+            return
+        args = raw.get(field_name, {})  # absent: no arguments
+        tool = known.tools.get(tools[0])
+        if tool is None or not isinstance(args, dict):
+            return  # missing: the tool is unknown (reported) or the field's type is wrong
+        validator = self._validator(tool)
+        if validator is None:
+            return
+        for err in sorted(validator.iter_errors(args), key=lambda e: list(e.absolute_path)):
+            if not self._certain(err):
+                continue
+            where = f"{path}.{field_name}" + "".join(
+                f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path
+            )
+            self.issue(
+                where, f"does not match the input schema of tool {tool.name!r}: {err.message}"
+            )
+
+    def _literal(self, value: str) -> bool:
+        try:
+            return self.templates.compile(value, where="").is_static
+        except TemplateSyntaxError:
+            return False  # reported where the field is compiled
+
+    def _holds_template(self, value: Any) -> bool:
+        if isinstance(value, str):
+            return not self._literal(value)
+        if isinstance(value, dict):
+            return any(self._holds_template(v) for v in value.values())
+        if isinstance(value, list):
+            return any(self._holds_template(v) for v in value)
+        return False
+
+    def _certain(self, err: Any) -> bool:
+        """Whether a schema error holds whatever the templates in the arguments render to."""
+        if err.validator in _SHAPE_KEYWORDS:
+            return True  # keys and counts are written literally
+        if self._holds_template(err.instance):
+            return False
+        # A typed-function tool validates with pydantic, which reads "3" as 3, true as 1.0
+        # and 1 as True: a scalar where a number or boolean is expected may still work.
+        expected = err.validator_value if err.validator == "type" else None
+        expected = {expected} if isinstance(expected, str) else set(expected or ())
+        scalar = isinstance(err.instance, str | int | float)  # bool is an int
+        return not (scalar and expected and expected <= _LAX_SCALARS)
+
+    def _validator(self, tool: Tool) -> Draft202012Validator | None:
+        if tool.name not in self._validators:
+            try:
+                Draft202012Validator.check_schema(tool.input_schema)
+                found: Draft202012Validator | None = Draft202012Validator(tool.input_schema)
+            except Exception:  # noqa: BLE001 - a tool's schema is plugin (or server) data
+                found = None  # a schema that is itself invalid checks nothing
+            self._validators[tool.name] = found
+        return self._validators[tool.name]
 
     def cache(
         self, value: bool | CachePolicy | None, path: str
@@ -639,6 +780,44 @@ class _Unrenderable:
 
     def render(self, context: Mapping[str, Any]) -> Any:
         raise RuntimeError(f"template at {self.where} did not compile")
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """What the host offers, for checking the tools and agents steps name."""
+
+    tools: Registry[Tool] | None
+    agents: Collection[str] | None
+    tool_sources: frozenset[str]
+
+
+_SHAPE_KEYWORDS = frozenset(
+    {
+        "required",
+        "additionalProperties",
+        "unevaluatedProperties",
+        "propertyNames",
+        "minProperties",
+        "maxProperties",
+        "dependentRequired",
+        "minItems",
+        "maxItems",
+    }
+)
+"""Schema keywords about a value's keys or length, which templates inside it do not change."""
+_LAX_SCALARS = frozenset({"integer", "number", "boolean"})
+
+
+def _field_naming(raw: Mapping[str, Any], name: str, path: str) -> str:
+    """The path of the field (or list item) of ``raw`` holding ``name``; the step's if none."""
+    for key, value in raw.items():
+        if value == name:
+            return f"{path}.{key}"
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if item == name:
+                    return f"{path}.{key}[{i}]"
+    return path
 
 
 _BODY_ROOTS = frozenset({"item", "index"})

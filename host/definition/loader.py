@@ -310,10 +310,60 @@ def _validate(data: dict[str, Any], lines: dict[str, int], origin: str | None) -
         wf = WorkflowDef.model_validate(data)
     except ValidationError as exc:
         issues = issues_from_validation(exc, lines, data)
-        raise DefinitionError(issues, source=origin) from None
+        error = DefinitionError(issues, source=origin)
+        partial = _salvage(data, exc)
+        if partial is not None:
+            partial._lines = lines
+            partial._origin = origin
+        # What could be read of the refused definition: compiling it reports the problems of
+        # the rest of the workflow with these, at once (see ``compiler.with_compile_issues``).
+        error.partial = partial  # type: ignore[attr-defined]
+        raise error from None
     wf._lines = lines
     wf._origin = origin
     return wf
+
+
+def _salvage(data: dict[str, Any], exc: ValidationError) -> WorkflowDef | None:
+    """``data`` without the fields ``exc`` refuses, as a model, when that much can be kept.
+
+    A refused top-level field falls back to its default, a refused common field of a step
+    (``timeout``, ``retry``...) is left out, and a refused step id is replaced, so every step
+    keeps its index and every issue found later its path. ``None`` when no such repair
+    validates (a step that is not a mapping, no steps at all).
+    """
+    fixed = dict(data)
+    steps = fixed.get("steps")
+    if isinstance(steps, list):
+        steps = fixed["steps"] = [dict(s) if isinstance(s, dict) else s for s in steps]
+    for _ in range(3):
+        for err in exc.errors(include_url=False):
+            loc = err["loc"]
+            if not loc:
+                return None
+            top = loc[0]
+            if top == "steps" and len(loc) >= 3 and isinstance(steps, list):
+                index, name = loc[1], loc[2]
+                if not (isinstance(index, int) and 0 <= index < len(steps)):
+                    return None
+                step = steps[index]
+                if not isinstance(step, dict) or name == "config":
+                    return None
+                if name == "id":
+                    step["id"] = f"_step_{index}"
+                else:
+                    step.pop(str(name), None)
+            elif top == "name":
+                fixed["name"] = "_"
+            elif top != "steps" and top in fixed:
+                fixed.pop(str(top))
+            else:
+                return None
+        try:
+            return WorkflowDef.model_validate(fixed)
+        except ValidationError as again:
+            exc = again
+    return None
 
 
 def issues_from_validation(

@@ -24,7 +24,7 @@ import anyio
 import anyio.abc
 
 from plait.config import HostConfig
-from plait.definition.compiler import CompiledWorkflow, compile_workflow
+from plait.definition.compiler import CompiledWorkflow, compile_workflow, with_compile_issues
 from plait.definition.loader import load
 from plait.definition.models import WorkflowDef
 from plait.engine.catalog import Catalog
@@ -184,13 +184,34 @@ class Engine:
         source: WorkflowDef | Mapping[str, Any] | str | os.PathLike[str],
         *,
         text_only: bool = False,
+        check_plugins: bool = True,
     ) -> CompiledWorkflow:
         """Load (if needed) and compile a workflow against this engine's plugins.
 
         ``text_only``: a string is the definition's text, never a file name (see ``load``).
+        ``check_plugins``: refuse tools no plugin registers and agents the config does not
+        name; off for a run's stored snapshot, which resumes and fails only at the step.
         """
-        wf = source if isinstance(source, WorkflowDef) else self.load(source, text_only=text_only)
-        return compile_workflow(wf, self.registries.step_types, self.templates, self.config.limits)
+
+        def compile_(wf: WorkflowDef) -> CompiledWorkflow:
+            return compile_workflow(
+                wf,
+                self.registries.step_types,
+                self.templates,
+                self.config.limits,
+                tools=self.registries.tools if check_plugins else None,
+                agents=frozenset(self.config.agents) if check_plugins else None,
+                tool_sources=frozenset(self.config.mcp_servers),
+            )
+
+        if isinstance(source, WorkflowDef):
+            return compile_(source)
+        try:
+            wf = self.load(source, text_only=text_only)
+        except DefinitionError as exc:
+            # Every problem at once: those of the rest of the workflow join the loader's.
+            raise with_compile_issues(exc, compile_) from None
+        return compile_(wf)
 
     def register(
         self, source: WorkflowDef | Mapping[str, Any] | str | os.PathLike[str]
@@ -237,7 +258,9 @@ class Engine:
                     f"{name!r} version {version} is missing from the store"
                 )
             # off the event loop: a large definition compiles for seconds
-            found = await anyio.to_thread.run_sync(self.compile, definition)
+            found = await anyio.to_thread.run_sync(
+                lambda: self.compile(definition, check_plugins=False)
+            )
             self._snapshots[digest] = found
             while len(self._snapshots) > SNAPSHOTS_KEPT:
                 self._snapshots.popitem(last=False)
@@ -717,10 +740,11 @@ class Engine:
     async def resume(self, run_id: str) -> Run:
         """Continue a paused run."""
         rx = await self._live(run_id, "resume", ("paused",))
-        # Right after a restart a waiting step may not have re-entered its wait yet; its
-        # recovered record still says where it is.
-        waiting = rx.waiting or any(
-            rec.status == "waiting" for rec in (rx.recovered or {}).values()
+        # Waiting iff a step waits and none is ready or running (the steps a pause held are
+        # ready). Right after a restart a waiting step may not have re-entered its wait yet;
+        # its recovered record still says where it is.
+        waiting = not rx.busy and (
+            rx.waiting or any(rec.status == "waiting" for rec in (rx.recovered or {}).values())
         )
         rx.run.set_status("waiting" if waiting else "running")
         rx.resume()

@@ -16,9 +16,9 @@ import pytest
 
 from .host_process import HostProcess
 
-# Timing-sensitive (pings under 500 ms) or CPU-heavy: one xdist worker runs these one after
-# another, so they never load the machine against each other (make test: --dist loadgroup).
-pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("timing")]
+# Timing-sensitive (pings under 500 ms) or CPU-heavy: `make test` runs these after the rest,
+# on their own, so nothing else loads the machine while they measure.
+pytestmark = [pytest.mark.anyio, pytest.mark.timing]
 
 PLUGIN = """\
 import time

@@ -29,9 +29,9 @@ from websockets.asyncio.client import connect
 
 from .host_process import HostProcess as Serve
 
-# Timing-sensitive (pings under 500 ms) or CPU-heavy: one xdist worker runs these one after
-# another, so they never load the machine against each other (make test: --dist loadgroup).
-pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("timing")]
+# Timing-sensitive (pings under 500 ms) or CPU-heavy: `make test` runs these after the rest,
+# on their own, so nothing else loads the machine while they measure.
+pytestmark = [pytest.mark.anyio, pytest.mark.timing]
 
 MIB = 1024 * 1024
 

@@ -11,9 +11,9 @@ import pytest
 import plait
 from plait.definition.graph import render_graph
 
-# Timing-sensitive (pings under 500 ms) or CPU-heavy: one xdist worker runs these one after
-# another, so they never load the machine against each other (make test: --dist loadgroup).
-pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("timing")]
+# Timing-sensitive (pings under 500 ms) or CPU-heavy: `make test` runs these after the rest,
+# on their own, so nothing else loads the machine while they measure.
+pytestmark = [pytest.mark.anyio, pytest.mark.timing]
 
 
 async def test_a_source_naming_a_file_is_text_not_a_path_to_read(served, client, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from plait import Engine
+from plait import Engine, HostConfig
 from plait.cli.commands import main
 from plait.definition.loader import parse_text
 
@@ -397,14 +397,16 @@ def test_schema_agrees_with_the_compiler_on_steps(schema, step, valid):
     "step",
     [
         {"id": "a", "delay": "${inputs.seconds}"},
-        {"id": "a", "tool": "x", "with": "${inputs.args}"},
+        {"id": "a", "tool": "probe.echo", "with": "${inputs.args}"},
         {"id": "a", "agent": "x", "prompt": "p", "max_turns": "${inputs.turns}"},
     ],
     ids=["delay", "with", "max_turns"],
 )
 def test_schema_accepts_templates_in_typed_fields(schema, pm, step):
     workflow = {"name": "t", "steps": [step]}
-    Engine(pm).compile(workflow)  # valid for plait
+    # (tools and agents a workflow names must exist here: agent x is configured)
+    config = HostConfig.model_validate({"agents": {"x": {"provider": "scripted"}}})
+    Engine(pm, config).compile(workflow)  # valid for plait
     assert Draft202012Validator(schema).is_valid(workflow)
 
 

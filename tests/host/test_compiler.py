@@ -133,24 +133,24 @@ def test_template_reference_to_a_missing_step_has_the_field_path(pm):
     issue = one_problem(
         pm,
         wf(
-            "  - id: a\n    tool: probe.echo\n    with:\n"
+            "  - id: a\n    description: a mapping of values\n    transform:\n"
             '      keep: 1\n      repo: "${steps.nope.output}"\n'
         ),
     )
-    assert (issue.path, issue.line) == ("steps[0].with.repo", 7)
+    assert (issue.path, issue.line) == ("steps[0].transform.repo", 7)
 
 
 def test_a_bad_template_does_not_hide_a_missing_reference_beside_it(pm):
     issues = problems(
         pm,
         wf(
-            "  - id: a\n    tool: probe.echo\n    with:\n"
+            "  - id: a\n    description: a mapping of values\n    transform:\n"
             '      bad: "${ 1 + }"\n      ref: "${steps.nope.output}"\n'
         ),
     )
     assert [(i.path, i.line) for i in issues] == [
-        ("steps[0].with.bad", 6),
-        ("steps[0].with.ref", 7),
+        ("steps[0].transform.bad", 6),
+        ("steps[0].transform.ref", 7),
     ]
     assert "parse" in issues[0].message
     assert issues[1].message == "refers to unknown step 'nope'"
@@ -165,9 +165,9 @@ def test_template_reference_to_a_close_name_suggests_it(pm):
 
 @pytest.mark.parametrize("field", ["when", "with"])
 def test_references_in_any_field_are_checked(pm, field):
-    value = '"steps.gone.output"' if field == "when" else '{v: "${steps.gone.output}"}'
+    value = '"steps.gone.output"' if field == "when" else '{value: "${steps.gone.output}"}'
     issue = one_problem(pm, wf(f"  - id: a\n    tool: probe.echo\n    {field}: {value}\n"))
-    assert issue.path == ("steps[0].when" if field == "when" else "steps[0].with.v")
+    assert issue.path == ("steps[0].when" if field == "when" else "steps[0].with.value")
     assert issue.line == 5
     assert "'gone'" in issue.message
 

@@ -385,8 +385,21 @@ async def test_non_json_tool_result_fails_step(pm):
     assert "not JSON" in run.steps["b"].error["message"]
 
 
-async def test_unknown_tool_is_a_clear_step_error(pm):
-    run = await plait.run(wf({"id": "b", "tool": "nope.tool"}), pm=pm)
+async def test_unknown_tool_is_a_clear_error_at_validation_or_at_the_step(pm):
+    # a literal name: refused before anything runs (issue 11: validation catches it)
+    with pytest.raises(plait.DefinitionError) as info:
+        await plait.run(wf({"id": "b", "tool": "nope.tool"}), pm=pm)
+    assert "nope.tool" in str(info.value)
+    # a name only known at run time: the step fails, listing what exists
+    run = await plait.run(
+        {
+            "name": "t",
+            "inputs": {"type": "object", "properties": {"t": {"type": "string"}}},
+            "steps": [{"id": "b", "tool": "${inputs.t}"}],
+        },
+        {"t": "nope.tool"},
+        pm=pm,
+    )
     assert run.status == "failed"
     assert "nope.tool" in run.error["message"]
     assert "probe.echo" in run.error["message"]  # lists what exists
@@ -774,8 +787,19 @@ async def test_agent_max_turns_and_output_schema_repair(pm):
     assert run.steps["a"].output == {"ok": 1}
 
 
-async def test_unknown_agent_is_a_clear_step_error(pm):
-    run = await plait.run(wf({"id": "a", "agent": "ghost", "prompt": "hi"}), pm=pm)
+async def test_unknown_agent_is_a_clear_error_at_validation_or_at_the_step(pm):
+    with pytest.raises(plait.DefinitionError) as info:
+        await plait.run(wf({"id": "a", "agent": "ghost", "prompt": "hi"}), pm=pm)
+    assert "ghost" in str(info.value)
+    run = await plait.run(
+        {
+            "name": "t",
+            "inputs": {"type": "object", "properties": {"a": {"type": "string"}}},
+            "steps": [{"id": "a", "agent": "${inputs.a}", "prompt": "hi"}],
+        },
+        {"a": "ghost"},
+        pm=pm,
+    )
     assert run.status == "failed"
     assert "ghost" in run.error["message"]
 
