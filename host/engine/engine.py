@@ -342,6 +342,17 @@ class Engine:
         if idempotency_key is not None:
             existing = await self._by_key(idempotency_key)
             if existing is not None:
+                values = _with_defaults(compiled.definition.inputs, dict(inputs or {}))
+                if existing.workflow != compiled.name or existing.inputs != values:
+                    # The same key for another request is a client's mistake, not a repeat.
+                    raise InputsInvalid(
+                        compiled.name,
+                        [
+                            f"idempotency key {idempotency_key!r} was used for run "
+                            f"{existing.id} of workflow {existing.workflow!r} with other "
+                            "inputs; use a new key for a new request"
+                        ],
+                    )
                 return existing
         self._check_room()
         run = self.prepare(compiled, inputs, run_id=run_id, idempotency_key=idempotency_key)

@@ -245,9 +245,14 @@ async def test_invalid_inputs_get_32602_and_start_nothing(served, client):
 async def test_idempotency_key_returns_the_same_run(client):
     first = await start(client, "quick", {"x": 1}, idempotencyKey="order-7")
     again = await start(client, "quick", {"x": 1}, idempotencyKey="order-7")
-    other_inputs = await start(client, "quick", {"x": 2}, idempotencyKey="order-7")
+    # issue 11: the same key with other inputs is an error, not the old run
+    error = await client.error(
+        "runs/start",
+        {"workflow": "quick", "inputs": {"x": 2}, "idempotencyKey": "order-7"},
+    )
+    assert error["code"] == -32602 and "order-7" in error["message"]
     different = await start(client, "quick", {"x": 1}, idempotencyKey="order-8")
-    assert first == again == other_inputs
+    assert first == again
     assert different != first
     assert len((await client.call("runs/list"))["runs"]) == 2
 

@@ -828,3 +828,21 @@ async def test_memory_mode_forgets_the_longest_finished_runs_beyond_its_bound(pm
         assert again.id != runs[0].id
         assert (await engine.start(quick, {"n": 3}, idempotency_key="quick-3")).id == runs[3].id
         await engine.cancel(waiting.id)
+
+
+async def test_an_idempotency_key_reused_with_other_inputs_is_an_error(pm):
+    """Issue 11: the same key with other inputs is a mistake, not a repeat of the request."""
+    engine = plait.Engine(pm)
+    compiled = engine.register(
+        {
+            "name": "k",
+            "inputs": {"type": "object", "properties": {"n": {"type": "integer", "default": 1}}},
+            "steps": [{"id": "a", "transform": "${inputs.n}"}],
+        }
+    )
+    async with engine:
+        first = await engine.start(compiled, {"n": 1}, idempotency_key="key-1")
+        assert (await engine.start(compiled, {}, idempotency_key="key-1")).id == first.id
+        with pytest.raises(plait.InputsInvalid) as info:
+            await engine.start(compiled, {"n": 2}, idempotency_key="key-1")
+        assert "key-1" in str(info.value) and first.id in str(info.value)
