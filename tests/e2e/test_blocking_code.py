@@ -54,7 +54,7 @@ steps:
     "threaded": """\
 name: threaded
 steps:
-  - {id: hog, tool: busy.spin_thread, with: {seconds: 1.5}}
+  - {id: hog, tool: busy.spin_thread, with: {seconds: 1.5}, timeout: 30}
 """,
     "hung": """\
 name: hung
