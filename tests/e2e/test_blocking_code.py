@@ -49,7 +49,7 @@ WORKFLOWS = {
     "inline": """\
 name: inline
 steps:
-  - {id: hog, tool: busy.spin_inline, with: {seconds: 1.5}}
+  - {id: hog, tool: busy.spin_inline, with: {seconds: 1.5}, timeout: 30}
 """,
     "threaded": """\
 name: threaded
