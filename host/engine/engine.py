@@ -618,13 +618,7 @@ class Engine:
     async def load_run(self, run_id: str) -> Run:
         """The run with that id: in memory, else from the store; raises :class:`RunNotFound`."""
         run = self.runs.get(run_id)
-        if run is None:
-            run = await self.store.load_run(run_id)
-            if run is not None and not run.finished:  # stopped mid-run: its events tell more
-                _load_state(run, [], replay(await self.store.events(run_id)))
-        if run is None:
-            raise RunNotFound(run_id)
-        return run
+        return run if run is not None else await self.kept_run(run_id)
 
     async def until_kept(self, wait: Callable[[], Awaitable[T]]) -> T:
         """``await wait()``, a wait for the store to keep something, given up with
@@ -632,13 +626,9 @@ class Engine:
         held until a full disk has room again. What was queued stays queued and is kept when
         the store can write again."""
         while True:
-            reason = self.store.unavailable
-            if reason is not None:
-                raise StoreUnavailable(
-                    str(self.store.describe().get("path", ":memory:")),
-                    f"{reason} (what this request changed is queued, and kept once the store "
-                    "can write again)",
-                )
+            self.check_writable(
+                "what this request changed is queued, and kept once the store can write again"
+            )
             with anyio.CancelScope() as scope:  # cancelled by _watch_store on trouble
                 self._store_waits.add(scope)
                 try:
@@ -654,9 +644,17 @@ class Engine:
                 scope.cancel()
             await anyio.sleep(STORE_CHECK_SECONDS)  # still in trouble: newcomers at this pace
 
+    def check_writable(self, note: str = "") -> None:
+        """Raise :class:`StoreUnavailable` (with ``note``) while the store cannot write."""
+        reason = self.store.unavailable
+        if reason is not None:
+            where = str(self.store.describe().get("path", ":memory:"))
+            raise StoreUnavailable(where, f"{reason} ({note})" if note else reason)
+
     async def kept_run(self, run_id: str) -> Run:
-        """The run as the store has kept it (its row and committed events), even while it
-        runs: what may be shown when a live view cannot wait for the disk."""
+        """The run as the store has kept it (its row, and for an unfinished run its committed
+        events): a run no longer in memory, or a live one whose view cannot wait for the
+        disk."""
         run = await self.store.load_run(run_id)
         if run is None:
             raise RunNotFound(run_id)

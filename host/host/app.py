@@ -371,10 +371,7 @@ class Host:
 
     def _writable(self) -> None:
         """Refuse new work at once while the store cannot write (rather than wait for it)."""
-        engine = self._engine()
-        reason = engine.store.unavailable
-        if reason is not None:
-            raise StoreUnavailable(str(self.data_dir or ":memory:"), reason)
+        self._engine().check_writable()
 
     async def list_runs(
         self,
