@@ -3,7 +3,8 @@
 A string holding ``${ expr }``, ``{{ }}``, ``{% %}`` or ``$root.path`` (``root`` one of
 :data:`CONTEXT_ROOTS`) is a template; any other string is static and never touches Jinja. ``$$`` is
 a literal ``$``. A string that is exactly one ``${expr}`` or one ``$root.path`` keeps the native
-type of its value; anything else renders to a string.
+type of its value; anything else renders to a string, in which a dict, list, boolean or null
+reads as JSON (``{"a": true}``, ``null``), never as a Python repr.
 
 Security: templates run in :class:`PlaitSandbox`, under a per-render budget of size, iteration
 and time limits (both in :mod:`plait.templates.sandbox`, whose docstring lists the guards). The
@@ -49,6 +50,7 @@ from plait.templates.sandbox import (
     Guard,
     PlaitSandbox,
     TemplateLimits,
+    as_text,
     keep_text,
     to_json,
     weight,
@@ -214,7 +216,7 @@ def _text_leaf(source: str, where: str, parts: list[Any], slow: _Render, cap: in
                 if kind is str:
                     out.append(value)
                 elif kind in SCALARS and (kind is not float or math.isfinite(value)):
-                    out.append(str(value))
+                    out.append(as_text(value))
                 else:
                     return slow(context)
             if sum(map(len, out)) > cap:

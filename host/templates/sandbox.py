@@ -28,6 +28,7 @@ reach it; :mod:`plait.templates.engine` sets it around each render.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -197,6 +198,27 @@ def to_json(value: Any, depth: int = 0) -> Any:
     else:
         got = type(value).__name__
     raise TemplateError(f"template result is not a JSON value (got {got})")
+
+
+def as_text(value: Any) -> str:
+    """How a value reads inside a string: JSON text for everything but a string.
+
+    A dict, list, boolean or null printed into text comes out as JSON (``{"a": true}``,
+    ``null``), never as a Python repr (``{'a': True}``, ``None``): the text is read by other
+    programs, agents and people who know JSON, not Python.
+    """
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is bool:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if kind is int or kind is float:
+        return str(value)
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(to_json(value), ensure_ascii=False)
+    return str(value)
 
 
 def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
@@ -456,7 +478,7 @@ class PlaitSandbox(ImmutableSandboxedEnvironment):
         for value in values:
             if not isinstance(value, str):
                 self._check_size("'~' operand", weight(value, self.limits.max_output))
-            parts.append(str(value))
+            parts.append(as_text(value))
             total += len(parts[-1])
             self._check_size("'~' concatenation", total)
         joined: str = self._check_result("'~' concatenation", "".join(parts))
@@ -477,7 +499,7 @@ class PlaitSandbox(ImmutableSandboxedEnvironment):
         if budget is not None:
             budget.tick()
             budget.charge(size)
-        return value
+        return as_text(value) if type(value) is not str else value
 
     # -- sandbox hooks ---------------------------------------------------------------------------
 

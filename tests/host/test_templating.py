@@ -57,6 +57,38 @@ def test_static_strings_never_reach_jinja(engine, monkeypatch):
         assert template.roots == frozenset() and template.references == frozenset()
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "meta: ${steps.review.output.meta} flag: ${inputs.flag} none: ${inputs.none}",
+        "meta: $steps.review.output.meta flag: $inputs.flag none: $inputs.none",
+        "meta: {{ steps.review.output.meta }} flag: {{ inputs.flag }} none: {{ inputs.none }}",
+        "{% if true %}meta: {{ steps.review.output.meta }}{% endif %} flag: ${inputs.flag} "
+        "none: ${inputs.none}",
+        "${'meta: ' ~ steps.review.output.meta ~ ' flag: ' ~ inputs.flag ~ ' none: ' ~ "
+        "inputs.none}",
+    ],
+)
+def test_values_inside_text_read_as_json_not_python(engine, text):
+    """Issue 11: a dict, boolean or null printed into a string is JSON, however it is written."""
+    assert render(engine, text) == 'meta: {"k": "v"} flag: true none: null'
+
+
+def test_a_list_of_dicts_inside_text_is_json_a_program_can_parse(engine):
+    text = render(engine, "tags=${inputs.tags} rows=${ [steps.review.output.meta, {'n': none}] }")
+    head, rows = text.split(" rows=")
+    assert head == 'tags=["a", "b"]'
+    assert json.loads(rows) == [{"k": "v"}, {"n": None}]
+
+
+def test_double_braces_print_like_a_dollar_expression(engine):
+    """``{{ expr }}`` is Jinja's own output tag: supported, and it prints what ``${expr}`` does
+    inside text (a string, never a native value)."""
+    assert render(engine, "{{ inputs.pr + 1 }}") == "8"
+    assert render(engine, "PR {{ inputs.pr }} of {{ inputs.repo }}") == "PR 7 of octo/cat"
+    assert render(engine, "{{ inputs.tags }}") == '["a", "b"]'
+
+
 def test_lone_expression_keeps_native_type(engine):
     assert render(engine, "${inputs.tags}") == ["a", "b"]
     assert render(engine, "${steps.review.output.meta}") == {"k": "v"}
