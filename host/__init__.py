@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from plait.errors import (
         AgentFailed,
         AgentNotFound,
+        AmbiguousRunId,
         ConfigError,
         DataDirLocked,
         DefinitionError,
@@ -123,6 +124,7 @@ _OWNERS: dict[str, str] = {
     "Engine": "plait.engine.engine",
     "AgentFailed": "plait.errors",
     "AgentNotFound": "plait.errors",
+    "AmbiguousRunId": "plait.errors",
     "ConfigError": "plait.errors",
     "DataDirLocked": "plait.errors",
     "DefinitionError": "plait.errors",
@@ -193,6 +195,7 @@ __all__ = [
     "AgentProvider",
     "AgentReply",
     "AgentRequest",
+    "AmbiguousRunId",
     "CachePolicy",
     "CompiledWorkflow",
     "ConfigError",

@@ -177,6 +177,22 @@ class RunNotFound(PlaitError, LookupError):
         super().__init__(f"run {run_id!r} not found")
 
 
+class AmbiguousRunId(RunNotFound):
+    """A run-id prefix that starts the ids of more than one run: no one run has that id."""
+
+    __module__ = "plait"
+
+    def __init__(self, prefix: str, matches: list[str], *, more: bool = False) -> None:
+        self.matches = matches
+        """The first ids it matches, in order."""
+        super().__init__(prefix)
+        listed = ", ".join(matches) + (", …" if more else "")
+        self.args = (
+            f"run id {prefix!r} is ambiguous: {'more than ' if more else ''}{len(matches)} "
+            f"runs have ids starting with it ({listed}); give more of the id's characters",
+        )
+
+
 class InvalidRunState(PlaitError):
     """The run's status does not allow the operation (e.g. pausing a finished run)."""
 

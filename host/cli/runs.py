@@ -5,30 +5,46 @@ Where the commands act: ``--url`` names a host; otherwise, when a host holds the
 otherwise they open the data dir's store themselves. Offline, ``cancel`` ends a run without
 running any more of it, and ``resume`` continues a stopped or paused run in this process to its
 end, with the live display of ``plait run``.
+
+``RUN`` is a run id or its first characters (at least four, naming one run). A data dir that
+does not exist is an error naming it, never created by these commands. Offline, an unfinished
+run that claims to go on (``pending``, ``running``, ``waiting``) has no host to go on in: its
+status is shown with ``(host stopped)`` and what to do, and ``--json`` adds
+``"host": "stopped"`` to it (the stored status stays as it is).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from rich.console import Console
 from rich.table import Table
 
 from plait.cli.failures import CommandFailed, one_line
-from plait.cli.settings import config_from_args
+from plait.cli.settings import config_from_args, data_dir_origin
 from plait.config import HostConfig
 from plait.errors import ConfigError, InvalidRunState, PlaitError
 from plait.state.run_store import parse_cursor
 from plait.store.datadir import DataDirLock, read_host_info
 
+if TYPE_CHECKING:
+    from plait.host.app import Host
+
 __all__ = ["add_runs_parser"]
+
+PIPED_WIDTH = 200
+"""The width of tables when stdout is not a terminal (and ``COLUMNS`` does not say)."""
+HOST_STOPPED: tuple[str, ...] = ("pending", "running", "waiting")
+"""Stored statuses that, with no host holding the data dir, mean the run's host stopped: the
+run would go on, but nothing runs it."""
 
 
 def add_runs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,7 +57,7 @@ def add_runs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     def action(name: str, help: str, *, run_id: bool = True) -> argparse.ArgumentParser:
         p = actions.add_parser(name, help=help)
         if run_id:
-            p.add_argument("run_id", metavar="RUN")
+            p.add_argument("run_id", metavar="RUN", help="a run id, or its first characters")
         p.add_argument("--url", help="a running host (default: the one using the data dir)")
         p.add_argument("--token")
         p.add_argument("--config")
@@ -76,6 +92,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     data_dir = Path(config.host.data_dir)
+    if not args.url and not config.memory_only and not data_dir.is_dir():
+        # Reading a data dir never makes one: an empty table would hide the wrong directory.
+        raise ConfigError(
+            f"no plait data dir at {data_dir.absolute()} ({data_dir_origin(args)}): run this "
+            "in the project's directory, or pass --data-dir DIR or --config FILE, or --url of "
+            "a running host"
+        )
     try:
         if args.url or (not config.memory_only and DataDirLock.held(data_dir)):
             if not args.url and read_host_info(data_dir) is None:
@@ -148,41 +171,52 @@ async def _local(args: argparse.Namespace, config: HostConfig) -> dict[str, Any]
     if not config.durable:
         raise PlaitError("no store to read: the data dir is :memory: or the store is off")
     async with Host(config, recover_runs=False) as host:
-        engine = host.engine
-        assert engine is not None
-        command = args.runs_command
-        if command == "list":
-            page = await engine.list_runs(
-                workflow=args.workflow,
-                status=args.status,
-                limit=args.limit,
-                cursor=parse_cursor(args.cursor) if args.cursor else None,
-            )
-            return {"runs": page.runs, "nextCursor": page.next_cursor}
-        if command == "show":
-            return {"run": await (await engine.load_run(args.run_id)).view()}
-        if command == "events":
-            events = await engine.events(args.run_id, args.since, args.limit)
-            return {"events": [e.to_dict() for e in events]}
-        if command == "cancel":
-            await engine.recover([args.run_id], hold=True)
-            return {"run": await (await engine.cancel(args.run_id)).view()}
-        if command in ("pause", "signal"):  # kept in the store for the next start
-            await engine.recover([args.run_id], hold=True)
-            if command == "pause":
-                return {"run": await (await engine.pause(args.run_id)).view()}
-            await engine.signal(args.run_id, args.event, _signal_data(args))
-            return {"run": await (await engine.load_run(args.run_id)).view()}
-        return await _resume_here(host, args)
+        result = await _offline(host, args)
+    # No host held the data dir (this process took its lock): a run that claims to go on is
+    # one its host left when it stopped or crashed.
+    for run in result.get("runs", []) + ([result["run"]] if "run" in result else []):
+        if run["status"] in HOST_STOPPED:
+            run["host"] = "stopped"
+    return result
 
 
-async def _resume_here(host: Any, args: argparse.Namespace) -> dict[str, Any]:
+async def _offline(host: Host, args: argparse.Namespace) -> dict[str, Any]:
+    engine = host.engine
+    assert engine is not None
+    command = args.runs_command
+    if command == "list":
+        page = await engine.list_runs(
+            workflow=args.workflow,
+            status=args.status,
+            limit=args.limit,
+            cursor=parse_cursor(args.cursor) if args.cursor else None,
+        )
+        return {"runs": page.runs, "nextCursor": page.next_cursor}
+    run_id = await engine.resolve_run_id(args.run_id)  # a prefix: the one id it starts
+    if command == "show":
+        return {"run": await (await engine.load_run(run_id)).view()}
+    if command == "events":
+        events = await engine.events(run_id, args.since, args.limit)
+        return {"events": [e.to_dict() for e in events]}
+    if command == "cancel":
+        await engine.recover([run_id], hold=True)
+        return {"run": await (await engine.cancel(run_id)).view()}
+    if command in ("pause", "signal"):  # kept in the store for the next start
+        await engine.recover([run_id], hold=True)
+        if command == "pause":
+            return {"run": await (await engine.pause(run_id)).view()}
+        await engine.signal(run_id, args.event, _signal_data(args))
+        return {"run": await (await engine.load_run(run_id)).view()}
+    return await _resume_here(host, args, run_id)
+
+
+async def _resume_here(host: Any, args: argparse.Namespace, run_id: str) -> dict[str, Any]:
     from plait.cli.progress import ProgressView
 
     engine = host.engine
-    resumed = await engine.recover([args.run_id])
+    resumed = await engine.recover([run_id])
     if not resumed:
-        run = await engine.load_run(args.run_id)  # not found, or already finished
+        run = await engine.load_run(run_id)  # not found, or already finished
         raise InvalidRunState(run.id, run.status, "resume")
     run = resumed[0]
     if run.status == "paused":
@@ -204,6 +238,9 @@ def _print(args: argparse.Namespace, result: dict[str, Any]) -> int:
         print(json.dumps(result, indent=2))
         return 0 if result.get("run", {}).get("status") != "failed" else 1
     console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Piped or captured: whole ids and statuses for grep, not a table cut to 80 columns.
+        console = Console(highlight=False, width=PIPED_WIDTH)
     printers: dict[str, Callable[[Console, dict[str, Any]], None]] = {
         "list": _print_list,
         "events": _print_events,
@@ -222,20 +259,37 @@ def _print_list(console: Console, result: dict[str, Any]) -> None:
     table = Table(show_header=True, header_style="bold")
     # A run id is what the user copies into the next command: never cut, whatever the width.
     table.add_column("run", no_wrap=True, min_width=32)
-    for col in ("workflow", "version", "status", "created", "finished"):
+    table.add_column("workflow")
+    table.add_column("version")
+    # Nor a status: "waiting (host stopped)" cut to "waiti…" says nothing.
+    widest = max((len(_status(r)) for r in result["runs"]), default=6)
+    table.add_column("status", no_wrap=True, min_width=widest)
+    for col in ("created", "finished"):
         table.add_column(col)
     for r in result["runs"]:
         table.add_row(
             r["id"],
             r["workflow"],
             str(r["version"]),
-            r["status"],
+            _status(r),
             _when(r["created_at"]),
             _when(r.get("finished_at")),
         )
     console.print(table)
+    if any(r.get("host") == "stopped" for r in result["runs"]):
+        console.print(
+            "(host stopped): no host is running these runs, so they do not go on (their host "
+            "stopped or crashed); start it (`plait serve`) to continue them, and see "
+            "`plait runs show RUN`",
+            soft_wrap=True,
+        )
     if result.get("nextCursor"):
         console.print(f"more: --cursor '{result['nextCursor']}'")
+
+
+def _status(run: dict[str, Any]) -> str:
+    """A run's status as shown: with ``(host stopped)`` when no host runs it."""
+    return f"{run['status']} (host stopped)" if run.get("host") == "stopped" else run["status"]
 
 
 def _print_events(console: Console, result: dict[str, Any]) -> None:
@@ -250,9 +304,20 @@ def _print_events(console: Console, result: dict[str, Any]) -> None:
 def _print_run(console: Console, result: dict[str, Any]) -> None:
     run = result["run"]
     console.print(
-        f"run {run['id']}  {run['workflow']} v{run['version']}  [bold]{run['status']}"
+        f"run {run['id']}  {run['workflow']} v{run['version']}  [bold]{_status(run)}"
         f"[/bold]  created {_when(run['created_at'])}"
     )
+    if run.get("host") == "stopped":
+        then = (
+            f"; `plait runs signal {run['id']} EVENT` signals it meanwhile"
+            if run["status"] == "waiting"  # resumed here, it would wait in the foreground
+            else f", or `plait runs resume {run['id']}` to finish it here"
+        )
+        console.print(
+            "its host is not running (it stopped or crashed), so the run does not go on: "
+            f"start the host (`plait serve`) to continue it{then}",
+            soft_wrap=True,
+        )
     if run.get("error"):
         console.print(f"[red]error:[/red] {run['error'].get('message')}")
     if run.get("outputs"):

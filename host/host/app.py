@@ -193,6 +193,8 @@ class Host:
                 self.load_folder(self.config.host.workflows)
             if self.recover_runs:
                 self.recovered = await self.engine.recover()
+            else:  # a command that picks runs itself: a crash's other runs are the next host's
+                store.keep_crash_mark()
             if self.recovered:
                 log.info("resumed %d unfinished run(s)", len(self.recovered))
             self.started_at = time.time()

@@ -132,6 +132,12 @@ class RunStore(Protocol):
         a kill, a power cut): what a restart finds in flight may be what brought it down."""
         ...
 
+    def keep_crash_mark(self) -> None:
+        """Leave the evidence of a crash (:attr:`after_crash`) for the next start: this one
+        is only reading (``plait runs`` on a data dir), so the runs the crash left in flight are
+        resumed, and their crash counted, by the host that starts next."""
+        ...
+
     @property
     def backlogged(self) -> bool:
         """Whether so many changes wait to be kept that new steps should wait first."""
@@ -198,6 +204,12 @@ class RunStore(Protocol):
         limit: int = 50,
     ) -> RunPage:
         """Top-level runs, newest first, filtered, one page after ``cursor``."""
+        ...
+
+    async def run_ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Ids of kept runs (child runs too) that start with ``prefix``, in order, at most
+        ``limit``: what turns a run-id prefix a user typed into the run it names. An exact id
+        is among them (it starts with itself). Answered from the id's index, never a scan."""
         ...
 
     async def run_for_key(self, key: str) -> str | None:

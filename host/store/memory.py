@@ -52,6 +52,9 @@ class MemoryStore:
         """Never: a memory store starts empty."""
         return False
 
+    def keep_crash_mark(self) -> None:
+        """Nothing to keep: a memory store has no crash to remember."""
+
     @property
     def backlogged(self) -> bool:
         """Never: nothing waits for a disk."""
@@ -167,6 +170,11 @@ class MemoryStore:
             [r.summary() for r in page],
             page_cursor(page[-1].created_at, page[-1].id) if more else None,
         )
+
+    async def run_ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Ids of kept runs starting with ``prefix``, in order, at most ``limit`` (a pass over
+        the runs in memory: a user's lookup, bounded by ``keep_finished`` and the live runs)."""
+        return sorted(run_id for run_id in self._runs if run_id.startswith(prefix))[:limit]
 
     async def run_for_key(self, key: str) -> str | None:
         """The kept run started with idempotency key ``key``."""

@@ -133,6 +133,8 @@ PUBLISH_CHUNK: Final = 32
 THREAD_CHECK: Final = 1.0
 """Seconds between two checks, by an idle writer or kicker thread, that the program goes on."""
 _RUN_COLUMNS: Final = ", ".join(RUN_FIELDS)
+RUN_IDS_STARTING: Final = "SELECT id FROM runs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?"
+"""Run ids in a range of the primary key (``runs.id``'s index): the ids with a prefix."""
 
 
 def _json(value: Any, *what: object) -> str:
@@ -228,6 +230,7 @@ class SqliteStore:
         self.last_error: str | None = None
         """The last write error, while writes are being retried."""
         self._after_crash = False
+        self._keep_mark = False
         self._trouble = anyio.Event()
         """Set while the store cannot write (see :meth:`troubled`)."""
         self._broken: str | None = None
@@ -300,7 +303,9 @@ class SqliteStore:
                 if conn is not None:
                     conn.close()
             self._conn = self._reader = None
-            if self.pending == 0:  # all kept: the next start is not one after a crash
+            # All kept: the next start is not one after a crash, unless this one was and only
+            # read, leaving the crash's runs to the next start (keep_crash_mark).
+            if self.pending == 0 and not (self._keep_mark and self._after_crash):
                 self._open_mark.unlink(missing_ok=True)
 
     def _stop_threads(self) -> None:
@@ -349,6 +354,10 @@ class SqliteStore:
         """Whether the previous host left the store open: it crashed, was killed, or could
         not write what it had queued."""
         return self._after_crash
+
+    def keep_crash_mark(self) -> None:
+        """Leave the mark of a crash found at open for the next start (a reading command)."""
+        self._keep_mark = True
 
     @property
     def _open_mark(self) -> Path:
@@ -818,6 +827,18 @@ class SqliteStore:
         runs = [dict(zip(SUMMARY_FIELDS, r, strict=True)) for r in rows[:limit]]
         more = len(rows) > limit and runs
         return RunPage(runs, page_cursor(runs[-1]["created_at"], runs[-1]["id"]) if more else None)
+
+    async def run_ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Ids of runs starting with ``prefix``, in order, at most ``limit``: a range of the
+        primary key's index (``prefix <= id < prefix`` with its last character raised), so a
+        lookup costs the same with a million runs kept as with ten."""
+        if not prefix:
+            return []
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # UTF-8 sorts as code points do
+        rows = await self._read(
+            lambda c: c.execute(RUN_IDS_STARTING, (prefix, upper, limit)).fetchall()
+        )
+        return [run_id for (run_id,) in rows]
 
     async def run_for_key(self, key: str) -> str | None:
         """The run started with idempotency key ``key``, if any."""

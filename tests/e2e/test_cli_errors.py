@@ -225,7 +225,10 @@ def test_a_read_only_data_dir_is_one_line_for_every_command_that_opens_one(
         ["run", str(tmp_path / "wf.yaml")],
     ):
         done = plait(*command, "--config", str(config), cwd=tmp_path)
-        one_error_line(done, str(data), "read-only")
+        if command[0] == "runs" and not existing:  # reading never makes a data dir
+            one_error_line(done, str(data), "no plait data dir")
+        else:
+            one_error_line(done, str(data), "read-only")
 
 
 def test_runs_on_a_data_dir_held_by_a_stdio_host_is_one_line(tmp_path: Path):
