@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
 from plait.errors import ToolFailed
+from plait.plugins.docstrings import describe
 from plait.plugins.threads import run_blocking
 
 __all__ = [
@@ -323,6 +324,34 @@ class StepType(ABC, Generic[ConfigT]):
         """
         return {}
 
+    def signals(self, config: Mapping[str, Any]) -> list[str]:
+        """The signal events a step of this config waits for (with ``ctx.wait_signal``).
+
+        ``config`` is the step's own fields as written. ``runs/signal`` refuses an event that
+        no step of the run's workflow declares here and no step of the run is waiting for
+        right now, so declare every event the step may wait for: only then is a signal sent
+        before the step reaches its wait kept for it. A name holding a template is known only
+        at run time, so it makes runs of the workflow accept any event. Steps of nested bodies
+        declare their own. Default: none.
+        """
+        return []
+
+    def output_schema(
+        self,
+        config: Mapping[str, Any],
+        tool_output_schema: Callable[[str], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        """The JSON Schema of the step's output, when its config tells it before the run.
+
+        ``config`` is the step's own fields as written; ``tool_output_schema(name)`` is the
+        output schema a registered tool declares (``None`` when it declares none, is not
+        registered, or the name holds a template). Validation checks template paths such as
+        ``${steps.<id>.output.title}`` against it: an object schema that lists ``properties``,
+        has no ``patternProperties`` and does not say ``additionalProperties: true`` has no
+        other fields. Default: ``None`` (unknown, nothing is checked).
+        """
+        return None
+
     @abstractmethod
     async def run(self, ctx: StepContext, config: ConfigT) -> Any:
         """Do the step's work and return its output (a JSON value)."""
@@ -377,6 +406,11 @@ class Tool:
     """How many calls may run at once, host-wide (``None``: unlimited)."""
     takes_context: bool = False
     """``call`` takes a second argument, the :class:`ToolContext` of the call."""
+    output_schema: dict[str, Any] | None = None
+    """JSON Schema of what ``call`` returns, when known (``None``: unknown). From a function,
+    derived from its return annotation when that is a pydantic model, a TypedDict or a
+    dataclass; from an MCP server, its ``outputSchema``. Validation checks template paths into
+    a tool step's output against it."""
 
     @classmethod
     def from_function(
@@ -410,7 +444,9 @@ class Tool:
         is_async = inspect.iscoroutinefunction(fn)
         run_in_thread = (not is_async) and bool(option("blocking", blocking, True))
 
-        async def call(args: dict[str, Any], context: ToolContext | None = None) -> Any:
+        returns = _structured_return(fn)
+
+        async def invoke(args: dict[str, Any], context: ToolContext | None = None) -> Any:
             try:
                 parsed = model.model_validate(args)
             except ValidationError as exc:
@@ -426,19 +462,28 @@ class Tool:
                 return await run_blocking(lambda: fn(**kwargs), name=f"plait tool {tool_name}")
             return fn(**kwargs)
 
+        call = invoke
+        if returns is not None:  # a model or dataclass returned becomes the JSON it declares
+
+            async def call(args: dict[str, Any], context: ToolContext | None = None) -> Any:
+                result = await invoke(args, context)
+                return result if type(result) is dict else returns.dump_python(result, mode="json")
+
+        # The docstring, as Markdown without its sections; its Args go into the schema. A
+        # description the author gave on purpose is theirs, used as written.
+        parsed, params = describe(fn)
         doc = option("description", description)
-        if doc is None:
-            doc = inspect.getdoc(fn) or ""
         return cls(
             name=tool_name,
             call=call,
-            input_schema=_schema(model),
-            description=doc,
+            input_schema=_schema(model, params),
+            description=parsed if doc is None else doc,
             version=str(option("version", version, "1")),
             cacheable=option("cacheable", cacheable),
             cache_ttl=option("cache_ttl", cache_ttl),
             max_concurrency=option("max_concurrency", max_concurrency),
             takes_context=context_param is not None,
+            output_schema=None if returns is None else returns.json_schema(mode="serialization"),
         )
 
 
@@ -495,12 +540,38 @@ def _arguments_model(fn: Callable[..., Any], tool_name: str) -> tuple[type[BaseM
     return model, context_param
 
 
-def _schema(model: type[BaseModel]) -> dict[str, Any]:
+def _schema(model: type[BaseModel], described: Mapping[str, str]) -> dict[str, Any]:
+    """The model's JSON Schema; ``described`` fills a property's missing description."""
     schema = model.model_json_schema()
     schema.pop("title", None)
-    for prop in schema.get("properties", {}).values():
+    for name, prop in schema.get("properties", {}).items():
         prop.pop("title", None)
+        if name in described and "description" not in prop:  # Field(description=) wins
+            prop["description"] = described[name]
     return schema
+
+
+def _structured_return(fn: Callable[..., Any]) -> TypeAdapter[Any] | None:
+    """What ``fn`` returns, when its return annotation is a structured type (a pydantic model,
+    a TypedDict or a dataclass): its JSON Schema is the tool's output schema, and a model or
+    dataclass instance returned is dumped to that JSON. ``None`` for anything else (``dict``,
+    ``Any``, ``str``, no annotation), whose fields are not known."""
+    from dataclasses import is_dataclass
+
+    from typing_extensions import is_typeddict
+
+    try:
+        returns: Any = inspect.get_annotations(fn, eval_str=True).get("return")
+        structured = is_typeddict(returns) or (
+            isinstance(returns, type) and (issubclass(returns, BaseModel) or is_dataclass(returns))
+        )
+        if not structured:
+            return None
+        adapter: TypeAdapter[Any] = TypeAdapter(returns)
+        adapter.json_schema(mode="serialization")
+    except Exception:  # noqa: BLE001 - a type pydantic cannot describe declares no output
+        return None
+    return adapter
 
 
 def _brief(exc: ValidationError) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
@@ -100,6 +100,15 @@ class AgentStep(StepType[AgentConfig]):
             "agents": [agent] if isinstance(agent, str) else [],
             "tools": [t for t in tools if isinstance(t, str)] if isinstance(tools, list) else [],
         }
+
+    def output_schema(
+        self,
+        config: Mapping[str, Any],
+        tool_output_schema: Callable[[str], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        """Its ``output_schema``: the parsed answer matches it."""
+        schema = config.get("output_schema")
+        return schema if isinstance(schema, dict) else None
 
     async def run(self, ctx: StepContext, config: AgentConfig) -> Any:
         """Converse until the agent gives a final answer; return it."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
@@ -53,6 +53,15 @@ class ToolStep(StepType[ToolConfig]):
         """The tool it calls, for validation."""
         name = config.get("tool")
         return {"tools": [name]} if isinstance(name, str) else {}
+
+    def output_schema(
+        self,
+        config: Mapping[str, Any],
+        tool_output_schema: Callable[[str], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        """The output schema its tool declares, for validating paths into its output."""
+        name = config.get("tool")
+        return tool_output_schema(name) if isinstance(name, str) else None
 
     async def run(self, ctx: StepContext, config: ToolConfig) -> Any:
         """Call the tool and return its result."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
@@ -103,6 +104,15 @@ class ValidateStep(StepType[ValidateConfig]):
     expressions = frozenset({"assert"})
 
     Config = ValidateConfig
+
+    def output_schema(
+        self,
+        config: Mapping[str, Any],
+        tool_output_schema: Callable[[str], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        """Its ``schema``: the output is the value, which matched it."""
+        schema = config.get("schema")
+        return schema if isinstance(schema, dict) else None
 
     async def run(self, ctx: StepContext, config: ValidateConfig) -> Any:
         """Check the value and return it, or raise with every violation."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
@@ -79,6 +80,11 @@ class WaitStep(StepType[WaitConfig]):
     uses_capacity = False
 
     Config = WaitConfig
+
+    def signals(self, config: Mapping[str, Any]) -> list[str]:
+        """The event it waits for, so ``runs/signal`` knows it before the step waits."""
+        event = config.get("wait")
+        return [event] if isinstance(event, str) else []
 
     async def run(self, ctx: StepContext, config: WaitConfig) -> Any:
         """Wait for the signal; on timeout fail or return the default."""

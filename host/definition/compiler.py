@@ -3,15 +3,17 @@
 Everything that can be checked before a run is checked here, once per workflow version, and
 every problem is reported at once: unknown step types and fields, duplicate ids, references to
 missing steps, cycles (naming the steps on them), templates that do not parse, and, when the
-caller gives what the host offers, tools and agents nobody provides and literal tool arguments
-that break the tool's input schema. Templates are compiled here too, so a run never parses one.
+caller gives what the host offers, tools and agents nobody provides, literal tool arguments
+that break the tool's input schema, and template paths into a step's record or output that it
+does not have. Templates are compiled here too, so a run never parses one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections import ChainMap
+from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +24,7 @@ from pydantic import ValidationError
 from plait.config import Limits
 from plait.definition.loader import issues_from_validation, value_issues
 from plait.definition.models import CachePolicy, RetryPolicy, StepDef, WorkflowDef
-from plait.errors import DefinitionError, Issue, TemplateSyntaxError
+from plait.errors import DefinitionError, InputsInvalid, Issue, TemplateSyntaxError
 from plait.plugins.registry import Registry
 from plait.plugins.types import StepConfig, StepType, Tool
 from plait.templates.engine import CONTEXT_ROOTS, Template, TemplateEngine
@@ -32,6 +34,7 @@ __all__ = [
     "CompiledStep",
     "CompiledWorkflow",
     "Scope",
+    "UnknownSignal",
     "compile_workflow",
     "with_compile_issues",
 ]
@@ -109,6 +112,25 @@ class CompiledWorkflow:
     vars: Template
     inputs_validator: Draft202012Validator
     size: int
+    signals: frozenset[str] = frozenset()
+    """The signal events its steps declare they wait for (``StepType.signals``), nested bodies
+    included."""
+    any_signal: bool = False
+    """A step waits for an event named by a template, known only at run time: any event may
+    be awaited."""
+
+    def signal_problem(self, event: str, awaited: Collection[str] = ()) -> str | None:
+        """Why a run of this workflow can never take the signal ``event``, or ``None`` when a
+        step declares it, a step of the run is waiting for it now (``awaited``: a step type
+        may wait without declaring), or a step's event is known only at run time."""
+        if self.any_signal or event in self.signals or event in awaited:
+            return None
+        known = sorted(self.signals.union(awaited))
+        listens = f"it waits for: {', '.join(known)}" if known else "it waits for no signal"
+        return (
+            f"no step of workflow {self.name!r} waits for the signal {event!r}"
+            f"{_suggest(event, known)}; {listens}"
+        )
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> list[str]:
         """Every way ``inputs`` breaks the workflow's input schema (empty when valid), or why
@@ -146,7 +168,11 @@ def compile_workflow(
     ``tools``: the registered tools; a step naming another one, or giving literal arguments
     its input schema refuses, is an issue. ``tool_sources``: the configured MCP servers, whose
     tools (``<server>.<tool>``) arrive after compiling and are not checked. ``agents``: the
-    configured agent names. ``None`` (the default) checks nothing of that kind.
+    configured agent names. ``None`` (the default) checks nothing of that kind. With either,
+    template paths are checked too: ``steps.<id>.<field>`` must be a field of a step's record
+    and ``steps.<id>.output.<key>...`` a field of the step's output schema when its step type
+    knows one (``StepType.output_schema``); a stored run's snapshot, compiled with neither,
+    is never refused for them.
     """
     limits = limits or Limits()
     c = _Compiler(wf, step_types, templates, limits)
@@ -159,6 +185,9 @@ def compile_workflow(
     top_ids = set(scope.by_id)
     for ref in sorted(outputs.references - top_ids):
         c.issue("outputs", f"refers to unknown step {ref!r}{_suggest(ref, top_ids)}")
+    if c.known.tools is not None or c.known.agents is not None:
+        c.check_paths(scope, {})
+        c.check_template_paths(outputs, "outputs", wf.outputs, {s.id: s for s in scope.steps})
     variables = c.template(wf.vars, "vars")
     c.check_roots(variables, "vars", frozenset())
     if variables.references:
@@ -186,6 +215,8 @@ def compile_workflow(
         vars=variables,
         inputs_validator=validator,
         size=size,
+        signals=frozenset(c.signals),
+        any_signal=c.any_signal,
     )
 
 
@@ -230,6 +261,11 @@ class _Compiler:
         self._instances: dict[str, StepType] = {}
         self.known = _Known(None, None, frozenset())
         self._validators: dict[str, Draft202012Validator | None] = {}
+        self.signals: set[str] = set()
+        self.any_signal = False
+        self._outputs: dict[str, dict[str, Any]] = {}
+        """Output schemas that step types know, by step path (only when checking paths)."""
+        self._reported: set[tuple[str, str]] = set()
 
     def issue(self, path: str, message: str) -> None:
         self.issues.append(Issue(path, message, self.wf.line_of(path)))
@@ -352,6 +388,13 @@ class _Compiler:
                 templated[key] = t
         static_config = self.check_config(cls, raw, templated, deferred, path)
         self.check_references(inst, cls, raw, path)
+        self.declared_signals(inst, raw, path)
+        if self.known.tools is not None or self.known.agents is not None:
+            schema = _safe(
+                lambda: inst.output_schema(raw, self._tool_output_schema), None, self, path
+            )
+            if schema is not None:
+                self._outputs[path] = schema
         bodies: dict[str, Scope] = {}
         for label, body in raw_bodies.items():
             if not isinstance(body, list) or not body:
@@ -529,6 +572,108 @@ class _Compiler:
             self.issue(
                 where, f"does not match the input schema of tool {tool.name!r}: {err.message}"
             )
+
+    def declared_signals(self, inst: StepType, raw: dict[str, Any], path: str) -> None:
+        """Note the signal events the step waits for (``StepType.signals``)."""
+        events = _safe(
+            lambda: inst.signals(raw), [], self, path, kind=(list, tuple, set, frozenset)
+        )
+        for event in events:
+            if not isinstance(event, str) or not event:
+                continue
+            try:
+                template = self.templates.compile(event, where="")
+            except TemplateSyntaxError:
+                continue  # reported where the field is compiled
+            if template.is_static:
+                self.signals.add(template.render({}))
+            else:
+                self.any_signal = True
+
+    def _tool_output_schema(self, name: str) -> dict[str, Any] | None:
+        """The output schema a registered tool declares (for ``StepType.output_schema``)."""
+        tools = self.known.tools
+        if tools is None or not isinstance(name, str) or not self._literal(name):
+            return None
+        tool = tools.get(name)
+        schema = getattr(tool, "output_schema", None)
+        return schema if isinstance(schema, dict) else None
+
+    # -- template paths ----------------------------------------------------------------------
+
+    def check_paths(
+        self,
+        scope: Scope,
+        outer: MutableMapping[str, CompiledStep],
+        enclosing: tuple[CompiledStep, ...] = (),
+    ) -> None:
+        """Check the templates of ``scope`` and its bodies that read ``steps.<id>.<field>...``
+        against the record and the known output schema of the step they name, as the run sees
+        it: a body's own steps first, then those of the scopes around it."""
+        visible = ChainMap({s.id: s for s in scope.steps}, outer)
+        for s in scope.steps:
+            skip = (*enclosing, s)  # references to these are reported by `link`
+            guards = (("when", s.when), ("cache.key", s.cache_key), ("cache.when", s.cache_when))
+            for key, t in (*s.templated.items(), *guards):
+                if t is not None:
+                    where = f"{s.path}.{key}"
+                    self.check_template_paths(t, where, s.definition.get(key), visible, skip)
+            if s.deferred:  # rendered inside the bodies: they see the bodies' steps too
+                inside = ChainMap({b.id: b for body in s.bodies.values() for b in body.steps})
+                inside.maps.append(visible)
+                for key, t in s.deferred.items():
+                    where = f"{s.path}.{key}"
+                    self.check_template_paths(t, where, s.definition.get(key), inside, skip)
+            for body in s.bodies.values():
+                self.check_paths(body, visible, skip)
+
+    def check_template_paths(
+        self,
+        template: Template,
+        where: str,
+        raw: Any,
+        visible: Mapping[str, CompiledStep],
+        skip: tuple[CompiledStep, ...] = (),
+    ) -> None:
+        """Report each path of ``template`` that the step it names certainly does not have."""
+        for chain in sorted(template.step_paths, key=len):
+            ref, field_name = chain[0], chain[1]
+            target = visible.get(ref)
+            if target is None or any(target is other for other in skip):
+                continue  # an unknown step, itself or an enclosing one: reported by `link`
+            if field_name not in _STEP_RECORD:
+                self._report(
+                    _field_with(raw, ref, field_name, where),
+                    f"step {ref!r} has no field {field_name!r}"
+                    f"{_suggest(str(field_name), _STEP_RECORD)}; "
+                    f"a step has: {', '.join(_STEP_RECORD)}",
+                )
+                continue
+            schema = self._outputs.get(target.path)
+            # A step with a fallback: its dependents may see the fallback's output instead.
+            if field_name != "output" or schema is None or target.fallback is not None:
+                continue
+            miss = _missing_key(schema, chain[2:])
+            if miss is None:
+                continue
+            at, known = miss
+            bad = chain[2 + at]
+            holder = "its output" + _dotted(chain[2 : 2 + at])
+            if known:
+                has = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+                tail = f"{holder} has: {has}"
+            else:
+                tail = f"{holder} has no fields"
+            self._report(
+                _field_with(raw, ref, bad, where),
+                f"step {ref!r} has no output field {_dotted(chain[2 : 3 + at]).lstrip('.')!r}"
+                f"{_suggest(str(bad), known)}; {tail}",
+            )
+
+    def _report(self, where: str, message: str) -> None:
+        if (where, message) not in self._reported:
+            self._reported.add((where, message))
+            self.issue(where, message)
 
     def _literal(self, value: str) -> bool:
         try:
@@ -738,7 +883,7 @@ class _Compiler:
 class _ListTemplate:
     """A list of compiled expressions that renders to the list of their values."""
 
-    __slots__ = ("items", "references", "roots", "is_static", "source", "where")
+    __slots__ = ("items", "references", "roots", "is_static", "source", "step_paths", "where")
 
     def __init__(self, items: list[Template], where: str) -> None:
         self.items = items
@@ -746,6 +891,7 @@ class _ListTemplate:
         self.source = [t.source for t in items]
         self.references = frozenset().union(*(t.references for t in items))
         self.roots = frozenset().union(*(t.roots for t in items))
+        self.step_paths = frozenset().union(*(t.step_paths for t in items))
         self.is_static = False  # rendered every run: assertions are about the run's values
 
     def render(self, context: Mapping[str, Any]) -> list[Any]:
@@ -772,6 +918,7 @@ class _Unrenderable:
 
     is_static = False
     roots: frozenset[str] = frozenset()
+    step_paths: frozenset[tuple[Any, ...]] = frozenset()
 
     def __init__(self, references: frozenset[str], where: str) -> None:
         self.references = references
@@ -873,14 +1020,17 @@ def _holds_bodies(value: Any, body_lists: set[int]) -> bool:
     )
 
 
-def _safe(fn: Any, default: Any, c: _Compiler, path: str) -> Any:
-    """Call a step type's declaration method; a plugin that raises is a definition issue."""
+def _safe(
+    fn: Any, default: Any, c: _Compiler, path: str, kind: type | tuple[type, ...] = dict
+) -> Any:
+    """Call a step type's declaration method; a plugin that raises is a definition issue, and
+    an answer that is not of ``kind`` counts as ``default``."""
     try:
         result = fn()
     except Exception as exc:  # noqa: BLE001 - plugin code
         c.issue(path, f"step type failed to describe this step: {type(exc).__name__}: {exc}")
         return default
-    return result if isinstance(result, dict) else default
+    return result if isinstance(result, kind) else default
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
@@ -895,3 +1045,139 @@ def _json_path(parts: Iterable[Any]) -> str:
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else f".{p}"
     return out
+
+
+class UnknownSignal(InputsInvalid):
+    """A signal that no step of the run's workflow waits for (``signal_problem`` says why).
+
+    An :class:`InputsInvalid`: like inputs, a signal is what a caller gives a run, refused
+    because the workflow cannot take it. The JSON-RPC methods answer it as invalid params
+    (-32602), the command line as bad input.
+    """
+
+    def __init__(self, workflow: str, event: str, problem: str) -> None:
+        self.workflow = workflow
+        self.event = event
+        self.problems = [problem]
+        super(InputsInvalid, self).__init__(problem)  # its own words, not "invalid inputs"
+
+
+_STEP_RECORD = ("output", "status", "error", "attempts")
+"""What ``steps.<id>`` holds for a template (the records the scheduler builds)."""
+
+
+def _dotted(keys: Iterable[Any]) -> str:
+    """``('items', 0, 'title')`` as ``.items[0].title``."""
+    return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys)
+
+
+def _field_with(raw: Any, ref: str, key: Any, where: str) -> str:
+    """The path of the field under ``raw`` whose text reads ``key`` of step ``ref``; else
+    the first naming the step; else ``where``."""
+    import re
+
+    step = re.compile(_REF.format(re.escape(ref)))
+    read = re.compile(rf"[.\[]\s*['\"]?{re.escape(str(key))}\b")
+
+    def walk(value: Any, path: str) -> str | None:
+        if isinstance(value, str):
+            return path if step.search(value) and read.search(value) else None
+        items = (
+            value.items()
+            if isinstance(value, dict)
+            else (enumerate(value) if isinstance(value, list) else ())
+        )
+        for k, v in items:
+            found = walk(v, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}")
+            if found is not None:
+                return found
+        return None
+
+    return walk(raw, where) or _field_of(raw, ref, where)
+
+
+_MAX_SCHEMA_DEPTH = 64
+"""Subschemas followed at most for one path (``$ref`` cycles end there, accepted)."""
+
+
+def _missing_key(schema: Any, keys: tuple[Any, ...]) -> tuple[int, list[str]] | None:
+    """Where ``keys`` certainly leave what ``schema`` allows: (index of the key, the names
+    the object there declares), or ``None`` when the path may exist.
+
+    Certain only for an object schema that lists ``properties``, has no ``patternProperties``
+    and no ``additionalProperties`` (or ``unevaluatedProperties``) but ``false``: a schema
+    whose objects take other keys says ``additionalProperties: true``. ``$ref`` to the
+    schema's own ``$defs`` is followed, ``anyOf``/``oneOf`` accept a path any branch accepts,
+    an integer follows ``prefixItems``/``items``, and anything else is accepted.
+    """
+    return _walk_schema(schema, keys, 0, schema, 0)
+
+
+def _walk_schema(
+    node: Any, keys: tuple[Any, ...], i: int, root: Any, depth: int
+) -> tuple[int, list[str]] | None:
+    if i >= len(keys) or depth > _MAX_SCHEMA_DEPTH:
+        return None
+    node = _resolve_ref(node, root)
+    if not isinstance(node, dict):
+        return None  # `true`, an unresolved $ref, or not a schema: anything goes
+    key = keys[i]
+    if node.get("type") == "null":
+        return (i, [])  # null has no fields (a skipped step's output fails the same way)
+    misses: list[tuple[int, list[str]]] = []
+    for combinator in ("anyOf", "oneOf"):
+        branches = node.get(combinator)
+        if isinstance(branches, list) and branches:
+            for branch in branches:
+                miss = _walk_schema(branch, keys, i, root, depth + 1)
+                if miss is None:
+                    return None
+                misses.append(miss)
+    for branch in node.get("allOf") or ():
+        miss = _walk_schema(branch, keys, i, root, depth + 1)
+        if miss is not None:
+            return miss  # every part must hold: one that refuses the path refuses it
+    if misses:
+        deepest = max(at for at, _ in misses)
+        names = sorted({n for at, known in misses if at == deepest for n in known})
+        return deepest, names
+    if isinstance(key, int):
+        prefix = node.get("prefixItems")
+        if isinstance(prefix, list) and 0 <= key < len(prefix):
+            return _walk_schema(prefix[key], keys, i + 1, root, depth + 1)
+        items = node.get("items")
+        if isinstance(items, dict):
+            return _walk_schema(items, keys, i + 1, root, depth + 1)
+        return None
+    properties = node.get("properties")
+    if not isinstance(properties, dict):
+        return None
+    if key in properties:
+        return _walk_schema(properties[key], keys, i + 1, root, depth + 1)
+    if "patternProperties" in node or any(
+        node.get(other, False) is not False
+        for other in ("additionalProperties", "unevaluatedProperties")
+    ):
+        return None  # it takes other keys
+    return i, sorted(str(name) for name in properties)
+
+
+def _resolve_ref(node: Any, root: Any) -> Any:
+    """``node``, or what its local ``$ref`` (``#/$defs/Item``) points to; ``None`` when the
+    reference leaves the schema."""
+    for _ in range(_MAX_SCHEMA_DEPTH):
+        if not isinstance(node, dict) or not isinstance(node.get("$ref"), str):
+            return node
+        ref = node["$ref"]
+        if not ref.startswith("#"):
+            return None
+        node = root
+        for part in ref[1:].split("/")[1:] if ref != "#" else ():
+            part = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                return None
+    return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from copy import deepcopy
@@ -24,12 +25,18 @@ import anyio
 import anyio.abc
 
 from plait.config import HostConfig
-from plait.definition.compiler import CompiledWorkflow, compile_workflow, with_compile_issues
+from plait.definition.compiler import (
+    CompiledWorkflow,
+    UnknownSignal,
+    compile_workflow,
+    with_compile_issues,
+)
 from plait.definition.loader import load
 from plait.definition.models import WorkflowDef
 from plait.engine.catalog import Catalog
 from plait.engine.scheduler import RunExecution, Sampler, ScopeExecution
 from plait.errors import (
+    AmbiguousRunId,
     DefinitionError,
     InputsInvalid,
     InvalidRunState,
@@ -70,6 +77,11 @@ SNAPSHOTS_KEPT = 16
 """Compiled definitions of runs whose version the catalog no longer holds, kept by digest."""
 STORE_CHECK_SECONDS = 0.25
 """How often a reply waiting for the store looks whether the store can write at all."""
+MIN_RUN_ID_PREFIX = 4
+"""The shortest run-id prefix looked up as one (a shorter id must be a whole id)."""
+AMBIGUOUS_SHOWN = 5
+"""How many of the runs an ambiguous prefix matches its error names."""
+_FULL_RUN_ID = re.compile(r"[0-9a-f]{32}")
 T = TypeVar("T")
 
 
@@ -616,9 +628,34 @@ class Engine:
     # -- looking runs up ---------------------------------------------------------------------
 
     async def load_run(self, run_id: str) -> Run:
-        """The run with that id: in memory, else from the store; raises :class:`RunNotFound`."""
+        """The run with that id (or a unique prefix of it, see :meth:`resolve_run_id`): in
+        memory, else from the store; raises :class:`RunNotFound`."""
         run = self.runs.get(run_id)
+        if run is None:
+            run_id = await self.resolve_run_id(run_id)
+            run = self.runs.get(run_id)
         return run if run is not None else await self.kept_run(run_id)
+
+    async def resolve_run_id(self, run_id: str) -> str:
+        """The whole id of the run ``run_id`` names, which may be the first characters of it.
+
+        Every method taking a run id goes through here. A live run's id, a whole run id (32
+        hex digits) and anything shorter than :data:`MIN_RUN_ID_PREFIX` are taken as they
+        are, without asking the store; otherwise an exact id wins, then the one run whose id
+        starts with it. An id that names nothing comes back as it is (the lookup that follows
+        says not found).
+
+        Raises:
+            AmbiguousRunId: more than one run's id starts with it (the error names them).
+        """
+        if run_id in self.runs or len(run_id) < MIN_RUN_ID_PREFIX or _FULL_RUN_ID.fullmatch(run_id):
+            return run_id
+        found = await self.store.run_ids_starting(run_id, AMBIGUOUS_SHOWN + 1)
+        if len(found) == 1:
+            return found[0]
+        if not found or run_id in found:
+            return run_id
+        raise AmbiguousRunId(run_id, found[:AMBIGUOUS_SHOWN], more=len(found) > AMBIGUOUS_SHOWN)
 
     async def until_kept(self, wait: Callable[[], Awaitable[T]]) -> T:
         """``await wait()``, a wait for the store to keep something, given up with
@@ -655,6 +692,7 @@ class Engine:
         """The run as the store has kept it (its row, and for an unfinished run its committed
         events): a run no longer in memory, or a live one whose view cannot wait for the
         disk."""
+        run_id = await self.resolve_run_id(run_id)
         run = await self.store.load_run(run_id)
         if run is None:
             raise RunNotFound(run_id)
@@ -677,6 +715,9 @@ class Engine:
     async def events(self, run_id: str, since: int = 0, limit: int | None = None) -> list[Event]:
         """A run's kept events with ``seq > since``, oldest first."""
         run = self.runs.get(run_id)  # in memory: every event, the kept ones up to published
+        if run is None:
+            run_id = await self.resolve_run_id(run_id)
+            run = self.runs.get(run_id)
         if run is not None:
             end = run.published if limit is None else min(run.published, since + limit)
             return run.events[since:end]
@@ -710,9 +751,9 @@ class Engine:
 
     async def _live(self, run_id: str, action: str, allowed: tuple[str, ...]) -> RunExecution:
         run = await self.load_run(run_id)
-        rx = self.executions.get(run_id)
+        rx = self.executions.get(run.id)
         if rx is None or run.status not in allowed:
-            raise InvalidRunState(run_id, run.status, action)
+            raise InvalidRunState(run.id, run.status, action)
         return rx
 
     async def cancel(self, run_id: str) -> Run:
@@ -721,7 +762,7 @@ class Engine:
         Returns once the run has ended (or after a few seconds, as it then stands).
         """
         rx = await self._live(run_id, "cancel", LIVE)
-        self.cancel_now(run_id)
+        self.cancel_now(rx.run.id)
         with anyio.move_on_after(CANCEL_SECONDS):
             await rx.run.wait()
         return rx.run
@@ -760,10 +801,28 @@ class Engine:
         return rx.run
 
     async def signal(self, run_id: str, event: str, data: Any = None) -> None:
-        """Deliver a signal to a run's ``wait`` steps (kept until one takes it)."""
+        """Deliver a signal to a run's ``wait`` steps (kept until one takes it).
+
+        Raises:
+            UnknownSignal: no step of the run's workflow declares ``event``
+                (``StepType.signals``) and no step of the run is waiting for it now.
+        """
+        run_id = await self.resolve_run_id(run_id)
         run = await self.load_run(run_id)
         if run.done or run_id not in self.executions:
             raise InvalidRunState(run_id, run.status, "signal")
+        # The events steps wait for right now: a step type may wait without declaring.
+        awaited = run.awaited_signals()
+        if event not in awaited:
+            try:
+                compiled = await self.snapshot(run.digest, run.workflow, run.version)
+            except (DefinitionError, LookupError):
+                compiled = None  # its definition cannot tell: keep the signal, as ever
+            problem = compiled.signal_problem(event, awaited) if compiled is not None else None
+            if problem is not None:
+                raise UnknownSignal(run.workflow, event, problem)
+            if run.done:  # it ended while its definition was read from the store
+                raise InvalidRunState(run_id, run.status, "signal")
         run.signal(event, data)
         await self.until_kept(run.committed)
 

@@ -246,11 +246,13 @@ class McpServer:
                 )
                 continue
             schema = dict(spec.input_schema or {"type": "object"})
+            returns = getattr(spec, "output_schema", None)  # structured content's schema
             self.runner.add(
                 Tool(
                     name=name,
                     call=self._caller(spec.name),
                     input_schema=schema,
+                    output_schema=dict(returns) if isinstance(returns, dict) else None,
                     description=spec.description or "",
                     version=f"mcp:{self.name}",
                     cacheable=self.settings.cacheable,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -190,6 +190,7 @@ class Run:
     """(seq, event): set once ``published`` reaches seq (``-1``: once the run is finished)."""
     _signals: dict[str, deque[Any]] | None = field(default=None, repr=False)
     _signal_waiters: dict[str, anyio.Event] | None = field(default=None, repr=False)
+    _signals_awaited: dict[str, int] = field(default_factory=dict, repr=False)
     _pauses: tuple[int, float | None, float] = field(default=(0, None, 0.0), repr=False)
     """For the ETA, read from the events as far as they were read: (events read, when the
     pause in progress began or ``None``, seconds spent in pauses that ended)."""
@@ -365,7 +366,19 @@ class Run:
             waiter = self._signal_waiters.get(event)
             if waiter is None:
                 waiter = self._signal_waiters[event] = anyio.Event()
-            await waiter.wait()
+            awaited = self._signals_awaited
+            awaited[event] = awaited.get(event, 0) + 1
+            try:
+                await waiter.wait()
+            finally:
+                awaited[event] -= 1
+                if not awaited[event]:
+                    del awaited[event]
+
+    def awaited_signals(self) -> Collection[str]:
+        """The events some step of the run is waiting for right now (a step type may wait
+        for a signal its workflow does not declare)."""
+        return self._signals_awaited.keys()
 
     # -- views -------------------------------------------------------------------------------
 

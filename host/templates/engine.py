@@ -81,6 +81,7 @@ class _Node(NamedTuple):
     references: frozenset[str] = frozenset()
     static: bool = True
     slow: bool = False  # renders through Jinja, so wants a budget
+    step_paths: frozenset[tuple[Any, ...]] = frozenset()  # for validation only
 
 
 def _lookup(context: Mapping[str, Any], root: str, keys: tuple[Any, ...]) -> Any:
@@ -258,6 +259,13 @@ def _path_names(paths: list[tuple[str, tuple[Any, ...]]]) -> tuple[frozenset[str
     return frozenset(root for root, _ in paths), frozenset(refs)
 
 
+def _step_paths(paths: list[tuple[str, tuple[Any, ...]]]) -> frozenset[tuple[Any, ...]]:
+    """The key chains plain paths read under ``steps`` past a step id (see ``Template``)."""
+    return frozenset(
+        keys for root, keys in paths if root == "steps" and len(keys) > 1 and type(keys[0]) is str
+    )
+
+
 @dataclass(frozen=True, eq=False)
 class Template:
     """A compiled value: immutable, safe to share between runs, tasks and threads.
@@ -277,6 +285,15 @@ class Template:
     """True when rendering needs no context (no template anywhere in it)."""
     _node: _Node = field(repr=False)
     _limits: TemplateLimits = field(repr=False)
+
+    @property
+    def step_paths(self) -> frozenset[tuple[Any, ...]]:
+        """Constant key chains read under ``steps``, from the step id on: ``(id, field,
+        key, ...)``. ``${steps.fetch.output.items[0].title}`` reads ``('fetch', 'output',
+        'items', 0, 'title')``. For validation: a chain a template only tests (``is defined``,
+        ``| default``), calls (``.get(...)``) or guards (``'x' in ...``) is left out, and so is
+        a chain holding a computed key, from that key on."""
+        return self._node.step_paths
 
     def render(self, context: Mapping[str, Any]) -> Any:
         """Evaluate every template in the value against ``context`` (root name to value).
@@ -384,6 +401,41 @@ def _plain_path(expr: nodes.Node) -> tuple[str, tuple[Any, ...]] | None:
         expr = expr.node
 
 
+_TOLERANT_FILTERS = frozenset({"default", "d"})
+"""Filters that accept an undefined value: the key they are given may be missing."""
+_GUARD_TESTS = frozenset({"defined", "undefined"})
+
+
+def _read_paths(ast: nodes.Template) -> frozenset[tuple[Any, ...]]:
+    """The constant key chains a Jinja template reads under ``steps``, past a step id.
+
+    A chain that is called (``steps.a.output.get('x')``: a method), tested (``... is none``)
+    or given to ``default`` is not a read of its last key; a template that asks whether a
+    key exists (``is defined``, ``'x' in ...``) reads nothing certain, so it gives none.
+    """
+    spared: set[int] = set()
+    for node in ast.find_all((nodes.Call, nodes.Filter, nodes.Test, nodes.Compare)):
+        if isinstance(node, nodes.Compare):
+            if any(op.op in ("in", "notin") for op in node.ops):
+                return frozenset()
+        elif isinstance(node, nodes.Test) and node.name in _GUARD_TESTS:
+            return frozenset()
+        elif isinstance(node, nodes.Call | nodes.Test) or (
+            isinstance(node, nodes.Filter) and node.name in _TOLERANT_FILTERS
+        ):
+            spared.add(id(node.node))  # a filter block's node is None: never a chain
+    reads = set()
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        if id(node) in spared:
+            continue
+        path = _plain_path(node)
+        if path is not None and path[0] == "steps":
+            keys = path[1]
+            if len(keys) > 1 and type(keys[0]) is str:
+                reads.add(keys)
+    return frozenset(reads)
+
+
 def _short(source: str) -> str:
     return repr(source if len(source) <= 200 else source[:200] + "…")
 
@@ -462,6 +514,7 @@ class TemplateEngine:
             frozenset().union(*(kid.references for kid in kids)),
             all(kid.static for kid in kids),
             any(kid.slow for kid in kids),
+            frozenset().union(*(kid.step_paths for kid in kids)),
         )
 
     def _string(self, text: str, where: str, issues: list[Issue], bare: bool = False) -> _Node:
@@ -512,11 +565,16 @@ class TemplateEngine:
             ast = nodes.Template([nodes.Assign(nodes.Name(_RESULT, "store"), expr, lineno=1)])
             ast.set_environment(env)
             if (path := _plain_path(expr)) is None:
-                roots, refs = self._analyse(ast, text)
+                roots, refs, reads = self._analyse(ast, text)
                 render = _jinja_leaf(text, where, self._build(ast), True, limits)
-                return _Node(render, roots, refs, static=False, slow=True)
+                return _Node(render, roots, refs, static=False, slow=True, step_paths=reads)
             fallback = _lazy(text, where, lambda: self._build(ast), True, limits)
-            return _Node(_path_leaf(text, where, path, fallback), *_path_names([path]), False)
+            return _Node(
+                _path_leaf(text, where, path, fallback),
+                *_path_names([path]),
+                False,
+                step_paths=_step_paths([path]),
+            )
         chunks: list[str] = []
         fast: list[Any] = []
         for is_expr, chunk in parts:
@@ -531,15 +589,15 @@ class TemplateEngine:
         source = "".join(chunks)
         if jinja or None in fast:
             ast = env.parse(source, name=_NAME)
-            roots, refs = self._analyse(ast, text)
+            roots, refs, reads = self._analyse(ast, text)
             render = _jinja_leaf(text, where, self._build(ast), False, limits)
-            return _Node(render, roots, refs, static=False, slow=True)
+            return _Node(render, roots, refs, static=False, slow=True, step_paths=reads)
         fallback = _lazy(
             text, where, lambda: self._build(env.parse(source, name=_NAME)), False, limits
         )
         paths = [part for part in fast if type(part) is tuple]
         render = _text_leaf(text, where, fast, fallback, limits.max_output)
-        return _Node(render, *_path_names(paths), False)
+        return _Node(render, *_path_names(paths), False, step_paths=_step_paths(paths))
 
     def _parse_expression(self, source: str) -> nodes.Expr:
         parser = Parser(self.env, source, name=_NAME, state="variable")
@@ -549,8 +607,11 @@ class TemplateEngine:
             raise JinjaSyntaxError(f"unexpected {token.value!r} after the expression", token.lineno)
         return expr
 
-    def _analyse(self, ast: nodes.Template, text: str) -> tuple[frozenset[str], frozenset[str]]:
-        """Refuse unknown names; return the roots and the step ids the template references."""
+    def _analyse(
+        self, ast: nodes.Template, text: str
+    ) -> tuple[frozenset[str], frozenset[str], frozenset[tuple[Any, ...]]]:
+        """Refuse unknown names; return the roots, the step ids the template references and
+        the key chains it reads under ``steps`` (see ``Template.step_paths``)."""
         names = set(meta.find_undeclared_variables(ast))
         if any(n.name == "self" and n.ctx == "load" for n in ast.find_all(nodes.Name)):
             names.add("self")  # Jinja resolves it to the template itself; never ours to expose
@@ -569,7 +630,8 @@ class TemplateEngine:
                 refs.add(node.attr)
             elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
                 refs.add(node.arg.value)
-        return frozenset(names & CONTEXT_ROOTS), frozenset(refs)
+        reads = _read_paths(ast) if refs else frozenset()
+        return frozenset(names & CONTEXT_ROOTS), frozenset(refs), reads
 
     def _build(self, ast: nodes.Template) -> JinjaTemplate:
         """Rewrite ``ast`` with the guards and compile it under a fixed name."""
