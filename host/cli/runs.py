@@ -201,8 +201,8 @@ async def _offline(host: Host, args: argparse.Namespace) -> dict[str, Any]:
     if command == "cancel":
         await engine.recover([run_id], hold=True)
         return {"run": await (await engine.cancel(run_id)).view()}
-    if command in ("pause", "signal"):  # kept in the store for the next start
-        await engine.recover([run_id], hold=True)
+    if command in ("pause", "signal"):  # kept in the store for the next start: none of the
+        await engine.recover([run_id], start=False)  # run goes on in this process
         if command == "pause":
             return {"run": await (await engine.pause(run_id)).view()}
         await engine.signal(run_id, args.event, _signal_data(args))

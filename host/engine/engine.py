@@ -548,14 +548,16 @@ class Engine:
     # -- recovery ----------------------------------------------------------------------------
 
     async def recover(
-        self, run_ids: Collection[str] | None = None, *, hold: bool = False
+        self, run_ids: Collection[str] | None = None, *, hold: bool = False, start: bool = True
     ) -> list[Run]:
         """Resume every top-level run the store holds unfinished (or only ``run_ids``).
 
         Paused runs stay paused and waiting runs keep waiting (with their deadlines); a run
         whose definition no longer compiles fails with the reason instead of vanishing. With
         ``hold``, no step starts until the run is resumed or cancelled (``plait runs cancel``
-        on a data dir uses this to end a run without running any of it).
+        on a data dir uses this to end a run without running any of it). Without ``start``
+        the run is restored but not executed at all, not even the steps that were in flight:
+        what is recorded on it (a signal, a pause) is for the host that starts next.
         """
         if self._tg is None:
             return []
@@ -571,7 +573,7 @@ class Engine:
         # at once must still have this crash counted against it (see max_crash_restarts).
         await self.until_kept(self.store.sync)
         for rx, compiled in restored:
-            if compiled is not None:
+            if compiled is not None and start:
                 self._tg.start_soon(self.execute, rx, compiled, True, True)
         return [rx.run for rx, _ in restored]
 

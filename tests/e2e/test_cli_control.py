@@ -72,6 +72,8 @@ async def test_signal_and_pause_on_a_data_dir_are_kept_for_the_next_start(tmp_pa
     host.stop()  # both runs wait, stopped with the host
     signalled = plait_runs(host, "signal", first, "go", "--data", "7")
     assert signalled.returncode == 0, signalled.stderr
+    # Kept, not taken here: the command does not run the run's wait step in its own process.
+    assert json.loads(signalled.stdout)["run"]["status"] == "waiting", signalled.stdout
     paused = plait_runs(host, "pause", second)
     assert paused.returncode == 0, paused.stderr
     assert json.loads(paused.stdout)["run"]["status"] == "paused"
