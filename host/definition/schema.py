@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from plait.definition.models import WorkflowDef
+from plait.plugins.docstrings import to_markdown
 from plait.plugins.registry import Registry
 from plait.plugins.types import StepType
 
@@ -51,7 +52,7 @@ def workflow_schema(step_types: Registry[type[StepType]]) -> dict[str, Any]:
         variants.append(
             {
                 "title": f"{key} step",
-                "description": cls.description or (cls.__doc__ or "").strip().split("\n")[0],
+                "description": cls.description or _summary(cls.__doc__),
                 "type": "object",
                 "properties": props,
                 # The type key may be left out when `type:` names the step type instead.
@@ -67,4 +68,23 @@ def workflow_schema(step_types: Registry[type[StepType]]) -> dict[str, Any]:
     defs.pop("StepDef", None)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "plait workflow"
+    _plain_descriptions(schema)
     return schema
+
+
+def _plain_descriptions(node: Any) -> None:
+    """Descriptions come from docstrings written in reStructuredText; editors show Markdown."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "description" and isinstance(value, str):
+                node[key] = to_markdown(value)
+            else:
+                _plain_descriptions(value)
+    elif isinstance(node, list):
+        for item in node:
+            _plain_descriptions(item)
+
+
+def _summary(doc: str | None) -> str:
+    """A docstring's first line: what an editor shows beside a step type."""
+    return (doc or "").strip().split("\n")[0]

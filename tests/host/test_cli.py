@@ -366,6 +366,13 @@ def test_schema_is_a_valid_json_schema(schema):
     assert {v["title"] for v in variants} >= {"tool step", "loop step", "if step", "wait step"}
 
 
+def test_schema_descriptions_are_markdown_an_editor_shows(schema):
+    """Descriptions come from reST docstrings; an editor's hover shows Markdown (issue 11)."""
+    text = json.dumps(schema)
+    assert "``" not in text and ":class:`" not in text and ":func:`" not in text
+    assert "`cache: true`" in text
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_schema_accepts_the_examples(schema, path):
     data, _ = parse_text(path.read_text(encoding="utf-8"))
