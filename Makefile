@@ -9,7 +9,7 @@ TREE := $(VENV)/.tree
 # which `links` does whenever the set of modules changed.
 EDITABLE := --config-settings editable_mode=strict
 
-.PHONY: run test lint typecheck bench links clean
+.PHONY: run test lint typecheck bench links clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,17 @@ lint: links
 	$(BIN)/lint-imports
 	$(BIN)/mypy -p plait
 
+# The browser tests (tests/web) drive Debian's Chromium through Playwright; Playwright's own
+# browser download cannot be used. Installed only when missing (the machines run as root).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "installing chromium for the browser tests (tests/web)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
+
 # Tests that time the host's answers run after the rest, alone: on two cores a test beside them
 # would measure the machine, not plait.
-test: lint
+test: lint browser
 	$(BIN)/pytest -q -n 2 -m "not timing"
 	$(BIN)/pytest -q -m timing
 

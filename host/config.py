@@ -6,14 +6,26 @@ they parse (``PLAIT_LIMITS_MAX_BATCH=50`` is a number), else taken as strings.
 
 from __future__ import annotations
 
+import base64
+import difflib
 import json
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from plait.errors import ConfigError
 
@@ -21,6 +33,7 @@ if TYPE_CHECKING:
     from plait.plugins.manager import PluginManager
 
 __all__ = [
+    "BreakerSettings",
     "CacheSettings",
     "HostConfig",
     "HostSettings",
@@ -28,6 +41,8 @@ __all__ = [
     "PluginSettings",
     "StoreSettings",
     "ToolSettings",
+    "WebhookPolicy",
+    "WebhookSettings",
     "load_config",
 ]
 
@@ -86,6 +101,14 @@ class Limits(_Section):
     max_child_runs: int = Field(1000, ge=1)
     """Sub-workflow runs one top-level run may create, its children's children included, so a
     workflow whose sub-workflows fan out ends with an error instead of filling the host."""
+    max_chain_depth: int = Field(8, ge=1)
+    """Runs one chain of ``on:`` triggers may start in a row (a run started by a run started
+    by ...): past it, the trigger is logged and not followed."""
+    chain_catchup_seconds: float = Field(3600.0, ge=0)
+    """At start, runs that ended this recently have their ``on:`` triggers looked at again,
+    so a trigger a crash interrupted still starts its run (never twice: it has a key)."""
+    dlq_keep_days: float = Field(30.0, gt=0)
+    """Days a dead-letter entry is kept before it is pruned (at start)."""
     max_live_runs: int = Field(50_000, ge=1)
     """Runs in flight at once on this host (child runs included); a start past it is refused
     with "busy, retry later"."""
@@ -131,12 +154,45 @@ class StoreSettings(_Section):
     disk and drops finished ones from memory at once."""
 
 
+class BreakerSettings(_Section):
+    """A circuit breaker: ``breaker = {failures = 5, reset_after = 30}`` in a ``[tools."x"]``,
+    ``[agents.x]`` or ``[mcp_servers.x]`` table (see ``plait.services.breakers``).
+
+    It opens after ``failures`` failures in a row, or when at least ``min_calls`` calls ended
+    in the last ``window`` seconds and the share of them that failed reached ``failure_rate``;
+    it stays open ``reset_after`` seconds, then lets ``half_open_calls`` probe calls through:
+    a success closes it, a failure opens it again. Without either rule, ``failures = 5``.
+    """
+
+    failures: int | None = Field(None, ge=1)
+    """Consecutive failures that open it."""
+    failure_rate: float | None = Field(None, gt=0, le=1)
+    """Share of failed calls in the window (0-1) that opens it."""
+    min_calls: int = Field(10, ge=1)
+    """Calls the window must hold before ``failure_rate`` is judged."""
+    window: float = Field(60.0, gt=0)
+    """Seconds of calls the failure rate is taken over (a sliding window)."""
+    reset_after: float = Field(30.0, gt=0)
+    """Seconds it stays open before letting probe calls through."""
+    half_open_calls: int = Field(1, ge=1)
+    """Probe calls let through at once while half-open."""
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _a_rule(self) -> BreakerSettings:
+        if self.failures is None and self.failure_rate is None:
+            self.failures = 5
+        return self
+
+
 class ToolSettings(_Section):
     """Per-tool overrides: ``[tools."git.diff"]``."""
 
     max_concurrency: int | None = Field(None, ge=1)
     cacheable: bool | None = None
     cache_ttl: float | None = Field(None, gt=0)
+    breaker: BreakerSettings | None = None
+    """A circuit breaker on the tool's calls (none unless given)."""
 
 
 class PluginSettings(_Section):
@@ -157,6 +213,119 @@ class EnvSettings(_Section):
     allow: list[str] = Field(default_factory=list)
 
 
+WEBHOOK_EVENTS: frozenset[str] = frozenset(
+    [
+        *(
+            f"run.{kind}"
+            for kind in "created started paused resumed waiting recovered breakpoint child "
+            "signal succeeded failed cancelled".split()
+        ),
+        *(
+            f"step.{kind}"
+            for kind in "started retrying cached waiting resumed checkpoint interrupted "
+            "quarantined reused succeeded failed skipped cancelled".split()
+        ),
+    ]
+)
+"""The event types a webhook subscription may name, beside the families ``run.*`` and
+``step.*`` (every event whose type starts with ``run.`` or ``step.``)."""
+WEBHOOK_FAMILIES: tuple[str, ...] = ("run.*", "step.*")
+
+
+def _problem(text: str) -> PydanticCustomError:
+    """A validation error whose message is ``text`` as it is (no "Value error," before it)."""
+    return PydanticCustomError("webhook", "{problem}", {"problem": text})
+
+
+def _webhook_url(url: str) -> str:
+    if len(url) > 2048 or any(c.isspace() for c in url):
+        raise _problem("not a URL (spaces, or longer than 2048 characters)")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError as exc:
+        raise _problem(f"not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise _problem(f"only http and https URLs can receive webhooks, not {parts.scheme!r}")
+    if not parts.hostname:
+        raise _problem("the URL names no host")
+    if parts.username is not None or parts.password is not None:
+        raise _problem("the URL must not carry credentials (user:password@)")
+    return url
+
+
+def _event_pattern(pattern: str) -> str:
+    if pattern in WEBHOOK_EVENTS or pattern in WEBHOOK_FAMILIES:
+        return pattern
+    known = [*WEBHOOK_FAMILIES, *sorted(WEBHOOK_EVENTS)]
+    close = difflib.get_close_matches(pattern, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise _problem(f"unknown event {pattern!r}{hint}; give one of {', '.join(known)}")
+
+
+def _webhook_secret(secret: str) -> str:
+    body = secret.removeprefix("whsec_")
+    if body == secret:
+        raise _problem("a signing secret is whsec_ followed by the base64 of 24 to 64 random bytes")
+    try:
+        key = base64.b64decode(body, validate=True)
+    except ValueError:
+        raise _problem("the part after whsec_ is not base64") from None
+    if not 24 <= len(key) <= 64:
+        raise _problem(f"the secret holds {len(key)} bytes; give 24 to 64 (Standard Webhooks)")
+    return secret
+
+
+WebhookUrl = Annotated[str, AfterValidator(_webhook_url)]
+"""An http(s) URL with a host and no credentials (its address is checked when it is used)."""
+EventPattern = Annotated[str, AfterValidator(_event_pattern)]
+"""An event type of :data:`WEBHOOK_EVENTS`, or a family: ``run.*``, ``step.*``."""
+WebhookSecret = Annotated[str, AfterValidator(_webhook_secret)]
+"""A Standard Webhooks signing secret: ``whsec_`` + base64 of 24 to 64 bytes."""
+WEBHOOK_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class WebhookSettings(_Section):
+    """A webhook subscription of the config file: ``[[webhooks]]`` with an ``id``, or a
+    ``[webhooks.<id>]`` table (see ``plait.services.webhooks``)."""
+
+    id: str = Field(pattern=WEBHOOK_ID)
+    url: WebhookUrl
+    events: list[EventPattern] = Field(min_length=1, max_length=100)
+    workflows: list[str] = Field(default_factory=list, max_length=1000)
+    """Only runs of these workflows (child runs by their own workflow); every one when empty."""
+    secret: WebhookSecret | None = None
+    secret_env: str | None = Field(None, min_length=1)
+    """The environment variable that holds the secret (read at start), instead of ``secret``."""
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> WebhookSettings:
+        if (self.secret is None) == (self.secret_env is None):
+            raise ValueError("give the signing secret as secret or secret_env (one of them)")
+        return self
+
+
+class WebhookPolicy(_Section):
+    """How webhooks are delivered: ``[webhooks_policy]``."""
+
+    allow_private: bool = False
+    """Allow targets on private, loopback, link-local (or otherwise not public) addresses: off,
+    a subscription cannot make the host reach into the network it runs in."""
+    timeout: float = Field(10.0, gt=0, le=300)
+    """Seconds one delivery attempt may take, answer included."""
+    retry_base: float = Field(10.0, gt=0)
+    """Seconds before the first retry; each next one waits twice as long (with jitter)."""
+    retry_max: float = Field(3600.0, gt=0)
+    """The longest wait between two attempts (``Retry-After`` may ask for up to an hour)."""
+    max_attempts: int = Field(12, ge=1, le=100)
+    """Attempts per message before it is given up (recorded in the delivery log)."""
+    disable_after: int = Field(10, ge=1)
+    """Failed attempts in a row, over at least the retry schedule's time for that many, that
+    disable a subscription."""
+    concurrency: int = Field(8, ge=1, le=256)
+    """Deliveries in flight at once (one at a time per subscription)."""
+
+
 class HostConfig(_Section):
     """The whole configuration."""
 
@@ -172,6 +341,30 @@ class HostConfig(_Section):
     mcp_servers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """MCP servers whose tools the host offers as ``<server>.<tool>`` (see ``plait.services.mcp``):
     ``command``/``args``/``env``/``cwd`` or ``url``/``headers``, ``timeout``, ..."""
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
+    """Webhook subscriptions: ``[[webhooks]]`` entries, or ``[webhooks.<id>]`` tables."""
+    webhooks_policy: WebhookPolicy = Field(default_factory=WebhookPolicy)
+
+    @field_validator("webhooks", mode="before")
+    @classmethod
+    def _webhook_tables(cls, value: Any) -> Any:
+        """``[webhooks.<id>]`` tables as ``[[webhooks]]`` entries with that id."""
+        if isinstance(value, Mapping):
+            return [
+                {"id": key, **table} if isinstance(table, Mapping) else table
+                for key, table in value.items()
+            ]
+        return value
+
+    @field_validator("webhooks")
+    @classmethod
+    def _webhook_ids(cls, value: list[WebhookSettings]) -> list[WebhookSettings]:
+        seen: set[str] = set()
+        for hook in value:
+            if hook.id in seen:
+                raise ValueError(f"two subscriptions have the id {hook.id!r}")
+            seen.add(hook.id)
+        return value
 
     def plugin_manager(self, extra: Iterable[object] = ()) -> PluginManager:
         """A plugin manager loading what ``[plugins]`` says, plus ``extra`` plugin objects."""
@@ -234,7 +427,7 @@ def load_config(
         ) from None
 
 
-_SECTIONS = ("host", "limits", "cache", "store", "plugins", "env")
+_SECTIONS = ("host", "limits", "cache", "store", "plugins", "env", "webhooks_policy")
 
 
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:

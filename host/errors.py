@@ -26,6 +26,7 @@ The tree::
         │   └── ToolNotFound
         ├── AgentFailed                     an agent provider failed or broke its contract
         │   └── AgentNotFound
+        ├── CircuitOpen                     a circuit breaker refused the call (retry at retry_at)
         ├── OutputError                     a step produced a value that is not JSON
         ├── StepInterrupted                 a crash stopped a step that is not safe to re-run
         ├── StepQuarantined                 a step was in flight through crash after crash
@@ -38,11 +39,13 @@ maps these domain errors onto codes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
     "AgentFailed",
     "AgentNotFound",
+    "CircuitOpen",
     "ConfigError",
     "DataDirLocked",
     "DefinitionError",
@@ -191,6 +194,20 @@ class AmbiguousRunId(RunNotFound):
             f"run id {prefix!r} is ambiguous: {'more than ' if more else ''}{len(matches)} "
             f"runs have ids starting with it ({listed}); give more of the id's characters",
         )
+
+
+class DebugError(PlaitError):
+    """A debugger request that cannot be done as asked: an unknown step, a condition that
+    does not parse, an output that can no longer be replaced... The run is left as it was."""
+
+    __module__ = "plait"
+
+
+class DeadLetterError(PlaitError):
+    """A dead-letter request that cannot be done: no entry for that run, an entry already
+    replayed or discarded, a run that can no longer be re-run (the reason is given)."""
+
+    __module__ = "plait"
 
 
 class InvalidRunState(PlaitError):
@@ -377,6 +394,32 @@ class AgentNotFound(AgentFailed):
     def __init__(self, agent: str, known: list[str] | None = None) -> None:
         hint = f"; configured agents: {', '.join(sorted(known))}" if known else ""
         super().__init__(agent, f"no such agent{hint}", retryable=False)
+
+
+class CircuitOpen(RunError):
+    """A circuit breaker (``tool:<name>``, ``agent:<name>``, ``mcp:<server>``) is open, or
+    half-open with its probe calls taken: the call was refused at once, without running.
+
+    Retryable: a retry policy waits until ``retry_at`` (epoch seconds) before the next attempt.
+    """
+
+    __module__ = "plait"
+    kind = "circuit_open"
+
+    def __init__(self, breaker: str, retry_at: float, *, failures: int | None = None) -> None:
+        self.breaker = breaker
+        self.retry_at = retry_at
+        """When the breaker lets a call through again, in epoch seconds."""
+        self.failures = failures
+        when = datetime.fromtimestamp(retry_at, UTC).isoformat(timespec="milliseconds")
+        after = f" after {failures} failure{'s' if failures != 1 else ''}" if failures else ""
+        super().__init__(
+            f"circuit breaker {breaker!r} is open{after}: calls fail at once until it lets "
+            f"one through again at {when.replace('+00:00', 'Z')}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "breaker": self.breaker, "retry_at": self.retry_at}
 
 
 class OutputError(RunError):

@@ -22,11 +22,14 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "BOUND",
     "MAX_INT_DIGITS",
     "MAX_NESTING",
+    "bounded",
     "dumps",
     "json_location",
     "json_problem",
+    "weight",
 ]
 
 MAX_INT_DIGITS = 4300
@@ -184,3 +187,67 @@ def _scalar_problem(value: Any) -> tuple[str, str] | None:
     if isinstance(value, float):
         return None if math.isfinite(value) else ("", f"{value} is not a finite number")
     return "", f"got {type(value).__name__}"
+
+
+def weight(value: Any, cap: int) -> int:
+    """Serialized size estimate: characters, plus one per container item; stops once over ``cap``.
+
+    Shared references count once per use, as serializing would; the walk stays bounded by cap.
+    """
+    total, stack = 0, [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is str:
+            total += len(item)
+        elif kind is list or kind is tuple:
+            total += 1 + len(item)
+            extend(item)
+        elif kind is dict:
+            total += 1 + len(item)
+            extend(item.keys())
+            extend(item.values())
+        elif kind is int:
+            total += 1 + item.bit_length() // 8
+        elif isinstance(item, str | bytes):
+            total += len(item)
+        elif isinstance(item, list | tuple | set | frozenset | dict):
+            total += 1 + len(item)
+            extend(item.items() if isinstance(item, dict) else item)
+        else:
+            total += 1
+        if total > cap:
+            return total
+    return total
+
+
+BOUND = 8192
+"""Characters of JSON a value may take where it is shown rather than kept: in an event that
+records what a step received, in a diff of two runs."""
+PREVIEW = 200
+
+
+def bounded(value: Any, limit: int = BOUND) -> Any:
+    """``value``, or where it is too large to show, a stand-in saying so.
+
+    A mapping is bounded field by field (a tool's arguments: one huge document among small
+    fields keeps the small ones readable); anything else whole. The stand-in is
+    ``{"$truncated": true, "size": <characters of its JSON>, "preview": <the first 200>}``.
+    Cheap when nothing is large: sizes are estimated, and only a value over the limit is
+    written out.
+    """
+    if type(value) is dict:
+        if weight(value, limit) <= limit:
+            return value
+        return {key: _bounded_one(item, limit) for key, item in value.items()}
+    return _bounded_one(value, limit)
+
+
+def _bounded_one(value: Any, limit: int) -> Any:
+    if weight(value, limit) <= limit:
+        return value
+    text = dumps(value)
+    if len(text) <= limit:
+        return value
+    return {"$truncated": True, "size": len(text), "preview": text[:PREVIEW]}

@@ -57,3 +57,17 @@ def test_py_typed_is_package_data():
 def test_no_init_under_tests():
     inits = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("__init__.py"))
     assert inits == []
+
+
+def test_the_web_views_files_are_package_data():
+    """Every file of the page (HTML, CSS, JavaScript) goes into the wheel: the package-data
+    globs, taken as setuptools takes them, cover the whole static folder."""
+    table = setuptools_table()
+    assert "plait.rpc.web" in table["packages"]
+    folder = REPO / table["package-dir"]["plait"] / "rpc" / "web"
+    static = {p for p in (folder / "static").rglob("*") if p.is_file()}
+    assert {p.suffix for p in static} >= {".html", ".css", ".js"}
+    packaged = {
+        p for pattern in table["package-data"]["plait.rpc.web"] for p in folder.glob(pattern)
+    }
+    assert sorted(str(p.relative_to(folder)) for p in static - packaged) == []

@@ -414,7 +414,34 @@ def test_the_command_line_synopsis_matches_every_parser() -> None:
         assert done.returncode == 0, f"{line}\n{done.stderr}"
         flags = {f.rstrip("]") for f in re.findall(r"--[a-z-]+", line)}
         assert sorted(f for f in flags if f not in done.stdout) == [], line
-        if words[1] == "runs":
+        if words[1] in ("runs", "dlq", "schedules"):
             actions = words[2].split("|")
             listed = re.search(r"\{([a-z,]+)\}", done.stdout)
             assert listed is not None and sorted(actions) == sorted(listed.group(1).split(","))
+
+
+def test_the_debugging_example_runs_as_written(
+    served: str, project: Path, env: dict[str, str]
+) -> None:
+    (example,) = blocks("Debugging a run", "")
+    lines = [line.removeprefix("$ ").split("  #")[0] for line in example.text.splitlines()]
+    run_id = json.loads(_sh(f".venv/bin/{lines[0]}", project, env).stdout)["runId"]
+    assert json.loads(_sh(_call(lines[1], run_id), project, env).stdout)["breakpoint"]["step"]
+    _sh(_call(lines[2], run_id), project, env)
+    deadline = time.monotonic() + TIMEOUT
+    while True:  # the run goes on to its breakpoint
+        shown = _sh(f'.venv/bin/plait call runs/get \'{{"runId": "{run_id}"}}\'', project, env)
+        run = json.loads(shown.stdout)["run"]
+        if run.get("reason") == "breakpoint before long_enough":
+            break
+        assert time.monotonic() < deadline, run
+        time.sleep(0.05)
+    inspected = json.loads(_sh(_call(lines[3], run_id), project, env).stdout)
+    assert inspected["held"][0]["step"] == "long_enough" and inspected["step"]["config"]
+    stepped = json.loads(_sh(_call(lines[4], run_id), project, env).stdout)
+    assert stepped == {"step": "long_enough"}
+
+
+def _call(line: str, run_id: str) -> str:
+    """A README command with the run id it abbreviates (``3f2a``) made this run's prefix."""
+    return ".venv/bin/" + line.replace('"3f2a"', f'"{run_id[:8]}"').strip()

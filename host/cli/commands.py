@@ -24,9 +24,12 @@ from typing import IO, TYPE_CHECKING, Any, cast
 import anyio
 import anyio.abc
 
+from plait.cli.debug import add_debug_parser
+from plait.cli.dlq import add_dlq_parser
 from plait.cli.failures import CommandFailed, explain, rpc_error_line
 from plait.cli.progress import ProgressView
 from plait.cli.runs import add_runs_parser
+from plait.cli.schedules import add_schedules_parser
 from plait.cli.settings import config_from_args
 from plait.config import HostConfig, load_config
 from plait.definition.graph import render_graph
@@ -153,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_mcp)
 
     add_runs_parser(sub)
+    add_schedules_parser(sub)
+    add_debug_parser(sub)
+    add_dlq_parser(sub)
 
     p = sub.add_parser("plugins", help="list loaded plugins and those that failed")
     p.add_argument("--config")
@@ -415,7 +421,9 @@ async def _serve(host: Host, args: argparse.Namespace, tune_gc: Callable[[], Non
         listening = True
         where = host.data_dir / "token" if host.data_dir else "not saved (:memory:)"
         print(
-            f"plait {host.version} listening on {url}\ntoken: {token}\n(token file: {where})",
+            f"plait {host.version} listening on {url}\ntoken: {token}\n(token file: {where})\n"
+            f"web view: {host.web.link()}  (works once, for 10 minutes; `plait debug RUN` "
+            "makes another)",
             file=sys.stderr,
             flush=True,
         )

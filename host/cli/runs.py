@@ -1,10 +1,14 @@
 """``plait runs list|show|events|cancel|resume``: runs of a data dir or of a running host.
 
+``plait runs events RUN --follow`` streams a run's events from a running host until the run
+ends (``runs/events`` pages the history, then ``runs/subscribe`` from the last one seen).
+
 Where the commands act: ``--url`` names a host; otherwise, when a host holds the data dir
 (its lock), they talk to that host (its URL is in ``host.json``, its token in ``token``);
 otherwise they open the data dir's store themselves. Offline, ``cancel`` ends a run without
 running any more of it, and ``resume`` continues a stopped or paused run in this process to its
-end, with the live display of ``plait run``.
+end, with the live display of ``plait run``; so does the new run ``rerun`` makes (with no host,
+nothing else would run it).
 
 ``RUN`` is a run id or its first characters (at least four, naming one run). A data dir that
 does not exist is an error naming it, never created by these commands. Offline, an unfinished
@@ -31,6 +35,7 @@ from rich.table import Table
 from plait.cli.failures import CommandFailed, one_line
 from plait.cli.settings import config_from_args, data_dir_origin
 from plait.config import HostConfig
+from plait.engine.lineage import diff_runs, rerun
 from plait.errors import ConfigError, InvalidRunState, PlaitError
 from plait.state.run_store import parse_cursor
 from plait.store.datadir import DataDirLock, read_host_info
@@ -78,12 +83,35 @@ def add_runs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = action("events", "a run's events, oldest first")
     p.add_argument("--since", type=int, default=0)
     p.add_argument("--limit", type=int, default=1000)
+    p.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="from a running host: print events as they come until the run ends "
+        "(exit 1 unless it succeeded; --json prints one event per line)",
+    )
     action("cancel", "cancel a run")
     action("pause", "pause a run: no new step starts (offline: it stays paused at the next start)")
     action("resume", "resume a paused run (offline: continue a stopped run to its end)")
     p = action("signal", "deliver a signal to a run's wait steps (kept until one takes it)")
     p.add_argument("event", metavar="EVENT")
     p.add_argument("--data", default=None, help="the signal's data, as JSON")
+    p = action(
+        "rerun",
+        "a new run from a run: STEP and what depends on it run again, the other steps that "
+        "succeeded keep their results (offline: the new run runs here to its end)",
+    )
+    p.add_argument("step", metavar="STEP", help="a top-level step id")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change an input (JSON when it parses, else a string); the others stay the run's",
+    )
+    p.add_argument("--version", type=int, help="run this version of the workflow")
+    p = action("diff", "compare two runs step by step: the first difference, and every one")
+    p.add_argument("other_run_id", metavar="OTHER", help="the other run's id, or its start")
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -107,6 +135,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
                     "WebSocket (`plait serve --stdio`?): ask it through its client, stop it, "
                     "or pass --url"
                 )
+            if args.runs_command == "events" and args.follow:
+                return anyio.run(_follow, args, config)
             result = anyio.run(_remote, args, config)
         else:
             result = anyio.run(_local, args, config)
@@ -122,6 +152,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 async def _remote(args: argparse.Namespace, config: HostConfig) -> dict[str, Any]:
     from plait.rpc.client import call, host_target
+    from plait.rpc.errors import RpcError
 
     url, token = host_target(config, args.url, args.token)
 
@@ -144,6 +175,21 @@ async def _remote(args: argparse.Namespace, config: HostConfig) -> dict[str, Any
     if command == "signal":
         await rpc("runs/signal", runId=args.run_id, event=args.event, data=_signal_data(args))
         return dict(await rpc("runs/get", runId=args.run_id))
+    if command == "diff":
+        return dict(await rpc("runs/diff", runId=args.run_id, otherRunId=args.other_run_id))
+    if command == "rerun":
+        inputs = None
+        if args.input:  # changes to the source's inputs: read them, and their schema
+            source = (await rpc("runs/get", runId=args.run_id, steps=False))["run"]
+            try:
+                version = {"name": source["workflow"], "version": source["version"]}
+                schema = (await rpc("workflows/get", **version))["workflow"].get("inputs")
+            except RpcError:  # deleted since: the values are read without it
+                schema = None
+            inputs = _changed_inputs(source["inputs"], args.input, schema)
+        params = {"runId": args.run_id, "step": args.step, "inputs": inputs}
+        new = (await rpc("runs/rerun", **params, version=args.version))["runId"]
+        return dict(await rpc("runs/get", runId=new))
     method = {
         "show": "runs/get",
         "cancel": "runs/cancel",
@@ -151,6 +197,77 @@ async def _remote(args: argparse.Namespace, config: HostConfig) -> dict[str, Any
         "resume": "runs/resume",
     }[command]
     return dict(await rpc(method, runId=args.run_id))
+
+
+TERMINAL_EVENTS = ("run.succeeded", "run.failed", "run.cancelled")
+
+
+async def _follow(args: argparse.Namespace, config: HostConfig) -> int:
+    """Print a run's events as they come, until its last one; the exit code of its end."""
+    from plait.rpc.client import call, host_target, open_connection
+    from plait.rpc.errors import RpcError
+
+    url, token = host_target(config, args.url, args.token)
+    since = args.since
+
+    def show(event: dict[str, Any]) -> bool:
+        """Print one event; whether it ended the run."""
+        if args.json:
+            print(json.dumps(event), flush=True)
+        else:
+            _print_events(None, {"events": [event]})
+            sys.stdout.flush()
+        return event["type"] in TERMINAL_EVENTS
+
+    # The history first, a page at a time: a subscription replays its backlog all at once,
+    # and a long run's whole history could overflow the connection's send queue.
+    while True:
+        page = (await call(url, token, "runs/events", {"runId": args.run_id, "since": since}))[
+            "events"
+        ]
+        if not page:
+            break
+        for event in page:
+            since = event["seq"]
+            if show(event):
+                return 0 if event["type"] == "run.succeeded" else 1
+    async with open_connection(url, token, max_size=None) as ws:
+        params = {"runId": args.run_id, "since": since}
+        await ws.send(
+            json.dumps({"jsonrpc": "2.0", "id": 1, "method": "runs/subscribe", "params": params})
+        )
+        async for frame in ws:
+            message = json.loads(frame)
+            if message.get("id") == 1 and "error" in message:
+                raise RpcError.from_error_data(message["error"])
+            if message.get("method") != "runs/event":
+                continue
+            event = {k: v for k, v in message["params"].items() if k != "subscription"}
+            if show(event):
+                return 0 if event["type"] == "run.succeeded" else 1
+    return 1  # the host closed the connection before the run ended
+
+
+def _changed_inputs(
+    inputs: dict[str, Any], pairs: list[str], schema: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A rerun's inputs: the source run's, with ``--input KEY=VALUE`` changes (JSON when it
+    parses, else a string; always the string as typed for an input the schema calls one)."""
+    properties = (schema or {}).get("properties") or {}
+    out = dict(inputs)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--input expects KEY=VALUE, got {pair!r}")
+        prop = properties.get(key)
+        if isinstance(prop, dict) and prop.get("type") == "string":
+            out[key] = raw
+            continue
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
 
 
 def _signal_data(args: argparse.Namespace) -> Any:
@@ -198,6 +315,10 @@ async def _offline(host: Host, args: argparse.Namespace) -> dict[str, Any]:
     if command == "events":
         events = await engine.events(run_id, args.since, args.limit)
         return {"events": [e.to_dict() for e in events]}
+    if command == "diff":
+        return await diff_runs(engine, run_id, args.other_run_id)
+    if command == "rerun":
+        return await _rerun_here(host, args, run_id)
     if command == "cancel":
         await engine.recover([run_id], hold=True)
         return {"run": await (await engine.cancel(run_id)).view()}
@@ -230,6 +351,27 @@ async def _resume_here(host: Any, args: argparse.Namespace, run_id: str) -> dict
     return {"run": await run.view()}
 
 
+async def _rerun_here(host: Any, args: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    """``rerun`` with no host: the new run is made in the data dir and runs in this process to
+    its end, as ``resume`` does (a host started later would otherwise run it, unseen)."""
+    from plait.cli.progress import ProgressView
+
+    engine = host.engine
+    inputs = None
+    if args.input:
+        source = await engine.load_run(run_id)
+        compiled = await engine.snapshot(source.digest, source.workflow, source.version)
+        inputs = _changed_inputs(source.inputs, args.input, compiled.definition.inputs)
+    run = await rerun(engine, run_id, args.step, inputs=inputs, version=args.version)
+    view = ProgressView(
+        await engine.snapshot(run.digest, run.workflow, run.version), json_mode=args.json
+    )
+    with view:
+        async for event in run.follow():
+            view.update(run, event)
+    return {"run": await run.view()}
+
+
 # -- printing ----------------------------------------------------------------------------------
 
 
@@ -244,10 +386,13 @@ def _print(args: argparse.Namespace, result: dict[str, Any]) -> int:
     printers: dict[str, Callable[[Console, dict[str, Any]], None]] = {
         "list": _print_list,
         "events": _print_events,
+        "diff": _print_diff,
     }
     printers.get(args.runs_command, _print_run)(console, result)
     if args.runs_command == "resume" and "run" in result:
         return 0 if result["run"]["status"] in ("succeeded", "running", "waiting") else 1
+    if args.runs_command == "rerun" and "run" in result:
+        return 1 if result["run"]["status"] in ("failed", "cancelled") else 0
     return 0
 
 
@@ -292,13 +437,34 @@ def _status(run: dict[str, Any]) -> str:
     return f"{run['status']} (host stopped)" if run.get("host") == "stopped" else run["status"]
 
 
-def _print_events(console: Console, result: dict[str, Any]) -> None:
+def _print_events(console: Console | None, result: dict[str, Any]) -> None:
     for e in result["events"]:
         data = json.dumps(e["data"], ensure_ascii=False)
         data = data if len(data) <= 100 else data[:99] + "…"
         millis = int(e["ts"] % 1 * 1000)
         stamp = f"{time.strftime('%H:%M:%S', time.localtime(e['ts']))}.{millis:03d}"
         print(f"{e['seq']:>6}  {stamp}  {e['type']:<20} {e['step'] or '':<24} {data}")
+
+
+def _print_diff(console: Console, result: dict[str, Any]) -> None:
+    if not result["steps"]:
+        console.print("no differences")
+        return
+    if result["first"] is not None:
+        console.print(f"first difference: step {result['first']}")
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("step", no_wrap=True)
+    for col in ("field", "a", "b"):
+        table.add_column(col, overflow="fold")
+    for item in result["steps"]:
+        a, b = (_short(item[side]) for side in "ab")
+        table.add_row(item["path"] or "(inputs)", item["field"], a, b)
+    console.print(table)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def _print_run(console: Console, result: dict[str, Any]) -> None:
@@ -318,6 +484,9 @@ def _print_run(console: Console, result: dict[str, Any]) -> None:
             f"start the host (`plait serve`) to continue it{then}",
             soft_wrap=True,
         )
+    if run.get("origin"):
+        origin = run["origin"]
+        console.print(f"re-run of run {origin['runId']} from step {origin['step']}")
     if run.get("error"):
         console.print(f"[red]error:[/red] {run['error'].get('message')}")
     if run.get("outputs"):
@@ -332,7 +501,7 @@ def _print_run(console: Console, result: dict[str, Any]) -> None:
             duration = f"{step['finished_at'] - step['started_at']:.2f}s"
         table.add_row(
             path,
-            step["status"],
+            f"{step['status']} (reused)" if step.get("reused") else step["status"],
             str(step.get("attempts") or ""),
             duration,
             (step.get("error") or {}).get("message", ""),

@@ -23,21 +23,49 @@ from pydantic import ValidationError
 
 from plait.config import Limits
 from plait.definition.loader import issues_from_validation, value_issues
-from plait.definition.models import CachePolicy, RetryPolicy, StepDef, WorkflowDef
+from plait.definition.models import CachePolicy, RetryPolicy, StepDef, Trigger, WorkflowDef
 from plait.errors import DefinitionError, InputsInvalid, Issue, TemplateSyntaxError
 from plait.plugins.registry import Registry
 from plait.plugins.types import StepConfig, StepType, Tool
 from plait.templates.engine import CONTEXT_ROOTS, Template, TemplateEngine
-from plait.values import json_problem
+from plait.values import bounded, json_problem
 
 __all__ = [
     "CompiledStep",
+    "CompiledTrigger",
     "CompiledWorkflow",
     "Scope",
     "UnknownSignal",
     "compile_workflow",
     "with_compile_issues",
 ]
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledTrigger:
+    """An ``on:`` entry, its templates compiled (they read the ``run`` that ended)."""
+
+    workflow: str
+    status: frozenset[str]
+    when: Template | None
+    inputs: Template
+    where: str
+
+    def fires(self, run: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The inputs of the run to start when ``run`` (its view: ``id``, ``workflow``,
+        ``status``, ``inputs``, ``outputs``, ``error``) ended, or ``None`` when it does not
+        start one.
+
+        Raises:
+            TemplateError: a template failed on this run.
+        """
+        if run.get("status") not in self.status:
+            return None
+        context = {"run": run}
+        if self.when is not None and not self.when.render(context):
+            return None
+        inputs = self.inputs.render(context)
+        return dict(inputs) if isinstance(inputs, dict) else {}
 
 
 @dataclass(eq=False, slots=True)
@@ -76,6 +104,11 @@ class CompiledStep:
     dependents: list[int] = field(default_factory=list)
     gated: dict[str, list[int]] = field(default_factory=dict)
     """For a gating step: label → indices of the steps that label runs."""
+    shown: dict[str, Any] = field(default_factory=dict)
+    """Its static fields as an event shows them: bounded, without nested step lists (an
+    attempt's ``step.started`` adds the templated fields, rendered)."""
+    compensation: Scope | None = None
+    """Its ``compensate:`` step, as a one-step scope that may read the run's steps."""
 
 
 @dataclass(eq=False, slots=True)
@@ -115,6 +148,8 @@ class CompiledWorkflow:
     signals: frozenset[str] = frozenset()
     """The signal events its steps declare they wait for (``StepType.signals``), nested bodies
     included."""
+    triggers: tuple[CompiledTrigger, ...] = ()
+    """Its ``on:`` entries: ends of other workflows' runs that start a run of it."""
     any_signal: bool = False
     """A step waits for an event named by a template, known only at run time: any event may
     be awaited."""
@@ -188,6 +223,14 @@ def compile_workflow(
     if c.known.tools is not None or c.known.agents is not None:
         c.check_paths(scope, {})
         c.check_template_paths(outputs, "outputs", wf.outputs, {s.id: s for s in scope.steps})
+    for step in scope.steps:
+        if step.compensation is not None:
+            for ref in sorted(step.compensation.outer_refs - top_ids):
+                c.issue(
+                    f"{step.path}.compensate",
+                    f"refers to unknown step {ref!r}{_suggest(ref, top_ids)}",
+                )
+    triggers = [c.trigger(t, f"on[{i}]") for i, t in enumerate(wf.on)]
     variables = c.template(wf.vars, "vars")
     c.check_roots(variables, "vars", frozenset())
     if variables.references:
@@ -217,6 +260,7 @@ def compile_workflow(
         size=size,
         signals=frozenset(c.signals),
         any_signal=c.any_signal,
+        triggers=tuple(triggers),
     )
 
 
@@ -310,6 +354,23 @@ class _Compiler:
 
     # -- scopes ------------------------------------------------------------------------------
 
+    def trigger(self, trigger: Trigger, where: str) -> CompiledTrigger:
+        """Compile an ``on:`` entry: its templates may read only the ``run`` that ended."""
+        when = None
+        if trigger.when is not None and trigger.when is not True:
+            when = self.template(trigger.when, f"{where}.when", expression=True)
+        inputs = self.template(trigger.inputs, f"{where}.inputs")
+        for name, template in (("when", when), ("inputs", inputs)):
+            if template is None:
+                continue
+            if other := sorted(template.roots - {"run"}):
+                self.issue(
+                    f"{where}.{name}",
+                    f"reads {', '.join(other)}; a trigger sees only the run that ended "
+                    "(run.outputs, run.inputs, run.status, run.error)",
+                )
+        return CompiledTrigger(trigger.workflow, frozenset(trigger.status), when, inputs, where)
+
     def scope(
         self,
         raw_steps: list[Any],
@@ -368,6 +429,7 @@ class _Compiler:
         templated: dict[str, Template] = {}
         static: dict[str, Any] = {}
         deferred: dict[str, Template] = {}
+        nested: set[str] = set()
         raw_bodies = _safe(lambda: inst.bodies(raw), {}, self, path)
         body_lists = {id(b) for b in raw_bodies.values()}
         for key, value in raw.items():
@@ -375,6 +437,7 @@ class _Compiler:
             if key in cls.deferred:
                 if _holds_bodies(value, body_lists):
                     static[key] = value  # as written; compiled below as nested scopes
+                    nested.add(key)
                     continue
                 deferred[key] = self.template(value, where, expression=key in cls.expressions)
                 continue
@@ -407,6 +470,17 @@ class _Compiler:
                 enclosing=enclosing + (sd.id,),
                 body_roots=body_roots | cls.body_roots,
             )
+        compensation = None
+        if sd.compensate is not None:
+            if enclosing:
+                self.issue(
+                    f"{path}.compensate",
+                    "compensate is for the workflow's own steps, not steps inside another step",
+                )
+            else:
+                compensation = self.scope(
+                    [sd.compensate], f"{path}.compensate", nested=True, enclosing=()
+                )
         when = None
         if sd.when is not None and sd.when is not True:
             when = self.template(sd.when, f"{path}.when", expression=True)
@@ -448,6 +522,8 @@ class _Compiler:
             bodies=bodies,
             gate=None,
             definition=sd.fields,
+            shown=bounded({k: v for k, v in static.items() if k not in nested}),
+            compensation=compensation,
         )
 
     def expression_list(self, values: list[Any], where: str) -> Template:

@@ -16,17 +16,22 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import ValidationError as PydanticValidationError
 
 __all__ = [
     "COMMON_STEP_FIELDS",
     "CachePolicy",
     "Defaults",
     "RetryPolicy",
+    "ScheduleDef",
     "StepDef",
+    "Trigger",
     "WorkflowDef",
 ]
 
@@ -47,6 +52,7 @@ COMMON_STEP_FIELDS = frozenset(
         "on_error",
         "cache",
         "description",
+        "compensate",
     }
 )
 """Fields every step may carry, whatever its type; the rest belongs to the step type."""
@@ -135,6 +141,9 @@ class StepDef(BaseModel):
     """``fail`` (default), ``continue``, or the id of a fallback step."""
     cache: bool | CachePolicy | None = None
     description: str | None = None
+    compensate: dict[str, Any] | None = None
+    """A step that undoes this one's effect (a refund for a charge): when the run fails, the
+    compensations of the steps that succeeded run, latest first. Top-level steps only."""
     config: dict[str, Any] = Field(default_factory=dict)
     """The step type's own fields, exactly as written."""
 
@@ -163,7 +172,7 @@ class StepDef(BaseModel):
         for name in ("needs", "needs_any"):
             if getattr(self, name):
                 out[name] = list(getattr(self, name))
-        for name in ("when", "timeout", "on_error", "description"):
+        for name in ("when", "timeout", "on_error", "description", "compensate"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         if self.retry is not None:
@@ -178,6 +187,103 @@ class StepDef(BaseModel):
     def fields(self) -> dict[str, Any]:
         """The step as one flat mapping, as it was written."""
         return self._flatten()
+
+
+RunEnd = Literal["succeeded", "failed", "cancelled"]
+
+
+class Trigger(_Strict):
+    """``on:`` — start a run of this workflow when a run of another one ends."""
+
+    workflow: str = Field(pattern=NAME_PATTERN, max_length=128)
+    """The workflow whose runs are watched."""
+    status: list[RunEnd] = Field(default_factory=lambda: list[RunEnd](["succeeded"]), min_length=1)
+    """Which ends start a run (default: success only)."""
+    when: Any = None
+    """An expression over the finished run (``run.outputs``, ``run.status``, ``run.inputs``):
+    no run starts when it is false."""
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    """Templates over the finished run (``run.outputs.x``) that make the new run's inputs."""
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+OverlapPolicy = Literal["skip", "buffer_one", "allow", "cancel_previous"]
+"""What a schedule's fire does while the previous run it started is still going."""
+CatchupPolicy = Literal["none", "latest", "all"]
+"""Which of the fires missed while no host ran a schedule start once one runs again."""
+
+
+class ScheduleDef(_Strict):
+    """A schedule: runs of a workflow that start themselves, on a cron expression or an
+    interval (``schedules:`` of a workflow, or ``schedules/put``)."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=128)
+    cron: str | None = Field(None, max_length=256)
+    """Five fields (minute hour day month weekday), or six with seconds first, or ``@daily``..."""
+    every: float | None = Field(None, ge=1, le=366 * 86400)
+    """Seconds between fires, counted from the Unix epoch (3600: on every hour)."""
+    timezone: str = Field("UTC", max_length=64)
+    """The IANA time zone the cron expression reads in (``Europe/Berlin``)."""
+    jitter: float = Field(0, ge=0, le=86400)
+    """Delay each fire by up to this many seconds, the same for a fire after a restart."""
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    """The inputs of each run."""
+    overlap: OverlapPolicy = "skip"
+    catchup: CatchupPolicy = "none"
+    catchup_window: float = Field(86400, gt=0, le=366 * 86400)
+    """Seconds: missed fires older than this are never started."""
+    max_catchup: int = Field(10, ge=1, le=1000)
+    """At most this many missed fires start (the latest ones) with ``catchup: all``."""
+    description: str = ""
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = cron_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except (ValueError, OSError, LookupError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as 'Europe/Berlin' or 'UTC'"
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> ScheduleDef:
+        if (self.cron is None) == (self.every is None):
+            raise ValueError("give exactly one of cron (an expression) or every (seconds)")
+        return self
+
+
+def cron_problem(expr: str) -> str | None:
+    """Why ``expr`` is not a cron expression plait schedules (``None`` when it is one)."""
+    from croniter import CroniterError, croniter
+
+    fields = expr.split()
+    if not (len(fields) in (5, 6) or (len(fields) == 1 and fields[0].startswith("@"))):
+        return (
+            f"a cron expression has 5 fields (minute hour day month weekday) or 6 (seconds "
+            f"first); {expr!r} has {len(fields)}"
+        )
+    try:
+        croniter(expr, 0, second_at_beginning=len(fields) == 6).get_next(float)
+    except (CroniterError, ValueError, KeyError, IndexError, TypeError) as exc:
+        return f"not a valid cron expression {expr!r}: {exc}"
+    return None
 
 
 class WorkflowDef(BaseModel):
@@ -198,6 +304,50 @@ class WorkflowDef(BaseModel):
     steps: list[StepDef] = Field(min_length=1)
     outputs: dict[str, Any] = Field(default_factory=dict)
     """Templates over ``steps``/``inputs`` that make the run's result."""
+    on: list[Trigger] = Field(default_factory=list)
+    """Runs of other workflows whose end starts a run of this one (chaining)."""
+
+    schedules: list[ScheduleDef] = Field(default_factory=list)
+    """Runs of this workflow that start themselves (see ``ScheduleDef``)."""
+
+    @field_validator("schedules")
+    @classmethod
+    def _schedules_fit(cls, value: list[ScheduleDef], info: ValidationInfo) -> list[ScheduleDef]:
+        errors: list[InitErrorDetails] = []
+        seen: set[str] = set()
+        for i, schedule in enumerate(value):
+            if schedule.name in seen:
+                errors.append(_error((i, "name"), f"duplicate schedule name {schedule.name!r}"))
+            seen.add(schedule.name)
+        schema = info.data.get("inputs")
+        if value and isinstance(schema, dict):
+            from jsonschema import Draft202012Validator
+            from jsonschema.exceptions import SchemaError
+
+            try:
+                Draft202012Validator.check_schema(schema)
+            except SchemaError:
+                schema = None  # the compiler reports it at ``inputs``
+            validator = Draft202012Validator(schema) if schema is not None else None
+            defaults = {
+                k: p["default"]
+                for k, p in ((schema or {}).get("properties") or {}).items()
+                if isinstance(p, dict) and "default" in p
+            }
+            for i, schedule in enumerate(value):
+                if validator is None:
+                    break
+                found = sorted(validator.iter_errors(defaults | schedule.inputs), key=str)
+                if found:
+                    said = "; ".join(
+                        f"{'.'.join(map(str, e.absolute_path)) or '$'}: {e.message}" for e in found
+                    )
+                    errors.append(
+                        _error((i, "inputs"), f"do not match the workflow's inputs: {said}")
+                    )
+        if errors:
+            raise PydanticValidationError.from_exception_data("schedules", errors)
+        return value
 
     _lines: dict[str, int] = PrivateAttr(default_factory=dict)
     _origin: str | None = PrivateAttr(default=None)
@@ -233,6 +383,11 @@ class WorkflowDef(BaseModel):
             "steps": [s.fields for s in self.steps],
         }
         return _copy(data)
+
+
+def _error(loc: tuple[int | str, ...], message: str) -> InitErrorDetails:
+    error = PydanticCustomError("schedule", "{message}", {"message": message})
+    return InitErrorDetails(type=error, loc=loc, input=None)
 
 
 def _copy(value: Any) -> Any:

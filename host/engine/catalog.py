@@ -71,6 +71,9 @@ class Catalog:
         recently used versions past it are dropped and compile again when next asked for."""
         self._kept: OrderedDict[tuple[str, int], CatalogEntry] = OrderedDict()
         self._kept_steps = 0
+        self.generation = 0
+        """Bumped by every change of which versions are current (the watchers' index)."""
+        self._watch: tuple[int, dict[str, list[str]]] = (-1, {})
 
     def restore(self, rows: list[dict[str, Any]]) -> None:
         """Load what :meth:`RunStore.catalog` read, before anything else is registered."""
@@ -82,9 +85,22 @@ class Catalog:
                 )
             if entry.versions:
                 self._workflows[row["name"]] = entry
+        self.generation += 1
+
+    def watchers(self, workflow: str) -> list[str]:
+        """The workflows whose current version's ``on:`` watches runs of ``workflow``."""
+        generation, index = self._watch
+        if generation != self.generation:
+            index = {}
+            for name in self.names():
+                for trigger in self.entry(name).definition.get("on") or ():
+                    index.setdefault(trigger.get("workflow"), []).append(name)
+            self._watch = (self.generation, index)
+        return index.get(workflow, [])
 
     def add(self, compiled: CompiledWorkflow) -> CompiledWorkflow:
         """Register a compiled workflow; returns it with the version it was filed under."""
+        self.generation += 1
         entry = self._workflows.get(compiled.name)
         if entry is not None:
             for existing in entry.versions.values():
@@ -116,6 +132,7 @@ class Catalog:
         return compiled
 
     def _make_current(self, name: str, entry: _Workflow, version: int) -> None:
+        self.generation += 1
         if entry.current != version or entry.deleted:
             entry.current, entry.deleted = version, False
             self._store.set_current(name, version)
@@ -208,6 +225,7 @@ class Catalog:
         """Hide ``name``; its versions stay for the runs that snapshot them."""
         entry = self._entry(name)
         entry.deleted = True
+        self.generation += 1
         self._store.set_current(name, entry.current, deleted=True)
 
     def names(self) -> list[str]:

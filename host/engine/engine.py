@@ -34,6 +34,11 @@ from plait.definition.compiler import (
 from plait.definition.loader import load
 from plait.definition.models import WorkflowDef
 from plait.engine.catalog import Catalog
+from plait.engine.chaining import Chains
+from plait.engine.compensation import compensate
+from plait.engine.dead_letters import DeadLetters
+from plait.engine.debugging import Debugger
+from plait.engine.lineage import kept_lineage, rerun
 from plait.engine.scheduler import RunExecution, Sampler, ScopeExecution
 from plait.errors import (
     AmbiguousRunId,
@@ -55,7 +60,7 @@ from plait.services.agents import AgentPool
 from plait.services.cache import ToolCache
 from plait.services.mcp import McpTools
 from plait.services.tools import ToolRunner
-from plait.state.recovery import RecoveredRun, count_crashes, replay
+from plait.state.recovery import RecoveredRun, StepRecord, count_crashes, replay
 from plait.state.run_store import RunPage, RunStore, run_from_row
 from plait.state.runs import TERMINAL_EVENTS, Event, Run, new_run_id
 from plait.store.memory import MemoryStore
@@ -112,6 +117,12 @@ class Engine:
         self.tools = ToolRunner(self.registries.tools, self.cache, self.config.tools)
         self.agents = AgentPool(self.registries.agent_providers, self.config.agents)
         self.catalog = Catalog(self.compile, self.store, keep_steps=limits.compiled_cache_steps)
+        self.debugger = Debugger(self)
+        """Breakpoints, and what can be done to a run at a pause."""
+        self.chains = Chains(self, limits, self._spawn)
+        """The ``on:`` triggers of the workflows: a run's end starting others."""
+        self.dead_letters = DeadLetters(self, limits)
+        """Runs that failed for good, for a person to look at and replay."""
         self.runs: dict[str, Run] = {}
         """Runs not yet finished (a finished run is the store's to answer for)."""
         self.executions: dict[str, RunExecution] = {}
@@ -149,6 +160,7 @@ class Engine:
     async def __aenter__(self) -> Engine:
         mcp = McpTools(self.tools, self.config.mcp_servers)  # a bad table fails before anything
         self.catalog.restore(await self.store.catalog())
+        await self.debugger.load()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         if self.store.durable:  # a memory store never fails to write
@@ -233,7 +245,17 @@ class Engine:
         With a store the new version is queued for the disk; await :meth:`committed` before
         telling anyone it exists.
         """
-        return self.catalog.add(self.compile(source))
+        return self.add(self.compile(source))
+
+    def add(self, compiled: CompiledWorkflow) -> CompiledWorkflow:
+        """Register a compiled workflow (its ``on:`` triggers checked against the others).
+
+        Raises:
+            DefinitionError: a trigger watches a workflow that is not registered, or closes a
+                loop of triggers.
+        """
+        self.chains.check(compiled)
+        return self.catalog.add(compiled)
 
     async def committed(self) -> None:
         """Return once every change made so far is kept (at once in memory)."""
@@ -290,8 +312,12 @@ class Engine:
         parent_id: str | None = None,
         parent_step: str | None = None,
         idempotency_key: str | None = None,
+        rerun_of: Mapping[str, Any] | None = None,
     ) -> Run:
-        """Check inputs (applying schema defaults) and create the run record."""
+        """Check inputs (applying schema defaults) and create the run record.
+
+        ``rerun_of``: the run (and step) a rerun re-runs, kept in its ``run.created`` event.
+        """
         values = _with_defaults(compiled.definition.inputs, dict(inputs or {}))
         problems = compiled.check_inputs(values)
         if problems:
@@ -306,13 +332,17 @@ class Engine:
             digest=compiled.digest,
             parent_step=parent_step,
             idempotency_key=idempotency_key,
+            rerun_of=dict(rerun_of) if rerun_of else None,
         )
         self._adopt(run)
-        run.record(
-            "run.created",
-            None,
-            {"workflow": compiled.name, "version": compiled.version, "inputs": values},
-        )
+        created: dict[str, Any] = {
+            "workflow": compiled.name,
+            "version": compiled.version,
+            "inputs": values,
+        }
+        if run.rerun_of is not None:
+            created["origin"] = run.rerun_of
+        run.record("run.created", None, created)
         return run
 
     def _adopt(self, run: Run) -> None:
@@ -343,11 +373,19 @@ class Engine:
         run_id: str | None = None,
         idempotency_key: str | None = None,
         origin: Any = None,
+        paused: bool = False,
+        rerun_of: Mapping[str, Any] | None = None,
+        reuse: Callable[[Run], dict[str, StepRecord]] | None = None,
     ) -> Run:
         """Create a run and start it in the background; returns once its creation is kept.
 
         With an ``idempotency_key`` already used, the existing run is returned instead.
-        ``origin`` is the client connection that asked (sampling asks it first).
+        ``origin`` is the client connection that asked (sampling asks it first). A ``paused``
+        run stops before its first step, for a debugger to go on with it.
+
+        A rerun (``plait.engine.lineage``) gives ``rerun_of`` (recorded on the run) and
+        ``reuse``, called with the new run before it starts: it records the results the run
+        takes over and returns the records its scheduler settles those steps from.
         """
         if self._tg is None:
             raise RuntimeError("the engine is not started: use `async with engine:`")
@@ -367,9 +405,16 @@ class Engine:
                     )
                 return existing
         self._check_room()
-        run = self.prepare(compiled, inputs, run_id=run_id, idempotency_key=idempotency_key)
+        run = self.prepare(
+            compiled, inputs, run_id=run_id, idempotency_key=idempotency_key, rerun_of=rerun_of
+        )
         run.origin = origin
-        rx = RunExecution(self, run, limiter=self.run_limiter(compiled))
+        reused = reuse(run) if reuse is not None else None
+        rx = RunExecution(self, run, recovered=reused, limiter=self.run_limiter(compiled))
+        self.debugger.attach_if_watched(rx, compiled.name)
+        if paused:
+            self.debugger.attach(rx, compiled.name)
+            rx.pause()
         self.executions[run.id] = rx
         self._tg.start_soon(self.execute, rx, compiled, False, True)
         return await self.until_kept(run.committed)
@@ -409,8 +454,12 @@ class Engine:
             with rx.cancel_scope as cancel_scope:
                 if not resume or run.status == "pending":
                     run.set_status("running")
-                scope = ScopeExecution(rx, compiled.scope, "", None)
+                    if rx.paused:  # started paused: held before its first step
+                        run.set_status("paused", reason="started paused")
+                scope = rx.top = ScopeExecution(rx, compiled.scope, "", None)
                 rx.vars.update(self._render_top(compiled.vars, scope, "vars") or {})
+                if rx.debug is not None and rx.debug.restored_vars:  # set by debug/setVar
+                    rx.vars.update(rx.debug.restored_vars)
                 await scope.execute()
                 outputs = self._render_top(compiled.outputs, scope, "outputs") or {}
             if cancel_scope.cancelled_caught:
@@ -432,6 +481,7 @@ class Engine:
             raise  # with a store, the next start resumes the run
         except RunError as exc:
             error = exc.error if isinstance(exc, StepFailed) else exc.to_dict()
+            await compensate(rx, compiled)  # the saga's undo, before the run fails
             self._finish(rx, "failed", compiled, error=error)
             if quiet:
                 return None
@@ -459,8 +509,11 @@ class Engine:
                     run.set_step(step.id, "cancelled", {"reason": "never started"})
         if "error" in data:
             run.error = data["error"]
+        if status == "failed":
+            self.dead_letters.record(run)  # queued with the failure: both kept, or neither
         run.set_status(status, **data)  # type: ignore[arg-type]
         self.executions.pop(run.id, None)
+        self.chains.ended(run)
 
     async def run_child(
         self,
@@ -513,6 +566,7 @@ class Engine:
         rx = RunExecution(
             self, child, parent.depth + 1, limiter=self.run_limiter(compiled), root=parent.root
         )
+        self.debugger.attach_if_watched(rx, compiled.name)
         self.executions[child.id] = rx
         return await self._child_outcome(rx, compiled, step_path, resume=False)
 
@@ -575,6 +629,9 @@ class Engine:
         for rx, compiled in restored:
             if compiled is not None and start:
                 self._tg.start_soon(self.execute, rx, compiled, True, True)
+        if run_ids is None and start:  # the host's own start: its housekeeping too
+            self.dead_letters.prune()
+            self._tg.start_soon(self.chains.catch_up)
         return [rx.run for rx, _ in restored]
 
     async def _restore(
@@ -603,8 +660,11 @@ class Engine:
             careful=self.store.after_crash,
         )
         self.executions[run.id] = rx
+        self.debugger.attach_if_watched(rx, run.workflow)
+        self.debugger.restore(rx, events)
         if row["status"] == "paused":
             rx.pause()
+            run.reason = _pause_reason(events)
         crash = self.store.after_crash
         interrupted = state.in_flight
         run.record(
@@ -628,6 +688,26 @@ class Engine:
         return rx, compiled
 
     # -- looking runs up ---------------------------------------------------------------------
+
+    def _spawn(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` in the engine's task group (it ends with the engine)."""
+        if self._tg is not None:
+            self._tg.start_soon(work)
+
+    async def rerun(
+        self,
+        run_id: str,
+        step: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        version: int | None = None,
+    ) -> Run:
+        """A new run from run ``run_id``, from ``step`` on (see :func:`lineage.rerun`)."""
+        return await rerun(self, run_id, step, inputs=inputs, version=version)
+
+    def current_workflow(self, name: str) -> CompiledWorkflow:
+        """The current version of a registered workflow (raises WorkflowNotFound)."""
+        return self.catalog.get(name)
 
     async def load_run(self, run_id: str) -> Run:
         """The run with that id (or a unique prefix of it, see :meth:`resolve_run_id`): in
@@ -700,6 +780,8 @@ class Engine:
             raise RunNotFound(run_id)
         if not run.finished:
             _load_state(run, [], replay(await self.store.events(run_id)))
+        elif run.rerun_of is None:  # what a finished rerun's rows leave out
+            await kept_lineage(self.store, run)
         return run
 
     def wait(self, run_id: str) -> Awaitable[Run]:
@@ -923,3 +1005,13 @@ def _load_state(run: Run, events: list[Event], state: RecoveredRun) -> None:
     run.steps = {path: rec.state() for path, rec in state.steps.items()}
     run.conversations = state.conversations
     run.restore_signals(state.signals)
+    run.rerun_of = state.origin
+
+
+def _pause_reason(events: list[Event]) -> str | None:
+    """Why a recovered paused run was paused (its last ``run.paused`` event says)."""
+    for event in reversed(events):
+        if event.type == "run.paused":
+            reason = event.data.get("reason")
+            return reason if isinstance(reason, str) else None
+    return None

@@ -24,9 +24,11 @@ import anyio.lowlevel
 from pydantic import ValidationError
 
 from plait.definition.compiler import CompiledStep, Scope
+from plait.engine.debugger import Held
 from plait.errors import (
     AgentFailed,
     AgentNotFound,
+    CircuitOpen,
     OutputError,
     RunCancelled,
     RunError,
@@ -38,9 +40,10 @@ from plait.errors import (
 )
 from plait.faults import is_plugin_failure
 from plait.plugins.types import Agent, Message, Renderable, ToolContext
-from plait.values import json_problem
+from plait.values import bounded, json_problem
 
 if TYPE_CHECKING:
+    from plait.engine.debugger import RunDebug
     from plait.services.agents import AgentPool
     from plait.services.tools import ToolRunner
     from plait.state.recovery import StepRecord
@@ -119,12 +122,14 @@ class RunExecution:
     __slots__ = (
         "busy",
         "cancel_scope",
+        "debug",
         "depth",
         "engine",
         "careful",
         "limiter",
         "root",
         "paused",
+        "top",
         "prewaiting",
         "recovered",
         "run",
@@ -172,6 +177,10 @@ class RunExecution:
         self.prewaiting: set[str] | None = None
         """After a restart: the paths of steps that were waiting and go on, counted as
         waiting until they are back in their wait."""
+        self.top: ScopeExecution | None = None
+        """The run's top-level scope, once its steps started."""
+        self.debug: RunDebug | None = None
+        """The debugger's state of the run, once anything debugs it (see plait.engine.debugger)."""
 
     # -- the run's status from what its steps do ----------------------------------------------
 
@@ -221,6 +230,13 @@ class RunExecution:
         if self.unpaused is not None:
             self.unpaused.set()
 
+    def wake(self) -> None:
+        """Wake the steps a pause holds, the run staying paused: each looks again at whether
+        it may go on (``debug/step`` let one through, or the debugger now holds them)."""
+        if self.unpaused is not None:
+            woken, self.unpaused = self.unpaused, anyio.Event()
+            woken.set()
+
     def take_record(self, path: str) -> StepRecord | None:
         """The recovered record of ``path``, once: a later run of the same path is new."""
         return self.recovered.pop(path, None) if self.recovered else None
@@ -241,6 +257,7 @@ class ScopeExecution:
         "failure",
         "parent",
         "prefix",
+        "rendered",
         "rx",
         "scope",
         "selected",
@@ -269,6 +286,8 @@ class ScopeExecution:
         self.unneeded = [False] * n
         self.selected: list[set[str] | None] = [None] * n
         self.views: dict[str, dict[str, Any]] = {}
+        self.rendered: dict[int, dict[str, Any]] = {}
+        """Each templated step's fields as last rendered (by step index), until it starts."""
         steps_view: Mapping[str, Any] = (
             ChainMap(self.views, parent.context["steps"]) if parent else self.views
         )
@@ -387,8 +406,9 @@ class ScopeExecution:
 
     def may_inline(self) -> bool:
         """Whether a step may run right now, in this pass: not paused, nothing cancelled."""
-        if self.rx.paused or self.rx.cancel_scope.cancel_called:
-            return False
+        rx = self.rx
+        if rx.paused or rx.debug is not None or rx.cancel_scope.cancel_called:
+            return False  # a debugged run's steps all pass the gate and breakpoints of run_step
         scope: ScopeExecution | None = self
         while scope is not None:
             if scope.failure is not None or (
@@ -465,6 +485,8 @@ class ScopeExecution:
             "error": error,
             "attempts": state.attempts,
         }
+        if self.rx.debug is not None:
+            self.rx.debug.settled[path] = (self, step)
         if self.parent is None:
             run.settled_steps += 1  # counted before the event, so listeners see the progress
         if not replay:
@@ -506,7 +528,7 @@ class ScopeExecution:
             if step.when is not None and not self.truthy(step.when, step, "when"):
                 return self.settle(step, "skipped", data={"reason": "when was false"}), None
             config = self.configure(step)
-            run.set_step(path, "running", {"attempt": 1}, attempts=1)
+            run.set_step(path, "running", self.started(step, path, 1), attempts=1)
             output = self.attempt_inline(step, StepRuntime(self, step, path, 1), config)
         except RunError as exc:
             if (
@@ -568,9 +590,9 @@ class ScopeExecution:
             # Held here, inside the scope's task group, until resumed; a step that was
             # already running (before a restart, or an inline step now retrying) is not new,
             # so a pause does not hold it.
-            while self.rx.paused and not in_flight:
-                assert self.rx.unpaused is not None
-                await self.rx.unpaused.wait()
+            if self.rx.paused and not in_flight:
+                await self.gate(step, path)
+            debug = self.rx.debug
             self.rx.reflect()  # a recovered waiting run with other steps to run is running
             # A run cancelled before this step got going must not record a start (cheap: it
             # neither yields nor switches tasks unless the run is cancelled).
@@ -580,10 +602,18 @@ class ScopeExecution:
                     config, attempt, error = retry
                     output = await self.attempts(step, path, config, after=(attempt, error))
                 else:
+                    if debug is not None and step.when is not None:
+                        debug.started[path] = step  # its guard reads what it references
                     if step.when is not None and not self.truthy(step.when, step, "when"):
                         return self.schedule(
                             self.settle(step, "skipped", data={"reason": "when was false"})
                         )
+                    if debug is not None and not in_flight:
+                        bp = debug.stop_at("before", self, step, path)
+                        if bp is not None:
+                            debug.pause_at(bp, path, "before", f"breakpoint before {path}")
+                            await self.gate(step, path)
+                        debug.started[path] = step  # it reads its inputs now
                     config = self.configure(step)
                     output = await self.attempts(step, path, config)
             except anyio.get_cancelled_exc_class():
@@ -597,13 +627,65 @@ class ScopeExecution:
                     self.status[step.index] = "cancelled"
                 raise
             except RunError as exc:
+                debug = self.rx.debug
+                if debug is not None:
+                    bp = debug.stop_at("failure", self, step, path)
+                    if bp is not None:  # held at its failure: a fixed output may replace it
+                        debug.pause_at(bp, path, "failure", f"breakpoint on the failure of {path}")
+                        await self.gate(step, path, exc.to_dict())
+                        if path in debug.outputs:
+                            fixed = debug.outputs.pop(path)
+                            return self.schedule(self.settle(step, "succeeded", output=fixed))
                 return self.schedule(self.settle_failure(step, exc))
-            return self.schedule(self.settle(step, "succeeded", output=output))
+            ready = self.settle(step, "succeeded", output=output)
+            debug = self.rx.debug
+            if debug is not None:
+                bp = debug.stop_at("after", self, step, path)
+                if bp is not None:  # paused before any dependent starts
+                    debug.pause_at(bp, path, "after", f"breakpoint after {path}")
+            return self.schedule(ready)
         finally:
             if self.rx.prewaiting and path in self.rx.prewaiting:  # it never waited again
                 self.rx.prewaiting.discard(path)
                 self.rx.waiting -= 1
                 self.count(1)
+
+    def started(self, step: CompiledStep, path: str, attempt: int) -> dict[str, Any]:
+        """What an attempt's ``step.started`` says: its number and the configuration it runs
+        with, large values cut (the whole kept apart, for ``runs/stepConfig``)."""
+        rendered = self.rendered.get(step.index)
+        if not rendered:
+            return {"attempt": attempt, "config": step.shown}
+        shown = bounded(rendered)
+        if shown is not rendered:
+            whole = {k: v for k, v in step.static.items() if k in step.shown}
+            whole.update(rendered)
+            self.rx.engine.store.put_step_config(self.rx.run.id, path, attempt, whole)
+        return {"attempt": attempt, "config": {**step.shown, **shown}}
+
+    async def gate(
+        self, step: CompiledStep, path: str, error: dict[str, Any] | None = None
+    ) -> None:
+        """Hold a step while its run is paused; ``debug/step`` may let it through alone.
+
+        ``error``: the step failed for good and waits at its failure breakpoint.
+        """
+        rx = self.rx
+        held: Held | None = None
+        try:
+            while rx.paused:
+                debug = rx.debug
+                if debug is not None:
+                    if debug.take_permit(path):
+                        return
+                    if held is None:
+                        held = Held(self, step, path, "failure" if error else "before", error)
+                        debug.held[path] = held
+                assert rx.unpaused is not None
+                await rx.unpaused.wait()
+        finally:
+            if held is not None and rx.debug is not None:
+                rx.debug.held.pop(path, None)
 
     def settle_failure(self, step: CompiledStep, exc: RunError) -> list[int]:
         """Settle a failed step by its ``on_error``; return the dependents it readied."""
@@ -634,12 +716,17 @@ class ScopeExecution:
             raise exc.located(step=self.prefix + step.id, field=field) from None
 
     def configure(self, step: CompiledStep) -> Any:
-        """The step's validated config: prebuilt when static, else rendered now."""
+        """The step's validated config: prebuilt when static, else rendered now.
+
+        What it was rendered to is kept in ``rendered`` for the attempt's ``step.started``.
+        """
         if step.static_config is not None:
             return step.static_config
         values = dict(step.static)
+        rendered = {}
         for key, template in step.templated.items():
-            values[key] = self.render(template, step, key)
+            rendered[key] = values[key] = self.render(template, step, key)
+        self.rendered[step.index] = rendered
         values.update(step.deferred)
         try:
             return step.config_model.model_validate(values)
@@ -699,6 +786,8 @@ class ScopeExecution:
                 if attempt >= retry.attempts or not _retryable(error, retry.retry_on):
                     raise error
                 delay = retry.delay(attempt)
+                if isinstance(error, CircuitOpen):  # wait for the breaker, not into it again
+                    delay = max(delay, error.retry_at - time.time())
                 run.record(
                     "step.retrying",
                     path,
@@ -708,7 +797,7 @@ class ScopeExecution:
             attempt += 1
             if store.backlogged:
                 await store.drained()
-            data: dict[str, Any] = {"attempt": attempt}
+            data = self.started(step, path, attempt)
             if resumed:
                 data["recovered"] = True
             else:
@@ -906,6 +995,7 @@ class StepRuntime:
             extra_key=extra_key,
             on_cached=cached,
             context=ToolContext(self.run_id, self.step_id, self.attempt, idempotency_key),
+            on_breaker=self.emit,
         )
 
     def tool_specs(self, names: Sequence[str]) -> list[dict[str, Any]]:

@@ -21,7 +21,11 @@ from plait.config import HostConfig, load_config
 from plait.definition.compiler import CompiledWorkflow
 from plait.definition.models import WorkflowDef
 from plait.engine.catalog import CatalogEntry
+from plait.engine.dead_letters import DeadLetters
+from plait.engine.debugging import Debugger
 from plait.engine.engine import Engine
+from plait.engine.lineage import diff_runs, rerun
+from plait.engine.schedules import Schedules
 from plait.errors import (
     AgentFailed,
     ConfigError,
@@ -30,7 +34,7 @@ from plait.errors import (
     StoreError,
     StoreUnavailable,
 )
-from plait.host.compose import build_engine, tool_cache
+from plait.host.compose import build_engine, build_schedules, tool_cache
 from plait.host.watchdog import LoopWatchdog
 from plait.plugins.manager import PluginManager
 from plait.plugins.threads import abandoned_threads
@@ -38,11 +42,18 @@ from plait.plugins.types import Tool
 from plait.rpc.dispatcher import Dispatcher
 from plait.rpc.errors import RpcError
 from plait.rpc.methods.api import register_api
+from plait.rpc.methods.debug import register_debug
+from plait.rpc.methods.dlq import register_dlq
 from plait.rpc.methods.mcp import register_mcp
+from plait.rpc.methods.schedules import register_schedules
+from plait.rpc.methods.web import register_web
+from plait.rpc.methods.webhooks import register_webhooks
 from plait.rpc.session import Session, SessionClosed
 from plait.rpc.transports.stdio import serve_stdio
 from plait.rpc.transports.websocket import RPC_PATH, WebSocketTransport
+from plait.rpc.web import WebAccess
 from plait.services.mcp import McpTools
+from plait.services.webhooks import Webhooks
 from plait.state.run_store import RunPage, RunStore
 from plait.state.runs import Event, Run
 from plait.store.datadir import (
@@ -121,10 +132,17 @@ class Host:
         """The event-loop watchdog, while the host runs."""
         self.recovered: list[Run] = []
         """The runs the last start found unfinished and resumed."""
+        self.schedules: Schedules | None = None
+        """The schedules and the task that fires them, while the host runs (not in a host
+        that does not resume runs: a command working on a data dir fires nothing)."""
         self._stack: AsyncExitStack | None = None
         self.sessions: set[Session] = set()
         """Connected clients, on any transport."""
         self.version = _version()
+        self.web = WebAccess()
+        self.webhooks = Webhooks(self.config.webhooks, self.config.webhooks_policy)
+        """The webhook subscriptions: the store's event router, and the delivery loop."""
+        """The web view's one-time links and browser sessions (served with the WebSocket)."""
         self._dispatcher: Dispatcher | None = None
         self._compile_limiter = anyio.CapacityLimiter(2)
         """Client compiles in worker threads at once (each holds the GIL most of the time)."""
@@ -153,7 +171,7 @@ class Host:
             StoreError: the data dir cannot be made or written (read-only, no permission).
         """
         async with AsyncExitStack() as stack:
-            store: RunStore = MemoryStore(self.config.store.keep_finished)
+            store: RunStore = MemoryStore(self.config.store.keep_finished, webhooks=self.webhooks)
             try:
                 if self.data_dir is not None:
                     ensure_private_dir(self.data_dir)
@@ -163,7 +181,9 @@ class Host:
                     lock.acquire()
                     stack.callback(lock.release)
                     store = await stack.enter_async_context(
-                        SqliteStore(self.data_dir, self.config.store, pace=self.pace)
+                        SqliteStore(
+                            self.data_dir, self.config.store, pace=self.pace, webhooks=self.webhooks
+                        )
                     )
             except (OSError, sqlite3.OperationalError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -172,6 +192,8 @@ class Host:
                     f"the data dir cannot be written ({reason.lower()}); give a writable "
                     '--data-dir, or data_dir = ":memory:" to keep nothing on disk',
                 ) from None
+            await self.webhooks.load(store)  # routes every event recorded from here on
+            stack.callback(self.webhooks.detach)
             cache = tool_cache(
                 self.config, None if self.data_dir is None else self.data_dir / "cache"
             )
@@ -188,6 +210,8 @@ class Host:
             await watching.__aenter__()
             stack.push_async_callback(_close_task_group, watching)
             watching.start_soon(self.watchdog.run)
+            if self.recover_runs:  # a command working on a data dir leaves them to the host
+                watching.start_soon(self.webhooks.deliver)
             stack.push_async_callback(self._stopping)
             if self.config.host.workflows:
                 self.load_folder(self.config.host.workflows)
@@ -197,6 +221,8 @@ class Host:
                 store.keep_crash_mark()
             if self.recovered:
                 log.info("resumed %d unfinished run(s)", len(self.recovered))
+            if self.recover_runs:
+                self.schedules = await stack.enter_async_context(build_schedules(self.engine))
             self.started_at = time.time()
             self.pm.hook.host_started.call_historic(kwargs={"host": self})
             self._stack = stack.pop_all()
@@ -233,16 +259,31 @@ class Host:
         return self.engine
 
     def load_folder(self, folder: str | os.PathLike[str]) -> list[CompiledWorkflow]:
-        """Register every workflow file in ``folder``; a bad file is reported and skipped."""
+        """Register every workflow file in ``folder``; a bad file is reported and skipped.
+
+        A file whose ``on:`` watches a workflow of a later file is registered after it: the
+        files are taken again while another pass registers more of them.
+        """
         loaded = []
-        for path in sorted(Path(folder).iterdir()):
-            if path.suffix not in WORKFLOW_SUFFIXES or not path.is_file():
-                continue
-            try:
-                loaded.append(self._engine().register(str(path)))
-            except DefinitionError as exc:
-                self.load_errors[str(path)] = exc
-                log.warning("skipping workflow file %s: %s", path, exc)
+        pending = [
+            p
+            for p in sorted(Path(folder).iterdir())
+            if p.suffix in WORKFLOW_SUFFIXES and p.is_file()
+        ]
+        errors: dict[Path, DefinitionError] = {}
+        while pending:
+            errors = {}
+            for path in pending:
+                try:
+                    loaded.append(self.register(str(path)))
+                except DefinitionError as exc:
+                    errors[path] = exc
+            if len(errors) == len(pending):
+                break
+            pending = list(errors)
+        for path, problem in errors.items():
+            self.load_errors[str(path)] = problem
+            log.warning("skipping workflow file %s: %s", path, problem)
         return loaded
 
     def register(
@@ -254,7 +295,14 @@ class Host:
         programs embedding the host); clients of the API go through :meth:`put_workflow`,
         whose text is always a definition.
         """
-        return self._engine().register(source)
+        compiled = self._engine().register(source)
+        self._sync_schedules(compiled.name)
+        return compiled
+
+    def _sync_schedules(self, workflow: str) -> None:
+        """The schedules ``workflow`` declares follow its current version."""
+        if self.schedules is not None:
+            self.schedules.sync_workflow(workflow)
 
     async def start_run(
         self,
@@ -283,7 +331,8 @@ class Host:
         once the new version is kept."""
         self._writable()
         engine = self._engine()
-        compiled = engine.catalog.add(await self._compile_off_loop(source))
+        compiled = engine.add(await self._compile_off_loop(source))
+        self._sync_schedules(compiled.name)
         await engine.committed()
         return compiled
 
@@ -322,6 +371,7 @@ class Host:
         self._writable()
         engine = self._engine()
         engine.catalog.remove(name)
+        self._sync_schedules(name)
         await engine.committed()
 
     async def rollback_workflow(self, name: str, version: int) -> CompiledWorkflow:
@@ -329,6 +379,7 @@ class Host:
         self._writable()
         engine = self._engine()
         compiled = engine.catalog.rollback(name, version)
+        self._sync_schedules(name)
         await engine.committed()
         return compiled
 
@@ -340,6 +391,7 @@ class Host:
         version: int | None = None,
         idempotency_key: str | None = None,
         origin: Session | None = None,
+        paused: bool = False,
     ) -> Run:
         """Start a run of a registered workflow; returns the run once its start is kept."""
         self._writable()
@@ -349,7 +401,18 @@ class Host:
             inputs,
             idempotency_key=idempotency_key,
             origin=origin,
+            paused=paused,
         )
+
+    @property
+    def debugger(self) -> Debugger:
+        """Breakpoints and what can be done at a pause, on this host's runs."""
+        return self._engine().debugger
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        """Runs that failed for good, to look at and replay."""
+        return self._engine().dead_letters
 
     async def get_run(self, run_id: str) -> Run:
         """The run with that id, live or from the store."""
@@ -430,6 +493,33 @@ class Host:
         self._writable()
         await self._engine().signal(run_id, event, data)
 
+    async def rerun_run(
+        self,
+        run_id: str,
+        step: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        version: int | None = None,
+        config: Mapping[str, Any] | None = None,
+        origin: Session | None = None,
+    ) -> Run:
+        """Start a new run from a run (see :func:`plait.engine.lineage.rerun`); returns the new
+        run once its start is kept."""
+        self._writable()
+        return await rerun(
+            self._engine(),
+            run_id,
+            step,
+            inputs=inputs,
+            version=version,
+            config=config,
+            origin=origin,
+        )
+
+    async def diff_runs(self, run_id: str, other_run_id: str) -> dict[str, Any]:
+        """Two runs compared step by step (see :func:`plait.engine.lineage.diff_runs`)."""
+        return await diff_runs(self._engine(), run_id, other_run_id)
+
     def tools(self) -> list[Tool]:
         """Every registered tool (plugins' and MCP servers'), by name."""
         registry = self._engine().registries.tools
@@ -451,7 +541,8 @@ class Host:
         }
 
     async def info(self) -> dict[str, Any]:
-        """Version, uptime, limits, the store, counts and MCP servers (``host/info``)."""
+        """Version, uptime, limits, the store, counts, MCP servers and circuit breakers
+        (``host/info``)."""
         engine = self._engine()
         statuses = await engine.store.counts()
         return {
@@ -470,6 +561,7 @@ class Host:
             },
             "dataDir": str(self.data_dir) if self.data_dir else None,
             "mcpServers": engine.mcp.info() if engine.mcp is not None else {},
+            "breakers": {**engine.tools.breakers.info(), **engine.agents.breakers.info()},
             "loop": self.watchdog.info() if self.watchdog is not None else None,
             "abandonedThreads": abandoned_threads(),
         }
@@ -525,6 +617,11 @@ class Host:
             )
             register_api(self._dispatcher, self)
             register_mcp(self._dispatcher, self)
+            register_debug(self._dispatcher, self)
+            register_schedules(self._dispatcher, self)
+            register_dlq(self._dispatcher, self)
+            register_web(self._dispatcher, self, self.web)
+            register_webhooks(self._dispatcher, self.webhooks)
         return self._dispatcher
 
     def issue_token(self) -> str:
@@ -567,6 +664,7 @@ class Host:
             bind=settings.bind,
             port=settings.port,
             allowed_origins=settings.allowed_origins,
+            web=self.web,
         )
         port = await transport.start()
         try:

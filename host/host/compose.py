@@ -23,12 +23,13 @@ from plait.definition.compiler import CompiledWorkflow, definition_digest
 from plait.definition.models import WorkflowDef
 from plait.engine.engine import Engine, template_engine
 from plait.engine.scheduler import Sampler
+from plait.engine.schedules import Clock, Schedules
 from plait.plugins.manager import PluginManager
 from plait.services.cache import ToolCache
 from plait.state.run_store import RunStore
 from plait.templates.engine import TemplateEngine
 
-__all__ = ["EngineParts", "build_engine", "engine_parts", "tool_cache"]
+__all__ = ["EngineParts", "build_engine", "build_schedules", "engine_parts", "tool_cache"]
 
 PARTS_KEPT = 8
 """Sets of engine parts (one per distinct configuration and plugin list) kept for reuse."""
@@ -58,6 +59,12 @@ def build_engine(
 ) -> Engine:
     """An engine over ``pm``'s registries; a memory store and no cache unless given."""
     return Engine(pm, config, cache=cache, store=store, sampler=sampler, templates=templates)
+
+
+def build_schedules(engine: Engine, *, clock: Clock | None = None) -> Schedules:
+    """The scheduler of ``engine``'s schedules, on the wall clock unless given one; entered
+    (``async with``) by its owner once the engine runs and its runs are recovered."""
+    return Schedules(engine, clock)
 
 
 @dataclass

@@ -50,8 +50,8 @@ async def _session(
     engine = parts.engine(cache=cache)
     try:
         for extra in workflows:
-            engine.catalog.add(parts.compile(engine, extra))
-        compiled = engine.catalog.add(parts.compile(engine, workflow))
+            engine.add(parts.compile(engine, extra))
+        compiled = engine.add(parts.compile(engine, workflow))
         async with engine:
             yield engine, compiled
     finally:

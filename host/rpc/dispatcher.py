@@ -81,6 +81,8 @@ def to_rpc_error(exc: BaseException) -> RpcError:
         return NotAllowed(str(exc), {"status": exc.status})
     if isinstance(exc, domain.InputsInvalid):
         return InvalidParams(str(exc), {"problems": exc.problems})
+    if isinstance(exc, domain.DebugError | domain.DeadLetterError):
+        return InvalidParams(str(exc))
     if isinstance(exc, domain.ToolNotFound | domain.AgentNotFound):
         return NotFound(str(exc))
     if isinstance(exc, domain.LimitReached):

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from plait.definition.compiler import CompiledWorkflow
     from plait.definition.models import WorkflowDef
     from plait.engine.catalog import CatalogEntry
+    from plait.engine.dead_letters import DeadLetters
+    from plait.engine.debugging import Debugger
     from plait.errors import Issue
     from plait.plugins.types import Tool
     from plait.rpc.session import Session
@@ -76,8 +78,20 @@ class HostApi(Protocol):
         version: int | None = None,
         idempotency_key: str | None = None,
         origin: Session | None = None,
+        paused: bool = False,
     ) -> Run:
-        """Start a run of a registered workflow; returns it once its start is kept."""
+        """Start a run of a registered workflow; returns it once its start is kept
+        (``paused``: held before its first step, for a debugger)."""
+        ...
+
+    @property
+    def debugger(self) -> Debugger:
+        """Breakpoints of runs and workflows, and what can be done at a pause."""
+        ...
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        """Runs that failed for good, to look at and replay."""
         ...
 
     async def get_run(self, run_id: str) -> Run:
@@ -131,6 +145,24 @@ class HostApi(Protocol):
 
     async def signal_run(self, run_id: str, event: str, data: Any = None) -> None:
         """Deliver a signal to a run's ``wait`` steps, once it is kept."""
+        ...
+
+    async def rerun_run(
+        self,
+        run_id: str,
+        step: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        version: int | None = None,
+        config: Mapping[str, Any] | None = None,
+        origin: Session | None = None,
+    ) -> Run:
+        """Start a new run from a run: ``step`` and what depends on it run again, the other
+        steps that succeeded keep their results; returns it once its start is kept."""
+        ...
+
+    async def diff_runs(self, run_id: str, other_run_id: str) -> dict[str, Any]:
+        """Two runs compared step by step: ``{first, steps: [{path, field, a, b}]}``."""
         ...
 
     # -- tools, plugins, the host ----------------------------------------------------------

@@ -1,8 +1,9 @@
 """Named agents from the host configuration, built by their providers on first use.
 
 Every agent gets the same wrappers whatever its provider: ``max_concurrency`` (completions in
-flight), a ``requests_per_minute`` / ``tokens_per_minute`` budget, and provider errors turned
-into step errors. The budget is a pair of buckets that refill continuously; a completion
+flight), a ``requests_per_minute`` / ``tokens_per_minute`` budget, a circuit breaker
+(``breaker = {...}``, see ``plait.services.breakers``) and provider errors turned into step
+errors. The budget is a pair of buckets that refill continuously; a completion
 reserves one request and its estimated tokens (a quarter of the conversation's characters,
 plus ``max_tokens`` or 256 for the answer) and the estimate is corrected by the usage the
 provider reports. A step that has to wait for the budget shows as ``waiting``, with the reason,
@@ -23,12 +24,13 @@ from plait.errors import AgentFailed, AgentNotFound, RunError
 from plait.faults import is_plugin_failure
 from plait.plugins.registry import Registry
 from plait.plugins.types import Agent, AgentProvider, AgentReply, AgentRequest
+from plait.services.breakers import Breakers, CircuitBreaker, breaker_settings
 
 log = logging.getLogger("plait.agents")
 
 __all__ = ["AgentPool", "Budget"]
 
-POOL_KEYS = ("max_concurrency", "requests_per_minute", "tokens_per_minute")
+POOL_KEYS = ("max_concurrency", "requests_per_minute", "tokens_per_minute", "breaker")
 """Keys of an ``[agents.<name>]`` table that the pool handles for every provider."""
 ANSWER_TOKENS = 256
 """Tokens an answer is assumed to take when the agent sets no ``max_tokens``."""
@@ -99,8 +101,15 @@ class _Limited:
     """An agent behind its concurrency limit and budget, with provider errors made step
     errors."""
 
-    def __init__(self, name: str, agent: Agent, config: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        agent: Agent,
+        config: Mapping[str, Any],
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.name = name
+        self._breaker = breaker
         limit = config.get("max_concurrency")
         self.max_concurrency = int(limit) if limit else None
         self._agent = agent
@@ -112,6 +121,14 @@ class _Limited:
         self._answer = int(config.get("max_tokens") or ANSWER_TOKENS)
 
     async def complete(self, request: AgentRequest) -> AgentReply:
+        if self._breaker is None:
+            return await self._complete(request)
+        # Refused at once while the breaker is open, before any budget is spent; a change of
+        # its state is recorded on the step's run.
+        report = request.context.emit if request.context is not None else None
+        return await self._breaker.call(self._complete, request, report=report)
+
+    async def _complete(self, request: AgentRequest) -> AgentReply:
         estimate = 0
         if self._budget is not None:
             estimate = estimate_tokens(request, self._answer)
@@ -172,6 +189,12 @@ class AgentPool:
         self.providers = providers
         self.configs = {name: dict(cfg) for name, cfg in configs.items()}
         self._agents: dict[str, _Limited] = {}
+        self.breakers = Breakers()
+        """``agent:<name>`` for each agent whose table has a ``breaker``."""
+        for name, cfg in self.configs.items():  # a bad breaker table fails here, at start
+            self.breakers.add(
+                f"agent:{name}", breaker_settings(cfg.get("breaker"), f"agents.{name}")
+            )
 
     def names(self) -> list[str]:
         """Configured agent names."""
@@ -199,7 +222,8 @@ class AgentPool:
             made = provider.create(name, own)
         except Exception as exc:
             raise AgentFailed(name, f"invalid configuration: {exc}", retryable=False) from exc
-        agent = self._agents[name] = _Limited(name, made, config)
+        breaker = self.breakers.get(f"agent:{name}")
+        agent = self._agents[name] = _Limited(name, made, config, breaker)
         return agent
 
     async def aclose(self) -> None:

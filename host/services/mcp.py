@@ -12,6 +12,9 @@ server. A server that cannot be reached at start does not stop the host: it is r
 A tool that reports a failure (``isError``) fails the step with the server's message; the
 value of a successful call is its structured content when the server gives one, else its text
 (parsed as JSON when it is JSON).
+
+A server with a ``breaker`` table has one circuit breaker, ``mcp:<name>``, for all its tools
+(see ``plait.services.breakers``): calls that find it gone or get no answer open it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import anyio
 import anyio.abc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from plait.config import BreakerSettings
 from plait.errors import ConfigError, ToolFailed
 from plait.plugins.types import Tool, validation_problems
 
@@ -76,6 +80,9 @@ class McpServerSettings(BaseModel):
     """Whether its tools' results may be memoized by default (``None``: only when a step asks)."""
     max_concurrency: int | None = Field(None, ge=1)
     """Calls to this server's tools at once, per tool."""
+    breaker: BreakerSettings | None = None
+    """A circuit breaker on the server (``mcp:<name>``), shared by all its tools: it counts
+    calls that could not reach the server or got no answer (not a tool's own ``isError``)."""
     enabled: bool = True
 
     @model_validator(mode="after")
@@ -155,6 +162,7 @@ class McpServer:
         self.connects = 0
         self._client: Client | None = None
         self._broken = anyio.Event()
+        self.breaker = runner.breakers.add(f"mcp:{name}", settings.breaker)
 
     @property
     def owner(self) -> str:
@@ -273,7 +281,28 @@ class McpServer:
         return call
 
     async def call(self, tool: str, args: dict[str, Any]) -> Any:
-        """Call one of the server's tools; failures name the server."""
+        """Call one of the server's tools; failures name the server.
+
+        The server's breaker, if it has one, guards the request: a server that is gone or does
+        not answer is its failure; a tool that reports one (``isError``) is a server that
+        answered.
+        """
+        if self.breaker is None:
+            result = await self._request(tool, args)
+        else:
+            result = await self.breaker.call(self._request, tool, args)
+        if result.is_error:
+            from mcp.types import TextContent  # loaded with the client by now
+
+            text = " ".join(c.text for c in result.content if isinstance(c, TextContent))
+            raise ToolFailed(
+                f"{self.name}.{tool}",
+                f"MCP server {self.name!r} reported: {text or 'an error without a message'}",
+            )
+        return tool_value(result)
+
+    async def _request(self, tool: str, args: dict[str, Any]) -> Any:
+        """The server's ``CallToolResult``; :class:`ToolFailed` when it cannot be had."""
         name = f"{self.name}.{tool}"
         client = self._client
         if client is None:
@@ -289,14 +318,7 @@ class McpServer:
         except Exception as exc:  # noqa: BLE001 - protocol errors, timeouts, a dead server
             self._broken.set()  # check the connection now rather than at the next ping
             raise ToolFailed(name, f"MCP server {self.name!r}: {_describe(exc)}") from exc
-        if result.is_error:
-            from mcp.types import TextContent  # loaded with the client by now
-
-            text = " ".join(c.text for c in result.content if isinstance(c, TextContent))
-            raise ToolFailed(
-                name, f"MCP server {self.name!r} reported: {text or 'an error without a message'}"
-            )
-        return tool_value(result)
+        return result
 
 
 class McpTools:

@@ -14,6 +14,7 @@ from plait.errors import OutputError, RunError, ToolFailed, ToolNotFound
 from plait.faults import is_plugin_failure
 from plait.plugins.registry import Registry
 from plait.plugins.types import Tool, ToolContext
+from plait.services.breakers import Breakers, Reporter, reporting
 from plait.services.cache import ToolCache, cache_key
 from plait.values import json_problem
 
@@ -37,6 +38,11 @@ class ToolRunner:
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
         for name in tools:
             self._limit(tools[name])
+        self.breakers = Breakers()
+        """The tools' breakers (``tool:<name>``, from ``[tools."<name>"] breaker``) and the
+        MCP servers' (``mcp:<server>``, added by their :class:`~plait.services.mcp.McpTools`)."""
+        for name, tool_settings in self.settings.items():
+            self.breakers.add(f"tool:{name}", tool_settings.breaker)
 
     def _limit(self, tool: Tool) -> None:
         """Give the tool its ``max_concurrency`` limiter (the config's, else its own), if any."""
@@ -96,6 +102,7 @@ class ToolRunner:
         extra_key: str | None = None,
         on_cached: Callable[[str, str], Any] | None = None,
         context: ToolContext | None = None,
+        on_breaker: Reporter | None = None,
     ) -> Any:
         """Call tool ``name``; consult and fill the cache when the policy allows.
 
@@ -104,6 +111,11 @@ class ToolRunner:
             extra_key: the rendered ``cache.key`` template, added to the cache key.
             on_cached: called with (tool name, key) on a cache hit (emits ``step.cached``).
             context: what the tool may know of the call (for tools that ask for it).
+            on_breaker: called with (event type, data) when the call changes the state of a
+                circuit breaker (records ``breaker.opened`` ... on the calling run).
+
+        Raises:
+            CircuitOpen: the tool's breaker (or its MCP server's) is open.
         """
         tool = self.get(name)
         if not isinstance(args, Mapping):
@@ -123,7 +135,17 @@ class ToolRunner:
                     if on_cached is not None:
                         await on_cached(tool.name, key)
                     return value
-        value = await self._invoke(tool, dict(args), context)
+        # A cache hit never touches a breaker; a call does, the tool's own and, below it, an
+        # MCP server's (which finds ``on_breaker`` through ``reporting``).
+        if not self.breakers:
+            value = await self._invoke(tool, dict(args), context)
+        else:
+            breaker = self.breakers.get(f"tool:{tool.name}")
+            with reporting(on_breaker):
+                if breaker is None:
+                    value = await self._invoke(tool, dict(args), context)
+                else:
+                    value = await breaker.call(self._invoke, tool, dict(args), context)
         if key is not None:
             await self.cache.set(key, value, ttl=effective.ttl if effective else None)
         return value

@@ -50,6 +50,8 @@ class StepRecord:
     """When the next attempt was due, if the step was waiting out a retry's backoff."""
     crashes: int = 0
     """Host crashes in a row the current attempt was executing through."""
+    reused_from: str | None = None
+    """The run whose result the step took over (``step.reused``, made by ``runs/rerun``)."""
 
     @property
     def settled(self) -> bool:
@@ -72,6 +74,7 @@ class StepRecord:
             started_at=self.started_at,
             finished_at=self.finished_at,
             checkpoints=dict(self.checkpoints) or None,
+            reused_from=self.reused_from,
         )
 
 
@@ -83,6 +86,8 @@ class RecoveredRun:
     signals: dict[str, deque[Any]] = field(default_factory=dict)
     conversations: dict[str, list[Message]] = field(default_factory=dict)
     seq: int = 0
+    origin: dict[str, Any] | None = None
+    """For a run made by ``runs/rerun``, the ``origin`` its ``run.created`` event names."""
 
     @property
     def in_flight(self) -> list[str]:
@@ -100,6 +105,10 @@ _SETTLED_STATUS: dict[str, StepStatus] = {
 """The step status each settling event leaves behind."""
 
 
+_NOT_STEP_CHANGES = frozenset({"run.breakpoint", "debug.step"})
+"""Events that name a step without changing it."""
+
+
 def replay(events: Iterable[Event]) -> RecoveredRun:
     """Fold a run's events (in ``seq`` order) into its recovered state."""
     out = RecoveredRun()
@@ -115,10 +124,17 @@ def replay(events: Iterable[Event]) -> RecoveredRun:
                 Message.from_dict(m) for m in data["messages"]
             )
             continue
+        if kind == "run.created":
+            out.origin = data.get("origin") or None
+            continue
         if kind == "run.recovered":
             count_crashes(steps, data.get("interrupted", ()), crashed=bool(data.get("crash")))
             continue
-        if path is None:
+        if path is None or kind in _NOT_STEP_CHANGES:
+            continue
+        if kind == "debug.output":  # the debugger replaced an ended step's output
+            if (found := steps.get(path)) is not None and found.status == "succeeded":
+                found.output = data.get("output")
             continue
         rec = steps.get(path)
         if rec is None:
@@ -185,3 +201,14 @@ def _apply(
             rec.branches = data.get("branches")
         elif kind == "step.failed":
             rec.error = data.get("error")
+    elif kind == "step.reused":
+        # A result taken over from another run (runs/rerun): settled like step.succeeded, so
+        # a restart replays it instead of running it. Steps inside a reused step keep the
+        # status they had there (data.status).
+        rec.status = data.get("status", "succeeded")
+        rec.output, rec.error = data.get("output"), data.get("error")
+        rec.branches = data.get("branches")
+        rec.attempts = int(data.get("attempts", rec.attempts))
+        rec.executing = False
+        rec.finished_at = ts
+        rec.reused_from = data.get("from")

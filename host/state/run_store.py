@@ -11,16 +11,21 @@ already decoded), which :func:`run_from_row` turns back into a :class:`Run`.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from plait.state.runs import STEP_SETTLED, Event, Run, StepState, is_top_level
 
 __all__ = [
+    "DELIVERY_LOG_KEPT",
     "RUN_FIELDS",
     "UNFINISHED",
     "RunPage",
+    "EventRouter",
+    "OutboxMessage",
     "RunStore",
+    "WebhookAttempt",
     "page_cursor",
     "parse_cursor",
     "row_of",
@@ -56,6 +61,56 @@ class RunPage:
 
     runs: list[dict[str, Any]]
     next_cursor: str | None
+
+
+DELIVERY_LOG_KEPT = 1000
+"""Delivery attempts the store keeps per webhook subscription (the oldest go first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A webhook message waiting in the outbox for delivery to one subscription."""
+
+    id: int
+    webhook: str
+    """The subscription's id."""
+    message: str
+    """The body to send (JSON text), made when its event was recorded."""
+    attempts: int
+    """Attempts made so far."""
+    next_at: float
+    """When it is due (epoch seconds)."""
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    """One delivery attempt of an outbox message, as the store records it."""
+
+    outbox_id: int
+    webhook: str
+    message_id: str
+    attempt: int
+    status: int | None
+    """The HTTP status answered, or ``None`` when none came (a network error, a timeout)."""
+    error: str | None
+    ts: float
+    next_at: float | None
+    """When to try again, or ``None``: the message leaves the outbox (delivered, given up)."""
+
+
+class EventRouter(Protocol):
+    """Which webhook subscriptions an event goes to (``plait.services.webhooks.Webhooks``).
+
+    A store given one asks it about every event it keeps and writes an outbox row for each
+    subscription named, in the same transaction as the event: a kept event always has its
+    deliveries queued, and a crash loses none.
+    """
+
+    def route(self, run: Run, event: Event) -> tuple[Sequence[str], str] | None:
+        """The subscriptions ``event`` goes to and the message for them, or ``None`` (what
+        most events get, for the price of a dict lookup). Never raises."""
+        ...
 
 
 def page_cursor(created_at: float, run_id: str) -> str:
@@ -159,6 +214,109 @@ class RunStore(Protocol):
 
     def set_current(self, name: str, version: int, *, deleted: bool = False) -> None:
         """Queue a change of which version is current, or the deletion of the workflow."""
+        ...
+
+    def put_breakpoints(self, workflow: str, breakpoints: list[dict[str, Any]]) -> None:
+        """Queue a workflow's breakpoints (all of them: they replace what was kept)."""
+        ...
+
+    def put_step_config(self, run_id: str, path: str, attempt: int, config: Any) -> None:
+        """Queue the whole rendered configuration of a step attempt whose ``step.started``
+        event holds a cut one (``runs/stepConfig`` reads it back)."""
+        ...
+
+    async def breakpoints(self) -> dict[str, list[dict[str, Any]]]:
+        """Every workflow's breakpoints (read once, at start)."""
+        ...
+
+    async def step_config(self, run_id: str, path: str, attempt: int) -> Any:
+        """The whole configuration of a step attempt, if it was kept apart (else ``None``)."""
+        ...
+
+    def put_schedule(self, name: str, spec: dict[str, Any], state: dict[str, Any]) -> None:
+        """Queue a schedule's spec and state (both replace what was kept)."""
+        ...
+
+    def delete_schedule(self, name: str) -> None:
+        """Queue the removal of a schedule."""
+        ...
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        """Every kept schedule: ``{name, spec, state}`` by name (read once, at start)."""
+        ...
+
+    def put_dead_letter(self, entry: dict[str, Any]) -> None:
+        """Queue a dead-letter entry (``run_id``, ``workflow``, ``step``, ``error_type``,
+        ``failed_at``, ``state`` and the rest), replacing one for the same run."""
+        ...
+
+    async def dead_letters(
+        self,
+        *,
+        workflow: str | None = None,
+        error_type: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        state: str | None = "open",
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Dead-letter entries, newest first, filtered."""
+        ...
+
+    async def dead_letter(self, run_id: str) -> dict[str, Any] | None:
+        """One dead-letter entry by its run's id."""
+        ...
+
+    def prune_dead_letters(self, before: float) -> None:
+        """Queue the removal of the entries of runs that failed before ``before``."""
+        ...
+
+    def put_webhook(
+        self,
+        webhook_id: str,
+        spec: dict[str, Any],
+        state: dict[str, Any],
+        *,
+        requeue_at: float | None = None,
+    ) -> None:
+        """Queue a webhook subscription (replacing one with that id); with ``requeue_at``, the
+        messages it has in the outbox start over: no attempts made, due at that time."""
+        ...
+
+    def set_webhook_state(self, webhook_id: str, state: dict[str, Any]) -> None:
+        """Queue a new state for a kept subscription (nothing if it was deleted)."""
+        ...
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        """Queue the removal of a subscription, its outbox messages and its delivery log."""
+        ...
+
+    def webhook_attempt(self, attempt: WebhookAttempt) -> None:
+        """Queue a delivery attempt: into the delivery log (the last
+        :data:`DELIVERY_LOG_KEPT` of the subscription are kept), and its message out of the
+        outbox or due again at ``attempt.next_at``."""
+        ...
+
+    async def webhooks(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """Every kept subscription: ``(id, spec, state)``, by id."""
+        ...
+
+    async def due_webhook_messages(
+        self, now: float, webhooks: Collection[str], limit: int
+    ) -> tuple[list[OutboxMessage], float | None]:
+        """Outbox messages of ``webhooks`` due at ``now``, the longest due first, at most
+        ``limit``; and when the next of theirs not yet due is (``None``: none waits)."""
+        ...
+
+    async def webhook_deliveries(
+        self, webhook_id: str, *, before: int | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """A subscription's delivery attempts, newest first, with ids below ``before``:
+        ``{id, messageId, attempt, status, error, ts}``."""
+        ...
+
+    async def webhook_backlog(self) -> dict[str, int]:
+        """Messages waiting in the outbox, by subscription."""
         ...
 
     def freeze(self) -> None:

@@ -108,6 +108,8 @@ class StepState:
     """Values the current attempt asked to keep across a restart (``ctx.checkpoint``)."""
     reason: str | None = None
     """What a ``waiting`` step waits for (a signal, a rate budget)."""
+    reused_from: str | None = None
+    """The run this step's result was taken from (``runs/rerun``): it did not run here."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for ``runs/get``."""
@@ -121,6 +123,9 @@ class StepState:
         }
         if self.reason is not None:
             out["reason"] = self.reason
+        if self.reused_from is not None:
+            out["reused"] = True
+            out["from"] = self.reused_from
         return out
 
 
@@ -175,9 +180,15 @@ class Run:
     """The definition snapshot this run executes (the workflow version's content hash)."""
     parent_step: str | None = None
     """For a child run: the step path, and ``#attempt``, of the parent step that started it."""
+    rerun_of: dict[str, Any] | None = None
+    """For a run made by ``runs/rerun``: ``{runId, step}``, the run it re-runs and the step it
+    re-runs from (its ``origin`` in ``runs/get``, kept in its ``run.created`` event)."""
     origin: Any = field(default=None, repr=False)
     """The client connection that started the run, if any (not kept: gone after a restart);
     the sampling provider asks it first."""
+    reason: str | None = None
+    """Why a paused run is paused, when something other than ``runs/pause`` paused it (a
+    breakpoint, a run started paused)."""
     seq: int = 0
     """The sequence number of the last recorded event."""
     published: int = 0
@@ -240,6 +251,7 @@ class Run:
         ``run.resumed`` for ``running``)."""
         now = time.time()
         self.status = status
+        self.reason = data.get("reason") if status == "paused" else None
         kind: str = status
         if status == "running":
             kind = "started" if self.started_at is None else "resumed"
@@ -452,6 +464,10 @@ class Run:
             "finished_at": self.finished_at,
             "progress": self.progress(),
         }
+        if self.reason is not None:
+            out["reason"] = self.reason
+        if self.rerun_of is not None:
+            out["origin"] = self.rerun_of
         if steps:
             out["steps"] = {path: s.to_dict() for path, s in self.steps.items()}
         return out

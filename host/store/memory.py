@@ -8,13 +8,27 @@ when ``[store] durable = false`` or the data dir is ``:memory:``, and by ``plait
 
 from __future__ import annotations
 
-from collections import deque
+import json
+from collections import Counter, deque
+from collections.abc import Collection
+from dataclasses import replace
+from functools import partial
+from itertools import count
 from typing import Any
 
 import anyio
 
-from plait.state.run_store import RunPage, page_cursor, row_of
+from plait.state.run_store import (
+    DELIVERY_LOG_KEPT,
+    EventRouter,
+    OutboxMessage,
+    RunPage,
+    WebhookAttempt,
+    page_cursor,
+    row_of,
+)
 from plait.state.runs import Event, Run
+from plait.values import dumps
 
 __all__ = ["MemoryStore"]
 
@@ -22,7 +36,7 @@ __all__ = ["MemoryStore"]
 class MemoryStore:
     """The :class:`~plait.state.RunStore` of a host that keeps nothing on disk."""
 
-    def __init__(self, keep_finished: int = 10_000) -> None:
+    def __init__(self, keep_finished: int = 10_000, *, webhooks: EventRouter | None = None) -> None:
         self.keep_finished = keep_finished
         """How many finished runs stay answerable; the longest-finished go first."""
         self._runs: dict[str, Run] = {}
@@ -30,6 +44,17 @@ class MemoryStore:
         self._keys: dict[str, str] = {}
         self._definitions: dict[str, dict[str, Any]] = {}
         self._workflows: dict[str, dict[str, Any]] = {}
+        self._breakpoints: dict[str, list[dict[str, Any]]] = {}
+        self._step_configs: dict[tuple[str, str, int], Any] = {}
+        self._schedules: dict[str, dict[str, Any]] = {}
+        self._dead_letters: dict[str, dict[str, Any]] = {}
+        self._router = webhooks
+        """Names the webhook subscriptions of each told event (the outbox below)."""
+        self._webhooks: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._outbox: dict[int, OutboxMessage] = {}
+        self._outbox_ids = count(1)
+        self._deliveries: dict[str, deque[dict[str, Any]]] = {}
+        self._delivery_ids = count(1)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -65,6 +90,16 @@ class MemoryStore:
         self._runs[run.id] = run
         if run.idempotency_key is not None:
             self._keys[run.idempotency_key] = run.id
+        if self._router is not None:  # told at once: its deliveries are queued as it is told
+            run.listen(partial(self._route, self._router, run))
+
+    def _route(self, router: EventRouter, run: Run, event: Event) -> None:
+        routed = router.route(run, event)
+        if routed is not None:
+            hooks, body = routed
+            for hook in hooks:
+                key = next(self._outbox_ids)
+                self._outbox[key] = OutboxMessage(key, hook, body, 0, event.ts, event.ts)
 
     def release(self, run: Run) -> None:
         """Count the run among the finished ones, forgetting the oldest past the bound."""
@@ -99,6 +134,155 @@ class MemoryStore:
         entry = self._workflows.get(name)
         if entry is not None:
             entry["current"], entry["deleted"] = version, deleted
+
+    def put_breakpoints(self, workflow: str, breakpoints: list[dict[str, Any]]) -> None:
+        """Keep a workflow's breakpoints (replacing what was kept)."""
+        self._breakpoints[workflow] = list(breakpoints)
+
+    def put_step_config(self, run_id: str, path: str, attempt: int, config: Any) -> None:
+        """Keep the whole configuration of a step attempt (while the run is kept)."""
+        self._step_configs[run_id, path, attempt] = config
+
+    def put_dead_letter(self, entry: dict[str, Any]) -> None:
+        """Keep a dead-letter entry (replacing one for the same run)."""
+        self._dead_letters[entry["run_id"]] = dict(entry)
+
+    async def dead_letters(
+        self,
+        *,
+        workflow: str | None = None,
+        error_type: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        state: str | None = "open",
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Dead-letter entries, newest first, filtered."""
+        found = [
+            dict(e)
+            for e in self._dead_letters.values()
+            if (workflow is None or e["workflow"] == workflow)
+            and (error_type is None or e.get("error_type") == error_type)
+            and (since is None or e["failed_at"] >= since)
+            and (until is None or e["failed_at"] < until)
+            and (state is None or e["state"] == state)
+        ]
+        found.sort(key=lambda e: e["failed_at"], reverse=True)
+        return found[:limit]
+
+    async def dead_letter(self, run_id: str) -> dict[str, Any] | None:
+        """One dead-letter entry by its run's id."""
+        entry = self._dead_letters.get(run_id)
+        return dict(entry) if entry is not None else None
+
+    def prune_dead_letters(self, before: float) -> None:
+        """Forget the entries of runs that failed before ``before``."""
+        for run_id in [k for k, e in self._dead_letters.items() if e["failed_at"] < before]:
+            del self._dead_letters[run_id]
+
+    async def breakpoints(self) -> dict[str, list[dict[str, Any]]]:
+        """Every workflow's breakpoints."""
+        return {name: list(items) for name, items in self._breakpoints.items()}
+
+    async def step_config(self, run_id: str, path: str, attempt: int) -> Any:
+        """The whole configuration of a step attempt, if it was kept apart."""
+        return self._step_configs.get((run_id, path, attempt))
+
+    def put_schedule(self, name: str, spec: dict[str, Any], state: dict[str, Any]) -> None:
+        """Keep a schedule's spec and state (as JSON text: nothing is shared with the caller)."""
+        self._schedules[name] = {"name": name, "spec": dumps(spec), "state": dumps(state)}
+
+    def delete_schedule(self, name: str) -> None:
+        """Forget a schedule."""
+        self._schedules.pop(name, None)
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        """Every kept schedule, by name."""
+        return [
+            {"name": name, "spec": json.loads(row["spec"]), "state": json.loads(row["state"])}
+            for name, row in sorted(self._schedules.items())
+        ]
+
+    def put_webhook(
+        self,
+        webhook_id: str,
+        spec: dict[str, Any],
+        state: dict[str, Any],
+        *,
+        requeue_at: float | None = None,
+    ) -> None:
+        """Keep a webhook subscription; with ``requeue_at``, its messages start over."""
+        self._webhooks[webhook_id] = (dict(spec), dict(state))
+        if requeue_at is not None:
+            for key, message in self._outbox.items():
+                if message.webhook == webhook_id:
+                    self._outbox[key] = replace(message, attempts=0, next_at=requeue_at)
+
+    def set_webhook_state(self, webhook_id: str, state: dict[str, Any]) -> None:
+        """A kept subscription's new state."""
+        kept = self._webhooks.get(webhook_id)
+        if kept is not None:
+            self._webhooks[webhook_id] = (kept[0], dict(state))
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        """Forget a subscription, its outbox messages and its delivery log."""
+        self._webhooks.pop(webhook_id, None)
+        self._deliveries.pop(webhook_id, None)
+        for key in [k for k, m in self._outbox.items() if m.webhook == webhook_id]:
+            del self._outbox[key]
+
+    def webhook_attempt(self, attempt: WebhookAttempt) -> None:
+        """Log a delivery attempt; its message leaves the outbox or is due again."""
+        log = self._deliveries.setdefault(attempt.webhook, deque(maxlen=DELIVERY_LOG_KEPT))
+        log.append(
+            {
+                "id": next(self._delivery_ids),
+                "messageId": attempt.message_id,
+                "attempt": attempt.attempt,
+                "status": attempt.status,
+                "error": attempt.error,
+                "ts": attempt.ts,
+            }
+        )
+        message = self._outbox.get(attempt.outbox_id)
+        if message is None:
+            return
+        if attempt.next_at is None:
+            del self._outbox[attempt.outbox_id]
+        else:
+            self._outbox[attempt.outbox_id] = replace(
+                message, attempts=attempt.attempt, next_at=attempt.next_at
+            )
+
+    async def webhooks(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """Every kept subscription: ``(id, spec, state)``, by id."""
+        return [(k, dict(spec), dict(state)) for k, (spec, state) in sorted(self._webhooks.items())]
+
+    async def due_webhook_messages(
+        self, now: float, webhooks: Collection[str], limit: int
+    ) -> tuple[list[OutboxMessage], float | None]:
+        """Due outbox messages of ``webhooks``, the longest due first, and when the next is."""
+        hooks = set(webhooks)
+        mine = [m for m in self._outbox.values() if m.webhook in hooks]
+        due = sorted((m for m in mine if m.next_at <= now), key=lambda m: (m.next_at, m.id))
+        later = [m.next_at for m in mine if m.next_at > now]
+        return due[:limit], min(later) if later else None
+
+    async def webhook_deliveries(
+        self, webhook_id: str, *, before: int | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """A subscription's delivery attempts, newest first, with ids below ``before``."""
+        found = []
+        for row in reversed(self._deliveries.get(webhook_id, ())):
+            if before is None or row["id"] < before:
+                found.append(dict(row))
+                if len(found) == limit:
+                    break
+        return found
+
+    async def webhook_backlog(self) -> dict[str, int]:
+        """Messages waiting in the outbox, by subscription."""
+        return dict(Counter(m.webhook for m in self._outbox.values()))
 
     def freeze(self) -> None:
         """Nothing to hold back: a memory store ends with the host."""

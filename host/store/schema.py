@@ -97,6 +97,67 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (run_id, name, idx)
     ) WITHOUT ROWID;
     """,
+    # 2: the debugger's: each workflow's breakpoints, and the whole rendered configuration of a
+    # step attempt when its step.started event holds a cut one.
+    """
+    CREATE TABLE workflow_breakpoints (
+        name TEXT PRIMARY KEY,
+        breakpoints TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE step_configs (
+        run_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        config TEXT NOT NULL,
+        PRIMARY KEY (run_id, path, attempt)
+    ) WITHOUT ROWID;
+    """,
+    # 3: runs that start themselves and failures that are contained: schedules (their spec and
+    # their state, as JSON, which the scheduler owns), webhook subscriptions, the webhook outbox
+    # (written in the transaction of the event it delivers) and its delivery log, and the
+    # dead-letter queue (one row per run that failed for good).
+    """
+    CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE webhooks (
+        id TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE webhook_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        webhook TEXT NOT NULL,
+        message TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX webhook_outbox_next ON webhook_outbox (next_at);
+    CREATE TABLE webhook_deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        webhook TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        status INTEGER,
+        error TEXT,
+        ts REAL NOT NULL
+    );
+    CREATE INDEX webhook_deliveries_by ON webhook_deliveries (webhook, id);
+    CREATE TABLE dlq (
+        run_id TEXT PRIMARY KEY,
+        workflow TEXT NOT NULL,
+        step TEXT,
+        error_type TEXT,
+        entry TEXT NOT NULL,
+        failed_at REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'open'
+    ) WITHOUT ROWID;
+    CREATE INDEX dlq_by_workflow ON dlq (workflow, failed_at);
+    CREATE INDEX dlq_by_time ON dlq (failed_at);
+    """,
 )
 """One script per schema version; index 0 creates version 1."""
 

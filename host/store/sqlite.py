@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from functools import cache, partial
 from itertools import chain
@@ -37,9 +37,13 @@ import anyio.to_thread
 
 from plait.config import StoreSettings
 from plait.state.run_store import (
+    DELIVERY_LOG_KEPT,
     RUN_FIELDS,
     UNFINISHED,
+    EventRouter,
+    OutboxMessage,
     RunPage,
+    WebhookAttempt,
     page_cursor,
     run_from_row,
 )
@@ -64,6 +68,18 @@ _VERSION = (
     "INSERT OR IGNORE INTO workflow_versions (name, version, digest, created_at) "
     "VALUES (?, ?, ?, ?)"
 )
+_BREAKPOINTS = (
+    "INSERT INTO workflow_breakpoints (name, breakpoints) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET breakpoints = excluded.breakpoints"
+)
+_DEAD_LETTER = (
+    "INSERT OR REPLACE INTO dlq (run_id, workflow, step, error_type, entry, failed_at, state) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_PRUNE_DEAD_LETTERS = "DELETE FROM dlq WHERE failed_at < ?"
+_STEP_CONFIG = (
+    "INSERT OR REPLACE INTO step_configs (run_id, path, attempt, config) VALUES (?, ?, ?, ?)"
+)
 _WORKFLOW = (
     "INSERT INTO workflows (name, current, deleted) VALUES (?, ?, ?) "
     "ON CONFLICT (name) DO UPDATE SET current = excluded.current, "
@@ -85,7 +101,63 @@ _STEP = (
     "started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _MESSAGE = "INSERT OR REPLACE INTO conversations (run_id, name, idx, message) VALUES (?, ?, ?, ?)"
-_ORDER: Final = (_DEFINITION, _VERSION, _WORKFLOW, _RUN, _KEY, _RUN_STATUS, _EVENT, _STEP, _MESSAGE)
+_SCHEDULE = (
+    "INSERT INTO schedules (name, spec, state) VALUES (?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, state = excluded.state"
+)
+"""A schedule's spec and state; a removal is an empty spec, purged by ``_SCHEDULE_GONE`` in the
+same commit (one kind of row for both keeps a put and a removal of one name in their order)."""
+_SCHEDULE_GONE = "DELETE FROM schedules WHERE name = ? AND spec = ''"
+# Webhooks: a subscription's state is applied before a put of it (a put starts it afresh), an
+# outbox message's retry before a put's requeue, and removals last (see plait.services.webhooks).
+_WEBHOOK_STATE = "UPDATE webhooks SET state = ? WHERE id = ?"
+_WEBHOOK = (
+    "INSERT INTO webhooks (id, spec, state) VALUES (?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, state = excluded.state"
+)
+_OUTBOX = "INSERT INTO webhook_outbox (webhook, message, next_at, created_at) VALUES (?, ?, ?, ?)"
+_OUTBOX_RETRY = "UPDATE webhook_outbox SET attempts = ?, next_at = ? WHERE id = ?"
+_OUTBOX_DONE = "DELETE FROM webhook_outbox WHERE id = ?"
+_OUTBOX_REQUEUE = "UPDATE webhook_outbox SET attempts = 0, next_at = ? WHERE webhook = ?"
+_DELIVERY = (
+    "INSERT INTO webhook_deliveries (webhook, message_id, attempt, status, error, ts) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_DELIVERY_PRUNE = (
+    "DELETE FROM webhook_deliveries WHERE webhook = ? AND id <= (SELECT id FROM "
+    "webhook_deliveries WHERE webhook = ? ORDER BY id DESC LIMIT 1 OFFSET ?)"
+)
+_WEBHOOK_GONE = "DELETE FROM webhooks WHERE id = ?"
+_OUTBOX_GONE = "DELETE FROM webhook_outbox WHERE webhook = ?"
+_DELIVERIES_GONE = "DELETE FROM webhook_deliveries WHERE webhook = ?"
+_ORDER: Final = (
+    _DEFINITION,
+    _VERSION,
+    _WORKFLOW,
+    _BREAKPOINTS,
+    _RUN,
+    _KEY,
+    _RUN_STATUS,
+    _EVENT,
+    _STEP,
+    _MESSAGE,
+    _STEP_CONFIG,
+    _SCHEDULE,
+    _SCHEDULE_GONE,
+    _DEAD_LETTER,
+    _PRUNE_DEAD_LETTERS,
+    _WEBHOOK_STATE,
+    _WEBHOOK,
+    _OUTBOX,
+    _OUTBOX_RETRY,
+    _OUTBOX_DONE,
+    _OUTBOX_REQUEUE,
+    _DELIVERY,
+    _DELIVERY_PRUNE,
+    _WEBHOOK_GONE,
+    _OUTBOX_GONE,
+    _DELIVERIES_GONE,
+)
 
 _RUN_STATUS_FROM = (
     "UPDATE runs SET status = v.column1, started_at = v.column2, "
@@ -103,6 +175,7 @@ _MULTI_ROW: Final = {
     _EVENT: _multi_row(_EVENT),
     _STEP: _multi_row(_STEP),
     _RUN: _multi_row(_RUN),
+    _OUTBOX: _multi_row(_OUTBOX),
     _RUN_STATUS: (_RUN_STATUS_FROM, "(?, ?, ?, ?, ?, ?)", ") AS v WHERE runs.id = v.column6"),
 }
 ROWS_PER_STATEMENT: Final = (1024, 128, 16, 4, 1)
@@ -127,7 +200,11 @@ _STATUS_OF_EVENT: Final = {
     "run.failed": "failed",
     "run.cancelled": "cancelled",
 }
-_SETTLE_EVENTS: Final = frozenset(f"step.{status}" for status in STEP_SETTLED)
+_SETTLE_EVENTS: Final = frozenset(
+    {*(f"step.{status}" for status in STEP_SETTLED), "step.reused", "debug.output"}
+)
+"""Events after which a step's row says something new: it ended, was reused by a rerun, or the
+debugger replaced its output."""
 PUBLISH_CHUNK: Final = 32
 """Events published between two turns of the event loop."""
 THREAD_CHECK: Final = 1.0
@@ -195,8 +272,11 @@ class SqliteStore:
         settings: StoreSettings | None = None,
         *,
         pace: Callable[[], Awaitable[None]] | None = None,
+        webhooks: EventRouter | None = None,
     ) -> None:
         self.path = Path(data_dir) / DB_FILE
+        self._router = webhooks
+        """Names the webhook subscriptions of each event: their outbox rows are queued with it."""
         self.settings = settings or StoreSettings()
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
@@ -504,6 +584,12 @@ class SqliteStore:
             start = len(history) - len(new)
             for i, message in enumerate(new):
                 rows.append((_MESSAGE, (rid, name, start + i, _json(message, "message"))))
+        router = self._router
+        if router is not None:  # its deliveries, in the event's own transaction
+            routed = router.route(run, event)
+            if routed is not None:
+                hooks, body = routed
+                rows.extend((_OUTBOX, (hook, body, event.ts, event.ts)) for hook in hooks)
         self._queue(rows, (run, event))
 
     def put_workflow(
@@ -521,6 +607,66 @@ class SqliteStore:
     def set_current(self, name: str, version: int, *, deleted: bool = False) -> None:
         """Queue a change of which version is current, or the deletion of the workflow."""
         self._queue([(_WORKFLOW, (name, version, int(deleted)))])
+
+    def put_breakpoints(self, workflow: str, breakpoints: list[dict[str, Any]]) -> None:
+        """Queue a workflow's breakpoints (all of them: they replace what was kept)."""
+        self._queue([(_BREAKPOINTS, (workflow, _json(breakpoints, "breakpoints of", workflow)))])
+
+    def put_step_config(self, run_id: str, path: str, attempt: int, config: Any) -> None:
+        """Queue the whole configuration of a step attempt (its event holds a cut one)."""
+        self._queue([(_STEP_CONFIG, (run_id, path, attempt, _json(config, "config of", path)))])
+
+    def put_webhook(
+        self,
+        webhook_id: str,
+        spec: dict[str, Any],
+        state: dict[str, Any],
+        *,
+        requeue_at: float | None = None,
+    ) -> None:
+        """Queue a webhook subscription; with ``requeue_at``, its outbox messages start over."""
+        rows: list[tuple[str, tuple[Any, ...]]] = [
+            (_WEBHOOK, (webhook_id, _json(spec, "webhook", webhook_id), _json(state, "state")))
+        ]
+        if requeue_at is not None:
+            rows.append((_OUTBOX_REQUEUE, (requeue_at, webhook_id)))
+        self._queue(rows)
+
+    def set_webhook_state(self, webhook_id: str, state: dict[str, Any]) -> None:
+        """Queue a kept subscription's new state."""
+        self._queue([(_WEBHOOK_STATE, (_json(state, "state of webhook", webhook_id), webhook_id))])
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        """Queue the removal of a subscription with its outbox messages and delivery log."""
+        self._queue(
+            [
+                (_WEBHOOK_GONE, (webhook_id,)),
+                (_OUTBOX_GONE, (webhook_id,)),
+                (_DELIVERIES_GONE, (webhook_id,)),
+            ]
+        )
+
+    def webhook_attempt(self, attempt: WebhookAttempt) -> None:
+        """Queue a delivery attempt: logged, and its message done or due again."""
+        hook = attempt.webhook
+        logged = (hook, attempt.message_id, attempt.attempt, attempt.status, attempt.error)
+        self._queue(
+            [
+                (_DELIVERY, (*logged, attempt.ts)),
+                (_DELIVERY_PRUNE, (hook, hook, DELIVERY_LOG_KEPT)),
+                (_OUTBOX_DONE, (attempt.outbox_id,))
+                if attempt.next_at is None
+                else (_OUTBOX_RETRY, (attempt.attempt, attempt.next_at, attempt.outbox_id)),
+            ]
+        )
+
+    def put_schedule(self, name: str, spec: dict[str, Any], state: dict[str, Any]) -> None:
+        """Queue a schedule's spec and state (both replace what was kept)."""
+        self._queue([(_SCHEDULE, (name, _json(spec, "schedule", name), _json(state, "of", name)))])
+
+    def delete_schedule(self, name: str) -> None:
+        """Queue the removal of a schedule."""
+        self._queue([(_SCHEDULE, (name, "", "")), (_SCHEDULE_GONE, (name,))])
 
     async def sync(self) -> None:
         """Return once everything queued before the call is committed and told."""
@@ -698,6 +844,155 @@ class SqliteStore:
                 return fn(self._reader)
 
         return await anyio.to_thread.run_sync(locked)
+
+    def put_dead_letter(self, entry: dict[str, Any]) -> None:
+        """Queue a dead-letter entry (replacing one for the same run)."""
+        row = (
+            entry["run_id"],
+            entry["workflow"],
+            entry.get("step"),
+            entry.get("error_type"),
+            _json(entry, "dead letter of", entry["run_id"]),
+            entry["failed_at"],
+            entry["state"],
+        )
+        self._queue([(_DEAD_LETTER, row)])
+
+    def prune_dead_letters(self, before: float) -> None:
+        """Queue the removal of the entries of runs that failed before ``before``."""
+        self._queue([(_PRUNE_DEAD_LETTERS, (before,))])
+
+    async def dead_letters(
+        self,
+        *,
+        workflow: str | None = None,
+        error_type: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        state: str | None = "open",
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Dead-letter entries, newest first, filtered (indexed by workflow and time)."""
+        where, args = [], []
+        for column, op, value in (
+            ("workflow", "=", workflow),
+            ("error_type", "=", error_type),
+            ("failed_at", ">=", since),
+            ("failed_at", "<", until),
+            ("state", "=", state),
+        ):
+            if value is not None:
+                where.append(f"{column} {op} ?")
+                args.append(value)
+        sql = "SELECT entry FROM dlq"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY failed_at DESC LIMIT ?"
+
+        def read(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            return [json.loads(entry) for (entry,) in c.execute(sql, (*args, limit))]
+
+        return await self._read(read)
+
+    async def dead_letter(self, run_id: str) -> dict[str, Any] | None:
+        """One dead-letter entry by its run's id."""
+
+        def read(c: sqlite3.Connection) -> dict[str, Any] | None:
+            row = c.execute("SELECT entry FROM dlq WHERE run_id = ?", (run_id,)).fetchone()
+            return None if row is None else json.loads(row[0])
+
+        return await self._read(read)
+
+    async def breakpoints(self) -> dict[str, list[dict[str, Any]]]:
+        """Every workflow's breakpoints."""
+
+        def read(c: sqlite3.Connection) -> dict[str, list[dict[str, Any]]]:
+            rows = c.execute("SELECT name, breakpoints FROM workflow_breakpoints")
+            return {name: json.loads(items) for name, items in rows}
+
+        return await self._read(read)
+
+    async def step_config(self, run_id: str, path: str, attempt: int) -> Any:
+        """The whole configuration of a step attempt, if it was kept apart (else ``None``)."""
+
+        def read(c: sqlite3.Connection) -> Any:
+            row = c.execute(
+                "SELECT config FROM step_configs WHERE run_id = ? AND path = ? AND attempt = ?",
+                (run_id, path, attempt),
+            ).fetchone()
+            return None if row is None else json.loads(row[0])
+
+        return await self._read(read)
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        """Every kept schedule: ``{name, spec, state}`` by name."""
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT name, spec, state FROM schedules WHERE spec != '' ORDER BY name"
+            ).fetchall()
+        )
+        return [
+            {"name": name, "spec": json.loads(spec), "state": json.loads(state)}
+            for name, spec, state in rows
+        ]
+
+    async def webhooks(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """Every kept webhook subscription: ``(id, spec, state)``, by id."""
+        rows = await self._read(
+            lambda c: c.execute("SELECT id, spec, state FROM webhooks ORDER BY id").fetchall()
+        )
+        return [(hook, json.loads(spec), json.loads(state)) for hook, spec, state in rows]
+
+    async def due_webhook_messages(
+        self, now: float, webhooks: Collection[str], limit: int
+    ) -> tuple[list[OutboxMessage], float | None]:
+        """Due outbox messages of ``webhooks``, the longest due first (the ``next_at`` index),
+        and when the next one of theirs is due."""
+        hooks = list(webhooks)
+        if not hooks:
+            return [], None
+        marks = ", ".join("?" for _ in hooks)
+
+        def read(c: sqlite3.Connection) -> tuple[list[OutboxMessage], float | None]:
+            due = c.execute(
+                "SELECT id, webhook, message, attempts, next_at, created_at FROM webhook_outbox "
+                f"WHERE next_at <= ? AND webhook IN ({marks}) ORDER BY next_at, id LIMIT ?",
+                (now, *hooks, limit),
+            ).fetchall()
+            (later,) = c.execute(
+                "SELECT min(next_at) FROM webhook_outbox "
+                f"WHERE next_at > ? AND webhook IN ({marks})",
+                (now, *hooks),
+            ).fetchone()
+            return [OutboxMessage(*row) for row in due], later
+
+        return await self._read(read)
+
+    async def webhook_deliveries(
+        self, webhook_id: str, *, before: int | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """A subscription's delivery attempts, newest first, with ids below ``before``."""
+        sql = (
+            "SELECT id, message_id, attempt, status, error, ts FROM webhook_deliveries "
+            "WHERE webhook = ?"
+        )
+        params: tuple[Any, ...] = (webhook_id,)
+        if before is not None:
+            sql += " AND id < ?"
+            params += (before,)
+        sql += " ORDER BY id DESC LIMIT ?"
+        rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
+        keys = ("id", "messageId", "attempt", "status", "error", "ts")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    async def webhook_backlog(self) -> dict[str, int]:
+        """Messages waiting in the outbox, by subscription."""
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT webhook, count(*) FROM webhook_outbox GROUP BY webhook"
+            ).fetchall()
+        )
+        return dict(rows)
 
     async def catalog(self) -> list[dict[str, Any]]:
         """Every workflow with every version: ``{name, current, deleted, versions: [...]}``."""

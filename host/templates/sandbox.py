@@ -47,7 +47,7 @@ from jinja2.utils import generate_lorem_ipsum
 from jinja2.visitor import NodeTransformer
 
 from plait.errors import TemplateError, TemplateLimitError, TemplateSecurityError
-from plait.values import json_problem
+from plait.values import json_problem, weight
 
 __all__ = [
     "BUDGET",
@@ -125,39 +125,6 @@ class Budget:
                 self.charge(literal)
             self.tick()
             yield item
-
-
-def weight(value: Any, cap: int) -> int:
-    """Serialized size estimate: characters, plus one per container item; stops once over ``cap``.
-
-    Shared references count once per use, as serializing would; the walk stays bounded by cap.
-    """
-    total, stack = 0, [value]
-    pop, extend = stack.pop, stack.extend
-    while stack:
-        item = pop()
-        kind = type(item)
-        if kind is str:
-            total += len(item)
-        elif kind is list or kind is tuple:
-            total += 1 + len(item)
-            extend(item)
-        elif kind is dict:
-            total += 1 + len(item)
-            extend(item.keys())
-            extend(item.values())
-        elif kind is int:
-            total += 1 + item.bit_length() // 8
-        elif isinstance(item, str | bytes):
-            total += len(item)
-        elif isinstance(item, list | tuple | set | frozenset | dict):
-            total += 1 + len(item)
-            extend(item.items() if isinstance(item, dict) else item)
-        else:
-            total += 1
-        if total > cap:
-            return total
-    return total
 
 
 def keep_text(text: str) -> str:

@@ -62,6 +62,8 @@ class StartParams(_Params):
     version: int | None = Field(None, ge=1)
     inputs: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: str | None = Field(None, alias="idempotencyKey", max_length=256)
+    paused: bool = False
+    """Start held before the first step, for a debugger (see debug/*)."""
 
 
 class RunParams(_Params):
@@ -84,6 +86,20 @@ class WaitParams(GetRunParams):
 class SignalParams(RunParams):
     event: str = Field(min_length=1, max_length=256)
     data: Any = None
+
+
+class RerunParams(RunParams):
+    step: str = Field(min_length=1, max_length=1024)
+    """A top-level step id: it and what depends on it run again."""
+    inputs: dict[str, Any] | None = None
+    """The new run's inputs (default: the source run's)."""
+    version: int | None = Field(None, ge=1)
+    config: dict[str, Any] | None = None
+    """Fields laid over ``step``'s definition for the new run only."""
+
+
+class DiffParams(RunParams):
+    other_run_id: str = Field(alias="otherRunId")
 
 
 class EventsParams(RunParams):
@@ -199,6 +215,7 @@ def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
             version=p.version,
             idempotency_key=p.idempotency_key,
             origin=session,
+            paused=p.paused,
         )
         return {"runId": run.id, "status": run.status}
 
@@ -244,6 +261,22 @@ def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
     async def signal(session: Session, p: SignalParams) -> dict[str, Any]:
         await host.signal_run(p.run_id, p.event, p.data)
         return {}
+
+    @method("runs/rerun", RerunParams)
+    async def rerun(session: Session, p: RerunParams) -> dict[str, Any]:
+        run = await host.rerun_run(
+            p.run_id,
+            p.step,
+            inputs=p.inputs,
+            version=p.version,
+            config=p.config,
+            origin=session,
+        )
+        return {"runId": run.id}
+
+    @method("runs/diff", DiffParams)
+    async def diff(session: Session, p: DiffParams) -> dict[str, Any]:
+        return await host.diff_runs(p.run_id, p.other_run_id)
 
     @method("runs/events", EventsParams)
     async def events(session: Session, p: EventsParams) -> dict[str, Any]:

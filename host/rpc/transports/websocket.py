@@ -4,6 +4,12 @@ The handshake is where a browser-borne attack is stopped: the ``Host`` header mu
 server (DNS rebinding), a browser ``Origin`` must be on the allow-list, and every connection
 must present the per-launch token (``Authorization: Bearer`` or ``?token=``), compared in
 constant time. ``GET /health`` is answered over plain HTTP for liveness probes.
+
+With a :class:`~plait.rpc.web.WebAccess`, the web view is served on the same port: ``/`` and
+``/static/...`` over plain HTTP (after the same ``Host`` check), and the page's own origin
+(``http://127.0.0.1:PORT``) may open ``/rpc`` with its session cookie instead of the token.
+The cookie is accepted from that origin only: another page, even one on another port of
+127.0.0.1 that the browser sends the cookie from, needs the token like any client.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from plait.rpc.session import Session
 if TYPE_CHECKING:
     from plait.config import Limits
     from plait.rpc.host_api import HostApi
+    from plait.rpc.web import WebAccess
 
 __all__ = ["RPC_PATH", "WebSocketTransport"]
 
@@ -40,7 +47,11 @@ log = logging.getLogger("plait.ws")
 class _RedactToken(logging.Filter):
     """websockets traces handshakes at DEBUG; the token must never reach a log."""
 
-    _PATTERNS = (re.compile(r"(token=)[^&\s]+"), re.compile(r"(Bearer )\S+"))
+    _PATTERNS = (
+        re.compile(r"(token=)[^&\s]+"),
+        re.compile(r"(Bearer )\S+"),
+        re.compile(r"((?:Set-)?Cookie: ).+", re.IGNORECASE),  # the web view's session secret
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -80,6 +91,7 @@ class WebSocketTransport:
         bind: str = "127.0.0.1",
         port: int = 0,
         allowed_origins: Iterable[str] = (),
+        web: WebAccess | None = None,
     ) -> None:
         self.host = host
         self.dispatcher = dispatcher
@@ -94,6 +106,8 @@ class WebSocketTransport:
         self.bind = bind
         self.server: Server | None = None
         self.open = 0
+        self.web = web
+        """The web view's links and sessions: the page is served when given."""
 
     async def start(self) -> int:
         """Listen; returns the port (useful when configured as 0)."""
@@ -111,7 +125,18 @@ class WebSocketTransport:
         )
         sockets = list(self.server.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else self.requested_port
+        if self.web is not None:
+            self.web.listening(self.page_url, self.port)
         return self.port
+
+    @property
+    def page_url(self) -> str:
+        """Where a browser finds the web view: an address the ``Host`` check accepts (a
+        wildcard bind is reached through loopback)."""
+        name = self.bind
+        if name in ("0.0.0.0", "::", "localhost"):
+            name = "127.0.0.1"
+        return f"http://{f'[{name}]' if ':' in name else name}:{self.port}"
 
     async def stop(self) -> None:
         """Close the listener and every connection."""
@@ -126,6 +151,10 @@ class WebSocketTransport:
         if self.bind not in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):
             names.add(f"[{self.bind}]" if ":" in self.bind else self.bind)
         return {f"{name}:{self.port}" for name in names}
+
+    def _own_origins(self) -> set[str]:
+        """The origins of the page this transport serves, under each name of this server."""
+        return {f"http://{host}" for host in self._allowed_hosts()}
 
     def _check(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
@@ -151,12 +180,17 @@ class WebSocketTransport:
             )
             response.headers["Content-Type"] = "application/json"
             return response
+        if self.web is not None and self.web.handles(url.path):
+            return self.web.respond(request, self._own_origins())
         if url.path != RPC_PATH:
             return _refuse(connection, HTTPStatus.NOT_FOUND, f"the endpoint is {RPC_PATH}")
         origin = request.headers.get("Origin")
-        if origin is not None and origin not in self.allowed_origins:
+        page = self.web is not None and origin is not None and origin in self._own_origins()
+        if origin is not None and origin not in self.allowed_origins and not page:
             return _refuse(connection, HTTPStatus.FORBIDDEN, "Origin not allowed")
-        if not self._token_ok(request.headers, url.query):
+        if not self._token_ok(request.headers, url.query) and not (
+            page and self.web is not None and self.web.session_ok(request.headers)
+        ):
             return _refuse(connection, HTTPStatus.UNAUTHORIZED, "a valid token is required")
         if self.open >= self.limits.max_connections:
             return _refuse(
