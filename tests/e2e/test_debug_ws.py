@@ -42,7 +42,9 @@ WORKFLOWS = {
         "  - {id: use, transform: 'got ${steps.fetch.output}'}\n"
         "outputs: {use: '${steps.use.output}'}\n"
     ),
-    "gate": "name: gate\nsteps:\n  - {id: w, wait: go}\n  - {id: after, transform: 1, needs: [w]}\n",
+    "gate": (
+        "name: gate\nsteps:\n  - {id: w, wait: go}\n  - {id: after, transform: 1, needs: [w]}\n"
+    ),
     "big": (
         "name: big\n"
         "inputs: {type: object, properties: {text: {type: string}}}\n"
