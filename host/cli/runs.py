@@ -35,7 +35,7 @@ from rich.table import Table
 from plait.cli.failures import CommandFailed, one_line
 from plait.cli.settings import config_from_args, data_dir_origin
 from plait.config import HostConfig
-from plait.engine.lineage import diff_runs, rerun
+from plait.engine.lineage import diff_runs
 from plait.errors import ConfigError, InvalidRunState, PlaitError
 from plait.state.run_store import parse_cursor
 from plait.store.datadir import DataDirLock, read_host_info
@@ -362,7 +362,7 @@ async def _rerun_here(host: Any, args: argparse.Namespace, run_id: str) -> dict[
         source = await engine.load_run(run_id)
         compiled = await engine.snapshot(source.digest, source.workflow, source.version)
         inputs = _changed_inputs(source.inputs, args.input, compiled.definition.inputs)
-    run = await rerun(engine, run_id, args.step, inputs=inputs, version=args.version)
+    run = await engine.rerun(run_id, args.step, inputs=inputs, version=args.version)
     view = ProgressView(
         await engine.snapshot(run.digest, run.workflow, run.version), json_mode=args.json
     )

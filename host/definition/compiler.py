@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import ChainMap
 from collections.abc import Callable, Collection, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -1050,25 +1051,24 @@ _REF = r"steps(?:\.{0}\b|\[\s*['\"]{0}['\"]\s*\])"
 
 def _field_of(raw: Any, ref: str, where: str) -> str:
     """The path of the first field under ``raw`` whose text names step ``ref``."""
-    import re
-
     pattern = re.compile(_REF.format(re.escape(ref)))
+    return _first_text(raw, where, pattern.search) or where
 
-    def walk(value: Any, path: str) -> str | None:
-        if isinstance(value, str):
-            return path if pattern.search(value) else None
-        items = (
-            value.items()
-            if isinstance(value, dict)
-            else (enumerate(value) if isinstance(value, list) else ())
-        )
-        for k, v in items:
-            found = walk(v, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}")
-            if found is not None:
-                return found
-        return None
 
-    return walk(raw, where) or where
+def _first_text(value: Any, path: str, matches: Callable[[str], Any]) -> str | None:
+    """The path (from ``path``) of the first string under ``value`` that ``matches``."""
+    if isinstance(value, str):
+        return path if matches(value) else None
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else (enumerate(value) if isinstance(value, list) else ())
+    )
+    for k, v in items:
+        found = _first_text(v, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}", matches)
+        if found is not None:
+            return found
+    return None
 
 
 def _body_path(raw: dict[str, Any], body: list[Any], path: str, label: str) -> str:
@@ -1150,26 +1150,10 @@ def _dotted(keys: Iterable[Any]) -> str:
 def _field_with(raw: Any, ref: str, key: Any, where: str) -> str:
     """The path of the field under ``raw`` whose text reads ``key`` of step ``ref``; else
     the first naming the step; else ``where``."""
-    import re
-
     step = re.compile(_REF.format(re.escape(ref)))
     read = re.compile(rf"[.\[]\s*['\"]?{re.escape(str(key))}\b")
-
-    def walk(value: Any, path: str) -> str | None:
-        if isinstance(value, str):
-            return path if step.search(value) and read.search(value) else None
-        items = (
-            value.items()
-            if isinstance(value, dict)
-            else (enumerate(value) if isinstance(value, list) else ())
-        )
-        for k, v in items:
-            found = walk(v, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}")
-            if found is not None:
-                return found
-        return None
-
-    return walk(raw, where) or _field_of(raw, ref, where)
+    both = _first_text(raw, where, lambda text: step.search(text) and read.search(text))
+    return both or _field_of(raw, ref, where)
 
 
 _MAX_SCHEMA_DEPTH = 64

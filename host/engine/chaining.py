@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from plait.errors import DefinitionError, Issue, PlaitError, RunError
+from plait.state.run_store import parse_cursor
 
 if TYPE_CHECKING:
     from plait.config import Limits
@@ -213,12 +214,12 @@ class Chains:
                 for row in page.runs:
                     if row["status"] in ("succeeded", "failed", "cancelled"):
                         seen += 1
-                        run = await self.engine.store.load_run(row["id"])
-                        if run is not None:
-                            await self.follow(_ended_view(run.to_dict(steps=False)), 0)
+                        kept = await self.engine.store.run_row(row["id"])  # no step rows
+                        if kept is not None:
+                            await self.follow(_ended_view(kept), 0)
                 if page.next_cursor is None:
                     break
-                cursor = _cursor(page.next_cursor)
+                cursor = parse_cursor(page.next_cursor)
         return seen
 
 
@@ -227,12 +228,6 @@ def _triggers(catalog: Catalog, name: str) -> tuple[CompiledTrigger, ...]:
         return catalog.get(name).triggers
     except PlaitError:
         return ()
-
-
-def _cursor(text: str) -> tuple[float, str]:
-    from plait.state.run_store import parse_cursor
-
-    return parse_cursor(text)
 
 
 def _ended_view(run: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,8 @@ class Execution(Protocol):
 
     run: Run
     paused: bool
+    held: dict[str, Held]
+    permit: str | None
 
     def pause(self) -> None: ...
 
@@ -184,10 +186,6 @@ class RunDebug:
         """The run's own, in the order they were set."""
         self.workflow_breakpoints = workflow_breakpoints
         """Its workflow's, read live: one set while the run goes on applies to it."""
-        self.held: dict[str, Held] = {}
-        """Steps a pause holds now, by path, in the order they were held."""
-        self.permit: str | None = None
-        """The path ``debug/step`` lets through, once."""
         self.outputs: dict[str, Any] = {}
         """Outputs set by ``debug/setOutput`` for steps held at their failure."""
         self.started: dict[str, CompiledStep] = {}
@@ -240,13 +238,6 @@ class RunDebug:
 
     # -- held steps ------------------------------------------------------------------------
 
-    def take_permit(self, path: str) -> bool:
-        """Whether ``debug/step`` let this step through (used up when taken)."""
-        if self.permit == path:
-            self.permit = None
-            return True
-        return False
-
     def let_one_through(self, path: str | None) -> str:
         """Let exactly one held step go on (the named one, or the first held).
 
@@ -255,20 +246,20 @@ class RunDebug:
         """
         if not self.rx.paused:
             raise DebugError("the run is not paused: there is nothing to step through")
-        if not self.held:
+        if not self.rx.held:
             raise DebugError(
                 "no step is held: the paused run has no step ready to run (steps already "
                 "running finish on their own; continue to let the run go on)"
             )
         if path is None:
-            path = next(iter(self.held))
-        elif path not in self.held:
+            path = next(iter(self.rx.held))
+        elif path not in self.rx.held:
             raise DebugError(
-                f"step {path!r} is not held; held: {', '.join(self.held)}"
-                if self.held
+                f"step {path!r} is not held; held: {', '.join(self.rx.held)}"
+                if self.rx.held
                 else f"step {path!r} is not held"
             )
-        self.permit = path
+        self.rx.permit = path
         self.rx.wake()
         return path
 

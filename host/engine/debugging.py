@@ -83,11 +83,9 @@ class Debugger:
             self.workflow_breakpoints[name] = [Breakpoint.from_dict(templates, b) for b in items]
 
     def attach(self, rx: DebugExecution, workflow: str) -> RunDebug:
-        """The run's debugger state, made on first use; waking what the pause holds, so each
-        held step registers with it."""
+        """The run's debugger state, made on first use."""
         if rx.debug is None:
             rx.debug = RunDebug(rx, lambda: self.workflow_breakpoints.get(workflow, ()))
-            rx.wake()
         return rx.debug
 
     def attach_if_watched(self, rx: DebugExecution, workflow: str) -> None:
@@ -226,8 +224,7 @@ class Debugger:
         """The run's pause: why, which steps it holds, and for one of them what it would
         receive (configuration and template context)."""
         rx, run = await self._live(run_id, "inspect")
-        debug = rx.debug
-        held = dict(debug.held) if debug is not None else {}
+        held = dict(rx.held)
         out: dict[str, Any] = {
             "status": run.status,
             "reason": run.reason,
@@ -258,7 +255,7 @@ class Debugger:
         except TemplateSyntaxError as exc:
             raise DebugError(f"the expression does not parse: {problems_of(exc)}") from None
         if step is not None:
-            held = rx.debug.held if rx.debug is not None else {}
+            held = rx.held
             found = held.get(step)
             if found is None:
                 raise DebugError(_not_held(step, held))
@@ -287,7 +284,7 @@ class Debugger:
         if (problem := json_problem(output)) is not None:
             raise DebugError(f"the output is not JSON: {problem}")
         debug = self.attach(rx, run.workflow)
-        held = debug.held.get(path)
+        held = rx.held.get(path)
         state = run.steps.get(path)
         if held is not None and held.at == "failure":
             debug.outputs[path] = output
@@ -359,8 +356,6 @@ class Debugger:
         """
         rx, run = await self._live(run_id, "step through")
         debug = self.attach(rx, run.workflow)
-        if rx.paused and not debug.held:
-            await _settle_holds()  # steps woken by attach register as held on their next turn
         chosen = debug.let_one_through(path)
         run.record("debug.step", chosen, _by({}, by))
         await self.engine.until_kept(run.committed)
@@ -420,14 +415,6 @@ class Debugger:
             f"step {path!r} ended before the run was debugged, inside a body: its output "
             "cannot be replaced now (set a breakpoint after it on the next run)"
         )
-
-
-async def _settle_holds() -> None:
-    """Give the steps just woken a turn to register as held."""
-    import anyio.lowlevel
-
-    for _ in range(3):
-        await anyio.lowlevel.checkpoint()
 
 
 def _cut(value: Any) -> bool:

@@ -701,9 +701,14 @@ class Engine:
         *,
         inputs: Mapping[str, Any] | None = None,
         version: int | None = None,
+        config: Mapping[str, Any] | None = None,
+        origin: Any = None,
     ) -> Run:
-        """A new run from run ``run_id``, from ``step`` on (see :func:`lineage.rerun`)."""
-        return await rerun(self, run_id, step, inputs=inputs, version=version)
+        """A new run from run ``run_id``, from ``step`` on (see :func:`lineage.rerun`): the
+        one way a rerun is made, for ``runs/rerun``, ``plait runs rerun`` and dead letters."""
+        return await rerun(
+            self, run_id, step, inputs=inputs, version=version, config=config, origin=origin
+        )
 
     def current_workflow(self, name: str) -> CompiledWorkflow:
         """The current version of a registered workflow (raises WorkflowNotFound)."""

@@ -123,12 +123,14 @@ class RunExecution:
         "busy",
         "cancel_scope",
         "debug",
+        "held",
         "depth",
         "engine",
         "careful",
         "limiter",
         "root",
         "paused",
+        "permit",
         "top",
         "prewaiting",
         "recovered",
@@ -177,6 +179,10 @@ class RunExecution:
         self.prewaiting: set[str] | None = None
         """After a restart: the paths of steps that were waiting and go on, counted as
         waiting until they are back in their wait."""
+        self.held: dict[str, Held] = {}
+        """The steps the pause holds, by path, in the order they were held."""
+        self.permit: str | None = None
+        """The held step ``debug/step`` lets through, once."""
         self.top: ScopeExecution | None = None
         """The run's top-level scope, once its steps started."""
         self.debug: RunDebug | None = None
@@ -671,21 +677,16 @@ class ScopeExecution:
         ``error``: the step failed for good and waits at its failure breakpoint.
         """
         rx = self.rx
-        held: Held | None = None
+        rx.held[path] = Held(self, step, path, "failure" if error else "before", error)
         try:
             while rx.paused:
-                debug = rx.debug
-                if debug is not None:
-                    if debug.take_permit(path):
-                        return
-                    if held is None:
-                        held = Held(self, step, path, "failure" if error else "before", error)
-                        debug.held[path] = held
+                if rx.permit == path:  # debug/step let this one through
+                    rx.permit = None
+                    return
                 assert rx.unpaused is not None
                 await rx.unpaused.wait()
         finally:
-            if held is not None and rx.debug is not None:
-                rx.debug.held.pop(path, None)
+            rx.held.pop(path, None)
 
     def settle_failure(self, step: CompiledStep, exc: RunError) -> list[int]:
         """Settle a failed step by its ``on_error``; return the dependents it readied."""

@@ -24,7 +24,7 @@ from plait.engine.catalog import CatalogEntry
 from plait.engine.dead_letters import DeadLetters
 from plait.engine.debugging import Debugger
 from plait.engine.engine import Engine
-from plait.engine.lineage import diff_runs, rerun
+from plait.engine.lineage import diff_runs
 from plait.engine.schedules import Schedules
 from plait.errors import (
     AgentFailed,
@@ -506,14 +506,8 @@ class Host:
         """Start a new run from a run (see :func:`plait.engine.lineage.rerun`); returns the new
         run once its start is kept."""
         self._writable()
-        return await rerun(
-            self._engine(),
-            run_id,
-            step,
-            inputs=inputs,
-            version=version,
-            config=config,
-            origin=origin,
+        return await self._engine().rerun(
+            run_id, step, inputs=inputs, version=version, config=config, origin=origin
         )
 
     async def diff_runs(self, run_id: str, other_run_id: str) -> dict[str, Any]:
