@@ -251,7 +251,11 @@ class OpenAIAgent:
         self, body: dict[str, Any], to_tool: Mapping[str, str], request: AgentRequest
     ) -> AgentReply:
         try:
-            async with self._http().stream("POST", self.url, json=body) as response:
+            # The step's trace goes on in the endpoint (W3C traceparent), when traced.
+            headers = request.context.trace_headers() if request.context is not None else None
+            async with self._http().stream(
+                "POST", self.url, json=body, headers=headers or None
+            ) as response:
                 if response.status_code in RETRY_STATUS:
                     await response.aread()
                     raise _Retry(

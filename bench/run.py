@@ -36,6 +36,7 @@ SIZES = {
         "inflight": 8,
         "samples": 500,
         "oneshot": 500,
+        "stats": 100_000,
     },
     "quick": {
         "graph": 50,
@@ -47,6 +48,7 @@ SIZES = {
         "inflight": 8,
         "samples": 20,
         "oneshot": 50,
+        "stats": 2_000,
     },
 }
 
@@ -65,7 +67,15 @@ def measure(name: str, args: dict[str, Any]) -> dict[str, Any]:
     if name == "asyncio-graph":
         return anyio.run(lambda: workloads.asyncio_graph(args["kind"], args["n"], args["repeats"]))
     if name == "plait-runs":
-        return anyio.run(lambda: workloads.plait_runs(args["n"], args["mode"]))
+        return anyio.run(
+            lambda: workloads.plait_runs(
+                args["n"],
+                args["mode"],
+                args.get("operations", False),
+                args.get("metrics", True),
+                args.get("traces", False),
+            )
+        )
     if name == "asyncio-runs":
         return anyio.run(lambda: workloads.asyncio_runs(args["n"]))
     if name == "oneshot":
@@ -78,6 +88,10 @@ def measure(name: str, args: dict[str, Any]) -> dict[str, Any]:
                 args["url"], args["token"], args["conns"], args["requests"], args["inflight"]
             )
         )
+    if name == "stats":
+        import stats
+
+        return anyio.run(lambda: stats.stats(args["runs"]))
     if name == "raw-server":
         anyio.run(rpc.raw_server)
     elif name == "plait-server":
@@ -160,10 +174,29 @@ def collect(size: dict[str, int], only: set[str] | None, say: Any) -> dict[str, 
     put("W3/asyncio", child, "asyncio-runs", n=size["runs"])
     for mode in ("memory", "durable"):
         put(f"W3/{mode}", child, "plait-runs", n=size["runs"], mode=mode)
+    # Interleaved with a second plain durable W3, so the machine's drift shows beside the cost.
+    put("W3-ops/durable", child, "plait-runs", n=size["runs"], mode="durable", operations=True)
+    put("W3-ops/plain", child, "plait-runs", n=size["runs"], mode="durable")
+    # Telemetry's cost: nothing, metrics (the default), traces; interleaved twice.
+    for rep in (1, 2):
+        for name, flags in (
+            ("off", {"metrics": False}),
+            ("metrics", {}),
+            ("traces", {"metrics": False, "traces": True}),
+        ):
+            put(
+                f"W3-telemetry/{name}-{rep}",
+                child,
+                "plait-runs",
+                n=size["runs"],
+                mode="durable",
+                **flags,
+            )
     put("W3-many/asyncio", child, "asyncio-runs", n=size["many"])
     put("W3-many/memory", child, "plait-runs", n=size["many"], mode="memory")
     for how in ("host", "run"):
         put(f"oneshot/{how}", child, "oneshot", n=size["oneshot"], how=how)
+    put("stats/sqlite", child, "stats", runs=size["stats"])
     put("W4/raw", w4, "raw-server", size)
     for mode in ("memory", "durable"):
         put(f"W4/{mode}", w4, "plait-server", size, mode=mode)
@@ -173,6 +206,8 @@ def collect(size: dict[str, int], only: set[str] | None, say: Any) -> dict[str, 
 
 def rows(r: dict[str, Any], size: dict[str, int]) -> list[tuple[str, ...]]:
     """(workload, plait, baseline, ratio, goal, met) for the table."""
+    from workloads import IDLE_SCHEDULES, QUIET_WEBHOOKS
+
     out: list[tuple[str, ...]] = []
 
     def row(
@@ -253,6 +288,41 @@ def rows(r: dict[str, Any], size: dict[str, int]) -> list[tuple[str, ...]]:
         None if dur_rps is None else dur_rps >= 1500,
     )
     row(f"W3 {runs:,} runs, durable, peak RSS", dur_rss, base_rss, "MB", "—", None)
+    ops_rps = get("W3-ops/durable", "runs_per_s")
+    plain = [v for v in (dur_rps, get("W3-ops/plain", "runs_per_s")) if v is not None]
+    plain_rps = sum(plain) / len(plain) if plain else None
+    row(
+        f"W3 durable + {IDLE_SCHEDULES:,} schedules, "
+        f"{QUIET_WEBHOOKS} webhooks (baseline: W3 durable)",
+        ops_rps,
+        plain_rps,
+        "runs/s",
+        "≥ 0.95× W3",
+        None if ops_rps is None or plain_rps is None else ops_rps >= 0.95 * plain_rps,
+    )
+
+    def both(name: str) -> float | None:
+        found = [get(f"W3-telemetry/{name}-{rep}", "runs_per_s") for rep in (1, 2)]
+        kept = [v for v in found if v is not None]
+        return sum(kept) / len(kept) if kept else None
+
+    off, with_metrics, with_traces = both("off"), both("metrics"), both("traces")
+    row(
+        "W3 durable, metrics on (baseline: metrics and traces off)",
+        with_metrics,
+        off,
+        "runs/s",
+        "< 5% slower",
+        None if with_metrics is None or off is None else with_metrics >= 0.95 * off,
+    )
+    row(
+        "W3 durable, traces on, batched (baseline: both off)",
+        with_traces,
+        off,
+        "runs/s",
+        "— (cost shown)",
+        None,
+    )
     many = size["many"]
     many_rss = get("W3-many/memory", "peak_rss_mb")
     row(
@@ -335,6 +405,17 @@ def rows(r: dict[str, Any], size: dict[str, int]) -> list[tuple[str, ...]]:
         "≤ 4× Host",
         None if run_ms is None or host_ms is None else run_ms <= 4 * host_ms,
     )
+    stored = size["stats"]
+    for key, what in (("all_ms", "all workflows"), ("bottleneck_ms", "one, + bottleneck report")):
+        took = get("stats/sqlite", key)
+        row(
+            f"runs/stats over {stored:,} stored runs, {what}",
+            took,
+            None,
+            "ms",
+            "< 1 s",
+            None if took is None else took < 1000,
+        )
     return out
 
 
@@ -342,7 +423,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (harness check)")
     parser.add_argument(
-        "--only", help="comma-separated workloads: W1,W2,W3,W3-many,W4,latency,oneshot"
+        "--only",
+        help="comma-separated workloads: "
+        "W1,W2,W3,W3-ops,W3-telemetry,W3-many,W4,latency,oneshot,stats",
     )
     parser.add_argument(
         "--json",

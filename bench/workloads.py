@@ -9,6 +9,7 @@ alone. Both sides run with the garbage-collector settings ``plait serve`` uses
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import resource
 import statistics
@@ -103,11 +104,87 @@ async def plait_graph(kind: str, n: int, mode: str, repeats: int) -> dict[str, A
     return {"us_per_step": statistics.median(per_step[1:]), "peak_rss_mb": peak_rss_mb()}
 
 
-async def plait_runs(n: int, mode: str) -> dict[str, Any]:
-    """W3 on plait: ``n`` concurrent runs of THREE_STEPS; runs/s and peak RSS."""
+IDLE_SCHEDULES = 1000
+QUIET_WEBHOOKS = 100
+
+
+def _with_operations(settings: HostConfig) -> HostConfig:
+    """``settings`` with QUIET_WEBHOOKS subscriptions to every run and step event of other
+    workflows (routed per event, never delivered: W3's own runs match none)."""
+    secret = "whsec_" + base64.b64encode(bytes(32)).decode()
+    hooks = [
+        {
+            "id": f"hook-{i}",
+            "url": f"http://127.0.0.1:9/hook-{i}",
+            "events": ["run.*", "step.*"],
+            "workflows": [f"other-{i}"],
+            "secret": secret,
+        }
+        for i in range(QUIET_WEBHOOKS)
+    ]
+    data = settings.model_dump(exclude_unset=True)
+    data["webhooks"] = hooks
+    data["webhooks_policy"] = {"allow_private": True}
+    return HostConfig.model_validate(data)
+
+
+async def _idle_schedules(host: plait.Host) -> None:
+    """IDLE_SCHEDULES schedules of another workflow, each due once a year (none fires during
+    the measurement; the scheduler keeps them all in its heap)."""
+    from plait.definition.models import ScheduleDef
+
+    host.register({"name": "yearly", "steps": [{"id": "s", "transform": 1}]})
+    assert host.schedules is not None
+    for i in range(IDLE_SCHEDULES):
+        spec = ScheduleDef(name=f"yearly-{i}", cron=f"{i % 60} {i // 60 % 24} 1 1 *")
+        await host.schedules.put(spec, workflow="yearly")
+
+
+class _DroppedSpans:
+    """A span exporter that keeps nothing: traces cost what making and batching spans costs,
+    without a collector's speed in the figure."""
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+def _tracing() -> Any:
+    """Tracing as ``[tracing]`` sets it up (batched export off the event loop), to nowhere."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from plait.telemetry.tracing import Tracing
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_DroppedSpans()))  # type: ignore[arg-type]
+    return Tracing(provider)
+
+
+async def plait_runs(
+    n: int, mode: str, operations: bool = False, metrics: bool = True, traces: bool = False
+) -> dict[str, Any]:
+    """W3 on plait: ``n`` concurrent runs of THREE_STEPS; runs/s and peak RSS. With
+    ``operations``, on a host that also keeps IDLE_SCHEDULES schedules and QUIET_WEBHOOKS
+    webhook subscriptions (what they cost a host that runs something else). ``metrics`` (on by
+    default, as in ``plait serve``) and ``traces`` (off by default) measure what each costs."""
     with tempfile.TemporaryDirectory() as tmp:
-        async with plait.Host(config(mode, tmp), plugins=[_plugin()]) as host:
+        settings = config(mode, tmp)
+        if operations:
+            settings = _with_operations(settings)
+        settings.metrics.enabled = metrics
+        tracing = _tracing() if traces else None
+        async with plait.Host(settings, plugins=[_plugin()], tracing=tracing) as host:
             tune_gc()  # as plait serve does
+            if operations:
+                await _idle_schedules(host)
             host.register(THREE_STEPS)
             await _plait_batch(host, 200)  # warm up
             gc.collect()

@@ -38,6 +38,7 @@ __all__ = [
     "HostConfig",
     "HostSettings",
     "Limits",
+    "LogSettings",
     "PluginSettings",
     "StoreSettings",
     "ToolSettings",
@@ -207,6 +208,24 @@ class PluginSettings(_Section):
     module must be importable: on ``PYTHONPATH`` or next to the config)."""
 
 
+class LogSettings(_Section):
+    """The host's log: ``[log]``, read by ``plait serve`` (other commands log warnings only,
+    or everything with ``--debug``). See docs/logging.md."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """``info`` writes a line per run start and end and per connection; ``warning`` leaves
+    those out; ``debug`` adds everything, the protocol trace included. ``--log-level`` wins."""
+    format: Literal["text", "json"] = "text"
+    """``text``: readable one-liners. ``json``: one JSON object per line (``ts``, ``level``,
+    ``logger``, ``message`` and the line's fields), for a log collector."""
+
+    @field_validator("level", "format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        """``INFO`` or ``Info`` as ``info``: the case of a level name is not worth an error."""
+        return value.lower() if isinstance(value, str) else value
+
+
 class EnvSettings(_Section):
     """Environment variables templates may read as ``env.NAME``."""
 
@@ -326,6 +345,34 @@ class WebhookPolicy(_Section):
     """Deliveries in flight at once (one at a time per subscription)."""
 
 
+class MetricsSettings(_Section):
+    """Prometheus metrics at ``GET /metrics`` on the host's port: ``[metrics]``."""
+
+    enabled: bool = True
+    """On by default: a counter or a histogram costs well under a microsecond per step (see
+    ``make bench``), and a host nobody can measure is a host nobody can alert on."""
+    public: bool = False
+    """Serve ``/metrics`` without the token. Only honoured on a loopback bind, where a scraper
+    on the same machine is the only one who can reach it; elsewhere the token is required."""
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry traces: ``[tracing]`` (off by default)."""
+
+    enabled: bool = False
+    exporter: Literal["otlp", "console"] = "otlp"
+    """``otlp``: OTLP over HTTP/protobuf to ``endpoint``; ``console``: spans as JSON on stderr."""
+    endpoint: str = Field("http://127.0.0.1:4318/v1/traces", min_length=1)
+    """Where OTLP/HTTP spans go (a collector, Jaeger, Tempo...); the full URL with its path."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Sent with every export (an API key of a hosted backend, say)."""
+    service_name: str = Field("plait", min_length=1)
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+    """The share of new traces kept; a trace a client started keeps the client's decision."""
+    timeout: float = Field(10.0, gt=0, le=300)
+    """Seconds an export may take before its spans are dropped (the host never waits on it)."""
+
+
 class HostConfig(_Section):
     """The whole configuration."""
 
@@ -344,6 +391,9 @@ class HostConfig(_Section):
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     """Webhook subscriptions: ``[[webhooks]]`` entries, or ``[webhooks.<id>]`` tables."""
     webhooks_policy: WebhookPolicy = Field(default_factory=WebhookPolicy)
+    log: LogSettings = Field(default_factory=LogSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("webhooks", mode="before")
     @classmethod
@@ -427,7 +477,18 @@ def load_config(
         ) from None
 
 
-_SECTIONS = ("host", "limits", "cache", "store", "plugins", "env", "webhooks_policy")
+_SECTIONS = (
+    "host",
+    "limits",
+    "cache",
+    "store",
+    "plugins",
+    "env",
+    "webhooks_policy",
+    "metrics",
+    "tracing",
+    "log",
+)
 
 
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:

@@ -270,9 +270,14 @@ class RunError(PlaitError, RuntimeError):
     kind = "error"
     retryable = True
     """Whether a retry policy may try the step again after this error."""
+    correlation_id: str | None = None
+    """Set when plugin code raised something unexpected and its traceback went to the host's
+    log under this id: the client sees it as ``correlationId`` and finds the traceback by it."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored as a step's or run's ``error``."""
+        if self.correlation_id is not None:
+            return {"type": self.kind, "message": str(self), "correlationId": self.correlation_id}
         return {"type": self.kind, "message": str(self)}
 
 

@@ -114,6 +114,12 @@ class StepContext(Protocol):
     async def emit(self, type: str, data: Mapping[str, Any] | None = None) -> None:
         """Record an event of this step (``agent.message``, ``log``, ...), after the store."""
 
+    def trace_headers(self) -> dict[str, str]:
+        """The W3C trace context of this attempt (``traceparent``...) to send with an outgoing
+        HTTP call, so the system called continues the run's trace; empty when the host does
+        not trace."""
+        ...
+
     def render(self, template: Renderable, **extra: Any) -> Any:
         """Render one of the step's deferred templates, with ``extra`` roots (``item``, ...)."""
 
@@ -649,6 +655,10 @@ class AgentContext(Protocol):
 
     async def sample(self, params: Mapping[str, Any], *, timeout: float) -> dict[str, Any]:
         """Have a connected MCP client run the completion (``sampling/createMessage``)."""
+
+    def trace_headers(self) -> dict[str, str]:
+        """The trace context to send with the completion's HTTP request (empty: not traced)."""
+        ...
 
 
 @dataclass(slots=True)

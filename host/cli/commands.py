@@ -31,6 +31,7 @@ from plait.cli.progress import ProgressView
 from plait.cli.runs import add_runs_parser
 from plait.cli.schedules import add_schedules_parser
 from plait.cli.settings import config_from_args
+from plait.cli.stats import add_stats_parser
 from plait.config import HostConfig, load_config
 from plait.definition.graph import render_graph
 from plait.definition.schema import workflow_schema
@@ -55,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.debug:  # a plugin's traceback is the host's log, or --debug's (not `plait run`'s)
+        logging.getLogger("plait.failures").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except (DefinitionError, InputsInvalid, ConfigError) as exc:
@@ -136,6 +139,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow binding a non-loopback address (the token is then the only protection)",
     )
+    p.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=("debug", "info", "warning", "error"),
+        help="what the host logs on stderr (default: [log] level of the config, else info; "
+        "warning leaves out the run and connection lines)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("call", help="send one JSON-RPC request to a running host")
@@ -159,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     add_schedules_parser(sub)
     add_debug_parser(sub)
     add_dlq_parser(sub)
+    add_stats_parser(sub)
 
     p = sub.add_parser("plugins", help="list loaded plugins and those that failed")
     p.add_argument("--config")
@@ -347,8 +358,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     line on stderr saying what was not written.
     """
     from plait.host.app import Host, tune_gc
+    from plait.host.logs import configure_logging
 
     config = config_from_args(args)  # logs go to stderr: on --stdio, stdout is the protocol
+    # The host's log: --log-level, else --debug, else [log] level (info by default).
+    level = args.log_level or ("debug" if args.debug else config.log.level)
+    configure_logging(level, config.log.format)
     stop = _Stop(STOP_SECONDS)
 
     async def main() -> None:

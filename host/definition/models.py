@@ -300,7 +300,9 @@ class WorkflowDef(BaseModel):
     vars: dict[str, Any] = Field(default_factory=dict)
     """Values computed once at the start of a run (templates over ``inputs``), as ``vars.*``."""
     concurrency: int | None = Field(None, ge=1, le=100_000)
-    """How many steps of one run may run at once (``None``: only the host-wide limit)."""
+    """How many steps of one run may do work at once (``None``: only the host-wide limit).
+    Like the host-wide limit, it counts the steps of step types that use capacity (tools,
+    agents, ...), not those that only wait (loops, branches, sub-workflows, delays, waits)."""
     steps: list[StepDef] = Field(min_length=1)
     outputs: dict[str, Any] = Field(default_factory=dict)
     """Templates over ``steps``/``inputs`` that make the run's result."""

@@ -13,13 +13,13 @@ the store, so they survive a restart like everything else about a run.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from plait.errors import DebugError, TemplateError, TemplateSyntaxError
+from plait.state.runs import without_indexes
 from plait.templates.engine import Template, TemplateEngine
 
 if TYPE_CHECKING:
@@ -73,13 +73,6 @@ __all__ = [
 
 Where = Literal["before", "after", "failure"]
 WHERE: tuple[Where, ...] = ("before", "after", "failure")
-
-_INDEX = re.compile(r"\[[^\]]*\]")
-
-
-def without_indexes(path: str) -> str:
-    """A step path without its loop indexes and branch keys: ``each[2].fetch`` → ``each.fetch``."""
-    return _INDEX.sub("", path) if "[" in path else path
 
 
 def step_matches(spec: str, step_id: str, path: str) -> bool:

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from copy import deepcopy
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -66,6 +66,9 @@ from plait.state.runs import TERMINAL_EVENTS, Event, Run, new_run_id
 from plait.store.memory import MemoryStore
 from plait.templates.engine import TemplateEngine, TemplateLimits
 
+if TYPE_CHECKING:
+    from plait.telemetry import Metrics, Tracing
+
 __all__ = ["Engine", "template_engine"]
 
 log = logging.getLogger("plait.engine.engine")
@@ -102,8 +105,14 @@ class Engine:
         store: RunStore | None = None,
         sampler: Sampler | None = None,
         templates: TemplateEngine | None = None,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.pm = pm
+        self.metrics = metrics
+        """Where runs, steps, tools and agents are counted (``None``: not counted)."""
+        self.tracing = tracing
+        """Spans of runs, step attempts, tool calls and completions (``None``: off)."""
         self.config = config or HostConfig()
         limits = self.config.limits
         self.registries = pm.registries
@@ -114,8 +123,12 @@ class Engine:
             store if store is not None else MemoryStore(self.config.store.keep_finished)
         )
         """Where runs are kept (default: in memory, for the life of the process)."""
-        self.tools = ToolRunner(self.registries.tools, self.cache, self.config.tools)
-        self.agents = AgentPool(self.registries.agent_providers, self.config.agents)
+        self.tools = ToolRunner(
+            self.registries.tools, self.cache, self.config.tools, metrics=metrics, tracing=tracing
+        )
+        self.agents = AgentPool(
+            self.registries.agent_providers, self.config.agents, metrics=metrics, tracing=tracing
+        )
         self.catalog = Catalog(self.compile, self.store, keep_steps=limits.compiled_cache_steps)
         self.debugger = Debugger(self)
         """Breakpoints, and what can be done to a run at a pause."""
@@ -342,6 +355,8 @@ class Engine:
         }
         if run.rerun_of is not None:
             created["origin"] = run.rerun_of
+        if self.tracing is not None and parent_id is None:
+            run.traceparent = created["traceparent"] = self.tracing.traceparent()
         run.record("run.created", None, created)
         return run
 
@@ -448,6 +463,27 @@ class Engine:
         returns ``None`` instead of raising a failure (a run in the background: the failure is
         recorded on it; one coroutine less per run in flight than a wrapper catching it).
         """
+        if self.tracing is None:
+            return await self._execute(rx, compiled, resume, quiet)
+        run = rx.run
+        with self.tracing.run(
+            run.id,
+            run.workflow,
+            run.version,
+            traceparent=run.traceparent,
+            child=run.parent_id is not None,
+            resumed=resume,
+        ) as span:
+            try:
+                return await self._execute(rx, compiled, resume, quiet)
+            finally:
+                span.set_attribute("plait.status", run.status)
+                if run.status == "failed" and run.error:
+                    self.tracing.failed(span, run.error)
+
+    async def _execute(
+        self, rx: RunExecution, compiled: CompiledWorkflow, resume: bool, quiet: bool
+    ) -> dict[str, Any] | None:
         run = rx.run
         scope = None
         try:
@@ -456,6 +492,8 @@ class Engine:
                     run.set_status("running")
                     if rx.paused:  # started paused: held before its first step
                         run.set_status("paused", reason="started paused")
+                if self.metrics is not None:
+                    self.metrics.run_started(run.workflow)
                 scope = rx.top = ScopeExecution(rx, compiled.scope, "", None)
                 rx.vars.update(self._render_top(compiled.vars, scope, "vars") or {})
                 if rx.debug is not None and rx.debug.restored_vars:  # set by debug/setVar
@@ -512,6 +550,10 @@ class Engine:
         if status == "failed":
             self.dead_letters.record(run)  # queued with the failure: both kept, or neither
         run.set_status(status, **data)  # type: ignore[arg-type]
+        if self.metrics is not None:
+            began, ended = run.started_at, run.finished_at
+            seconds = ended - began if began is not None and ended is not None else None
+            self.metrics.run_finished(run.workflow, status, seconds)
         self.executions.pop(run.id, None)
         self.chains.ended(run)
 
@@ -1011,6 +1053,7 @@ def _load_state(run: Run, events: list[Event], state: RecoveredRun) -> None:
     run.conversations = state.conversations
     run.restore_signals(state.signals)
     run.rerun_of = state.origin
+    run.traceparent = state.traceparent
 
 
 def _pause_reason(events: list[Event]) -> str | None:

@@ -38,7 +38,7 @@ from plait.errors import (
     StepTimeout,
     TemplateError,
 )
-from plait.faults import is_plugin_failure
+from plait.faults import is_plugin_failure, log_plugin_failure
 from plait.plugins.types import Agent, Message, Renderable, ToolContext
 from plait.values import bounded, json_problem
 
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from plait.state.recovery import StepRecord
     from plait.state.run_store import RunStore
     from plait.state.runs import Run
+    from plait.telemetry import Metrics, Tracing
     from plait.templates.engine import Template
 
 Sampler = Callable[["Run", dict[str, Any], float], Awaitable[dict[str, Any]]]
@@ -66,6 +67,8 @@ class RunServices(Protocol):
     """Steps in flight host-wide (``[limits] max_concurrent_steps``)."""
     crash_limit: int
     """Host crashes in a row a step attempt may be in flight for before it is quarantined."""
+    metrics: Metrics | None
+    tracing: Tracing | None
 
     def root_context(self, rx: RunExecution) -> dict[str, Any]:
         """The template roots of a run before any step: inputs, vars, run, env."""
@@ -503,6 +506,13 @@ class ScopeExecution:
                     event_data["branches"] = sorted(self.selected[i])  # type: ignore[arg-type]
             elif error is not None:
                 event_data["error"] = error
+            if state.waited:  # seconds its attempts waited on the run's and host's limits
+                event_data["waited"] = round(state.waited, 6)
+            metrics = self.rx.engine.metrics
+            if metrics is not None:
+                began = state.started_at
+                seconds = None if began is None else time.time() - began
+                metrics.step_settled(run.workflow, step.key, status, seconds, state.waited)
             run.set_step(path, status, event_data, output=output, error=error)  # type: ignore[arg-type]
         ready = []
         waiting = self.waiting
@@ -535,7 +545,9 @@ class ScopeExecution:
                 return self.settle(step, "skipped", data={"reason": "when was false"}), None
             config = self.configure(step)
             run.set_step(path, "running", self.started(step, path, 1), attempts=1)
-            output = self.attempt_inline(step, StepRuntime(self, step, path, 1), config)
+            tracing = self.rx.engine.tracing
+            with tracing.step(run.id, path, step.key, 1) if tracing else _NO_SCOPE:
+                output = self.attempt_inline(step, StepRuntime(self, step, path, 1), config)
         except RunError as exc:
             if (
                 config is not None
@@ -794,6 +806,8 @@ class ScopeExecution:
                     path,
                     {"attempt": attempt, "delay": delay, "error": error.to_dict()},
                 )
+                if engine.metrics is not None:
+                    engine.metrics.retries.labels(run.workflow, step.key).inc()
                 await anyio.sleep(delay)
             attempt += 1
             if store.backlogged:
@@ -814,20 +828,28 @@ class ScopeExecution:
             # frame per level of its await chain, and many steps are in flight at once.
             timeout = step.timeout
             limits = self.limits(step)
+            tracing = engine.tracing
             try:
-                with (
-                    anyio.CancelScope(deadline=anyio.current_time() + timeout)
-                    if timeout
-                    else _NO_SCOPE
-                ) as deadline:
-                    async with limits:
-                        output = await step.step_type.run(ctx, config)
-                if deadline is not None and deadline.cancelled_caught:
-                    # Only the deadline's own cancellation ends up here: a cancel from
-                    # outside the scope goes on propagating.
-                    raise StepTimeout(
-                        f"step {path!r} timed out after {timeout} s (attempt {attempt})"
-                    )
+                # The attempt's span (tracing on) ends after the deadline's verdict, so a
+                # timed-out attempt is a failed span.
+                with tracing.step(run.id, path, step.key, attempt) if tracing else _NO_SCOPE:
+                    with (
+                        anyio.CancelScope(deadline=anyio.current_time() + timeout)
+                        if timeout
+                        else _NO_SCOPE
+                    ) as deadline:
+                        try:
+                            async with limits:
+                                output = await step.step_type.run(ctx, config)
+                        finally:
+                            if limits.waited:
+                                run.step_state(path).waited += limits.waited
+                    if deadline is not None and deadline.cancelled_caught:
+                        # Only the deadline's own cancellation ends up here: a cancel from
+                        # outside the scope goes on propagating.
+                        raise StepTimeout(
+                            f"step {path!r} timed out after {timeout} s (attempt {attempt})"
+                        )
                 problem = json_problem(output)
                 if problem is not None:
                     raise OutputError(
@@ -843,20 +865,31 @@ class ScopeExecution:
                 error.__cause__ = exc
 
     def limits(self, step: CompiledStep) -> _acquire:
-        """The limiters an attempt of ``step`` holds: the run's and, for steps that do work,
-        the host's."""
-        run_limit = self.rx.limiter
-        host_limit = self.rx.engine.step_limiter if step.step_type.uses_capacity else None
-        if run_limit is None and host_limit is None:
+        """The limiters an attempt of ``step`` holds: the run's and the host's, for steps that
+        do work. A step that only waits for others (a loop, a branch, a sub-workflow) holds
+        neither: its body's steps take the slots, and holding one itself would deadlock a run
+        limited to one step (and fail its first body step, in the same task)."""
+        if not step.step_type.uses_capacity:
             return _NO_LIMITS
+        run_limit = self.rx.limiter
+        host_limit = self.rx.engine.step_limiter
         return _acquire(run_limit, host_limit)
 
     def plugin_error(self, step: CompiledStep, exc: BaseException) -> StepRuntimeError:
-        """A step type's own exception, as a step error naming its plugin."""
+        """A step type's own exception, as a step error naming its plugin; its traceback goes
+        to the host's log under the correlation id the error carries."""
         plugin = self.rx.engine.step_type_owner(step.key)
-        return StepRuntimeError(
+        error = StepRuntimeError(
             f"step type {step.key!r} (plugin {plugin!r}) raised {type(exc).__name__}: {exc}"
         )
+        error.correlation_id = log_plugin_failure(
+            exc,
+            f"step type {step.key!r}",
+            plugin=plugin,
+            run_id=self.rx.run.id,
+            step=self.prefix + step.id,
+        )
+        return error
 
 
 class _nullcontext:
@@ -872,10 +905,12 @@ class _nullcontext:
 class _acquire:
     """Hold the given capacity limiters, in a fixed order (no deadlock)."""
 
-    __slots__ = ("limiters",)
+    __slots__ = ("limiters", "waited")
 
     def __init__(self, *limiters: anyio.CapacityLimiter | None) -> None:
         self.limiters = [lim for lim in limiters if lim is not None]
+        self.waited = 0.0
+        """Seconds spent waiting for a slot (0 when every limiter had one free at once)."""
 
     async def __aenter__(self) -> None:
         for i, lim in enumerate(self.limiters):
@@ -883,7 +918,11 @@ class _acquire:
                 try:
                     lim.acquire_nowait()  # no event-loop turn when a slot is free
                 except anyio.WouldBlock:
-                    await lim.acquire()
+                    began = time.perf_counter()
+                    try:
+                        await lim.acquire()
+                    finally:
+                        self.waited += time.perf_counter() - began
             except BaseException:
                 for held in reversed(self.limiters[:i]):
                     held.release()
@@ -958,6 +997,10 @@ class StepRuntime:
     @property
     def _run(self) -> Run:
         return self._scope.rx.run
+
+    def trace_headers(self) -> dict[str, str]:
+        tracing = self._scope.rx.engine.tracing
+        return tracing.headers() if tracing is not None else {}
 
     async def emit(self, type: str, data: Mapping[str, Any] | None = None) -> None:
         payload = dict(data or {})

@@ -12,14 +12,15 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 
-from plait.config import HostConfig, load_config
+from plait.config import HostConfig, TracingSettings, load_config
 from plait.definition.compiler import CompiledWorkflow
 from plait.definition.models import WorkflowDef
+from plait.engine.analytics import run_stats
 from plait.engine.catalog import CatalogEntry
 from plait.engine.dead_letters import DeadLetters
 from plait.engine.debugging import Debugger
@@ -35,6 +36,8 @@ from plait.errors import (
     StoreUnavailable,
 )
 from plait.host.compose import build_engine, build_schedules, tool_cache
+from plait.host.logs import run_lines
+from plait.host.observing import check_endpoint, levels
 from plait.host.watchdog import LoopWatchdog
 from plait.plugins.manager import PluginManager
 from plait.plugins.threads import abandoned_threads
@@ -46,6 +49,7 @@ from plait.rpc.methods.debug import register_debug
 from plait.rpc.methods.dlq import register_dlq
 from plait.rpc.methods.mcp import register_mcp
 from plait.rpc.methods.schedules import register_schedules
+from plait.rpc.methods.stats import register_stats
 from plait.rpc.methods.web import register_web
 from plait.rpc.methods.webhooks import register_webhooks
 from plait.rpc.session import Session, SessionClosed
@@ -66,6 +70,9 @@ from plait.store.datadir import (
 )
 from plait.store.memory import MemoryStore
 from plait.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from plait.telemetry import Metrics, Tracing
 
 __all__ = ["Host", "tune_gc"]
 
@@ -115,7 +122,10 @@ class Host:
         plugins: Iterable[object] = (),
         pm: PluginManager | None = None,
         recover_runs: bool = True,
+        tracing: Tracing | None = None,
     ) -> None:
+        """``tracing``: spans to this tracer instead of the one ``[tracing]`` configures (an
+        embedding application's, or a test's in-memory exporter); its owner shuts it down."""
         self.config = config or load_config()
         self.recover_runs = recover_runs
         """Resume unfinished runs at start (off for commands that pick runs themselves)."""
@@ -143,6 +153,12 @@ class Host:
         self.webhooks = Webhooks(self.config.webhooks, self.config.webhooks_policy)
         """The webhook subscriptions: the store's event router, and the delivery loop."""
         """The web view's one-time links and browser sessions (served with the WebSocket)."""
+        self.metrics = _metrics() if self.config.metrics.enabled else None
+        """The host's Prometheus metrics (``GET /metrics``); ``None`` when ``[metrics]`` is
+        off."""
+        self.tracing = tracing
+        """Spans of runs, steps, tools and agents, while the host runs (``None``: off)."""
+        self._own_tracing = tracing is None
         self._dispatcher: Dispatcher | None = None
         self._compile_limiter = anyio.CapacityLimiter(2)
         """Client compiles in worker threads at once (each holds the GIL most of the time)."""
@@ -171,6 +187,10 @@ class Host:
             StoreError: the data dir cannot be made or written (read-only, no permission).
         """
         async with AsyncExitStack() as stack:
+            if self._own_tracing:
+                self.tracing = _tracing(self.config.tracing)
+                if self.tracing is not None:
+                    stack.push_async_callback(self._stop_tracing, self.tracing)
             store: RunStore = MemoryStore(self.config.store.keep_finished, webhooks=self.webhooks)
             try:
                 if self.data_dir is not None:
@@ -182,7 +202,11 @@ class Host:
                     stack.callback(lock.release)
                     store = await stack.enter_async_context(
                         SqliteStore(
-                            self.data_dir, self.config.store, pace=self.pace, webhooks=self.webhooks
+                            self.data_dir,
+                            self.config.store,
+                            pace=self.pace,
+                            webhooks=self.webhooks,
+                            metrics=self.metrics,
                         )
                     )
             except (OSError, sqlite3.OperationalError) as exc:
@@ -200,9 +224,18 @@ class Host:
             cache.open()
             stack.callback(cache.close)
             self.engine = build_engine(
-                self.config, self.pm, store=store, cache=cache, sampler=self.sample
+                self.config,
+                self.pm,
+                store=store,
+                cache=cache,
+                sampler=self.sample,
+                metrics=self.metrics,
+                tracing=self.tracing,
             )
+            self.engine.listeners.append(run_lines(self.engine))  # "run ... started/ended"
             await stack.enter_async_context(self.engine)
+            if self.metrics is not None:
+                levels(self.metrics, self.engine, self.sessions)
             self.watchdog = LoopWatchdog(self.engine, self.config.limits.stall_seconds)
             # Entered and left by hand: the body's own exception must not reach this task
             # group, which would wrap it in an exception group.
@@ -212,6 +245,8 @@ class Host:
             watching.start_soon(self.watchdog.run)
             if self.recover_runs:  # a command working on a data dir leaves them to the host
                 watching.start_soon(self.webhooks.deliver)
+            if self.tracing is not None and self.tracing.endpoint is not None:
+                watching.start_soon(check_endpoint, self.tracing.endpoint)
             stack.push_async_callback(self._stopping)
             if self.config.host.workflows:
                 self.load_folder(self.config.host.workflows)
@@ -227,6 +262,12 @@ class Host:
             self.pm.hook.host_started.call_historic(kwargs={"host": self})
             self._stack = stack.pop_all()
         return self
+
+    @staticmethod
+    async def _stop_tracing(tracing: Tracing) -> None:
+        """Export what is buffered, off the event loop (bounded by the exporter's timeout)."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(tracing.shutdown, abandon_on_cancel=True)
 
     async def pace(self) -> None:
         """Let connections that fell behind a burst of events catch up, briefly.
@@ -413,6 +454,20 @@ class Host:
     def dead_letters(self) -> DeadLetters:
         """Runs that failed for good, to look at and replay."""
         return self._engine().dead_letters
+
+    async def run_stats(
+        self, *, workflow: str | None = None, since: float | None = None, bottleneck: bool = False
+    ) -> dict[str, Any]:
+        """``runs/stats``: figures of the kept runs created since ``since``, and with
+        ``bottleneck`` the bottleneck report of ``workflow`` (see plait.engine.analytics)."""
+        engine = self._engine()
+        return await run_stats(
+            engine.store,
+            engine.catalog,
+            workflow=workflow,
+            since=since,
+            with_bottleneck=bottleneck,
+        )
 
     async def get_run(self, run_id: str) -> Run:
         """The run with that id, live or from the store."""
@@ -608,12 +663,15 @@ class Host:
                 max_batch=limits.max_batch,
                 batch_concurrency=limits.batch_concurrency,
                 max_depth=limits.max_nesting,
+                metrics=self.metrics,
+                tracing=self.tracing,
             )
             register_api(self._dispatcher, self)
             register_mcp(self._dispatcher, self)
             register_debug(self._dispatcher, self)
             register_schedules(self._dispatcher, self)
             register_dlq(self._dispatcher, self)
+            register_stats(self._dispatcher, self)
             register_web(self._dispatcher, self, self.web)
             register_webhooks(self._dispatcher, self.webhooks)
         return self._dispatcher
@@ -659,6 +717,8 @@ class Host:
             port=settings.port,
             allowed_origins=settings.allowed_origins,
             web=self.web,
+            metrics=self.metrics,
+            metrics_public=self.config.metrics.public,
         )
         port = await transport.start()
         try:
@@ -715,3 +775,22 @@ def _version() -> str:
         return version("plait")
     except Exception:  # noqa: BLE001 - running from a checkout without metadata
         return "0+unknown"
+
+
+# The telemetry libraries load only when used: prometheus_client and the OpenTelemetry SDK
+# take ~0.1 s to import, which a one-shot ``plait.run`` or a command that never serves should
+# not pay.
+
+
+def _metrics() -> Metrics:
+    from plait.telemetry.metrics import Metrics
+
+    return Metrics()
+
+
+def _tracing(settings: TracingSettings) -> Tracing | None:
+    if not settings.enabled:
+        return None
+    from plait.telemetry.tracing import Tracing
+
+    return Tracing.from_settings(settings)

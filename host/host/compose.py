@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plait.config import HostConfig
 from plait.definition.compiler import CompiledWorkflow, definition_digest
@@ -28,6 +28,9 @@ from plait.plugins.manager import PluginManager
 from plait.services.cache import ToolCache
 from plait.state.run_store import RunStore
 from plait.templates.engine import TemplateEngine
+
+if TYPE_CHECKING:
+    from plait.telemetry import Metrics, Tracing
 
 __all__ = ["EngineParts", "build_engine", "build_schedules", "engine_parts", "tool_cache"]
 
@@ -56,9 +59,21 @@ def build_engine(
     cache: ToolCache | None = None,
     sampler: Sampler | None = None,
     templates: TemplateEngine | None = None,
+    metrics: Metrics | None = None,
+    tracing: Tracing | None = None,
 ) -> Engine:
-    """An engine over ``pm``'s registries; a memory store and no cache unless given."""
-    return Engine(pm, config, cache=cache, store=store, sampler=sampler, templates=templates)
+    """An engine over ``pm``'s registries; a memory store, no cache, no metrics and no traces
+    unless given."""
+    return Engine(
+        pm,
+        config,
+        cache=cache,
+        store=store,
+        sampler=sampler,
+        templates=templates,
+        metrics=metrics,
+        tracing=tracing,
+    )
 
 
 def build_schedules(engine: Engine, *, clock: Clock | None = None) -> Schedules:

@@ -15,7 +15,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from jsonrpcserver.async_dispatcher import dispatch_request
@@ -41,6 +41,9 @@ from plait.rpc.errors import (
 )
 from plait.rpc.session import CURRENT_REQUEST, REPLY_HOOKS, Session, SessionClosed, id_key
 from plait.values import json_problem
+
+if TYPE_CHECKING:
+    from plait.telemetry import Metrics, Tracing
 
 __all__ = ["Dispatcher", "MethodSpec", "to_rpc_error"]
 
@@ -91,7 +94,10 @@ def to_rpc_error(exc: BaseException) -> RpcError:
         return Busy(str(exc), {"store": exc.reason})
     correlation = uuid.uuid4().hex[:16]
     log.error(
-        "internal error [correlation %s]", correlation, exc_info=(type(exc), exc, exc.__traceback__)
+        "internal error [correlation %s]",
+        correlation,
+        exc_info=(type(exc), exc, exc.__traceback__),
+        extra={"correlation_id": correlation},
     )
     return InternalError(data={"correlationId": correlation})
 
@@ -126,11 +132,21 @@ class Dispatcher:
     """Method table plus the message handling shared by every transport."""
 
     def __init__(
-        self, *, max_batch: int = 100, batch_concurrency: int = 8, max_depth: int = MAX_DEPTH
+        self,
+        *,
+        max_batch: int = 100,
+        batch_concurrency: int = 8,
+        max_depth: int = MAX_DEPTH,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.max_batch = max_batch
         self.batch_concurrency = batch_concurrency
         self.max_depth = max_depth
+        self.metrics = metrics
+        """Counts each answered request by method and code."""
+        self.tracing = tracing
+        """Opens a span per request, under the ``traceparent`` of its ``_meta`` if any."""
         self.methods: dict[str, MethodSpec] = {}
         self._table: dict[str, Callable[..., Awaitable[Any]]] = {}
 
@@ -140,6 +156,8 @@ class Dispatcher:
             raise ValueError(f"method name {spec.name!r} is reserved")
         self.methods[spec.name] = spec
         self._table[spec.name] = self._wrap(spec)
+        if self.metrics is not None:
+            self.metrics.known_methods = frozenset(self.methods)
 
     def method(
         self,
@@ -273,6 +291,9 @@ class Dispatcher:
         if (scope is not None and scope.cancelled_caught) or key in session.cancelled:
             session.cancelled.discard(key)
             return None  # cancelled by the client: no response (MCP)
+        if self.metrics is not None and response is not None:
+            error = response.get("error")
+            self.metrics.answered(message["method"], error["code"] if error else 0)
         return response
 
     def _refuse(
@@ -322,14 +343,26 @@ class Dispatcher:
         return None
 
     def _wrap(self, spec: MethodSpec) -> Callable[..., Awaitable[Any]]:
+        # Every method takes MCP's ``_meta`` (where a client puts its ``traceparent``); only
+        # those whose params declare it see it.
+        keeps_meta = spec.params is not None and any(
+            field.alias == "_meta" for field in spec.params.model_fields.values()
+        )
+        tracing = self.tracing
+
         async def call(session: Session, *args: Any, **params: Any) -> Any:
             if args:
                 return Error(
                     -32602, "Invalid params", {"reason": "params must be given by name (an object)"}
                 )
+            meta = params.get("_meta") if keeps_meta else params.pop("_meta", None)
             try:
                 parsed = _parse_params(spec, params)
-                result = await spec.handler(session, parsed)
+                if tracing is None:
+                    result = await spec.handler(session, parsed)
+                else:
+                    with tracing.request(spec.name, tracing.context_of(meta)):
+                        result = await spec.handler(session, parsed)
             except anyio.get_cancelled_exc_class():
                 raise
             except BaseException as exc:  # noqa: BLE001 - every failure becomes an answer

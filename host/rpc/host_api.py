@@ -94,6 +94,17 @@ class HostApi(Protocol):
         """Runs that failed for good, to look at and replay."""
         ...
 
+    async def run_stats(
+        self, *, workflow: str | None = None, since: float | None = None, bottleneck: bool = False
+    ) -> dict[str, Any]:
+        """``runs/stats``'s reply: figures per workflow, step and agent of the runs created
+        since ``since``; with ``bottleneck``, ``workflow``'s bottleneck report.
+
+        Raises:
+            WorkflowNotFound: ``workflow`` is not registered and has no kept runs.
+        """
+        ...
+
     async def get_run(self, run_id: str) -> Run:
         """A run, live or kept."""
         ...

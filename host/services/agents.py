@@ -16,17 +16,21 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from plait.errors import AgentFailed, AgentNotFound, RunError
-from plait.faults import is_plugin_failure
+from plait.faults import is_plugin_failure, log_plugin_failure
 from plait.plugins.registry import Registry
 from plait.plugins.types import Agent, AgentProvider, AgentReply, AgentRequest
 from plait.services.breakers import Breakers, CircuitBreaker, breaker_settings
 
 log = logging.getLogger("plait.agents")
+
+
+if TYPE_CHECKING:
+    from plait.telemetry import Metrics, Tracing
 
 __all__ = ["AgentPool", "Budget"]
 
@@ -107,9 +111,17 @@ class _Limited:
         agent: Agent,
         config: Mapping[str, Any],
         breaker: CircuitBreaker | None = None,
+        *,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.name = name
         self._breaker = breaker
+        self.metrics = metrics
+        self.tracing = tracing
+        self.provider = str(config.get("provider") or "")
+        self.model = str(config.get("model") or "")
+        """For metric labels and span attributes: what the table names (bounded)."""
         limit = config.get("max_concurrency")
         self.max_concurrency = int(limit) if limit else None
         self._agent = agent
@@ -121,6 +133,29 @@ class _Limited:
         self._answer = int(config.get("max_tokens") or ANSWER_TOKENS)
 
     async def complete(self, request: AgentRequest) -> AgentReply:
+        if self.metrics is None and self.tracing is None:
+            return await self._guarded(request)
+        began = time.perf_counter()
+        outcome, usage = "error", {}
+        try:
+            if self.tracing is None:
+                reply = await self._guarded(request)
+            else:
+                with self.tracing.agent(self.name, self.provider, self.model) as span:
+                    try:
+                        reply = await self._guarded(request)
+                    except RunError as exc:
+                        self.tracing.failed(span, exc.to_dict())
+                        raise
+                    self.tracing.usage(span, reply.usage)
+            outcome, usage = "ok", reply.usage
+            return reply
+        finally:
+            if self.metrics is not None:
+                seconds = time.perf_counter() - began
+                self.metrics.agent_answered(self.name, self.model, outcome, seconds, usage)
+
+    async def _guarded(self, request: AgentRequest) -> AgentReply:
         if self._breaker is None:
             return await self._complete(request)
         # Refused at once while the breaker is open, before any budget is spent; a change of
@@ -144,7 +179,15 @@ class _Limited:
         except BaseException as exc:
             if not is_plugin_failure(exc):
                 raise
-            raise AgentFailed(self.name, f"{type(exc).__name__}: {exc}") from exc
+            failed = AgentFailed(self.name, f"{type(exc).__name__}: {exc}")
+            failed.correlation_id = log_plugin_failure(
+                exc,
+                f"agent {self.name!r} (provider {self.provider!r})",
+                plugin=self.provider or None,
+                run_id=request.run_id or None,
+                step=request.step_id or None,
+            )
+            raise failed from exc
         if not isinstance(reply, AgentReply):
             raise AgentFailed(
                 self.name,
@@ -184,9 +227,16 @@ class AgentPool:
     """``[agents.<name>]`` tables turned into agents, each made once and shared by all runs."""
 
     def __init__(
-        self, providers: Registry[AgentProvider], configs: Mapping[str, Mapping[str, Any]]
+        self,
+        providers: Registry[AgentProvider],
+        configs: Mapping[str, Mapping[str, Any]],
+        *,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.providers = providers
+        self.metrics = metrics
+        self.tracing = tracing
         self.configs = {name: dict(cfg) for name, cfg in configs.items()}
         self._agents: dict[str, _Limited] = {}
         self.breakers = Breakers()
@@ -223,7 +273,9 @@ class AgentPool:
         except Exception as exc:
             raise AgentFailed(name, f"invalid configuration: {exc}", retryable=False) from exc
         breaker = self.breakers.get(f"agent:{name}")
-        agent = self._agents[name] = _Limited(name, made, config, breaker)
+        agent = self._agents[name] = _Limited(
+            name, made, config, breaker, metrics=self.metrics, tracing=self.tracing
+        )
         return agent
 
     async def aclose(self) -> None:

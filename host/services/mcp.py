@@ -312,6 +312,8 @@ class McpServer:
                 f"{': ' + self.error if self.error else ''})",
             )
         try:
+            # The SDK puts the current trace context (the calling step's tool span, when
+            # traced) in the request's ``_meta``: the server continues the run's trace.
             result = await client.call_tool(tool, args, read_timeout_seconds=self.settings.timeout)
         except anyio.get_cancelled_exc_class():
             raise

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from plait.config import ToolSettings
 from plait.definition.models import CachePolicy
 from plait.errors import OutputError, RunError, ToolFailed, ToolNotFound
-from plait.faults import is_plugin_failure
+from plait.faults import is_plugin_failure, log_plugin_failure
 from plait.plugins.registry import Registry
 from plait.plugins.types import Tool, ToolContext
 from plait.services.breakers import Breakers, Reporter, reporting
 from plait.services.cache import ToolCache, cache_key
 from plait.values import json_problem
+
+if TYPE_CHECKING:
+    from plait.telemetry import Metrics, Tracing
 
 __all__ = ["ToolRunner"]
 
@@ -31,9 +35,14 @@ class ToolRunner:
         tools: Registry[Tool],
         cache: ToolCache,
         settings: Mapping[str, ToolSettings] | None = None,
+        *,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.tools = tools
         self.cache = cache
+        self.metrics = metrics
+        self.tracing = tracing
         self.settings = dict(settings or {})
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
         for name in tools:
@@ -131,24 +140,63 @@ class ToolRunner:
                 key = None  # arguments that are not JSON cannot be keyed; call uncached
             if key is not None:
                 hit, value = await self.cache.get(key)
+                if self.metrics is not None:
+                    self.metrics.cache_lookups.labels(tool.name, "hit" if hit else "miss").inc()
                 if hit:
                     if on_cached is not None:
                         await on_cached(tool.name, key)
                     return value
-        # A cache hit never touches a breaker; a call does, the tool's own and, below it, an
-        # MCP server's (which finds ``on_breaker`` through ``reporting``).
-        if not self.breakers:
-            value = await self._invoke(tool, dict(args), context)
+        if self.metrics is None and self.tracing is None:
+            value = await self._guarded(tool, dict(args), context, on_breaker)
         else:
-            breaker = self.breakers.get(f"tool:{tool.name}")
-            with reporting(on_breaker):
-                if breaker is None:
-                    value = await self._invoke(tool, dict(args), context)
-                else:
-                    value = await breaker.call(self._invoke, tool, dict(args), context)
+            value = await self._observed(tool, dict(args), context, on_breaker)
         if key is not None:
             await self.cache.set(key, value, ttl=effective.ttl if effective else None)
         return value
+
+    async def _guarded(
+        self,
+        tool: Tool,
+        args: dict[str, Any],
+        context: ToolContext | None,
+        on_breaker: Reporter | None,
+    ) -> Any:
+        """The call behind its breakers: a cache hit never touches a breaker; a call does,
+        the tool's own and, below it, an MCP server's (which finds ``on_breaker`` through
+        ``reporting``)."""
+        if not self.breakers:
+            return await self._invoke(tool, args, context)
+        breaker = self.breakers.get(f"tool:{tool.name}")
+        with reporting(on_breaker):
+            if breaker is None:
+                return await self._invoke(tool, args, context)
+            return await breaker.call(self._invoke, tool, args, context)
+
+    async def _observed(
+        self,
+        tool: Tool,
+        args: dict[str, Any],
+        context: ToolContext | None,
+        on_breaker: Reporter | None,
+    ) -> Any:
+        """The call timed (metrics) and in a span of its own (traces)."""
+        began = time.perf_counter()
+        outcome = "error"
+        try:
+            if self.tracing is None:
+                value = await self._guarded(tool, args, context, on_breaker)
+            else:
+                with self.tracing.tool(tool.name) as span:
+                    try:
+                        value = await self._guarded(tool, args, context, on_breaker)
+                    except RunError as exc:
+                        self.tracing.failed(span, exc.to_dict())
+                        raise
+            outcome = "ok"
+            return value
+        finally:
+            if self.metrics is not None:
+                self.metrics.tool_called(tool.name, outcome, time.perf_counter() - began)
 
     async def _invoke(self, tool: Tool, args: dict[str, Any], context: ToolContext | None) -> Any:
         limiter = self._limiters.get(tool.name)
@@ -167,7 +215,15 @@ class ToolRunner:
                 raise
             owner = self.tools.owner(tool.name)
             source = f" (plugin {owner!r})" if owner else ""
-            raise ToolFailed(tool.name, f"{type(exc).__name__}: {exc}{source}") from exc
+            failed = ToolFailed(tool.name, f"{type(exc).__name__}: {exc}{source}")
+            failed.correlation_id = log_plugin_failure(
+                exc,
+                f"tool {tool.name!r}",
+                plugin=owner,
+                run_id=context.run_id if context is not None else None,
+                step=context.step_id if context is not None else None,
+            )
+            raise failed from exc
         problem = json_problem(value)
         if problem is not None:
             raise OutputError(f"tool {tool.name!r} returned a value that is not JSON: {problem}")

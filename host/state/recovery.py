@@ -88,6 +88,8 @@ class RecoveredRun:
     seq: int = 0
     origin: dict[str, Any] | None = None
     """For a run made by ``runs/rerun``, the ``origin`` its ``run.created`` event names."""
+    traceparent: str | None = None
+    """The trace context its ``run.created`` event kept (tracing)."""
 
     @property
     def in_flight(self) -> list[str]:
@@ -126,6 +128,7 @@ def replay(events: Iterable[Event]) -> RecoveredRun:
             continue
         if kind == "run.created":
             out.origin = data.get("origin") or None
+            out.traceparent = data.get("traceparent")
             continue
         if kind == "run.recovered":
             count_crashes(steps, data.get("interrupted", ()), crashed=bool(data.get("crash")))

@@ -18,16 +18,27 @@ from typing import Any, Protocol
 from plait.state.runs import STEP_SETTLED, Event, Run, StepState, is_top_level
 
 __all__ = [
+    "BOTTLENECK_RUNS",
     "DELIVERY_LOG_KEPT",
+    "PERCENTILES",
     "RUN_FIELDS",
     "UNFINISHED",
     "RunPage",
+    "AgentUsage",
     "EventRouter",
+    "Percentiles",
+    "RunStats",
+    "RunTiming",
+    "StepStats",
+    "StepTiming",
+    "WorkflowStats",
     "OutboxMessage",
     "RunStore",
     "WebhookAttempt",
+    "nearest_rank",
     "page_cursor",
     "parse_cursor",
+    "percentiles_of",
     "row_of",
     "run_from_row",
 ]
@@ -111,6 +122,145 @@ class EventRouter(Protocol):
         """The subscriptions ``event`` goes to and the message for them, or ``None`` (what
         most events get, for the price of a dict lookup). Never raises."""
         ...
+
+
+# -- analytics (runs/stats) -------------------------------------------------------------------
+
+PERCENTILES: tuple[int, ...] = (50, 95, 99)
+"""The percentiles ``runs/stats`` reports, in percent."""
+
+BOTTLENECK_RUNS = 1000
+"""The most recent succeeded runs of a workflow whose critical paths a bottleneck report reads:
+enough for stable shares, few enough to answer in milliseconds whatever the store holds."""
+
+
+def nearest_rank(count: int, percent: int) -> int:
+    """The 1-based rank of the ``percent`` percentile among ``count`` sorted values (the
+    nearest-rank method: the smallest value with at least ``percent`` % of them at or below it).
+
+    Integer arithmetic, written the same way in the SQLite store's SQL, so both stores pick the
+    same value: ``ceil(percent * count / 100)``, at least 1."""
+    return max(1, (percent * count + 99) // 100)
+
+
+@dataclass(frozen=True, slots=True)
+class Percentiles:
+    """Nearest-rank percentiles of some durations, in seconds (``None``: no value to rank)."""
+
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        """The wire form: ``{p50, p95, p99}``."""
+        return {"p50": self.p50, "p95": self.p95, "p99": self.p99}
+
+
+def percentiles_of(values: Sequence[float]) -> Percentiles:
+    """:class:`Percentiles` of ``values`` (any order), as the SQLite store computes them."""
+    ordered = sorted(values)
+    if not ordered:
+        return Percentiles()
+    p50, p95, p99 = (ordered[nearest_rank(len(ordered), p) - 1] for p in PERCENTILES)
+    return Percentiles(p50, p95, p99)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowStats:
+    """A workflow's runs created in the window, child runs included (a ``workflow`` step's run
+    is a run of its own workflow)."""
+
+    workflow: str
+    runs: int
+    """Runs created in the window, whatever their status."""
+    succeeded: int
+    failed: int
+    cancelled: int
+    duration: Percentiles
+    """``finished_at - started_at`` of the runs that ended (paused time included)."""
+
+    @property
+    def finished(self) -> int:
+        """Runs that ended."""
+        return self.succeeded + self.failed + self.cancelled
+
+    @property
+    def success_rate(self) -> float | None:
+        """Succeeded among the runs that ended (``None`` when none did)."""
+        return self.succeeded / self.finished if self.finished else None
+
+
+@dataclass(frozen=True, slots=True)
+class StepStats:
+    """One step of a workflow over its runs in the window: a nested step (``each[3].t``) is
+    counted under its path without indexes (``each.t``), each iteration once."""
+
+    workflow: str
+    step: str
+    """The step's path without loop indexes or branch keys."""
+    executions: int
+    """Times it settled after running: succeeded or failed (not skipped, cancelled or reused)."""
+    failed: int
+    retried: int
+    """Executions that took more than one attempt."""
+    cached: int
+    """Executions whose last attempt took a tool result from the tool cache."""
+    waited: float
+    """Seconds its executions waited in all for a slot of a concurrency limit."""
+    busy: float
+    """Seconds its executions took in all (the last attempt's start to its end, waits included)."""
+    duration: Percentiles
+
+
+@dataclass(frozen=True, slots=True)
+class AgentUsage:
+    """What one agent used in the window, from the ``agent.usage`` event each agent step emits
+    when it ends (success or failure)."""
+
+    agent: str
+    steps: int
+    """Agent steps that reported their usage."""
+    turns: int
+    usage: dict[str, int]
+    """Every count the provider reported, summed by name (``input_tokens``, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunStats:
+    """``runs/stats``'s figures, as a store computes them."""
+
+    workflows: list[WorkflowStats]
+    """By workflow name."""
+    steps: list[StepStats]
+    """By workflow, then step path."""
+    agents: list[AgentUsage]
+    """By agent name."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepTiming:
+    """When a top-level step of a run ran, for its critical path."""
+
+    step: str
+    status: str
+    started_at: float | None
+    finished_at: float | None
+    waited: float
+    """Seconds it waited for a concurrency-limit slot."""
+    attempts: int
+    cached: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RunTiming:
+    """A succeeded run and its top-level steps' timings (what a critical path is read from)."""
+
+    id: str
+    digest: str | None
+    """The definition it ran: which version's graph its steps depend by."""
+    started_at: float
+    finished_at: float
+    steps: list[StepTiming]
 
 
 def page_cursor(created_at: float, run_id: str) -> str:
@@ -384,6 +534,18 @@ class RunStore(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """Top-level runs by status."""
+        ...
+
+    async def stats(self, *, workflow: str | None = None, since: float | None = None) -> RunStats:
+        """Figures of the runs created at or after ``since`` (all runs: ``None``), of one
+        workflow or of all: per workflow, per step, per agent (``runs/stats``)."""
+        ...
+
+    async def run_timings(
+        self, workflow: str, *, since: float | None = None, limit: int = BOTTLENECK_RUNS
+    ) -> list[RunTiming]:
+        """The ``limit`` most recently created succeeded runs of ``workflow`` (created at or
+        after ``since``) with their top-level steps' timings, newest first."""
         ...
 
     def describe(self) -> dict[str, Any]:

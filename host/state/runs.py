@@ -10,6 +10,7 @@ progress notification) ever hears of a change a crash could still undo.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection
@@ -32,6 +33,7 @@ __all__ = [
     "SUMMARY_FIELDS",
     "is_top_level",
     "new_run_id",
+    "without_indexes",
 ]
 
 RunStatus = Literal["pending", "running", "paused", "waiting", "succeeded", "failed", "cancelled"]
@@ -110,6 +112,8 @@ class StepState:
     """What a ``waiting`` step waits for (a signal, a rate budget)."""
     reused_from: str | None = None
     """The run this step's result was taken from (``runs/rerun``): it did not run here."""
+    waited: float = 0.0
+    """Seconds its attempts waited for a slot of the run's or the host's concurrency limit."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for ``runs/get``."""
@@ -133,6 +137,17 @@ def is_top_level(path: str) -> bool:
     """Whether a step path names a step of the workflow itself, not one inside a loop's or a
     parallel step's body (``each[3].t``, ``p.a``): what progress counts."""
     return "." not in path and "[" not in path
+
+
+_INDEX = re.compile(r"\[[^\]]*\]")
+
+
+def without_indexes(path: str) -> str:
+    """A step path without its loop indexes and branch keys: ``each[2].fetch`` → ``each.fetch``.
+
+    What a breakpoint may name, and what ``runs/stats`` groups a nested step's figures by (every
+    iteration of a loop's body is the same step of the definition)."""
+    return _INDEX.sub("", path) if "[" in path else path
 
 
 def new_run_id() -> str:
@@ -183,6 +198,9 @@ class Run:
     rerun_of: dict[str, Any] | None = None
     """For a run made by ``runs/rerun``: ``{runId, step}``, the run it re-runs and the step it
     re-runs from (its ``origin`` in ``runs/get``, kept in its ``run.created`` event)."""
+    traceparent: str | None = None
+    """The W3C trace context the run's span continues (the request that started it), kept
+    in its ``run.created`` event so a resumed run stays in the same trace."""
     origin: Any = field(default=None, repr=False)
     """The client connection that started the run, if any (not kept: gone after a restart);
     the sampling provider asks it first."""

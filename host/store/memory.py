@@ -19,15 +19,23 @@ from typing import Any
 import anyio
 
 from plait.state.run_store import (
+    BOTTLENECK_RUNS,
     DELIVERY_LOG_KEPT,
+    AgentUsage,
     EventRouter,
     OutboxMessage,
     RunPage,
+    RunStats,
+    RunTiming,
+    StepStats,
+    StepTiming,
     WebhookAttempt,
+    WorkflowStats,
     page_cursor,
+    percentiles_of,
     row_of,
 )
-from plait.state.runs import Event, Run
+from plait.state.runs import Event, Run, is_top_level, without_indexes
 from plait.values import dumps
 
 __all__ = ["MemoryStore"]
@@ -385,6 +393,139 @@ class MemoryStore:
                 counts[run.status] = counts.get(run.status, 0) + 1
         return counts
 
+    async def stats(self, *, workflow: str | None = None, since: float | None = None) -> RunStats:
+        """``runs/stats`` over the kept runs, computed here from the runs and their events
+        (at most ``keep_finished`` finished runs: the figures are of those)."""
+        runs = sorted(
+            (
+                r
+                for r in self._runs.values()
+                if (workflow is None or r.workflow == workflow)
+                and (since is None or r.created_at >= since)
+            ),
+            key=lambda r: r.workflow,
+        )
+        by_workflow: dict[str, list[Run]] = {}
+        by_step: dict[tuple[str, str], list[tuple[Run, str, bool]]] = {}
+        agents: dict[str, AgentUsage] = {}
+        for run in runs:
+            by_workflow.setdefault(run.workflow, []).append(run)
+            cached = _cached_steps(run)
+            for path, state in run.steps.items():
+                if state.status in ("succeeded", "failed") and state.reused_from is None:
+                    key = (run.workflow, without_indexes(path))
+                    by_step.setdefault(key, []).append((run, path, path in cached))
+            for event in run.events[: run.published]:
+                if event.type == "agent.usage":
+                    _add_usage(agents, event.data)
+        workflows = []
+        for name, kept in by_workflow.items():
+            statuses = Counter(r.status for r in kept)
+            durations = [
+                r.finished_at - r.started_at
+                for r in kept
+                if r.finished_at is not None and r.started_at is not None
+            ]
+            workflows.append(
+                WorkflowStats(
+                    name,
+                    len(kept),
+                    statuses["succeeded"],
+                    statuses["failed"],
+                    statuses["cancelled"],
+                    percentiles_of(durations),
+                )
+            )
+        steps = []
+        for (name, step), ran in sorted(by_step.items()):
+            states = [(run.steps[path], cached) for run, path, cached in ran]
+            durations = [
+                s.finished_at - s.started_at
+                for s, _ in states
+                if s.finished_at is not None and s.started_at is not None
+            ]
+            steps.append(
+                StepStats(
+                    name,
+                    step,
+                    len(states),
+                    sum(s.status == "failed" for s, _ in states),
+                    sum(s.attempts > 1 for s, _ in states),
+                    sum(cached for _, cached in states),
+                    sum(s.waited for s, _ in states),
+                    sum(durations),
+                    percentiles_of(durations),
+                )
+            )
+        return RunStats(workflows, steps, [agents[name] for name in sorted(agents)])
+
+    async def run_timings(
+        self, workflow: str, *, since: float | None = None, limit: int = BOTTLENECK_RUNS
+    ) -> list[RunTiming]:
+        """The newest kept succeeded runs of ``workflow`` with their top-level step timings."""
+        runs = sorted(
+            (
+                r
+                for r in self._runs.values()
+                if r.workflow == workflow
+                and r.status == "succeeded"
+                and r.started_at is not None
+                and r.finished_at is not None
+                and (since is None or r.created_at >= since)
+            ),
+            key=lambda r: r.created_at,
+            reverse=True,
+        )[:limit]
+        out = []
+        for run in runs:
+            assert run.started_at is not None and run.finished_at is not None
+            cached = _cached_steps(run)
+            steps = [
+                StepTiming(
+                    path,
+                    s.status,
+                    s.started_at,
+                    s.finished_at,
+                    s.waited,
+                    s.attempts,
+                    path in cached,
+                )
+                for path, s in run.steps.items()
+                if is_top_level(path)
+            ]
+            out.append(RunTiming(run.id, run.digest, run.started_at, run.finished_at, steps))
+        return out
+
     def describe(self) -> dict[str, Any]:
         """What ``host/info`` reports: not durable, and how many runs are kept."""
         return {"durable": False, "runs": len(self._runs), "keepFinished": self.keep_finished}
+
+
+def _cached_steps(run: Run) -> set[str]:
+    """The steps of ``run`` whose last attempt took a tool result from the cache (a
+    ``step.cached`` event after the attempt's ``step.started``)."""
+    cached: set[str] = set()
+    for event in run.events[: run.published]:
+        if event.type == "step.cached":
+            cached.add(event.step or "")
+        elif event.type == "step.started":
+            cached.discard(event.step or "")
+    return cached
+
+
+def _add_usage(agents: dict[str, AgentUsage], data: dict[str, Any]) -> None:
+    """Count one ``agent.usage`` event's figures into ``agents``."""
+    name = str(data.get("agent", ""))
+    kept = agents.get(name)
+    turns = data.get("turns")
+    turns = turns if isinstance(turns, int) else 0
+    usage = dict(kept.usage) if kept is not None else {}
+    for key, used in (data.get("usage") or {}).items():
+        if isinstance(used, int) and not isinstance(used, bool):
+            usage[key] = usage.get(key, 0) + used
+    agents[name] = AgentUsage(
+        name,
+        (kept.steps if kept is not None else 0) + 1,
+        (kept.turns if kept is not None else 0) + turns,
+        usage,
+    )

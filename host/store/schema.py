@@ -17,6 +17,7 @@ from typing import Final
 
 from plait.config import StoreSettings
 from plait.errors import StoreCorrupt, StoreError
+from plait.state.runs import without_indexes
 
 __all__ = ["DB_FILE", "MIGRATIONS", "SCHEMA_VERSION", "connect", "open_database"]
 
@@ -158,6 +159,61 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX dlq_by_workflow ON dlq (workflow, failed_at);
     CREATE INDEX dlq_by_time ON dlq (failed_at);
     """,
+    # 4: analytics (runs/stats). Runs are indexed by workflow and duration, and each step row
+    # carries what the figures group and filter by, so they are read from one covering index
+    # without a join: its run's workflow and creation time, its path without loop indexes
+    # (``base``; NULL for a step a rerun reused, which did not run there), its duration, the
+    # seconds it waited for a concurrency slot and whether its last attempt took a tool result
+    # from the cache. ``agent_usage`` holds the ``agent.usage`` events (the events table has no
+    # index by type). Rows kept before this version are filled in from their runs and events,
+    # once, here.
+    """
+    ALTER TABLE steps ADD COLUMN workflow TEXT;
+    ALTER TABLE steps ADD COLUMN base TEXT;
+    ALTER TABLE steps ADD COLUMN run_created REAL;
+    ALTER TABLE steps ADD COLUMN duration REAL;
+    ALTER TABLE steps ADD COLUMN waited REAL NOT NULL DEFAULT 0;
+    ALTER TABLE steps ADD COLUMN cached INTEGER NOT NULL DEFAULT 0;
+    UPDATE steps SET workflow = runs.workflow, run_created = runs.created_at,
+        base = plait_without_indexes(steps.path),
+        duration = steps.finished_at - steps.started_at
+        FROM runs WHERE runs.id = steps.run_id;
+    UPDATE steps SET cached = 1
+        FROM (SELECT DISTINCT run_id, step FROM events WHERE type = 'step.cached') AS c
+        WHERE c.run_id = steps.run_id AND c.step = steps.path;
+    UPDATE steps SET base = NULL
+        FROM (SELECT DISTINCT run_id, step FROM events WHERE type = 'step.reused') AS r
+        WHERE r.run_id = steps.run_id AND r.step = steps.path;
+    UPDATE steps SET waited = w.waited
+        FROM (
+            SELECT run_id, step, max(json_extract(data, '$.waited')) AS waited FROM events
+            WHERE type IN ('step.succeeded', 'step.failed')
+            AND json_extract(data, '$.waited') IS NOT NULL GROUP BY run_id, step
+        ) AS w
+        WHERE w.run_id = steps.run_id AND w.step = steps.path;
+    CREATE INDEX steps_stats ON steps
+        (workflow, base, duration, run_created, status, attempts, cached, waited);
+    CREATE INDEX runs_by_duration ON runs
+        (workflow, finished_at - started_at, created_at, status);
+    CREATE TABLE agent_usage (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        workflow TEXT NOT NULL,
+        run_created REAL NOT NULL,
+        agent TEXT NOT NULL,
+        turns INTEGER NOT NULL,
+        usage TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID;
+    INSERT INTO agent_usage (run_id, seq, workflow, run_created, agent, turns, usage)
+        SELECT e.run_id, e.seq, r.workflow, r.created_at,
+            coalesce(json_extract(e.data, '$.agent'), ''),
+            coalesce(json_extract(e.data, '$.turns'), 0),
+            coalesce(json_extract(e.data, '$.usage'), '{}')
+        FROM events e JOIN runs r ON r.id = e.run_id WHERE e.type = 'agent.usage';
+    CREATE INDEX agent_usage_by_workflow ON agent_usage (workflow, run_created);
+    CREATE INDEX agent_usage_by_time ON agent_usage (run_created);
+    """,
 )
 """One script per schema version; index 0 creates version 1."""
 
@@ -277,6 +333,8 @@ def _check(conn: sqlite3.Connection, path: Path, settings: StoreSettings) -> Non
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    # Migration 4 fills the path-without-indexes of the step rows kept before it.
+    conn.create_function("plait_without_indexes", 1, without_indexes, deterministic=True)
     for number in range(version + 1, SCHEMA_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:

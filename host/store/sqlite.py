@@ -21,6 +21,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from functools import cache, partial
 from itertools import chain
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 import anyio.abc
@@ -37,19 +38,40 @@ import anyio.to_thread
 
 from plait.config import StoreSettings
 from plait.state.run_store import (
+    BOTTLENECK_RUNS,
     DELIVERY_LOG_KEPT,
+    PERCENTILES,
     RUN_FIELDS,
     UNFINISHED,
+    AgentUsage,
     EventRouter,
     OutboxMessage,
+    Percentiles,
     RunPage,
+    RunStats,
+    RunTiming,
+    StepStats,
+    StepTiming,
     WebhookAttempt,
+    WorkflowStats,
+    nearest_rank,
     page_cursor,
     run_from_row,
 )
-from plait.state.runs import STEP_SETTLED, SUMMARY_FIELDS, Event, Run, StepState
+from plait.state.runs import (
+    STEP_SETTLED,
+    SUMMARY_FIELDS,
+    TERMINAL_EVENTS,
+    Event,
+    Run,
+    StepState,
+    without_indexes,
+)
 from plait.store.schema import DB_FILE, connect, open_database
 from plait.values import dumps
+
+if TYPE_CHECKING:
+    from plait.telemetry import Metrics
 
 __all__ = ["SqliteStore"]
 
@@ -98,7 +120,12 @@ _RUN_STATUS = (
 _EVENT = "INSERT INTO events (run_id, seq, type, step, data, ts) VALUES (?, ?, ?, ?, ?, ?)"
 _STEP = (
     "INSERT OR REPLACE INTO steps (run_id, path, status, output, error, attempts, "
-    "started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "started_at, finished_at, workflow, base, run_created, duration, waited, cached) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_AGENT_USAGE = (
+    "INSERT OR IGNORE INTO agent_usage (run_id, seq, workflow, run_created, agent, turns, usage) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _MESSAGE = "INSERT OR REPLACE INTO conversations (run_id, name, idx, message) VALUES (?, ?, ?, ?)"
 _SCHEDULE = (
@@ -140,6 +167,7 @@ _ORDER: Final = (
     _RUN_STATUS,
     _EVENT,
     _STEP,
+    _AGENT_USAGE,
     _MESSAGE,
     _STEP_CONFIG,
     _SCHEDULE,
@@ -180,8 +208,8 @@ _MULTI_ROW: Final = {
 }
 ROWS_PER_STATEMENT: Final = (1024, 128, 16, 4, 1)
 """The row counts statements are made for: a batch goes in as the fewest of these. Few shapes,
-so the prepared statements SQLite keeps (one per shape) stay few; at most 10,240 parameters
-(SQLite allows 32,766 since 3.32)."""
+so the prepared statements SQLite keeps (one per shape) stay few; at most 14,336 parameters
+(a step row has 14; SQLite allows 32,766 since 3.32)."""
 
 
 @cache  # at most len(_MULTI_ROW) * len(ROWS_PER_STATEMENT) texts
@@ -211,6 +239,9 @@ THREAD_CHECK: Final = 1.0
 """Seconds between two checks, by an idle writer or kicker thread, that the program goes on."""
 _RUN_COLUMNS: Final = ", ".join(RUN_FIELDS)
 RUN_IDS_STARTING: Final = "SELECT id FROM runs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?"
+_RAN: Final = "status IN ('succeeded', 'failed')"
+"""Step rows of steps that ran and settled (not skipped, cancelled or reused): what the step
+figures of ``runs/stats`` count."""
 """Run ids in a range of the primary key (``runs.id``'s index): the ids with a prefix."""
 
 
@@ -273,9 +304,12 @@ class SqliteStore:
         *,
         pace: Callable[[], Awaitable[None]] | None = None,
         webhooks: EventRouter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.path = Path(data_dir) / DB_FILE
         self._router = webhooks
+        self._metrics = metrics
+        """Times each commit and counts what it wrote (from the writer's thread)."""
         """Names the webhook subscriptions of each event: their outbox rows are queued with it."""
         self.settings = settings or StoreSettings()
         self._conn: sqlite3.Connection | None = None
@@ -316,6 +350,8 @@ class SqliteStore:
         self._broken: str | None = None
         """Why the store may not write at all any more (its write-ahead log is gone)."""
         self._wal_inode: int | None = None
+        self._cached: dict[str, set[str]] = {}
+        """Run id → its steps whose attempt in progress took a tool result from the cache."""
         self.pace = pace
         """Awaited between chunks of published events: the host waits here for connections
         that are still reading to catch up (see ``Host.pace``)."""
@@ -527,23 +563,57 @@ class SqliteStore:
             )
         ]
         if kind in _SETTLE_EVENTS and event.step is not None:
-            state = run.steps[event.step]
+            path = event.step
+            state = run.steps[path]
+            started, finished = state.started_at, state.finished_at
+            cached = self._cached.get(rid)
             rows.append(
                 (
                     _STEP,
                     (
                         rid,
-                        event.step,
+                        path,
                         state.status,
                         None if state.output is None else _json(state.output, "output"),
                         None if state.error is None else _json(state.error, "error"),
                         state.attempts,
-                        state.started_at,
-                        state.finished_at,
+                        started,
+                        finished,
+                        run.workflow,
+                        None if state.reused_from is not None else without_indexes(path),
+                        run.created_at,
+                        None if started is None or finished is None else finished - started,
+                        state.waited,
+                        int(cached is not None and path in cached),
+                    ),
+                )
+            )
+        elif kind == "step.started" or kind == "step.cached":
+            # Whether a step's last attempt took a tool result from the cache: its settle
+            # event's row says so (a new attempt starts without).
+            if kind == "step.cached":
+                self._cached.setdefault(rid, set()).add(event.step or "")
+            elif rid in self._cached:
+                self._cached[rid].discard(event.step or "")
+        elif kind == "agent.usage":
+            data = event.data
+            rows.append(
+                (
+                    _AGENT_USAGE,
+                    (
+                        rid,
+                        event.seq,
+                        run.workflow,
+                        run.created_at,
+                        str(data.get("agent", "")),
+                        data.get("turns") if isinstance(data.get("turns"), int) else 0,
+                        _json(data.get("usage") or {}, "usage"),
                     ),
                 )
             )
         elif kind in _STATUS_OF_EVENT:
+            if kind in TERMINAL_EVENTS:
+                self._cached.pop(rid, None)
             rows.append(
                 (
                     _RUN_STATUS,
@@ -799,6 +869,7 @@ class SqliteStore:
     def _apply(self, rows: dict[str, list[tuple[Any, ...]]], one_by_one: bool) -> None:
         conn = self._conn
         assert conn is not None
+        began = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
         try:
             for sql in _ORDER:
@@ -812,6 +883,9 @@ class SqliteStore:
                 else:
                     conn.executemany(sql, batch)
             conn.execute("COMMIT")
+            if self._metrics is not None:
+                self._metrics.commit_seconds.observe(time.perf_counter() - began)
+                self._metrics.committed_changes.inc(sum(len(batch) for batch in rows.values()))
         except BaseException:
             # SQLite rolls a transaction back by itself after some failures (a full disk):
             # a second ROLLBACK would then fail and hide the real error.
@@ -1173,6 +1247,144 @@ class SqliteStore:
             ).fetchall()
         )
         return dict(rows)
+
+    async def stats(self, *, workflow: str | None = None, since: float | None = None) -> RunStats:
+        """``runs/stats``'s figures, computed by SQLite over indexed columns (see
+        :func:`_read_stats`)."""
+        return await self._read(lambda c: _read_stats(c, workflow, since))
+
+    async def run_timings(
+        self, workflow: str, *, since: float | None = None, limit: int = BOTTLENECK_RUNS
+    ) -> list[RunTiming]:
+        """The newest succeeded runs of ``workflow`` with their top-level steps' timings."""
+        return await self._read(lambda c: _read_timings(c, workflow, since, limit))
+
+
+def _window(workflow: str | None, since: float | None, column: str) -> tuple[str, list[Any]]:
+    """The ``AND ...`` clauses (and their parameters) of a stats query's filter: one workflow,
+    and ``column`` (the run's creation time) at or after ``since``."""
+    where = ""
+    params: list[Any] = []
+    if workflow is not None:
+        where += " AND workflow = ?"
+        params.append(workflow)
+    if since is not None:
+        where += f" AND {column} >= ?"
+        params.append(since)
+    return where, params
+
+
+def _percentiles(c: sqlite3.Connection, sql: str, params: list[Any], count: int) -> Percentiles:
+    """The nearest-rank percentiles of a group of ``count`` durations, each one value read
+    with ``LIMIT 1 OFFSET``: ``sql`` walks the group's index in duration order (``{order}``
+    is filled with ``ASC`` or ``DESC``), so no sort is made and nothing but the value comes
+    back. The high percentiles walk from the top: about 0.56 of the group is stepped over in
+    all, never a row is read from the table."""
+    if count == 0:
+        return Percentiles()
+    values = []
+    for percent in PERCENTILES:
+        rank = nearest_rank(count, percent)  # 1-based, ascending
+        if rank <= count // 2:
+            order, offset = "ASC", rank - 1
+        else:
+            order, offset = "DESC", count - rank
+        row = c.execute(sql.format(order=order), [*params, offset]).fetchone()
+        values.append(None if row is None else row[0])
+    return Percentiles(*values)
+
+
+def _read_stats(c: sqlite3.Connection, workflow: str | None, since: float | None) -> RunStats:
+    """``runs/stats`` from the indexes ``runs_by_duration`` and ``steps_stats`` (migration 4):
+    one aggregate query per table counts each group while scanning its covering index in
+    order (no sort, no table row read), then each percentile of each group is one walk of
+    that group's index range (:func:`_percentiles`)."""
+    of_runs, run_params = _window(workflow, since, "created_at")
+    in_runs, in_run_params = _window(None, since, "created_at")
+    workflows = []
+    for name, runs, ok, bad, off, ended in c.execute(
+        "SELECT workflow, count(*), sum(status = 'succeeded'), sum(status = 'failed'), "
+        "sum(status = 'cancelled'), count(finished_at - started_at) "
+        f"FROM runs INDEXED BY runs_by_duration WHERE 1{of_runs} "
+        "GROUP BY workflow ORDER BY workflow",
+        run_params,
+    ).fetchall():
+        duration = _percentiles(
+            c,
+            "SELECT finished_at - started_at FROM runs INDEXED BY runs_by_duration "
+            f"WHERE workflow = ? AND finished_at - started_at IS NOT NULL{in_runs} "
+            "ORDER BY finished_at - started_at {order} LIMIT 1 OFFSET ?",
+            [name, *in_run_params],
+            ended,
+        )
+        workflows.append(WorkflowStats(name, runs, ok, bad, off, duration))
+    of_steps, step_params = _window(workflow, since, "run_created")
+    in_steps, in_step_params = _window(None, since, "run_created")
+    steps = []
+    for name, step, count, bad, retried, cached, waited, busy, timed in c.execute(
+        "SELECT workflow, base, count(*), sum(status = 'failed'), sum(attempts > 1), "
+        "sum(cached), total(waited), total(duration), count(duration) "
+        f"FROM steps INDEXED BY steps_stats WHERE base IS NOT NULL AND {_RAN}{of_steps} "
+        "GROUP BY workflow, base ORDER BY workflow, base",
+        step_params,
+    ).fetchall():
+        if name is None:  # none once migrated (a row written by other means, say)
+            continue
+        duration = _percentiles(
+            c,
+            "SELECT duration FROM steps INDEXED BY steps_stats WHERE workflow = ? AND base = ? "
+            f"AND duration IS NOT NULL AND {_RAN}{in_steps} "
+            "ORDER BY duration {order} LIMIT 1 OFFSET ?",
+            [name, step, *in_step_params],
+            timed,
+        )
+        steps.append(StepStats(name, step, count, bad, retried, cached, waited, busy, duration))
+    agents: dict[str, AgentUsage] = {}
+    where, params = _window(workflow, since, "run_created")
+    for agent, count, turns in c.execute(
+        f"SELECT agent, count(*), sum(turns) FROM agent_usage WHERE 1{where} "
+        "GROUP BY agent ORDER BY agent",
+        params,
+    ):
+        agents[agent] = AgentUsage(agent, count, turns, {})
+    for agent, key, total in c.execute(
+        "SELECT a.agent, u.key, sum(u.value) FROM agent_usage AS a, json_each(a.usage) AS u "
+        f"WHERE u.type = 'integer'{where} GROUP BY a.agent, u.key ORDER BY a.agent, u.key",
+        params,
+    ):
+        agents[agent].usage[key] = total
+    return RunStats(workflows, steps, list(agents.values()))
+
+
+def _read_timings(
+    c: sqlite3.Connection, workflow: str, since: float | None, limit: int
+) -> list[RunTiming]:
+    """The newest succeeded runs of ``workflow`` (``runs_by_workflow``, read backwards) and
+    their top-level step rows (the steps' primary key, a range per run)."""
+    where, params = _window(None, since, "created_at")
+    runs = c.execute(
+        "SELECT id, digest, started_at, finished_at FROM runs "
+        f"WHERE workflow = ? AND status = 'succeeded'{where} ORDER BY created_at DESC LIMIT ?",
+        [workflow, *params, limit],
+    ).fetchall()
+    if not runs:
+        return []
+    by_run: dict[str, list[StepTiming]] = {run_id: [] for run_id, *_ in runs}
+    marks = ", ".join("?" for _ in runs)
+    for run_id, path, status, started, finished, waited, attempts, cached in c.execute(
+        "SELECT run_id, path, status, started_at, finished_at, waited, attempts, cached "
+        f"FROM steps WHERE run_id IN ({marks}) AND instr(path, '.') = 0 "
+        "AND instr(path, '[') = 0",
+        list(by_run),
+    ):
+        by_run[run_id].append(
+            StepTiming(path, status, started, finished, waited or 0.0, attempts, bool(cached))
+        )
+    return [
+        RunTiming(run_id, digest, started, finished, by_run[run_id])
+        for run_id, digest, started, finished in runs
+        if started is not None and finished is not None
+    ]
 
 
 def _maybe(text: str | None) -> Any:

@@ -161,6 +161,10 @@ class FakeStepContext:
             raise OutputError(f"event {type!r} data is not JSON: {problem}")
         self.events.append((type, payload))
 
+    def trace_headers(self) -> dict[str, str]:
+        """A step tested alone is not traced."""
+        return {}
+
     @property
     def templates(self) -> TemplateEngine:
         """The engine that compiles templates given as plain values (made on first use)."""

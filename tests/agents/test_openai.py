@@ -812,3 +812,49 @@ async def test_bad_agent_table_fails_the_step_clearly(pm, api, table, names):
     for name in names:
         assert name in message
     assert api.requests == []
+
+
+# ------------------------------------------------------------------------------------------
+# Traces
+# ------------------------------------------------------------------------------------------
+
+
+async def test_a_traced_completion_carries_the_trace_to_the_endpoint(pm, api):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from plait.telemetry.tracing import Tracing
+
+    api.add(sse_reply(streamed_text("traced", tokens=usage(3, 1))))
+    api.add(json_reply(completion("plain")))
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.to(exporter)
+    config = HostConfig.model_validate(
+        {
+            "host": {"data_dir": ":memory:"},
+            "plugins": {"entry_points": False},
+            "agents": {
+                "w": {
+                    "provider": "openai",
+                    "model": "m",
+                    "base_url": api.base_url,
+                    "api_key_env": KEY_ENV,
+                }
+            },
+        }
+    )
+    async with plait.Host(config, pm=pm, tracing=tracing) as host:
+        run, _ = await run_steps(host, {"id": "ask", "agent": "w", "prompt": "hi"})
+    assert run.status == "succeeded", run.error
+    [chat] = [span for span in exporter.get_finished_spans() if span.name == "chat m"]
+    sent = api.requests[0]["headers"]["traceparent"]
+    _, trace_id, span_id, _ = sent.split("-")
+    assert int(trace_id, 16) == chat.context.trace_id
+    assert int(span_id, 16) == chat.context.span_id  # the endpoint's parent is the chat span
+    assert chat.attributes["gen_ai.usage.input_tokens"] == 3
+    assert chat.attributes["gen_ai.usage.output_tokens"] == 1
+    tracing.shutdown()
+
+    async with host_for(pm, api) as host:  # not traced: nothing is added
+        run, _ = await run_steps(host, {"id": "ask", "agent": "w", "prompt": "hi"})
+    assert run.status == "succeeded", run.error
+    assert "traceparent" not in api.requests[1]["headers"]

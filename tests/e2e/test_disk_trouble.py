@@ -48,11 +48,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def _fill(disk: Path) -> Path:
     filler = disk / "filler"
-    with filler.open("wb") as f:
+    # Unbuffered: a buffered file keeps what the last write could not place and fails again
+    # when closed, so whether the fill "worked" would depend on the free space's size.
+    with filler.open("wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
     return filler

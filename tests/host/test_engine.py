@@ -21,6 +21,7 @@ def wf(*steps, **extra):
 
 
 async def test_independent_steps_run_in_parallel(pm):
+    await plait.run(wf({"id": "warm", "transform": 1}), pm=pm)  # the host's first import
     start = time.monotonic()
     run = await plait.run(
         wf(
@@ -846,3 +847,34 @@ async def test_an_idempotency_key_reused_with_other_inputs_is_an_error(pm):
         with pytest.raises(plait.InputsInvalid) as info:
             await engine.start(compiled, {"n": 2}, idempotency_key="key-1")
         assert "key-1" in str(info.value) and first.id in str(info.value)
+
+
+async def test_a_loop_in_a_run_with_a_concurrency_limit_leaves_the_slots_to_its_body(pm, probe):
+    """The loop step only waits for its body: it holds no slot of the run's limit, so its
+    body's steps run (two at a time), where holding one made the first of them fail."""
+    run = await plait.run(
+        wf(
+            {
+                "id": "each",
+                "loop": ["a", "b", "c", "d"],
+                "concurrency": 4,
+                "steps": [
+                    {"id": "w", "tool": "probe.work", "with": {"seconds": 0.05, "label": "${item}"}}
+                ],
+            },
+            concurrency=2,
+        ),
+        pm=pm,
+    )
+    assert run.status == "succeeded", run.error
+    assert run.steps["each"].output == ["a", "b", "c", "d"]
+    assert probe.peak == 2
+
+
+async def test_a_run_limited_to_one_step_can_still_loop(pm, probe):
+    body = [{"id": "w", "tool": "probe.work", "with": {"seconds": 0.01, "label": "${item}"}}]
+    run = await plait.run(
+        wf({"id": "each", "loop": ["a", "b"], "steps": body}, concurrency=1), pm=pm
+    )
+    assert run.status == "succeeded", run.error
+    assert probe.peak == 1

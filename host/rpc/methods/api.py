@@ -168,6 +168,7 @@ def _event_notification(subscription: str, event: Event) -> dict[str, Any]:
 def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
     """Add the plait methods, bound to ``host``, to ``dispatcher``."""
     method = dispatcher.method
+    delivered = dispatcher.metrics.events_delivered if dispatcher.metrics is not None else None
 
     @method("workflows/put", DefinitionParams)
     async def put(session: Session, p: DefinitionParams) -> dict[str, Any]:
@@ -309,6 +310,8 @@ def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
         def forward(event: Event) -> None:
             if live:
                 session.notify("runs/event", _event_notification(subscription, event))
+                if delivered is not None:
+                    delivered.inc()
             else:
                 held.append(event)
 
@@ -316,6 +319,8 @@ def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
             nonlocal live
             for event in held:
                 session.notify("runs/event", _event_notification(subscription, event))
+            if delivered is not None and held:
+                delivered.inc(len(held))
             held.clear()
             live = True
 

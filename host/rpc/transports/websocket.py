@@ -18,6 +18,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from plait.config import Limits
     from plait.rpc.host_api import HostApi
     from plait.rpc.web import WebAccess
+    from plait.telemetry import Metrics
 
 __all__ = ["RPC_PATH", "WebSocketTransport"]
 
@@ -70,6 +72,7 @@ protocol_log.addFilter(_RedactToken())
 RPC_PATH = "/rpc"
 """Where the JSON-RPC endpoint is."""
 HEALTH_PATH = "/health"
+METRICS_PATH = "/metrics"
 PING_INTERVAL = 20.0
 """Seconds between keepalive pings; a peer silent for ``PING_INTERVAL + PING_TIMEOUT`` is
 dropped."""
@@ -92,8 +95,14 @@ class WebSocketTransport:
         port: int = 0,
         allowed_origins: Iterable[str] = (),
         web: WebAccess | None = None,
+        metrics: Metrics | None = None,
+        metrics_public: bool = False,
     ) -> None:
+        """``metrics``: served at ``/metrics``, to holders of the token, or to anyone when
+        ``metrics_public`` and the bind is loopback (the only peers are on this machine)."""
         self.host = host
+        self.metrics = metrics
+        self.metrics_public = metrics_public and bind in ("127.0.0.1", "localhost", "::1")
         self.dispatcher = dispatcher
         self.token = token
         self.allowed_origins = frozenset(allowed_origins)
@@ -115,7 +124,7 @@ class WebSocketTransport:
             self._connection,
             self.bind,
             self.requested_port,
-            process_request=self._check,
+            process_request=self._checked,
             max_size=self.limits.max_message_bytes,
             ping_interval=PING_INTERVAL,
             ping_timeout=PING_TIMEOUT,
@@ -156,11 +165,53 @@ class WebSocketTransport:
         """The origins of the page this transport serves, under each name of this server."""
         return {f"http://{host}" for host in self._allowed_hosts()}
 
+    def _checked(self, connection: ServerConnection, request: Request) -> Response | None:
+        """The handshake's answer (``None``: go on to the WebSocket), counted."""
+        if self.metrics is None:
+            return self._check(connection, request)
+        response: Response | None
+        if urlsplit(request.path).path == METRICS_PATH:
+            response = self._metrics(connection, request, self.metrics)
+        else:
+            response = self._check(connection, request)
+        if response is None:
+            self.metrics.connections.labels("websocket").inc()
+        elif response.status_code >= 400:
+            self.metrics.refusals.labels(str(response.status_code)).inc()
+        return response
+
+    def _metrics(
+        self, connection: ServerConnection, request: Request, metrics: Metrics
+    ) -> Response:
+        """``GET /metrics``: the Prometheus text format, behind the same Host check as the
+        rest and the token unless public."""
+        url = urlsplit(request.path)
+        if request.headers.get("Host", "") not in self._allowed_hosts():
+            return _refuse(connection, HTTPStatus.FORBIDDEN, "Host header not allowed")
+        if not self.metrics_public and not self._token_ok(request.headers, url.query):
+            return _refuse(
+                connection,
+                HTTPStatus.UNAUTHORIZED,
+                "a valid token is required (Authorization: Bearer <token>), or set "
+                "[metrics] public = true on a loopback bind",
+            )
+        response = connection.respond(HTTPStatus.OK, "")
+        response.body = metrics.exposition()
+        del response.headers["Content-Type"], response.headers["Content-Length"]
+        response.headers["Content-Type"] = metrics.content_type
+        response.headers["Content-Length"] = str(len(response.body))
+        return response
+
     def _check(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         host_header = request.headers.get("Host", "")
         if host_header not in self._allowed_hosts():
-            return _refuse(connection, HTTPStatus.FORBIDDEN, "Host header not allowed")
+            return _refuse(
+                connection,
+                HTTPStatus.FORBIDDEN,
+                "Host header not allowed",
+                f"bad Host header {host_header[:200]!r} (DNS rebinding?)",
+            )
         if url.path == HEALTH_PATH:
             # A store that cannot write makes the host unhealthy: it answers, but refuses work.
             problem = self.host.store_problem()
@@ -178,25 +229,43 @@ class WebSocketTransport:
                 )
                 + "\n",
             )
+            del response.headers["Content-Type"]  # respond() made it text/plain
             response.headers["Content-Type"] = "application/json"
             return response
         if self.web is not None and self.web.handles(url.path):
             return self.web.respond(request, self._own_origins())
         if url.path != RPC_PATH:
-            return _refuse(connection, HTTPStatus.NOT_FOUND, f"the endpoint is {RPC_PATH}")
+            return _refuse(
+                connection,
+                HTTPStatus.NOT_FOUND,
+                f"the endpoint is {RPC_PATH}",
+                f"no such path {url.path[:200]!r}",
+            )
         origin = request.headers.get("Origin")
         page = self.web is not None and origin is not None and origin in self._own_origins()
         if origin is not None and origin not in self.allowed_origins and not page:
-            return _refuse(connection, HTTPStatus.FORBIDDEN, "Origin not allowed")
+            return _refuse(
+                connection,
+                HTTPStatus.FORBIDDEN,
+                "Origin not allowed",
+                f"bad origin {origin[:200]!r}",
+            )
         if not self._token_ok(request.headers, url.query) and not (
             page and self.web is not None and self.web.session_ok(request.headers)
         ):
-            return _refuse(connection, HTTPStatus.UNAUTHORIZED, "a valid token is required")
+            given = _has_token(request.headers, url.query)
+            return _refuse(
+                connection,
+                HTTPStatus.UNAUTHORIZED,
+                "a valid token is required",
+                "bad token" if given else "no token",
+            )
         if self.open >= self.limits.max_connections:
             return _refuse(
                 connection,
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 f"too many connections (limit {self.limits.max_connections})",
+                f"too many connections ({self.open} open, limit {self.limits.max_connections})",
             )
         return None
 
@@ -221,6 +290,14 @@ class WebSocketTransport:
         request's cost close to the transport's own.
         """
         self.open += 1
+        peer = _peer(ws)
+        opened = time.monotonic()
+        log.info(
+            "connection opened from %s (%d open)",
+            peer,
+            self.open,
+            extra={"peer": peer, "connections": self.open},
+        )
         session = Session(
             transport="websocket",
             max_inflight=self.max_inflight,
@@ -248,6 +325,20 @@ class WebSocketTransport:
             session.close()
             self.host.sessions.discard(session)
             self.open -= 1
+            took = round(time.monotonic() - opened, 3)
+            log.info(
+                "connection closed from %s after %.3f s (close code %s, %d open)",
+                peer,
+                took,
+                ws.close_code,
+                self.open,
+                extra={
+                    "peer": peer,
+                    "duration": took,
+                    "close_code": ws.close_code,
+                    "connections": self.open,
+                },
+            )
 
     async def _worker(
         self, messages: MemoryObjectReceiveStream[str | bytes], session: Session
@@ -271,9 +362,41 @@ class WebSocketTransport:
             pass
 
 
-def _refuse(connection: ServerConnection, status: HTTPStatus, reason: str) -> Response:
-    log.info("refused a handshake: %s %s", int(status), reason)
+def _refuse(
+    connection: ServerConnection, status: HTTPStatus, reason: str, why: str | None = None
+) -> Response:
+    """Answer a handshake with ``status`` and ``reason``, and log who was refused and why
+    (``why``: the log's words, more precise than what the client is told; never the token)."""
+    peer = _peer(connection)
+    why = why or reason
+    log.warning(
+        "refused a connection from %s: %s (HTTP %d)",
+        peer,
+        why,
+        int(status),
+        extra={"peer": peer, "reason": why, "status": int(status)},
+    )
     return connection.respond(status, reason + "\n")
+
+
+def _peer(connection: ServerConnection) -> str:
+    """``host:port`` of the other end (``[::1]:port`` for IPv6), or ``?`` once it is gone."""
+    try:
+        address = connection.remote_address
+    except (AttributeError, OSError):
+        address = None
+    if not address:
+        return "?"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _has_token(headers: Headers, query: str) -> bool:
+    """Whether the handshake carried a token at all: a refusal says "bad token" or "no
+    token", which tells a misconfigured client from a stale one without logging either."""
+    if headers.get("Authorization", "").startswith("Bearer "):
+        return True
+    return bool(query) and bool((parse_qs(query).get("token") or [""])[0])
 
 
 async def _drop(ws: ServerConnection) -> None:
