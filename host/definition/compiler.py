@@ -1051,6 +1051,8 @@ _REF = r"steps(?:\.{0}\b|\[\s*['\"]{0}['\"]\s*\])"
 
 def _field_of(raw: Any, ref: str, where: str) -> str:
     """The path of the first field under ``raw`` whose text names step ``ref``."""
+    if not isinstance(raw, dict | list):
+        return where  # a string (or a guard): the field itself, no search to make
     pattern = re.compile(_REF.format(re.escape(ref)))
     return _first_text(raw, where, pattern.search) or where
 

@@ -17,8 +17,11 @@ function or a generator is an error rather than its Python repr.
 
 Cost (``timeit``, development machine, best of 5): a lone ``${steps.a.output.x}`` renders in
 ~0.9 us (a dict walk, no Jinja) and ``"pr-${inputs.pr}"`` in ~2 us (also no Jinja); through Jinja,
-``${steps.a.output.n + 1}`` takes ~7 us and a string with a filter ~11-18 us. Compiling costs
-~0.1-0.3 ms for plain paths (their Jinja fallback compiles lazily) and ~1.5-2 ms otherwise.
+``${steps.a.output.n + 1}`` takes ~7 us and a string with a filter ~11-18 us. Expressions of the
+common subset (paths, arithmetic, comparisons, ``and``/``or``/``not``, ``if``/``else``,
+literals) are read by Python's parser and evaluated by closures (:mod:`plait.templates.fast`):
+~25 us to compile a distinct one, where Jinja's pipeline takes ~0.5 ms. Anything else compiles
+through Jinja (~0.5-2 ms), once per engine for a given source text.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from plait.errors import (
     TemplateSecurityError,
     TemplateSyntaxError,
 )
+from plait.templates.fast import Eval, compile_fast, parse_fast
 from plait.templates.sandbox import (
     BUDGET,
     SCALARS,
@@ -65,6 +69,9 @@ CONTEXT_ROOTS: frozenset[str] = frozenset(_ROOT_ORDER)
 _NAME = "<template>"  # never derived from input (CVE-2024-56201)
 _RESULT = "_plait_result"
 _FALLBACK: Any = object()
+
+JINJA_KEPT = 4096
+"""Compiled Jinja templates an engine keeps by source text (a few KB each)."""
 
 _SHORTHAND = re.compile(r"\$([A-Za-z_]\w*)((?:\.[A-Za-z_]\w*|\[\d+\])*)")
 _SPECIAL = re.compile(r"[${]")
@@ -142,14 +149,7 @@ def _jinja_leaf(
         if native:
             for _ in chunks:
                 pass
-            value = ctx.vars[_RESULT]
-            if type(value) is str:
-                return keep_text(value)
-            if type(value) is bool or value is None:
-                return value
-            if weight(value, cap) > cap:
-                raise TemplateLimitError(f"template result is over the {cap:,}-character limit")
-            return to_json(value)
+            return _native(ctx.vars[_RESULT], cap)
         parts, total = [], 0
         for chunk in chunks:
             total += len(chunk)
@@ -157,6 +157,24 @@ def _jinja_leaf(
                 raise TemplateLimitError(f"rendered output is over {cap:,} characters")
             parts.append(chunk)
         return keep_text("".join(parts))
+
+    return _budgeted(source, where, run, limits)
+
+
+def _native(value: Any, cap: int) -> Any:
+    """A lone expression's value as the run keeps it: JSON, within the output limit."""
+    if type(value) is str:
+        return keep_text(value)
+    if type(value) is bool or value is None:
+        return value
+    if weight(value, cap) > cap:
+        raise TemplateLimitError(f"template result is over the {cap:,}-character limit")
+    return to_json(value)
+
+
+def _budgeted(source: str, where: str, run: _Render, limits: TemplateLimits) -> _Render:
+    """``run`` under a render budget (the caller's, else one of its own), its failures made
+    TemplateErrors naming the expression and the field."""
 
     def render(context: Mapping[str, Any]) -> Any:
         try:
@@ -173,6 +191,13 @@ def _jinja_leaf(
             raise err from exc
 
     return render
+
+
+def _fast_leaf(source: str, where: str, evaluate: Eval, limits: TemplateLimits) -> _Render:
+    """A lone expression compiled to closures (:mod:`plait.templates.fast`): what Jinja's
+    code for it would compute, without a Jinja context per render."""
+    cap = limits.max_output
+    return _budgeted(source, where, lambda context: _native(evaluate(context), cap), limits)
 
 
 def _path_leaf(
@@ -406,7 +431,26 @@ _TOLERANT_FILTERS = frozenset({"default", "d"})
 _GUARD_TESTS = frozenset({"defined", "undefined"})
 
 
-def _read_paths(ast: nodes.Template) -> frozenset[tuple[Any, ...]]:
+def _all_nodes(root: nodes.Node) -> list[nodes.Node]:
+    """Every node of a tree, parents before children, each once: one walk that the checks
+    below share (Jinja's ``find_all`` is a recursive generator per call)."""
+    out: list[nodes.Node] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        children = []
+        for name in node.fields:
+            value = getattr(node, name, None)
+            if isinstance(value, nodes.Node):
+                children.append(value)
+            elif type(value) is list:
+                children.extend(item for item in value if isinstance(item, nodes.Node))
+        stack.extend(reversed(children))
+    return out
+
+
+def _read_paths(every: list[nodes.Node]) -> frozenset[tuple[Any, ...]]:
     """The constant key chains a Jinja template reads under ``steps``, past a step id.
 
     A chain that is called (``steps.a.output.get('x')``: a method), tested (``... is none``)
@@ -414,7 +458,9 @@ def _read_paths(ast: nodes.Template) -> frozenset[tuple[Any, ...]]:
     key exists (``is defined``, ``'x' in ...``) reads nothing certain, so it gives none.
     """
     spared: set[int] = set()
-    for node in ast.find_all((nodes.Call, nodes.Filter, nodes.Test, nodes.Compare)):
+    for node in every:
+        if not isinstance(node, (nodes.Call, nodes.Filter, nodes.Test, nodes.Compare)):
+            continue
         if isinstance(node, nodes.Compare):
             if any(op.op in ("in", "notin") for op in node.ops):
                 return frozenset()
@@ -425,8 +471,8 @@ def _read_paths(ast: nodes.Template) -> frozenset[tuple[Any, ...]]:
         ):
             spared.add(id(node.node))  # a filter block's node is None: never a chain
     reads = set()
-    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        if id(node) in spared:
+    for node in every:
+        if not isinstance(node, (nodes.Getattr, nodes.Getitem)) or id(node) in spared:
             continue
         path = _plain_path(node)
         if path is not None and path[0] == "steps":
@@ -443,9 +489,15 @@ def _short(source: str) -> str:
 class TemplateEngine:
     """Compiles workflow values into :class:`Template` objects over one :class:`PlaitSandbox`."""
 
-    def __init__(self, limits: TemplateLimits | None = None) -> None:
+    def __init__(self, limits: TemplateLimits | None = None, *, fast: bool = True) -> None:
+        """``fast``: read and evaluate expressions of the common subset without Jinja's
+        pipeline (:mod:`plait.templates.fast`); off, everything goes through Jinja, which is
+        what the differential tests compare the fast path with."""
         self.limits = limits or TemplateLimits()
         self.env = PlaitSandbox(self.limits)
+        self.fast = fast
+        self._jinja: dict[tuple[str, str], JinjaTemplate] = {}
+        """Compiled Jinja templates by (mode, source), oldest first (see ``_built``)."""
 
     def compile(self, value: Any, *, where: str = "") -> Template:
         """Compile a JSON-like value; every template string inside it is compiled.
@@ -561,12 +613,38 @@ class TemplateEngine:
     ) -> _Node:
         env, limits = self.env, self.limits
         if len(parts) == 1 and parts[0][0] and not jinja:  # a lone expression: native value
-            expr = self._parse_expression(parts[0][1])
+            inside = parts[0][1]
+            parsed = parse_fast(inside, env, CONTEXT_ROOTS) if self.fast else None
+            if parsed is not None:  # read by Python's parser (plait.templates.fast)
+                if parsed.path is not None:
+                    fallback = _lazy(
+                        text, where, lambda: self._build(self._native_ast(inside)), True, limits
+                    )
+                    return _Node(
+                        _path_leaf(text, where, parsed.path, fallback),
+                        *_path_names([parsed.path]),
+                        False,
+                        step_paths=_step_paths([parsed.path]),
+                    )
+                render = _fast_leaf(text, where, parsed.evaluate, limits)
+                return _Node(
+                    render,
+                    parsed.roots,
+                    parsed.references,
+                    static=False,
+                    slow=True,
+                    step_paths=parsed.reads,
+                )
+            expr = self._parse_expression(inside)
             ast = nodes.Template([nodes.Assign(nodes.Name(_RESULT, "store"), expr, lineno=1)])
-            ast.set_environment(env)
             if (path := _plain_path(expr)) is None:
-                roots, refs, reads = self._analyse(ast, text)
-                render = _jinja_leaf(text, where, self._build(ast), True, limits)
+                roots, refs, reads = self._analyse(ast, text, expression=True)
+                evaluate = compile_fast(expr, env, CONTEXT_ROOTS) if self.fast else None
+                if evaluate is not None:
+                    render = _fast_leaf(text, where, evaluate, limits)
+                else:
+                    built = self._built(("native", parts[0][1]), lambda: self._build(ast))
+                    render = _jinja_leaf(text, where, built, True, limits)
                 return _Node(render, roots, refs, static=False, slow=True, step_paths=reads)
             fallback = _lazy(text, where, lambda: self._build(ast), True, limits)
             return _Node(
@@ -585,12 +663,13 @@ class TemplateEngine:
             if chunks and chunks[-1].endswith("{"):  # keep '{' + '{{' from reading as '{{{'
                 chunks[-1] = chunks[-1][:-1] + "{{ '{' }}"
             chunks.append("{{ " + chunk + " }}")
-            fast.append(None if jinja else _plain_path(self._parse_expression(chunk)))
+            fast.append(None if jinja else self._path_of(chunk))
         source = "".join(chunks)
         if jinja or None in fast:
             ast = env.parse(source, name=_NAME)
-            roots, refs, reads = self._analyse(ast, text)
-            render = _jinja_leaf(text, where, self._build(ast), False, limits)
+            roots, refs, reads = self._analyse(ast, text, expression=not jinja)
+            built = self._built(("text", source), lambda: self._build(ast))
+            render = _jinja_leaf(text, where, built, False, limits)
             return _Node(render, roots, refs, static=False, slow=True, step_paths=reads)
         fallback = _lazy(
             text, where, lambda: self._build(env.parse(source, name=_NAME)), False, limits
@@ -598,6 +677,18 @@ class TemplateEngine:
         paths = [part for part in fast if type(part) is tuple]
         render = _text_leaf(text, where, fast, fallback, limits.max_output)
         return _Node(render, *_path_names(paths), False, step_paths=_step_paths(paths))
+
+    def _path_of(self, source: str) -> tuple[str, tuple[Any, ...]] | None:
+        """The plain path an expression is, if it is one (Python's parser first)."""
+        parsed = parse_fast(source, self.env, CONTEXT_ROOTS) if self.fast else None
+        if parsed is not None:
+            return parsed.path
+        return _plain_path(self._parse_expression(source))
+
+    def _native_ast(self, source: str) -> nodes.Template:
+        """Jinja's tree of a lone expression: its value assigned to the result name."""
+        expr = self._parse_expression(source)
+        return nodes.Template([nodes.Assign(nodes.Name(_RESULT, "store"), expr, lineno=1)])
 
     def _parse_expression(self, source: str) -> nodes.Expr:
         parser = Parser(self.env, source, name=_NAME, state="variable")
@@ -608,12 +699,19 @@ class TemplateEngine:
         return expr
 
     def _analyse(
-        self, ast: nodes.Template, text: str
+        self, ast: nodes.Template, text: str, *, expression: bool = False
     ) -> tuple[frozenset[str], frozenset[str], frozenset[tuple[Any, ...]]]:
         """Refuse unknown names; return the roots, the step ids the template references and
-        the key chains it reads under ``steps`` (see ``Template.step_paths``)."""
-        names = set(meta.find_undeclared_variables(ast))
-        if any(n.name == "self" and n.ctx == "load" for n in ast.find_all(nodes.Name)):
+        the key chains it reads under ``steps`` (see ``Template.step_paths``).
+
+        ``expression``: the template is expressions only (no ``{% %}`` tags), which cannot
+        bind a name, so every name it loads is undeclared: found by a walk of the tree rather
+        than by Jinja's ``find_undeclared_variables``, which runs its code generator.
+        """
+        every = _all_nodes(ast)
+        loaded = {n.name for n in every if type(n) is nodes.Name and n.ctx == "load"}
+        names = loaded if expression else set(meta.find_undeclared_variables(ast))
+        if "self" in loaded:
             names.add("self")  # Jinja resolves it to the template itself; never ours to expose
         usable = {name for name in self.env.globals if not name.startswith("__plait")}
         if unknown := sorted(names - CONTEXT_ROOTS - usable):
@@ -622,16 +720,28 @@ class TemplateEngine:
                 f"(expected one of {', '.join(_ROOT_ORDER)})"
             )
         refs = set()
-        for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-            assert isinstance(node, (nodes.Getattr, nodes.Getitem))
+        for node in every:
+            if not isinstance(node, (nodes.Getattr, nodes.Getitem)):
+                continue
             if not (isinstance(node.node, nodes.Name) and node.node.name == "steps"):
                 continue
             if isinstance(node, nodes.Getattr):
                 refs.add(node.attr)
             elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
                 refs.add(node.arg.value)
-        reads = _read_paths(ast) if refs else frozenset()
+        reads = _read_paths(every) if refs else frozenset()
         return frozenset(names & CONTEXT_ROOTS), frozenset(refs), reads
+
+    def _built(self, key: tuple[str, str], build: Callable[[], JinjaTemplate]) -> JinjaTemplate:
+        """The Jinja template of a source, made once per engine: the same expression in
+        another field, workflow or version reuses it (its code depends on the text alone)."""
+        found = self._jinja.get(key)
+        if found is None:
+            found = build()
+            if len(self._jinja) >= JINJA_KEPT:
+                self._jinja.pop(next(iter(self._jinja)))
+            self._jinja[key] = found
+        return found
 
     def _build(self, ast: nodes.Template) -> JinjaTemplate:
         """Rewrite ``ast`` with the guards and compile it under a fixed name."""
