@@ -9,7 +9,7 @@ TREE := $(VENV)/.tree
 # which `links` does whenever the set of modules changed.
 EDITABLE := --config-settings editable_mode=strict
 
-.PHONY: run test lint typecheck bench links clean browser
+.PHONY: run test lint typecheck bench bench-peers links clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,8 +48,15 @@ test: lint browser
 	$(BIN)/pytest -q -n 2 -m "not timing"
 	$(BIN)/pytest -q -m timing
 
+# `make bench ARGS="--quick --only W1,W3"` passes its ARGS to bench/run.py.
 bench: links
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(ARGS)
+
+# W1 and W3 in LangGraph and pydantic-graph beside plait's (bench/peers.py): installs the
+# `peers` extra (pinned in pyproject.toml) into the venv first.
+bench-peers: links
+	$(BIN)/pip install --quiet -e '.[peers]' $(EDITABLE)
+	$(BIN)/python bench/run.py --peers $(ARGS)
 
 clean:
 	rm -rf $(VENV) .plait build

@@ -4,6 +4,8 @@ Every measurement runs in a fresh subprocess (peak RSS then belongs to it alone)
 JSON line; this driver collects them, prints a table with plait's figure, the baseline's, the
 ratio and plait's goal for it, and writes everything as JSON to ``bench/results/`` so runs can
 be compared across commits. ``--quick`` uses tiny sizes: it checks the harness, not the speed.
+``--peers`` adds W1 and W3 in LangGraph and pydantic-graph (``bench/peers.py``), installed by
+``pip install -e '.[peers]'`` (or ``make bench-peers``), beside plait's memory mode.
 """
 
 from __future__ import annotations
@@ -56,6 +58,20 @@ SIZES = {
 # -- one measurement, in this (child) process ---------------------------------------------------
 
 
+def loop_options(args: dict[str, Any]) -> dict[str, Any]:
+    """``anyio.run``'s backend_options for a measurement's ``loop``: asyncio's unless uvloop."""
+    return {"use_uvloop": True} if args.get("loop") == "uvloop" else {}
+
+
+def uvloop_installed() -> bool:
+    """Whether uvloop imports here (plait[fast]), as ``plait serve --loop auto`` decides."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def measure(name: str, args: dict[str, Any]) -> dict[str, Any]:
     import rpc
     import workloads
@@ -64,6 +80,8 @@ def measure(name: str, args: dict[str, Any]) -> dict[str, Any]:
         return anyio.run(
             lambda: workloads.plait_graph(args["kind"], args["n"], args["mode"], args["repeats"])
         )
+    if name == "plait-expressions":
+        return anyio.run(lambda: workloads.plait_expressions(args["n"], args["repeats"]))
     if name == "asyncio-graph":
         return anyio.run(lambda: workloads.asyncio_graph(args["kind"], args["n"], args["repeats"]))
     if name == "plait-runs":
@@ -74,10 +92,19 @@ def measure(name: str, args: dict[str, Any]) -> dict[str, Any]:
                 args.get("operations", False),
                 args.get("metrics", True),
                 args.get("traces", False),
-            )
+            ),
+            backend_options=loop_options(args),
         )
     if name == "asyncio-runs":
         return anyio.run(lambda: workloads.asyncio_runs(args["n"]))
+    if name == "peer-graph":
+        import peers
+
+        return anyio.run(lambda: peers.GRAPH[args["peer"]](args["n"], args["repeats"]))
+    if name == "peer-runs":
+        import peers
+
+        return anyio.run(lambda: peers.RUNS[args["peer"]](args["n"]))
     if name == "oneshot":
         return anyio.run(lambda: workloads.oneshot(args["n"], args["how"]))
     if name == "latency":
@@ -95,7 +122,7 @@ def measure(name: str, args: dict[str, Any]) -> dict[str, Any]:
     if name == "raw-server":
         anyio.run(rpc.raw_server)
     elif name == "plait-server":
-        anyio.run(lambda: rpc.plait_server(args["mode"]))
+        anyio.run(lambda: rpc.plait_server(args["mode"]), backend_options=loop_options(args))
     raise SystemExit(f"unknown measurement {name}")
 
 
@@ -141,7 +168,27 @@ def w4(server: str, size: dict[str, int], **args: Any) -> dict[str, Any]:
         proc.wait(timeout=10)
 
 
-def collect(size: dict[str, int], only: set[str] | None, say: Any) -> dict[str, Any]:
+PEERS = {"langgraph": "LangGraph", "pydantic-graph": "pydantic-graph"}
+"""The peers ``--peers`` measures (bench/peers.py), by key and by name in the table."""
+
+
+def missing_peers() -> list[str]:
+    """The peers' modules that cannot be imported here."""
+    import importlib.util
+
+    return [m for m in ("langgraph", "pydantic_graph") if importlib.util.find_spec(m) is None]
+
+
+def peer_versions() -> dict[str, str]:
+    """The installed version of each peer (written to the results beside the machine)."""
+    from importlib.metadata import version
+
+    return {peer: version(peer) for peer in PEERS}
+
+
+def collect(
+    size: dict[str, int], only: set[str] | None, say: Any, peers: bool = False
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
 
     def want(key: str) -> bool:
@@ -171,9 +218,20 @@ def collect(size: dict[str, int], only: set[str] | None, say: Any) -> dict[str, 
                 mode=mode,
                 repeats=size["repeats"],
             )
+    # W3 and W4 on uvloop too (plait[fast]; `plait serve --loop auto` takes it when installed),
+    # each beside its asyncio twin, which is its baseline.
+    uvloop = uvloop_installed()
+    if not uvloop and (want("W3") or want("W4")):
+        say("uvloop is not installed (pip install 'plait\\[fast]'): W3 and W4 on uvloop left out")
+    put("W1-expr/memory", child, "plait-expressions", n=size["graph"], repeats=size["repeats"])
     put("W3/asyncio", child, "asyncio-runs", n=size["runs"])
     for mode in ("memory", "durable"):
         put(f"W3/{mode}", child, "plait-runs", n=size["runs"], mode=mode)
+        if uvloop:
+            put(f"W3/{mode}-uvloop", child, "plait-runs", n=size["runs"], mode=mode, loop="uvloop")
+    for peer in PEERS if peers else ():
+        put(f"W1/{peer}", child, "peer-graph", peer=peer, n=size["graph"], repeats=size["repeats"])
+        put(f"W3/{peer}", child, "peer-runs", peer=peer, n=size["runs"])
     # Interleaved with a second plain durable W3, so the machine's drift shows beside the cost.
     put("W3-ops/durable", child, "plait-runs", n=size["runs"], mode="durable", operations=True)
     put("W3-ops/plain", child, "plait-runs", n=size["runs"], mode="durable")
@@ -200,6 +258,8 @@ def collect(size: dict[str, int], only: set[str] | None, say: Any) -> dict[str, 
     put("W4/raw", w4, "raw-server", size)
     for mode in ("memory", "durable"):
         put(f"W4/{mode}", w4, "plait-server", size, mode=mode)
+        if uvloop:  # the server on uvloop; the load stays on asyncio
+            put(f"W4/{mode}-uvloop", w4, "plait-server", size, mode=mode, loop="uvloop")
         put(f"latency/{mode}", child, "latency", mode=mode, samples=size["samples"])
     return results
 
@@ -259,6 +319,40 @@ def rows(r: dict[str, Any], size: dict[str, int]) -> list[tuple[str, ...]]:
             "≤ 150 µs",
             None if dur is None else dur <= 150,
         )
+    compile_us = get("W1-expr/memory", "compile_us_per_expression")
+    row(
+        "template compile, one distinct expression (${ steps.x.output + 1 }; baseline: "
+        "through Jinja's pipeline)",
+        compile_us,
+        get("W1-expr/memory", "jinja_compile_us_per_expression"),
+        "µs/expr",
+        "≤ 50 µs",
+        None if compile_us is None else compile_us <= 50,
+    )
+    row(
+        f"W1 chain of {n}, an expression per step: register (baseline: plain chain)",
+        get("W1-expr/memory", "register_us_per_step"),
+        get("W1-expr/memory", "register_plain_us_per_step"),
+        "µs/step",
+        "—",
+        None,
+    )
+    row(
+        f"W1 chain of {n}, an expression per step, memory",
+        get("W1-expr/memory", "us_per_step"),
+        get("W1/asyncio", "us_per_step"),
+        "µs/step",
+        "—",
+        None,
+    )
+    row(
+        f"W1 chain of {n}, an expression per step: one-shot plait.run",
+        get("W1-expr/memory", "oneshot_us_per_step"),
+        get("W1/asyncio", "us_per_step"),
+        "µs/step",
+        "—",
+        None,
+    )
     runs = size["runs"]
     base_rps, base_rss = get("W3/asyncio", "runs_per_s"), get("W3/asyncio", "peak_rss_mb")
     mem_rps, mem_rss = get("W3/memory", "runs_per_s"), get("W3/memory", "peak_rss_mb")
@@ -288,6 +382,16 @@ def rows(r: dict[str, Any], size: dict[str, int]) -> list[tuple[str, ...]]:
         None if dur_rps is None else dur_rps >= 1500,
     )
     row(f"W3 {runs:,} runs, durable, peak RSS", dur_rss, base_rss, "MB", "—", None)
+    for mode in ("memory", "durable"):
+        if f"W3/{mode}-uvloop" in r:
+            row(
+                f"W3 {runs:,} runs, {mode}, uvloop",
+                get(f"W3/{mode}-uvloop", "runs_per_s"),
+                get(f"W3/{mode}", "runs_per_s"),
+                "runs/s",
+                "— (baseline: asyncio)",
+                None,
+            )
     ops_rps = get("W3-ops/durable", "runs_per_s")
     plain = [v for v in (dur_rps, get("W3-ops/plain", "runs_per_s")) if v is not None]
     plain_rps = sum(plain) / len(plain) if plain else None
@@ -368,6 +472,16 @@ def rows(r: dict[str, Any], size: dict[str, int]) -> list[tuple[str, ...]]:
             "≤ 2× raw",
             None if p99 is None or raw_p99 is None else p99 <= 2 * raw_p99,
         )
+        if f"W4/{mode}-uvloop" in r:
+            for field, what, unit in (("requests_per_s", "ping", "req/s"), ("p99_ms", "p99", "ms")):
+                row(
+                    f"W4 {what}, {mode}, uvloop",
+                    get(f"W4/{mode}-uvloop", field),
+                    get(f"W4/{mode}", field),
+                    unit,
+                    "— (baseline: asyncio)",
+                    None,
+                )
     for mode in ("memory", "durable"):
         p50 = get(f"latency/{mode}", "p50_ms")
         row(
@@ -419,6 +533,37 @@ def rows(r: dict[str, Any], size: dict[str, int]) -> list[tuple[str, ...]]:
     return out
 
 
+def peer_rows(r: dict[str, Any], size: dict[str, int]) -> list[tuple[str, ...]]:
+    """(workload, peer, plait memory, asyncio, ratio peer / plait) for --peers' table."""
+    out: list[tuple[str, ...]] = []
+
+    def get(key: str, field: str) -> float | None:
+        return r[key][field] if key in r else None
+
+    def fmt(v: float | None, unit: str) -> str:
+        return "—" if v is None else f"{v:,.1f} {unit}"
+
+    for peer, label in PEERS.items():
+        for name, kind, field, unit in (
+            (f"W1 chain of {size['graph']:,}", "W1", "us_per_step", "µs/step"),
+            (f"W3 {size['runs']:,} runs", "W3", "runs_per_s", "runs/s"),
+            (f"W3 {size['runs']:,} runs, peak RSS", "W3", "peak_rss_mb", "MB"),
+        ):
+            if f"{kind}/{peer}" not in r:
+                continue
+            theirs, ours = get(f"{kind}/{peer}", field), get(f"{kind}/memory", field)
+            out.append(
+                (
+                    f"{name}, {label}",
+                    fmt(theirs, unit),
+                    fmt(ours, unit),
+                    fmt(get(f"{kind}/asyncio", field), unit),
+                    "—" if theirs is None or not ours else f"{theirs / ours:.2f}×",
+                )
+            )
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (harness check)")
@@ -432,6 +577,11 @@ def main() -> int:
         metavar="PATH",
         help="where to write the results (default: bench/results/<time>.json)",
     )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also W1 and W3 in LangGraph and pydantic-graph (pip install -e '.[peers]')",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="?", help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -441,14 +591,23 @@ def main() -> int:
     size = SIZES["quick" if opts.quick else "full"]
     only = set(opts.only.split(",")) if opts.only else None
     console = Console(stderr=True)
+    if opts.peers and (missing := missing_peers()):
+        print(
+            f"--peers: {' and '.join(missing)} not installed: "
+            "pip install -e '.[peers]' (or make bench-peers)",
+            file=sys.stderr,
+        )
+        return 2
     started = time.monotonic()
-    results = collect(size, only, lambda m: console.print(m, style="dim"))
+    results = collect(size, only, lambda m: console.print(m, style="dim"), opts.peers)
     machine = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "commit": _commit(),
     }
+    if opts.peers:
+        machine["peers"] = peer_versions()
     table = Table(
         title=f"plait benchmarks ({'quick' if opts.quick else 'full'}; "
         f"{machine['cpus']} CPUs, Python {machine['python']})"
@@ -459,6 +618,13 @@ def main() -> int:
         if only is None or line[1] != "—":
             table.add_row(*line)
     Console(width=max(120, Console().width)).print(table)
+    if opts.peers:
+        peers = Table(title="plait's peers, same sitting (ratio: peer / plait memory)")
+        for col in ("workload", "peer", "plait memory", "asyncio", "ratio"):
+            peers.add_column(col, justify="left" if col == "workload" else "right")
+        for line in peer_rows(results, size):
+            peers.add_row(*line)
+        Console(width=max(120, Console().width)).print(peers)
     path = Path(opts.json) if opts.json else HERE / "results" / time.strftime("%Y%m%d-%H%M%S.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(

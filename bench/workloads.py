@@ -23,6 +23,7 @@ import anyio
 import plait
 from plait.config import HostConfig
 from plait.host.app import tune_gc
+from plait.templates.engine import TemplateEngine
 
 
 def peak_rss_mb() -> float:
@@ -62,6 +63,67 @@ def chain(n: int) -> dict[str, Any]:
     steps = [{"id": "s0", "transform": 1}]
     steps += [{"id": f"s{i}", "transform": 1, "needs": [f"s{i - 1}"]} for i in range(1, n)]
     return {"name": "chain", "steps": steps}
+
+
+def chain_of_expressions(n: int, name: str = "exprs") -> dict[str, Any]:
+    """W1 with an expression per step: each step adds one to the one before (``${ steps.
+    s<i-1>.output + 1 }``), so every step has a distinct template to compile."""
+    steps: list[dict[str, Any]] = [{"id": "s0", "transform": 1}]
+    steps += [
+        {"id": f"s{i}", "transform": f"${{ steps.s{i - 1}.output + 1 }}"} for i in range(1, n)
+    ]
+    return {"name": name, "steps": steps, "outputs": {"last": f"${{ steps.s{n - 1}.output }}"}}
+
+
+async def plait_expressions(n: int, repeats: int) -> dict[str, Any]:
+    """W1 with an expression per step: µs to compile one distinct expression, µs per step to
+    register the workflow (beside the plain chain's), µs per step of a run in a started host,
+    and µs per step of a one-shot ``plait.run`` of a workflow it has not seen (compile
+    included)."""
+    settings = config("memory", "")
+    async with plait.Host(settings, plugins=[_plugin()]) as host:
+        tune_gc()
+        assert host.engine is not None
+        templates = host.engine.templates
+        jinja = TemplateEngine(templates.limits, fast=False)  # the baseline: Jinja's pipeline
+        compile_us, jinja_us, register_us, plain_us = [], [], [], []
+        for k in range(repeats + 1):
+            sources = [f"${{ steps.s{i}.output + {k} }}" for i in range(n)]
+            for engine, times in ((templates, compile_us), (jinja, jinja_us)):
+                started = time.perf_counter()
+                for source in sources:
+                    engine.compile(source, where="transform")
+                times.append((time.perf_counter() - started) / n * 1e6)
+            definition = chain_of_expressions(n, f"exprs{k}")
+            gc.collect()
+            started = time.perf_counter()
+            host.register(definition)
+            register_us.append((time.perf_counter() - started) / n * 1e6)
+            plain = chain(n) | {"name": f"plain{k}"}
+            started = time.perf_counter()
+            host.register(plain)
+            plain_us.append((time.perf_counter() - started) / n * 1e6)
+        per_step = []
+        for _ in range(repeats + 1):
+            started = time.perf_counter()
+            run = await host.wait(await host.start_run("exprs0"))
+            per_step.append((time.perf_counter() - started) / n * 1e6)
+            assert run.status == "succeeded" and run.outputs == {"last": n}, run.error
+    oneshot = []
+    for k in range(repeats + 1):
+        definition = chain_of_expressions(n, f"oneshot{k}")
+        started = time.perf_counter()
+        run = await plait.run(definition, config=settings, plugins=[])
+        oneshot.append((time.perf_counter() - started) / n * 1e6)
+        assert run.status == "succeeded", run.error
+    return {
+        "compile_us_per_expression": statistics.median(compile_us[1:]),
+        "jinja_compile_us_per_expression": statistics.median(jinja_us[1:]),
+        "register_us_per_step": statistics.median(register_us[1:]),
+        "register_plain_us_per_step": statistics.median(plain_us[1:]),
+        "us_per_step": statistics.median(per_step[1:]),
+        "oneshot_us_per_step": statistics.median(oneshot[1:]),
+    }
 
 
 def fanout(n: int) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 This module is the public API: every name in ``__all__`` is re-exported from the module that
 owns it, and nothing else lives here. The names load on first use (PEP 562), so a plugin that
-imports ``plait.plugins`` or ``plait.errors`` does not pull in the host: websockets, SQLite,
-jsonrpcserver and diskcache load only when something needs them.
+imports ``plait.plugins`` or ``plait.errors`` does not pull in the host: websockets, SQLite
+and diskcache load only when something needs them.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ import anyio.abc
 from plait.cli.debug import add_debug_parser
 from plait.cli.dlq import add_dlq_parser
 from plait.cli.failures import CommandFailed, explain, rpc_error_line
+from plait.cli.loops import LOOPS, backend_options, running_loop
 from plait.cli.progress import ProgressView
 from plait.cli.runs import add_runs_parser
 from plait.cli.schedules import add_schedules_parser
@@ -110,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the finished run as JSON")
     p.add_argument("--no-cache", action="store_true", help="do not use the tool cache")
+    _add_loop_argument(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check workflow files and report every problem")
@@ -146,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         help="what the host logs on stderr (default: [log] level of the config, else info; "
         "warning leaves out the run and connection lines)",
     )
+    _add_loop_argument(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("call", help="send one JSON-RPC request to a running host")
@@ -176,6 +179,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
     return parser
+
+
+def _add_loop_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="auto",
+        help="the event loop (default auto: uvloop when installed, `pip install 'plait[fast]'`, "
+        "else asyncio)",
+    )
 
 
 def _engine(config: HostConfig, *, cache: bool = False) -> Engine:
@@ -227,6 +240,7 @@ def parse_inputs(
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a workflow with a live display; exit 1 when the run does not succeed."""
+    loop = backend_options(args.loop)  # uvloop asked for and missing: one line, exit 2
     config = load_config(args.config)
     engine = _engine(config, cache=not args.no_cache)
     try:
@@ -235,7 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         folder = args.workflows or config.host.workflows or str(Path(args.file).parent)
         _register_siblings(engine, Path(folder), Path(args.file))
         view = ProgressView(compiled, json_mode=args.json)
-        run = anyio.run(_run_and_show, engine, compiled, inputs, view)
+        run = anyio.run(_run_and_show, engine, compiled, inputs, view, backend_options=loop)
     finally:
         engine.cache.close()
     if args.json:
@@ -360,6 +374,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from plait.host.app import Host, tune_gc
     from plait.host.logs import configure_logging
 
+    loop = backend_options(args.loop)  # uvloop asked for and missing: one line, exit 2
     config = config_from_args(args)  # logs go to stderr: on --stdio, stdout is the protocol
     # The host's log: --log-level, else --debug, else [log] level (info by default).
     level = args.log_level or ("debug" if args.debug else config.log.level)
@@ -388,7 +403,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise failed[0]
 
     try:
-        anyio.run(main)
+        anyio.run(main, backend_options=loop)
     except KeyboardInterrupt:  # before the signals were ours
         pass
     finally:
@@ -419,6 +434,7 @@ async def _refuse_stdio(reason: str) -> None:
 
 async def _serve(host: Host, args: argparse.Namespace, tune_gc: Callable[[], None]) -> None:
     tune_gc()  # this process is the host: everything loaded so far stays
+    log.debug("event loop: %s", running_loop())
     for path, error in host.load_errors.items():
         print(f"warning: {path} not loaded: {error}", file=sys.stderr)
     if args.stdio:
@@ -436,7 +452,8 @@ async def _serve(host: Host, args: argparse.Namespace, tune_gc: Callable[[], Non
         listening = True
         where = host.data_dir / "token" if host.data_dir else "not saved (:memory:)"
         print(
-            f"plait {host.version} listening on {url}\ntoken: {token}\n(token file: {where})\n"
+            f"plait {host.version} listening on {url} (event loop: {running_loop()})\n"
+            f"token: {token}\n(token file: {where})\n"
             f"web view: {host.web.link()}  (works once, for 10 minutes; `plait debug RUN` "
             "makes another)",
             file=sys.stderr,

@@ -512,7 +512,8 @@ class ScopeExecution:
             if metrics is not None:
                 began = state.started_at
                 seconds = None if began is None else time.time() - began
-                metrics.step_settled(run.workflow, step.key, status, seconds, state.waited)
+                waited = state.waited if step.step_type.uses_capacity else None
+                metrics.step_settled(run.workflow, step.key, status, seconds, waited)
             run.set_step(path, status, event_data, output=output, error=error)  # type: ignore[arg-type]
         ready = []
         waiting = self.waiting

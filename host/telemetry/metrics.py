@@ -17,13 +17,15 @@ The hot paths (a step settling, a tool call) keep their labelled children in a d
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -53,6 +55,44 @@ class _Levels(Collector):
             yield family
 
 
+class _LoopHistogram(Collector):
+    """A histogram observed only from the event loop's thread, so without a lock: a bucket
+    index by bisection and two additions (~0.3 us, where ``Histogram.observe`` takes ~0.8).
+    For the per-step metrics, which a chain of trivial steps records thousands of times a
+    second."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.bounds = list(buckets)
+        self.series: dict[tuple[str, ...], list[float]] = {}
+        """Per label values: a count per bucket (the last one +Inf), then the sum."""
+
+    def child(self, values: tuple[str, ...]) -> list[float]:
+        found = self.series.get(values)
+        if found is None:
+            found = self.series[values] = [0.0] * (len(self.bounds) + 2)
+        return found
+
+    def observe(self, series: list[float], value: float) -> None:
+        series[bisect_left(self.bounds, value)] += 1
+        series[-1] += value
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=list(self.labels))
+        edges = [*(floatToGoString(b) for b in self.bounds), "+Inf"]
+        for values, series in list(self.series.items()):
+            running, buckets = 0.0, []
+            for edge, count in zip(edges, series[:-1], strict=True):
+                running += count
+                buckets.append((edge, running))
+            family.add_metric(list(values), buckets, series[-1])
+        yield family
+
+
 class Metrics:
     """Every metric of one host, and the recording calls its parts make."""
 
@@ -78,21 +118,21 @@ class Metrics:
             buckets=RUN_BUCKETS,
             registry=r,
         )
-        self.step_seconds = Histogram(
+        self.step_seconds = _LoopHistogram(
             "plait_step_duration_seconds",
             "From a step's first attempt to its outcome, retries and waits included.",
-            ["workflow", "step_type", "status"],
-            buckets=STEP_BUCKETS,
-            registry=r,
+            ("workflow", "step_type", "status"),
+            STEP_BUCKETS,
         )
-        self.queue_seconds = Histogram(
+        r.register(self.step_seconds)
+        self.queue_seconds = _LoopHistogram(
             "plait_step_queue_seconds",
-            "What a step's attempts waited for a slot of the run's or the host's concurrency "
-            "limit (ready to running).",
-            ["workflow", "step_type"],
-            buckets=STEP_BUCKETS,
-            registry=r,
+            "What the attempts of a step that does work waited for a slot of the run's or "
+            "the host's concurrency limit (ready to running).",
+            ("workflow", "step_type"),
+            STEP_BUCKETS,
         )
+        r.register(self.queue_seconds)
         self.retries = Counter(
             "plait_step_retries",
             "Step attempts that failed and are tried again.",
@@ -170,7 +210,7 @@ class Metrics:
         r.register(self._levels)
         self._started: dict[str, Any] = {}
         self._finished: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._steps: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._steps: dict[tuple[str, str, str], tuple[list[float], list[float]]] = {}
         self._tools: dict[tuple[str, str], Any] = {}
         self._methods: dict[tuple[str, int], Any] = {}
         self.known_methods: frozenset[str] = frozenset()
@@ -204,19 +244,27 @@ class Metrics:
             children[1].observe(seconds)
 
     def step_settled(
-        self, workflow: str, step_type: str, status: str, seconds: float | None, waited: float
+        self,
+        workflow: str,
+        step_type: str,
+        status: str,
+        seconds: float | None,
+        waited: float | None,
     ) -> None:
-        """A step reached its outcome after ``seconds`` (``None``: it never started)."""
+        """A step reached its outcome after ``seconds`` (``None``: it never started), having
+        waited ``waited`` for a slot (``None``: a step type that takes none). From the event
+        loop's thread only."""
         key = (workflow, step_type, status)
         children = self._steps.get(key)
         if children is None:
             children = self._steps[key] = (
-                self.step_seconds.labels(workflow, step_type, status),
-                self.queue_seconds.labels(workflow, step_type),
+                self.step_seconds.child(key),
+                self.queue_seconds.child((workflow, step_type)),
             )
         if seconds is not None:
-            children[0].observe(seconds)
-            children[1].observe(waited)
+            self.step_seconds.observe(children[0], seconds)
+            if waited is not None:
+                self.queue_seconds.observe(children[1], waited)
 
     def tool_called(self, tool: str, outcome: str, seconds: float) -> None:
         key = (tool, outcome)

@@ -444,7 +444,7 @@ async def test_fake_context_waits_agents_conversations_and_sampling():
 def test_loading_the_pytest_plugin_imports_nothing_of_the_host():
     code = (
         "import sys, plait.testing.pytest_plugin as p;"
-        "heavy = [m for m in ('websockets', 'sqlite3', 'jsonrpcserver', 'diskcache',"
+        "heavy = [m for m in ('websockets', 'sqlite3', 'diskcache',"
         " 'plait.host', 'plait.engine') if m in sys.modules];"
         "print(heavy)"
     )
