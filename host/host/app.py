@@ -36,7 +36,7 @@ from plait.errors import (
     StoreUnavailable,
 )
 from plait.host.compose import build_engine, build_schedules, tool_cache
-from plait.host.logs import run_lines
+from plait.host.logs import run_lines, run_log
 from plait.host.observing import check_endpoint, levels
 from plait.host.watchdog import LoopWatchdog
 from plait.plugins.manager import PluginManager
@@ -232,7 +232,8 @@ class Host:
                 metrics=self.metrics,
                 tracing=self.tracing,
             )
-            self.engine.listeners.append(run_lines(self.engine))  # "run ... started/ended"
+            if run_log.isEnabledFor(logging.INFO):  # "run ... started/ended", when logged
+                self.engine.listeners.append(run_lines(self.engine))
             await stack.enter_async_context(self.engine)
             if self.metrics is not None:
                 levels(self.metrics, self.engine, self.sessions)
