@@ -442,8 +442,8 @@ def rows(r: dict[str, Any], size: dict[str, int]) -> list[tuple[str, ...]]:
         many_rss,
         get("W3-many/asyncio", "peak_rss_mb"),
         "MB",
-        "< 1,500 MB",
-        None if many_rss is None else many_rss < 1500,
+        "≤ 1,000 MB",
+        None if many_rss is None else many_rss <= 1000,
     )
     row(
         "W3 memory per in-flight run",
