@@ -40,6 +40,7 @@ from plait.rpc.errors import (
     RunNotFound,
     WorkflowNotFound,
 )
+from plait.rpc.mcp_era import MCP_REQUEST, classify, finish, is_modern
 from plait.rpc.session import CURRENT_REQUEST, REPLY_HOOKS, Session, SessionClosed, id_key
 from plait.values import json_problem
 
@@ -153,7 +154,10 @@ class Dispatcher:
         max_depth: int = MAX_DEPTH,
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
+        server_info: dict[str, Any] | None = None,
     ) -> None:
+        self.server_info = server_info or {"name": "plait"}
+        """Who answers (``name``, ``version``): stamped on 2026-era MCP results."""
         self.max_batch = max_batch
         self.batch_concurrency = batch_concurrency
         self.max_depth = max_depth
@@ -245,6 +249,11 @@ class Dispatcher:
             )
         if not items:
             return encode(_error(InvalidRequest(data={"reason": "empty batch"}), None))
+        if any(isinstance(item, dict) and is_modern(item) for item in items):
+            refusal = InvalidRequest(
+                "batches are not allowed under MCP protocol version 2026-07-28"
+            )
+            return encode(_error(refusal, None))
         if len(items) > self.max_batch:
             return encode(
                 _error(
@@ -282,13 +291,22 @@ class Dispatcher:
             return _error(problem, None)
         notification = "id" not in message
         request_id = message.get("id")
+        if is_modern(message):  # MCP 2026-07-28: the request carries its own era
+            return await self._handle_modern(message, session, notification)
         refusal = self._refuse(message, session, notification)
         if refusal is not None:
             return None if notification else _error(refusal, request_id)
+        return await self._tracked(message, session, notification)
+
+    async def _tracked(
+        self, message: dict[str, Any], session: Session, notification: bool
+    ) -> dict[str, Any] | None:
+        """Call the method, the request kept in the session's in-flight table (and in a cancel
+        scope when it is cancellable) until it is answered."""
         if notification:
             await self._call(message, session)
             return None
-        key = id_key(request_id)
+        key = id_key(message["id"])
         spec = self.methods.get(message["method"])
         scope = anyio.CancelScope() if spec is not None and spec.cancellable else None
         session.inflight[key] = scope
@@ -310,12 +328,39 @@ class Dispatcher:
             self.metrics.answered(message["method"], error["code"] if error else 0)
         return response
 
-    def _refuse(
+    async def _handle_modern(
         self, message: dict[str, Any], session: Session, notification: bool
+    ) -> dict[str, Any] | None:
+        """A 2026-era MCP request: its envelope checked, no ``initialize`` asked for, its era
+        visible to the handler (``mcp_era.MCP_REQUEST``), its result finished as the revision
+        wants (see :mod:`plait.rpc.mcp_era`)."""
+        found = classify(message)
+        if isinstance(found, RpcError):
+            return None if notification else _error(found, message.get("id"))
+        token = MCP_REQUEST.set(found)
+        try:
+            refusal = self._refuse(message, session, notification, handshake=False)
+            if refusal is not None:
+                return None if notification else _error(refusal, message["id"])
+            response = await self._tracked(message, session, notification)
+        finally:
+            MCP_REQUEST.reset(token)
+        if response is not None and "result" in response:
+            try:
+                response["result"] = finish(
+                    message["method"], found.version, response["result"], self.server_info
+                )
+            except ValueError as exc:  # pydantic's: a result that does not fit the revision
+                error = to_rpc_error(exc).to_error_data()
+                return {"jsonrpc": "2.0", "error": error, "id": message.get("id")}
+        return response
+
+    def _refuse(
+        self, message: dict[str, Any], session: Session, notification: bool, handshake: bool = True
     ) -> RpcError | None:
         spec = self.methods.get(message["method"])
         needs_init = spec is not None and not spec.before_init and (spec.mcp or session.strict_mcp)
-        if needs_init and not session.initialized:
+        if handshake and needs_init and not session.initialized:
             return InvalidRequest(f"{message['method']} before initialize: send initialize first")
         if notification:
             return None

@@ -251,10 +251,8 @@ async def test_arguments_are_validated_against_the_input_schema_before_running(t
         raw.assert_clean_stdout()
 
 
-async def test_unknown_methods_tools_and_the_discover_probe_get_errors(tmp):
+async def test_unknown_methods_and_tools_get_errors(tmp):
     async with raw_stdio_host(tmp) as raw:
-        probe = await raw.request("server/discover", {}, request_id="discover", timeout=3)
-        assert error_code(probe) == -32601, probe
         await raw.initialize()
         unknown = await raw.request("tools/frobnicate", {}, timeout=3)
         assert error_code(unknown) == -32601, unknown
@@ -322,3 +320,70 @@ async def test_an_oversized_message_gets_an_error_and_the_host_keeps_serving(tmp
         assert greeted["result"]["structuredContent"] == {"greeting": "hello, z"}
         raw.assert_clean_stdout()
         assert len(json.dumps(big)) > 4096
+
+
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+}
+
+
+async def test_the_2026_revision_needs_no_handshake_and_stamps_its_results(tmp):
+    async with raw_stdio_host(tmp) as raw:
+        found = await raw.request("server/discover", {"_meta": MODERN_META}, timeout=3)
+        assert "2026-07-28" in found["result"]["supportedVersions"], found
+        assert "2025-11-25" in found["result"]["supportedVersions"]
+        assert found["result"]["resultType"] == "complete"
+        assert found["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "plait"
+        listed = await raw.request("tools/list", {"_meta": MODERN_META}, timeout=3)
+        assert "error" not in listed, listed  # no initialize was sent
+        names = [tool["name"] for tool in listed["result"]["tools"]]
+        again = await raw.request("tools/list", {"_meta": MODERN_META}, timeout=3)
+        assert names == [tool["name"] for tool in again["result"]["tools"]]  # the same order
+        greet = next(t for t in listed["result"]["tools"] if t["name"] == "workflow.greet")
+        assert greet["outputSchema"]["type"] == "object"
+        called = await raw.request(
+            "tools/call",
+            {"name": "workflow.greet", "arguments": {"name": "ada"}, "_meta": MODERN_META},
+            timeout=10,
+        )
+        assert called["result"]["isError"] is False, called
+        assert called["result"]["resultType"] == "complete"
+        raw.assert_clean_stdout()
+
+
+async def test_a_2026_request_with_a_bad_envelope_is_refused_with_what_to_fix(tmp):
+    async with raw_stdio_host(tmp) as raw:
+        wrong = dict(MODERN_META, **{"io.modelcontextprotocol/protocolVersion": "2099-01-01"})
+        refused = await raw.request("tools/list", {"_meta": wrong}, timeout=3)
+        assert refused["error"]["code"] == -32022, refused
+        assert refused["error"]["data"]["requested"] == "2099-01-01"
+        assert "2026-07-28" in refused["error"]["data"]["supported"]
+        half = {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}
+        missing = await raw.request("tools/list", {"_meta": half}, timeout=3)
+        assert missing["error"]["code"] == -32602
+        assert "clientCapabilities" in missing["error"]["message"]
+        # the host went on serving: a good request after the bad ones is answered
+        listed = await raw.request("tools/list", {"_meta": MODERN_META}, timeout=3)
+        assert "result" in listed
+        raw.assert_clean_stdout()
+
+
+async def test_bad_tool_arguments_are_an_error_result_the_model_can_read(tmp):
+    async with raw_stdio_host(tmp) as raw:
+        await raw.initialize("2025-11-25")
+        typo = await raw.request(
+            "tools/call", {"name": "workflow.greet", "arguments": {"nam": "ada"}}, timeout=5
+        )
+        assert "error" not in typo, typo
+        text = typo["result"]["content"][0]["text"]
+        assert typo["result"]["isError"] is True
+        assert "nam: unknown argument (did you mean 'name'?)" in text, text
+        assert "Fix the arguments" in text
+    async with raw_stdio_host(tmp) as raw:  # an older revision: a protocol error, as it was
+        await raw.initialize("2025-06-18")
+        old = await raw.request(
+            "tools/call", {"name": "workflow.greet", "arguments": {"name": 5}}, timeout=5
+        )
+        assert error_code(old) == -32602, old

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-from mcp import MCPError
 
 from .mcp_helpers import (
     GREET_INPUTS,
@@ -60,18 +59,37 @@ async def test_initialize_negotiates_a_version_and_lists_tools_and_workflows(tmp
     assert tools["workflow.greet"].description == "Greet someone."
 
 
-async def test_the_sdk_default_discover_probe_falls_back_to_initialize_at_once(tmp):
-    # mode="auto" sends server/discover first; the host must answer it (-32601) so the SDK
-    # falls back to initialize at once instead of waiting out its 10 s probe timeout.
+async def test_the_sdk_default_discovers_and_speaks_the_2026_revision(tmp):
+    # mode="auto" (the SDK's default) sends server/discover, then every request with its own
+    # _meta envelope: no initialize at all.
     start = time.monotonic()
-    with anyio.fail_after(6):
+    with anyio.fail_after(10):
         async with stdio_host(tmp, mode="auto") as client:
-            assert client.session.initialize_result is not None
-            assert client.protocol_version in SUPPORTED
+            assert client.protocol_version == "2026-07-28"
+            assert client.session.initialize_result is None
             assert client.server_info is not None and client.server_info.name == "plait"
             assert time.monotonic() - start < 5
             tools = await client.list_tools()
+            greeted = await client.call_tool("workflow.greet", {"name": "ada"})
+            typo = await client.call_tool("workflow.greet", {"nme": "ada"})
     assert "workflow.greet" in {t.name for t in tools.tools}
+    assert greeted.is_error is False and greeted.structured_content is not None
+    assert typo.is_error is True and "did you mean 'name'" in typo.content[0].text
+
+
+async def test_a_client_pinned_to_the_2026_revision_calls_with_progress(tmp):
+    seen: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
+
+    with anyio.fail_after(15):
+        async with stdio_host(tmp, mode="2026-07-28") as client:
+            result = await client.call_tool(
+                "workflow.slow", {"seconds": 0.05}, progress_callback=on_progress
+            )
+    assert result.is_error is False
+    assert seen and seen == sorted(seen)
 
 
 async def test_calls_return_workflow_outputs_and_tool_values(tmp):
@@ -104,16 +122,19 @@ async def test_tool_and_workflow_failures_are_error_results_not_protocol_errors(
     assert after.is_error is False
 
 
-async def test_invalid_arguments_get_invalid_params(tmp):
+async def test_invalid_arguments_are_error_results_that_say_what_to_fix(tmp):
+    # Since 2025-11-25 (what the handshake negotiates), bad arguments are a tool result with
+    # isError, for the model to read and retry; nothing is started.
     async with stdio_host(tmp) as client:
-        for name, arguments in (
-            ("math.sum", {"values": "x"}),
-            ("workflow.greet", {"name": 5}),
-            ("workflow.greet", {}),
+        for name, arguments, says in (
+            ("math.sum", {"values": "x"}, "values"),
+            ("workflow.greet", {"name": 5}, "name"),
+            ("workflow.greet", {}, "'name' is a required property"),
         ):
-            with anyio.fail_after(WAIT), pytest.raises(MCPError) as caught:
-                await client.call_tool(name, arguments)
-            assert caught.value.code == -32602, (name, arguments, caught.value)
+            with anyio.fail_after(WAIT):
+                result = await client.call_tool(name, arguments)
+            assert result.is_error is True, (name, arguments, result)
+            assert says in result.content[0].text
         with anyio.fail_after(WAIT):
             assert await sdk_runs(client, "greet") == []  # nothing was started
 

@@ -167,7 +167,6 @@ async def test_one_and_string_one_are_distinct_requests(client):
         "rpc.anything",
         "RUNS/GET",
         "runs/get ",
-        "server/discover",
         "dispatch",
     ],
 )
@@ -694,3 +693,34 @@ async def test_top_level_nesting_and_brackets_inside_strings(client):
         '{"jsonrpc":"2.0","method":"ping","params":{"s":"\\"' + "[{" * 500 + '"},"id":3}'
     )
     assert (await client.recv())["result"] == {}
+
+
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+async def test_2026_mcp_requests_on_the_websocket_need_no_handshake(client):
+    # The stateless revision: each request carries its era; no initialize on this connection.
+    listed = await client.call("tools/list", {"_meta": MODERN_META})
+    assert listed["resultType"] == "complete" and listed["ttlMs"] == 0
+    assert [t["name"] for t in listed["tools"]] == sorted(
+        t["name"] for t in listed["tools"] if not t["name"].startswith("workflow.")
+    ) + sorted(t["name"] for t in listed["tools"] if t["name"].startswith("workflow."))
+    called = await client.call(
+        "tools/call", {"name": "probe.echo", "arguments": {"value": 3}, "_meta": MODERN_META}
+    )
+    assert called["isError"] is False
+    assert called["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "plait"
+    # a handshake-era MCP request on the same connection still needs initialize
+    legacy = await client.request("tools/list", {})
+    assert legacy["error"]["code"] == -32600
+
+
+async def test_a_2026_batch_is_refused_as_a_whole(client):
+    item = {"jsonrpc": "2.0", "method": "tools/list", "params": {"_meta": MODERN_META}}
+    await client.send([item | {"id": 1}, item | {"id": 2}])
+    reply = await client.recv()
+    assert reply["error"]["code"] == -32600
+    assert "2026-07-28" in reply["error"]["message"]

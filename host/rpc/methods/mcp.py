@@ -1,14 +1,18 @@
-"""MCP over the same dispatcher: the handshake, tools (host tools and every workflow), cancel.
+"""MCP over the same dispatcher: both eras (``initialize`` up to 2025-11-25; ``server/discover``
+and a ``_meta`` envelope per request for 2026-07-28, see ``plait.rpc.mcp_era``), tools (host
+tools and every workflow), progress and cancel.
 
 Every registered workflow is also a tool, ``workflow.<name>``, whose input schema is the
-workflow's inputs; calling it starts a run, reports progress when the call carries a progress
-token, and returns the run's outputs. ``server/discover`` (the stateless revision's probe) is
-deliberately not a method: its -32601 answer makes current SDK clients fall back to
-``initialize`` at once.
+workflow's inputs and whose output schema its declared outputs; calling it starts a run,
+reports progress when the call carries a progress token, and returns the run's outputs as
+``structuredContent``. Arguments the schema refuses, or that it does not name, are a tool
+result with ``isError`` under 2025-11-25 and later (the model reads it and tries again), and an
+invalid-params error under older revisions.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -21,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from plait.errors import InputsInvalid, RunError
 from plait.rpc.dispatcher import Dispatcher
 from plait.rpc.errors import InvalidParams, NotFound
+from plait.rpc.mcp_era import HANDSHAKE_VERSIONS, MODERN_VERSIONS, request_version
 from plait.rpc.session import CURRENT_REQUEST, Session, id_key
 from plait.state.runs import STEP_SETTLED, Event, Run, is_top_level
 
@@ -29,8 +34,16 @@ if TYPE_CHECKING:
 
 __all__ = ["PROTOCOL_VERSIONS", "WORKFLOW_TOOL_PREFIX", "progress_reporter", "register_mcp"]
 
-PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
-"""MCP revisions this host speaks, newest first; an unknown request gets the newest."""
+PROTOCOL_VERSIONS = HANDSHAKE_VERSIONS
+"""MCP revisions negotiated by ``initialize``, newest first; an unknown request gets the
+newest. The stateless 2026-07-28 needs no handshake (``plait.rpc.mcp_era``)."""
+TOOL_ERRORS_AS_RESULTS = frozenset({"2025-11-25", *MODERN_VERSIONS})
+"""Revisions under which bad tool arguments are a tool result with ``isError`` that tells the
+model what to fix, not a protocol error."""
+INSTRUCTIONS = (
+    "plait runs workflows of tools and agents. Every registered workflow is a tool named "
+    "workflow.<name>."
+)
 WORKFLOW_TOOL_PREFIX = "workflow."
 """Workflows appear as tools named ``workflow.<name>``."""
 
@@ -85,8 +98,18 @@ def register_mcp(dispatcher: Dispatcher, host: HostApi) -> None:
             "protocolVersion": version,
             "capabilities": {"tools": {"listChanged": False}},
             "serverInfo": {"name": "plait", "version": host.version},
-            "instructions": "plait runs workflows of tools and agents. Every registered "
-            "workflow is a tool named workflow.<name>.",
+            "instructions": INSTRUCTIONS,
+        }
+
+    @method("server/discover", _Params, before_init=True)
+    async def discover(session: Session, p: _Params) -> dict[str, Any]:
+        """2026-07-28: what this server speaks, without a handshake (the SDK's ``mode="auto"``
+        asks it first, then sends every request with its own ``_meta`` envelope)."""
+        return {
+            "supportedVersions": [*MODERN_VERSIONS, *PROTOCOL_VERSIONS],
+            "capabilities": {"tools": {"listChanged": False}},
+            "serverInfo": {"name": "plait", "version": host.version},
+            "instructions": INSTRUCTIONS,
         }
 
     @method("notifications/initialized", _Params, before_init=True)
@@ -117,7 +140,9 @@ def register_mcp(dispatcher: Dispatcher, host: HostApi) -> None:
         tool = host.tool(p.name)
         if tool is None:
             raise NotFound(f"unknown tool {p.name!r}")
-        _check_arguments(tool.input_schema, p.arguments, p.name)
+        problem = _argument_problem(tool.input_schema, p.arguments, p.name, session)
+        if problem is not None:
+            return problem
         try:
             value = await host.call_tool(p.name, p.arguments)
         except RunError as exc:
@@ -126,12 +151,13 @@ def register_mcp(dispatcher: Dispatcher, host: HostApi) -> None:
 
 
 def host_tools(host: HostApi) -> list[dict[str, Any]]:
-    """The MCP tool list: registered tools, then one tool per workflow."""
+    """The MCP tool list: registered tools by name, then one tool per workflow by name (the
+    same order on every call: clients cache and diff it)."""
     tools = [
         {"name": t.name, "description": t.description or t.name, "inputSchema": t.input_schema}
-        for t in host.tools()
+        for t in sorted(host.tools(), key=lambda t: t.name)
     ]
-    for entry in host.list_workflows():
+    for entry in sorted(host.list_workflows(), key=lambda e: e.name):
         schema = entry.inputs
         schema.setdefault("type", "object")
         tools.append(
@@ -139,12 +165,27 @@ def host_tools(host: HostApi) -> list[dict[str, Any]]:
                 "name": f"{WORKFLOW_TOOL_PREFIX}{entry.name}",
                 "description": entry.description or f"Run the workflow {entry.name}",
                 "inputSchema": schema,
+                "outputSchema": _output_schema(entry.definition.get("outputs")),
             }
         )
     return tools
 
 
-def _check_arguments(schema: dict[str, Any], arguments: dict[str, Any], name: str) -> None:
+def _output_schema(outputs: Any) -> dict[str, Any]:
+    """The ``structuredContent`` a workflow tool returns: an object with the workflow's
+    declared outputs (their values are whatever the templates render: any JSON)."""
+    names = sorted(outputs) if isinstance(outputs, dict) else []
+    return {
+        "type": "object",
+        "properties": {name: {} for name in names},
+        "required": names,
+    }
+
+
+def _argument_problems(schema: dict[str, Any], arguments: dict[str, Any]) -> list[str]:
+    """What is wrong with a call's arguments: what the schema refuses, and arguments it does
+    not name (a misspelled one would otherwise be dropped without a word), with the closest
+    name it does."""
     try:
         validator = Draft202012Validator(schema)
         problems = [
@@ -152,17 +193,38 @@ def _check_arguments(schema: dict[str, Any], arguments: dict[str, Any], name: st
             for e in validator.iter_errors(arguments)
         ]
     except SchemaError as exc:
-        problems = [f"the tool's input schema is invalid: {exc.message}"]
-    if problems:
-        raise InvalidParams(
-            f"invalid arguments for {name}: " + "; ".join(problems), {"problems": problems}
-        )
+        return [f"the tool's input schema is invalid: {exc.message}"]
+    known = schema.get("properties")
+    if isinstance(known, dict) and schema.get("additionalProperties") is None:
+        for name in sorted(set(arguments) - set(known)):
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            taken = ", ".join(sorted(known)) or "none"
+            problems.append(f"{name}: unknown argument{hint}; the tool takes: {taken}")
+    return problems
+
+
+def _argument_problem(
+    schema: dict[str, Any], arguments: dict[str, Any], name: str, session: Session
+) -> dict[str, Any] | None:
+    """``None`` when the arguments fit; else, as the request's revision wants it, a tool
+    result with ``isError`` that tells the model what to fix (2025-11-25 and later) or an
+    invalid-params error (earlier revisions)."""
+    problems = _argument_problems(schema, arguments)
+    if not problems:
+        return None
+    message = f"invalid arguments for {name}: " + "; ".join(problems)
+    if request_version(session.mcp_version) in TOOL_ERRORS_AS_RESULTS:
+        return _text_result(message + ". Fix the arguments and call the tool again.", error=True)
+    raise InvalidParams(message, {"problems": problems})
 
 
 async def _call_workflow(host: HostApi, session: Session, p: CallToolParams) -> dict[str, Any]:
     name = p.name[len(WORKFLOW_TOOL_PREFIX) :]
     entry = host.get_workflow(name)
-    _check_arguments(entry.inputs, p.arguments, p.name)
+    problem = _argument_problem(entry.inputs, p.arguments, p.name, session)
+    if problem is not None:
+        return problem
     try:
         run = await host.launch(name, p.arguments, version=entry.version, origin=session)
     except InputsInvalid as exc:
