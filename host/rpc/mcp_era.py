@@ -92,8 +92,8 @@ def classify(message: Mapping[str, Any]) -> McpRequest | RpcError:
 
 
 def finish(method: str, version: str, result: Any, server_info: Mapping[str, Any]) -> Any:
-    """A 2026-era result as the revision wants it: a spec method's result validated and shaped
-    by the SDK's surface of that revision (``resultType``; the caching directives of a
+    """A 2026-era result as the revision wants it: a spec method's core result validated and
+    shaped by the SDK's surface of that revision (``resultType``; the caching directives of a
     cacheable result, here ``ttlMs`` 0 and ``private``: plait's lists change when workflows
     are registered), and the ``serverInfo`` stamp in its ``_meta``.
 
@@ -106,14 +106,16 @@ def finish(method: str, version: str, result: Any, server_info: Mapping[str, Any
 
     out: dict[str, Any] = {"ttlMs": 0, "cacheScope": "private", "resultType": "complete"}
     out.update(result)
-    if (method, version) in SERVER_RESULTS:
+    core = out["resultType"] in ("complete", "input_required")
+    if core and (method, version) in SERVER_RESULTS:
         meta = out.get("_meta")
         out = serialize_server_result(method, version, out)
         if meta is not None:
             out["_meta"] = meta  # plait's own keys (the run id of a workflow call) stay
-    else:
-        out.pop("ttlMs")
-        out.pop("cacheScope")
+    else:  # an extension's method or result shape (a task): its own fields, as they are
+        for key in ("ttlMs", "cacheScope"):
+            if key not in result:
+                out.pop(key)
     meta = out.get("_meta")
     if meta is None or (isinstance(meta, dict) and meta.get(SERVER_INFO_KEY) is None):
         out["_meta"] = {**(meta or {}), SERVER_INFO_KEY: dict(server_info)}

@@ -26,6 +26,7 @@ from plait.errors import InputsInvalid, RunError
 from plait.rpc.dispatcher import Dispatcher
 from plait.rpc.errors import InvalidParams, NotFound
 from plait.rpc.mcp_era import HANDSHAKE_VERSIONS, MODERN_VERSIONS, request_version
+from plait.rpc.methods.tasks import TASKS_EXTENSION, register_tasks, task_view, wants_task
 from plait.rpc.session import CURRENT_REQUEST, Session, id_key
 from plait.state.runs import STEP_SETTLED, Event, Run, is_top_level
 
@@ -107,7 +108,10 @@ def register_mcp(dispatcher: Dispatcher, host: HostApi) -> None:
         asks it first, then sends every request with its own ``_meta`` envelope)."""
         return {
             "supportedVersions": [*MODERN_VERSIONS, *PROTOCOL_VERSIONS],
-            "capabilities": {"tools": {"listChanged": False}},
+            "capabilities": {
+                "tools": {"listChanged": False},
+                "extensions": {TASKS_EXTENSION: {}},
+            },
             "serverInfo": {"name": "plait", "version": host.version},
             "instructions": INSTRUCTIONS,
         }
@@ -148,6 +152,8 @@ def register_mcp(dispatcher: Dispatcher, host: HostApi) -> None:
         except RunError as exc:
             return _text_result(str(exc), error=True)
         return _text_result(value)
+
+    register_tasks(dispatcher, host, run_outcome)
 
 
 def host_tools(host: HostApi) -> list[dict[str, Any]]:
@@ -229,6 +235,8 @@ async def _call_workflow(host: HostApi, session: Session, p: CallToolParams) -> 
         run = await host.launch(name, p.arguments, version=entry.version, origin=session)
     except InputsInvalid as exc:
         raise InvalidParams(str(exc), {"problems": exc.problems}) from None
+    if wants_task(session):  # the run is the task: answered once its start is kept
+        return {"resultType": "task", **task_view(run)}
     token = p.meta.get("progressToken")
     undo = None
     if token is not None:
@@ -256,6 +264,11 @@ async def _call_workflow(host: HostApi, session: Session, p: CallToolParams) -> 
     finally:
         if undo is not None:
             undo()
+    return run_outcome(run)
+
+
+def run_outcome(run: Run) -> dict[str, Any]:
+    """The ``CallToolResult`` of a workflow tool's ended run: its outputs, or what failed."""
     if run.status != "succeeded":
         message = (run.error or {}).get("message", run.status)
         return _text_result(f"run {run.id} {run.status}: {message}", error=True)
