@@ -40,6 +40,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plait.steps.parallel",
     "plait.steps.workflow",
     "plait.steps.wait",
+    "plait.steps.machine",
+    "plait.steps.input",
     "plait.agents.scripted",
     "plait.agents.sampling",
     "plait.agents.openai",

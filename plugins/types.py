@@ -23,6 +23,7 @@ from plait.plugins.docstrings import describe
 from plait.plugins.threads import run_blocking
 
 __all__ = [
+    "INPUT_SIGNAL_PREFIX",
     "Agent",
     "AgentContext",
     "AgentProvider",
@@ -46,6 +47,11 @@ __all__ = [
 ]
 
 ConfigT = TypeVar("ConfigT", bound="StepConfig")
+
+INPUT_SIGNAL_PREFIX = "input:"
+"""Signals named ``input:<step path>`` carry the answer to an ``input`` step's question. They
+are reserved: only ``runs/respond`` sends them, once the answer fits the step's schema (a plain
+``runs/signal`` with such a name is refused)."""
 
 
 class StepConfig(BaseModel):
@@ -173,8 +179,13 @@ class StepContext(Protocol):
     ) -> dict[str, Any]:
         """Run another workflow as a child run and return its outputs (raises if it fails)."""
 
-    async def wait_signal(self, event: str, *, timeout: float | None) -> Any:
-        """Wait until the run receives the signal ``event``; return its data."""
+    async def wait_signal(
+        self, event: str, *, timeout: float | None, reason: str | None = None
+    ) -> Any:
+        """Wait until the run receives the signal ``event``; return its data.
+
+        ``reason`` is what ``runs/get`` shows the step waiting for (default: the signal).
+        """
 
     def sleep_until(self, deadline: float) -> Awaitable[None]:
         """Sleep until a wall-clock time (``time.time()`` seconds): ``await`` it."""

@@ -328,6 +328,13 @@ def test_the_workflow_examples_are_valid() -> None:
     assert _validate([_yaml(workflow.text), {"name": "snippets", "steps": steps}]) == []
 
 
+def test_the_state_machine_example_is_valid() -> None:
+    (example,) = blocks("State machines", "yaml")
+    machine = _yaml(example.text)
+    assert machine["initial"] == "draft" and set(machine["states"]) == {"draft", "review", "done"}
+    assert _validate([machine]) == []
+
+
 def test_the_template_examples_render_what_their_comments_say() -> None:
     (example,) = blocks("Templates", "yaml")
     values = _yaml(example.text)["with"]

@@ -1,4 +1,4 @@
-"""``plait runs list|show|events|cancel|resume``: runs of a data dir or of a running host.
+"""``plait runs list|show|events|cancel|resume|respond``: runs of a data dir or of a running host.
 
 ``plait runs events RUN --follow`` streams a run's events from a running host until the run
 ends (``runs/events`` pages the history, then ``runs/subscribe`` from the last one seen).
@@ -97,6 +97,14 @@ def add_runs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("event", metavar="EVENT")
     p.add_argument("--data", default=None, help="the signal's data, as JSON")
     p = action(
+        "respond",
+        "answer the question an input step waits for (checked against its schema; offline: "
+        "kept for the next start)",
+    )
+    p.add_argument("step", metavar="STEP", help="the input step's path")
+    p.add_argument("--answer", required=True, help="the answer, as JSON")
+    p.add_argument("--by", default=None, help="who answers (recorded in input.answered)")
+    p = action(
         "rerun",
         "a new run from a run: STEP and what depends on it run again, the other steps that "
         "succeeded keep their results (offline: the new run runs here to its end)",
@@ -175,6 +183,10 @@ async def _remote(args: argparse.Namespace, config: HostConfig) -> dict[str, Any
     if command == "signal":
         await rpc("runs/signal", runId=args.run_id, event=args.event, data=_signal_data(args))
         return dict(await rpc("runs/get", runId=args.run_id))
+    if command == "respond":
+        params = {"runId": args.run_id, "step": args.step, "answer": _answer(args), "by": args.by}
+        # Sent as given: a null answer is an answer (``rpc`` leaves out what is None).
+        return dict(await call(url, token, "runs/respond", params))
     if command == "diff":
         return dict(await rpc("runs/diff", runId=args.run_id, otherRunId=args.other_run_id))
     if command == "rerun":
@@ -270,6 +282,13 @@ def _changed_inputs(
     return out
 
 
+def _answer(args: argparse.Namespace) -> Any:
+    try:
+        return json.loads(args.answer)
+    except ValueError as exc:
+        raise ConfigError(f"--answer is not JSON: {exc}") from None
+
+
 def _signal_data(args: argparse.Namespace) -> Any:
     if args.data is None:
         return None
@@ -322,10 +341,13 @@ async def _offline(host: Host, args: argparse.Namespace) -> dict[str, Any]:
     if command == "cancel":
         await engine.recover([run_id], hold=True)
         return {"run": await (await engine.cancel(run_id)).view()}
-    if command in ("pause", "signal"):  # kept in the store for the next start: none of the
-        await engine.recover([run_id], start=False)  # run goes on in this process
+    if command in ("pause", "signal", "respond"):  # kept in the store for the next start:
+        await engine.recover([run_id], start=False)  # none of the run goes on in this process
         if command == "pause":
             return {"run": await (await engine.pause(run_id)).view()}
+        if command == "respond":
+            await host.respond(run_id, args.step, _answer(args), by=args.by, channel="api")
+            return {"run": await (await engine.load_run(run_id)).view()}
         await engine.signal(run_id, args.event, _signal_data(args))
         return {"run": await (await engine.load_run(run_id)).view()}
     return await _resume_here(host, args, run_id)
@@ -487,6 +509,13 @@ def _print_run(console: Console, result: dict[str, Any]) -> None:
     if run.get("origin"):
         origin = run["origin"]
         console.print(f"re-run of run {origin['runId']} from step {origin['step']}")
+    for question in run.get("questions") or ():
+        console.print(
+            f"step {question['step']} asks: {question['message']}  (answer: `plait runs respond "
+            f"{run['id']} {question['step']} --answer JSON`)",
+            soft_wrap=True,
+            markup=False,
+        )
     if run.get("error"):
         console.print(f"[red]error:[/red] {run['error'].get('message')}")
     if run.get("outputs"):

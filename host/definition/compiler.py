@@ -24,14 +24,24 @@ from pydantic import ValidationError
 
 from plait.config import Limits
 from plait.definition.loader import issues_from_validation, value_issues
-from plait.definition.models import CachePolicy, RetryPolicy, StepDef, Trigger, WorkflowDef
+from plait.definition.models import (
+    STEP_ID_PATTERN,
+    CachePolicy,
+    RetryPolicy,
+    StateDef,
+    StepDef,
+    Trigger,
+    WorkflowDef,
+)
 from plait.errors import DefinitionError, InputsInvalid, Issue, TemplateSyntaxError
 from plait.plugins.registry import Registry
-from plait.plugins.types import StepConfig, StepType, Tool
+from plait.plugins.types import StepConfig, StepType, Tool, validation_problems
 from plait.templates.engine import CONTEXT_ROOTS, Template, TemplateEngine
 from plait.values import bounded, json_problem
 
 __all__ = [
+    "MACHINE_STEP",
+    "MACHINE_TYPE",
     "CompiledStep",
     "CompiledTrigger",
     "CompiledWorkflow",
@@ -40,6 +50,12 @@ __all__ = [
     "compile_workflow",
     "with_compile_issues",
 ]
+
+
+MACHINE_TYPE = "machine"
+"""The built-in step type that runs a workflow written as ``states:`` (``steps/machine.py``)."""
+MACHINE_STEP = "machine"
+"""The id of the one step a state machine's workflow compiles to."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -215,8 +231,20 @@ def compile_workflow(
     c.known = _Known(tools, agents, frozenset(tool_sources))
     # What the loader checks in text and mappings, again for models built in Python.
     c.issues.extend(value_issues(wf.model_dump(), wf.source_lines))
-    scope = c.scope(list(wf.steps), "steps", nested=False, enclosing=())
-    outputs = c.template(wf.outputs, "outputs")
+    if wf.states is not None:
+        scope = c.machine(wf, wf.states)
+        if wf.outputs:
+            c.issue(
+                "outputs",
+                "a state machine's outputs are its final state's (states.<name>.outputs)",
+            )
+        outputs = c.template(f"${{ steps.{MACHINE_STEP}.output }}", "outputs")
+    else:
+        for name in ("initial", "max_transitions"):
+            if name in wf.model_fields_set:
+                c.issue(name, "is for state machines (a workflow with `states:`)")
+        scope = c.scope(list(wf.steps), "steps", nested=False, enclosing=())
+        outputs = c.template(wf.outputs, "outputs")
     c.check_roots(outputs, "outputs", frozenset())
     top_ids = set(scope.by_id)
     for ref in sorted(outputs.references - top_ids):
@@ -316,14 +344,229 @@ class _Compiler:
         self.issues.append(Issue(path, message, self.wf.line_of(path)))
 
     def check_roots(self, template: Template, where: str, body_roots: frozenset[str]) -> None:
-        """Refuse ``item``/``index`` where no enclosing step's body provides them."""
+        """Refuse ``item``/``index`` where no enclosing step's body provides them (and
+        ``output``/``state`` outside a state machine)."""
         allowed = (CONTEXT_ROOTS - _BODY_ROOTS) | body_roots
         for name in self.templates.check_names(template, allowed):
+            if name in _MACHINE_ROOTS:
+                self.issue(
+                    where,
+                    f"{name!r} is only defined in a state machine (a workflow with `states:`)"
+                    + (
+                        "; in a state's steps and output, use 'state', not 'output'"
+                        if name == "output" and "state" in body_roots
+                        else ""
+                    ),
+                )
+                continue
             self.issue(
                 where,
                 f"{name!r} is only defined inside the body of a step that provides it "
                 f"(a loop gives its body 'item' and 'index')",
             )
+
+    # -- state machines ----------------------------------------------------------------------
+
+    def machine(self, wf: WorkflowDef, states: Mapping[str, StateDef]) -> Scope:
+        """A workflow written as ``states:``: one step of the ``machine`` step type whose
+        bodies are the states' steps. Checks the states' graph: ``initial``, the targets of
+        transitions, unreachable states, states with no way out, final states."""
+        cls = self.step_types.get(MACHINE_TYPE)
+        if cls is None:
+            self.issue(
+                "states",
+                f"state machines need the built-in step type {MACHINE_TYPE!r}, which is not "
+                "installed",
+            )
+        roots = cls.body_roots if cls is not None else frozenset({"state"})
+        names = list(states)
+        bodies: dict[str, Scope] = {}
+        config_states: dict[str, Any] = {}
+        for name, state in states.items():
+            where = f"states.{name}"
+            if not re.fullmatch(STEP_ID_PATTERN, name):
+                self.issue(where, "a state's name is an identifier (letters, digits and _)")
+            body_ids: set[str] = set()
+            if state.steps:
+                body = self.scope(
+                    list(state.steps),
+                    f"{where}.steps",
+                    nested=True,
+                    enclosing=(MACHINE_STEP,),
+                    body_roots=roots,
+                )
+                bodies[name] = body
+                body_ids = set(body.by_id)
+                raw = [s.fields for s in state.steps]
+                for ref in sorted(body.outer_refs):
+                    self.issue(
+                        _field_of(raw, ref, f"{where}.steps"),
+                        f"refers to step {ref!r}, not a step of state {name!r}"
+                        f"{_suggest(ref, body_ids)}; a state's steps see each other only "
+                        "(another state's output is state.<name>.output)",
+                    )
+            output = None
+            if state.output is not None:
+                output = self.template(state.output, f"{where}.output")
+                self.check_roots(output, f"{where}.output", roots)
+                for ref in sorted(output.references - body_ids):
+                    self.issue(
+                        _field_of(state.output, ref, f"{where}.output"),
+                        f"refers to unknown step {ref!r}{_suggest(ref, body_ids)}; a state's "
+                        "output sees the state's own steps",
+                    )
+            transitions = []
+            unconditional: int | None = None
+            for i, t in enumerate(state.transitions):
+                at = f"{where}.transitions[{i}]"
+                if t.to not in states:
+                    self.issue(f"{at}.to", f"unknown state {t.to!r}{_suggest(t.to, names)}")
+                if unconditional is not None:
+                    self.issue(
+                        at,
+                        f"never taken: transitions[{unconditional}] before it always applies",
+                    )
+                when = None
+                if t.when is not None and t.when is not True:
+                    when = self.template(t.when, f"{at}.when", expression=True)
+                    self._machine_roots(when, f"{at}.when")
+                if t.on is not None and not self._literal(t.on):
+                    self.issue(f"{at}.on", "a signal's name, not a template")
+                elif t.on is not None:
+                    self.signals.add(t.on)
+                if t.on is None and when is None and unconditional is None:
+                    unconditional = i
+                transitions.append({"to": t.to, "when": when, "on": t.on})
+            outputs = None
+            if state.outputs is not None:
+                outputs = self.template(state.outputs, f"{where}.outputs")
+                self._machine_roots(outputs, f"{where}.outputs")
+                if not state.final:
+                    self.issue(
+                        f"{where}.outputs", "only a final state has outputs (add final: true)"
+                    )
+            if state.final and state.transitions:
+                self.issue(
+                    f"{where}.transitions",
+                    "a final state has no transitions: the run ends when it gets there",
+                )
+            if not state.final and not state.transitions:
+                self.issue(
+                    where,
+                    "no way out: a state that is not final needs transitions (or final: true)",
+                )
+            config_states[name] = {
+                "steps": bool(state.steps),
+                "output": output,
+                "transitions": transitions,
+                "final": state.final,
+                "outputs": outputs,
+            }
+        self._machine_graph(wf.initial, states)
+        definition = {
+            "id": MACHINE_STEP,
+            "type": MACHINE_TYPE,
+            "initial": wf.initial,
+            "max_transitions": wf.max_transitions,
+            "states": {name: state.to_dict() for name, state in states.items()},
+        }
+        config = {
+            "initial": wf.initial,
+            "max_transitions": wf.max_transitions,
+            "states": config_states,
+        }
+        if cls is None:
+            return Scope([], {}, (), frozenset())
+        inst = self._instances.get(cls.key)
+        if inst is None:
+            inst = self._instances[cls.key] = cls()
+        static_config = None
+        if wf.initial in states:
+            try:
+                static_config = cls.Config.model_validate(config)
+            except ValidationError as exc:
+                for problem in validation_problems(exc, "states"):
+                    where, _, message = problem.partition(": ")
+                    self.issue(where, f"the machine step type refuses it: {message}")
+        step = CompiledStep(
+            id=MACHINE_STEP,
+            index=0,
+            path="states",
+            key=cls.key,
+            step_type=inst,
+            config_model=cls.Config,
+            static_config=static_config,
+            templated={},
+            static={},
+            deferred={},
+            when=None,
+            retry=RetryPolicy(),
+            timeout=None,
+            on_error="fail",
+            fallback=None,
+            fallback_for=None,
+            cache=None,
+            cache_key=None,
+            cache_when=None,
+            bodies=bodies,
+            gate=None,
+            definition=definition,
+            shown={"initial": wf.initial, "max_transitions": wf.max_transitions},
+        )
+        return Scope([step], {MACHINE_STEP: 0}, (0,), frozenset())
+
+    def _machine_roots(self, template: Template, where: str) -> None:
+        """A transition's condition and a final state's outputs read ``output``, ``state``,
+        ``inputs`` and ``vars``: not ``steps`` (the state's output is ``output``)."""
+        allowed = (CONTEXT_ROOTS - _BODY_ROOTS - {"steps"}) | _MACHINE_ROOTS
+        for name in self.templates.check_names(template, allowed):
+            hint = (
+                "; the state's output is 'output', another state's is state.<name>.output"
+                if name == "steps"
+                else ""
+            )
+            self.issue(
+                where, f"{name!r} is not defined here (it sees output, state, inputs, vars){hint}"
+            )
+
+    def _machine_graph(self, initial: str | None, states: Mapping[str, StateDef]) -> None:
+        """``initial``; states no run reaches; states from which no final state is reached."""
+        names = list(states)
+        if initial is None:
+            self.issue(
+                "initial",
+                "a state machine needs `initial`, the state it starts in"
+                + (f" (one of: {', '.join(names)})" if names else ""),
+            )
+            return
+        if initial not in states:
+            self.issue("initial", f"unknown state {initial!r}{_suggest(initial, names)}")
+            return
+        edges = {n: [t.to for t in s.transitions if t.to in states] for n, s in states.items()}
+        reached = _reach(initial, edges)
+        for name in names:
+            if name not in reached:
+                self.issue(
+                    f"states.{name}", f"unreachable: no transition from {initial!r} leads here"
+                )
+        finals = {n for n, s in states.items() if s.final}
+        if not finals:
+            self.issue("states", "no final state: a run of this machine could never end")
+            return
+        back: dict[str, list[str]] = {n: [] for n in names}
+        for source, targets in edges.items():
+            for target in targets:
+                back[target].append(source)
+        ending: set[str] = set()
+        for final in finals:
+            ending |= _reach(final, back)
+        for name in names:
+            dangling = any(t.to not in states for t in states[name].transitions)  # reported
+            if name in reached and name not in ending and states[name].transitions and not dangling:
+                self.issue(
+                    f"states.{name}",
+                    "no final state can be reached from here: a run entering it could never end",
+                )
 
     def template(self, value: Any, where: str, *, expression: bool = False) -> Template:
         try:
@@ -422,6 +665,13 @@ class _Compiler:
     ) -> CompiledStep | None:
         cls = self.resolve_type(sd, path)
         if cls is None:
+            return None
+        if cls.key == MACHINE_TYPE:
+            self.issue(
+                path,
+                f"a {MACHINE_TYPE!r} step is written as the workflow's `states:` (a state "
+                "machine), not as a step",
+            )
             return None
         inst = self._instances.get(cls.key)
         if inst is None:
@@ -533,7 +783,7 @@ class _Compiler:
         return _ListTemplate(items, where)  # type: ignore[return-value]
 
     def resolve_type(self, sd: StepDef, path: str) -> type[StepType] | None:
-        known = self.step_types.names()
+        known = [k for k in self.step_types.names() if k != MACHINE_TYPE]  # written as states:
         if sd.type is not None:
             cls = self.step_types.get(sd.type)
             if cls is None:
@@ -1044,8 +1294,24 @@ def _field_naming(raw: Mapping[str, Any], name: str, path: str) -> str:
     return path
 
 
-_BODY_ROOTS = frozenset({"item", "index"})
+_MACHINE_ROOTS = frozenset({"output", "state"})
+"""Roots of a state machine's templates (``state`` in its states' steps, too)."""
+_BODY_ROOTS = frozenset({"item", "index"}) | _MACHINE_ROOTS
 """Roots only a body's enclosing step provides (see ``StepType.body_roots``)."""
+
+
+def _reach(start: str, edges: Mapping[str, list[str]]) -> set[str]:
+    """The names reached from ``start`` along ``edges`` (``start`` included)."""
+    seen = {start}
+    todo = [start]
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
 _REF = r"steps(?:\.{0}\b|\[\s*['\"]{0}['\"]\s*\])"
 
 

@@ -30,7 +30,9 @@ __all__ = [
     "Defaults",
     "RetryPolicy",
     "ScheduleDef",
+    "StateDef",
     "StepDef",
+    "TransitionDef",
     "Trigger",
     "WorkflowDef",
 ]
@@ -189,6 +191,48 @@ class StepDef(BaseModel):
         return self._flatten()
 
 
+class TransitionDef(_Strict):
+    """One way out of a state: ``{to: <state>, when: <condition>, on: <signal>}``."""
+
+    to: str
+    """The state to go to."""
+    when: Any = None
+    """A condition over ``output`` (the state's output), ``state``, ``inputs`` and ``vars``;
+    absent: always."""
+    on: str | None = Field(None, min_length=1)
+    """A signal event: the transition is taken when that signal arrives (and ``when`` holds),
+    unless a transition without ``on`` applies first."""
+
+
+class StateDef(_Strict):
+    """One state of a state machine (``states.<name>``)."""
+
+    description: str = ""
+    steps: list[StepDef] = Field(default_factory=list)
+    """The steps run on entering the state, a scope of their own (may be empty)."""
+    output: Any = None
+    """The state's output, a template over its ``steps`` (and ``state``, ``inputs``,
+    ``vars``); default: the output of its last step (null without steps)."""
+    transitions: list[TransitionDef] = Field(default_factory=list)
+    """Tried in order, the first that applies wins."""
+    final: bool = False
+    """The run ends here: ``outputs`` become the run's outputs."""
+    outputs: dict[str, Any] | None = None
+    """A final state's outputs: templates over ``output``, ``state``, ``inputs`` and
+    ``vars`` (default: none)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The state as written (its steps flat)."""
+        data = self.model_dump(exclude_none=True, exclude_defaults=True)
+        if self.steps:
+            data["steps"] = [s.fields for s in self.steps]
+        if self.transitions:
+            data["transitions"] = [
+                t.model_dump(exclude_none=True, exclude_defaults=True) for t in self.transitions
+            ]
+        return data
+
+
 RunEnd = Literal["succeeded", "failed", "cancelled"]
 
 
@@ -303,7 +347,14 @@ class WorkflowDef(BaseModel):
     """How many steps of one run may do work at once (``None``: only the host-wide limit).
     Like the host-wide limit, it counts the steps of step types that use capacity (tools,
     agents, ...), not those that only wait (loops, branches, sub-workflows, delays, waits)."""
-    steps: list[StepDef] = Field(min_length=1)
+    initial: str | None = None
+    """A state machine's first state (with ``states``)."""
+    max_transitions: int = Field(100, ge=1, le=100_000)
+    """A state machine's bound on transitions per run: one more fails the run."""
+    states: dict[str, StateDef] | None = None
+    """A state machine instead of ``steps``: states by name (see ``StateDef``). Compiled to
+    one step of the built-in ``machine`` step type whose bodies are the states."""
+    steps: list[StepDef] = Field(default_factory=list, validate_default=True)
     outputs: dict[str, Any] = Field(default_factory=dict)
     """Templates over ``steps``/``inputs`` that make the run's result."""
     on: list[Trigger] = Field(default_factory=list)
@@ -311,6 +362,26 @@ class WorkflowDef(BaseModel):
 
     schedules: list[ScheduleDef] = Field(default_factory=list)
     """Runs of this workflow that start themselves (see ``ScheduleDef``)."""
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_or_states(cls, value: list[StepDef], info: ValidationInfo) -> list[StepDef]:
+        machine = info.data.get("states") is not None
+        if machine and value:
+            raise PydanticCustomError(
+                "steps_or_states",
+                "give either `steps` (a graph) or `states` (a state machine), not both",
+            )
+        if not machine and not value and "states" in info.data:
+            raise PydanticCustomError(
+                "steps_or_states", "a workflow needs at least one step (or `states`)"
+            )
+        return value
+
+    @property
+    def is_machine(self) -> bool:
+        """Whether the workflow is written as states and transitions (``states:``)."""
+        return self.states is not None
 
     @field_validator("schedules")
     @classmethod
@@ -380,10 +451,12 @@ class WorkflowDef(BaseModel):
         Not pydantic's JSON mode, which fails on a mapping key holding a lone surrogate: the
         values are JSON already (the loader and the compiler refuse what is not).
         """
-        data = self.model_dump(exclude_none=True, exclude_defaults=True) | {
-            "name": self.name,
-            "steps": [s.fields for s in self.steps],
-        }
+        data = self.model_dump(exclude_none=True, exclude_defaults=True) | {"name": self.name}
+        if self.states is None:
+            data["steps"] = [s.fields for s in self.steps]
+        else:
+            data.pop("steps", None)
+            data["states"] = {name: state.to_dict() for name, state in self.states.items()}
         return _copy(data)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from plait.definition.compiler import MACHINE_TYPE
 from plait.definition.models import WorkflowDef
 from plait.plugins.docstrings import to_markdown
 from plait.plugins.registry import Registry
@@ -45,6 +46,8 @@ def workflow_schema(step_types: Registry[type[StepType]]) -> dict[str, Any]:
     defs = schema.setdefault("$defs", {})
     variants = []
     for key in step_types.names():
+        if key == MACHINE_TYPE:
+            continue  # written as the workflow's `states:`, never as a step
         cls = step_types[key]
         config = cls.Config.model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
         defs.update(config.pop("$defs", {}))
@@ -65,6 +68,14 @@ def workflow_schema(step_types: Registry[type[StepType]]) -> dict[str, Any]:
             }
         )
     schema["properties"]["steps"] = {"type": "array", "minItems": 1, "items": {"oneOf": variants}}
+    if "StateDef" in defs:  # a state's steps are steps like the workflow's
+        defs["StateDef"]["properties"]["steps"] = {
+            "type": "array",
+            "items": {"$ref": "#/properties/steps/items"},
+        }
+    # A graph of steps, or a state machine: one of the two.
+    schema["anyOf"] = [{"required": ["steps"]}, {"required": ["states"]}]
+    schema["not"] = {"required": ["steps", "states"]}
     defs.pop("StepDef", None)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "plait workflow"

@@ -38,6 +38,7 @@ from plait.engine.chaining import Chains
 from plait.engine.compensation import compensate
 from plait.engine.dead_letters import DeadLetters
 from plait.engine.debugging import Debugger
+from plait.engine.inputs import reserved_signal, respond
 from plait.engine.lineage import kept_lineage, rerun
 from plait.engine.scheduler import RunExecution, Sampler, ScopeExecution
 from plait.errors import (
@@ -940,6 +941,13 @@ class Engine:
         """
         run_id = await self.resolve_run_id(run_id)
         run = await self.load_run(run_id)
+        if reserved_signal(event):  # an answer goes through respond, which checks it
+            raise UnknownSignal(
+                run.workflow,
+                event,
+                f"the signal name {event!r} is reserved for the answers of input steps: "
+                "answer with runs/respond (`plait runs respond`)",
+            )
         if run.done or run_id not in self.executions:
             raise InvalidRunState(run_id, run.status, "signal")
         # The events steps wait for right now: a step type may wait without declaring.
@@ -956,6 +964,18 @@ class Engine:
                 raise InvalidRunState(run_id, run.status, "signal")
         run.signal(event, data)
         await self.until_kept(run.committed)
+
+    async def respond(
+        self,
+        run_id: str,
+        step: str,
+        answer: Any,
+        *,
+        by: str | None = None,
+        channel: str = "api",
+    ) -> None:
+        """Answer the question an ``input`` step waits for (:func:`plait.engine.inputs.respond`)."""
+        await respond(self, run_id, step, answer, by=by, channel=channel)
 
     # -- services for the execution layer ----------------------------------------------------
 

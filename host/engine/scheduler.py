@@ -1118,14 +1118,16 @@ class StepRuntime:
         self._run.record("step.checkpoint", self.step_id, {"key": key, "value": value})
         return value
 
-    async def wait_signal(self, event: str, *, timeout: float | None) -> Any:
+    async def wait_signal(
+        self, event: str, *, timeout: float | None, reason: str | None = None
+    ) -> Any:
         rx = self._scope.rx
         run = rx.run
         run.set_step(
             self.step_id,
             "waiting",
             {"event": event, "timeout": timeout},
-            reason=f"signal {event!r}",
+            reason=reason or f"signal {event!r}",
         )
         rx.enter_wait(self._scope, self.step_id, event=event)
         try:

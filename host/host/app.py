@@ -549,6 +549,25 @@ class Host:
         self._writable()
         await self._engine().signal(run_id, event, data)
 
+    async def respond(
+        self,
+        run_id: str,
+        step: str,
+        answer: Any,
+        *,
+        by: str | None = None,
+        channel: str = "api",
+    ) -> None:
+        """Answer the question an ``input`` step waits for, once the answer is kept.
+
+        ``channel`` (``api``, ``mcp``, ``web``) is where the answer came from: a step takes
+        answers only from its ``answerers``. Raises ``InputsInvalid`` for an answer that breaks
+        the step's schema (the step keeps waiting) or an unknown step, ``InvalidRunState``
+        when the step is not waiting for input from that channel, ``RunNotFound``.
+        """
+        self._writable()
+        await self._engine().respond(run_id, step, answer, by=by, channel=channel)
+
     async def rerun_run(
         self,
         run_id: str,
@@ -666,6 +685,7 @@ class Host:
                 max_depth=limits.max_nesting,
                 metrics=self.metrics,
                 tracing=self.tracing,
+                server_info={"name": "plait", "version": self.version},
             )
             register_api(self._dispatcher, self)
             register_mcp(self._dispatcher, self)

@@ -158,6 +158,19 @@ class HostApi(Protocol):
         """Deliver a signal to a run's ``wait`` steps, once it is kept."""
         ...
 
+    async def respond(
+        self,
+        run_id: str,
+        step: str,
+        answer: Any,
+        *,
+        by: str | None = None,
+        channel: str = "api",
+    ) -> None:
+        """Answer the question an ``input`` step waits for (checked against its schema and its
+        ``answerers``: ``channel`` is ``api``, ``mcp`` or ``web``), once the answer is kept."""
+        ...
+
     async def rerun_run(
         self,
         run_id: str,

@@ -79,6 +79,9 @@ class Session:
         self.on_overflow = on_overflow
         self._has_writer = False
         self.closed = False
+        self.web = False
+        """The web view's page (its session cookie, from its own origin): ``runs/respond``
+        answers through the ``web`` channel."""
         self._batch_limiter: anyio.CapacityLimiter | None = None
         self.max_queue = max_queue
         self.stalled = False

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import anyio
 
-from plait.plugins.types import Message
+from plait.plugins.types import INPUT_SIGNAL_PREFIX, Message
 
 __all__ = [
     "STEP_SETTLED",
@@ -54,6 +54,19 @@ _LEAVE_PAUSE: frozenset[str] = frozenset(
     {"run.resumed", "run.waiting", "run.started", *TERMINAL_EVENTS}
 )
 """The events that end a pause (``runs/resume`` records ``run.resumed`` or ``run.waiting``)."""
+
+_CLOSE_QUESTION: frozenset[str] = frozenset(
+    {
+        "input.answered",
+        "step.retrying",
+        "step.succeeded",
+        "step.failed",
+        "step.skipped",
+        "step.cancelled",
+        "step.interrupted",
+    }
+)
+"""Events of a step that close its open question (``questions``)."""
 
 SUMMARY_FIELDS: tuple[str, ...] = (
     "id",
@@ -220,6 +233,11 @@ class Run:
     _signals: dict[str, deque[Any]] | None = field(default=None, repr=False)
     _signal_waiters: dict[str, anyio.Event] | None = field(default=None, repr=False)
     _signals_awaited: dict[str, int] = field(default_factory=dict, repr=False)
+    _asked: tuple[int, dict[str, dict[str, Any]]] = field(
+        default_factory=lambda: (0, {}), repr=False
+    )
+    """For :meth:`questions`, read from the events as far as they were read: (events read, the
+    open questions by step path)."""
     _pauses: tuple[int, float | None, float] = field(default=(0, None, 0.0), repr=False)
     """For the ETA, read from the events as far as they were read: (events read, when the
     pause in progress began or ``None``, seconds spent in pauses that ended)."""
@@ -405,6 +423,49 @@ class Run:
                 if not awaited[event]:
                     del awaited[event]
 
+    def queued_signals(self, event: str) -> int:
+        """How many signals ``event`` were sent and not taken yet."""
+        queue = self._signals.get(event) if self._signals else None
+        return len(queue) if queue else 0
+
+    # -- questions (``input`` steps) -----------------------------------------------------------
+
+    def questions(self) -> list[dict[str, Any]]:
+        """The questions of ``input`` steps waiting for an answer, oldest first:
+        ``{step, message, schema, answerers, deadline}`` each.
+
+        Read from the events (``input.requested`` opens a question; its answer, taken or only
+        sent, and the step settling or retrying close it), each event once.
+        """
+        read, open_ = self._asked
+        events = self.events
+        if read > len(events):  # the events were put back after a restart: read them again
+            read, open_ = 0, {}
+        for event in events[read:]:
+            kind, path = event.type, event.step
+            if kind == "input.requested" and path is not None:
+                open_.pop(path, None)  # asked again (after a restart): it goes last
+                open_[path] = {"step": path, **event.data}
+            elif kind == "run.signal" or kind == "signal.taken":
+                name = event.data.get("event")
+                if isinstance(name, str) and name.startswith(INPUT_SIGNAL_PREFIX):
+                    open_.pop(name[len(INPUT_SIGNAL_PREFIX) :], None)
+            elif path is not None and kind in _CLOSE_QUESTION:
+                open_.pop(path, None)
+            elif kind in TERMINAL_EVENTS:
+                open_.clear()
+        self._asked = (len(events), open_)
+        if self.done:
+            return []
+        # Asked again after a restart while an answer sent before it waits to be taken.
+        return [
+            q for path, q in open_.items() if not self.queued_signals(INPUT_SIGNAL_PREFIX + path)
+        ]
+
+    def question(self, step: str) -> dict[str, Any] | None:
+        """The open question of step ``step``, or ``None``."""
+        return next((q for q in self.questions() if q["step"] == step), None)
+
     def awaited_signals(self) -> Collection[str]:
         """The events some step of the run is waiting for right now (a step type may wait
         for a signal its workflow does not declare)."""
@@ -486,6 +547,8 @@ class Run:
             out["reason"] = self.reason
         if self.rerun_of is not None:
             out["origin"] = self.rerun_of
+        if self.events and (questions := self.questions()):
+            out["questions"] = questions
         if steps:
             out["steps"] = {path: s.to_dict() for path, s in self.steps.items()}
         return out

@@ -62,7 +62,7 @@ from plait.templates.sandbox import (
 
 __all__ = ["CONTEXT_ROOTS", "PlaitSandbox", "Template", "TemplateEngine", "TemplateLimits"]
 
-_ROOT_ORDER = ("inputs", "steps", "vars", "item", "index", "run", "env")
+_ROOT_ORDER = ("inputs", "steps", "vars", "item", "index", "run", "env", "output", "state")
 CONTEXT_ROOTS: frozenset[str] = frozenset(_ROOT_ORDER)
 """The names a template may read; the render context holds these and nothing else."""
 

@@ -337,8 +337,10 @@ class FakeStepContext:
 
     # -- waiting -----------------------------------------------------------------------------
 
-    async def wait_signal(self, event: str, *, timeout: float | None) -> Any:
-        """The data of a signal of ``signals``, at once.
+    async def wait_signal(
+        self, event: str, *, timeout: float | None, reason: str | None = None
+    ) -> Any:
+        """The data of a signal of ``signals``, at once (``reason`` is not kept).
 
         Raises:
             TimeoutError: the signal was not given and ``timeout`` is set (as the engine

@@ -130,20 +130,22 @@ async def sdk_client(
     mode: str = "legacy",
     env: dict[str, str] | None = None,
     name: str = "sdk",
+    **client: Any,
 ) -> AsyncIterator[Client]:
     """An entered ``mcp.Client`` that launches ``command`` and speaks stdio to it.
 
     ``mode="legacy"`` goes straight to ``initialize``; ``"auto"`` (the SDK default) probes
-    ``server/discover`` first. The subprocess's stderr goes to ``tmp/<name>.stderr``.
+    ``server/discover`` first. The subprocess's stderr goes to ``tmp/<name>.stderr``; ``client``
+    goes to ``mcp.Client`` (an ``elicitation_callback``, say).
     """
     params = StdioServerParameters(
         command=command[0], args=command[1:], cwd=str(tmp), env=env or host_env()
     )
     with (tmp / f"{name}.stderr").open("w", encoding="utf-8") as errlog:
         async with Client(
-            stdio_client(params, errlog=errlog), mode=mode, read_timeout_seconds=30
-        ) as client:
-            yield client
+            stdio_client(params, errlog=errlog), mode=mode, read_timeout_seconds=30, **client
+        ) as entered:
+            yield entered
 
 
 RUNS_LIST = TypeAdapter(dict[str, Any])

@@ -94,7 +94,7 @@ class FakeCtx:
     async def run_workflow(self, name, inputs, *, version=None):
         return self.workflows[name](dict(inputs), version)
 
-    async def wait_signal(self, event, *, timeout):
+    async def wait_signal(self, event, *, timeout, reason=None):
         if self.signal is None:
             raise TimeoutError
         return self.signal

@@ -11,7 +11,9 @@ from plait.plugins import AgentRequest, Message, create_plugin_manager
 from plait.steps.agent import AgentStep
 from plait.steps.condition import IfStep
 from plait.steps.delay import DelayStep
+from plait.steps.input import InputStep
 from plait.steps.loop import LoopStep
+from plait.steps.machine import MachineStep
 from plait.steps.parallel import ParallelStep
 from plait.steps.tool import ToolStep
 from plait.steps.transform import TransformStep
@@ -32,6 +34,8 @@ STEP_TYPES = [
     ParallelStep,
     WorkflowStep,
     WaitStep,
+    InputStep,
+    MachineStep,
 ]
 
 

@@ -88,6 +88,15 @@ class SignalParams(RunParams):
     data: Any = None
 
 
+class RespondParams(RunParams):
+    step: str = Field(min_length=1, max_length=1024)
+    """The path of the ``input`` step whose question is answered."""
+    answer: Any
+    """The answer: any JSON (null too), checked against the step's schema."""
+    by: str | None = Field(None, max_length=256)
+    """Who answered, recorded in ``input.answered``."""
+
+
 class RerunParams(RunParams):
     step: str = Field(min_length=1, max_length=1024)
     """A top-level step id: it and what depends on it run again."""
@@ -262,6 +271,12 @@ def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
     async def signal(session: Session, p: SignalParams) -> dict[str, Any]:
         await host.signal_run(p.run_id, p.event, p.data)
         return {}
+
+    @method("runs/respond", RespondParams)
+    async def respond(session: Session, p: RespondParams) -> dict[str, Any]:
+        channel = "web" if session.web else "api"  # the web view's page answers as `web`
+        await host.respond(p.run_id, p.step, p.answer, by=p.by, channel=channel)
+        return {"run": await host.view_run(p.run_id)}
 
     @method("runs/rerun", RerunParams)
     async def rerun(session: Session, p: RerunParams) -> dict[str, Any]:

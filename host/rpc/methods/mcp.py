@@ -22,12 +22,13 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field
 
-from plait.errors import InputsInvalid, RunError
+from plait.errors import InputsInvalid, PlaitError, RunError
 from plait.rpc.dispatcher import Dispatcher
-from plait.rpc.errors import InvalidParams, NotFound
-from plait.rpc.mcp_era import HANDSHAKE_VERSIONS, MODERN_VERSIONS, request_version
+from plait.rpc.errors import InvalidParams, NotFound, RpcError
+from plait.rpc.mcp_era import HANDSHAKE_VERSIONS, MCP_REQUEST, MODERN_VERSIONS, request_version
+from plait.rpc.methods.questions import answer_of, asks_mcp, elicitation_request
 from plait.rpc.methods.tasks import TASKS_EXTENSION, register_tasks, task_view, wants_task
-from plait.rpc.session import CURRENT_REQUEST, Session, id_key
+from plait.rpc.session import CURRENT_REQUEST, Session, SessionClosed, id_key
 from plait.state.runs import STEP_SETTLED, Event, Run, is_top_level
 
 if TYPE_CHECKING:
@@ -231,10 +232,17 @@ async def _call_workflow(host: HostApi, session: Session, p: CallToolParams) -> 
     problem = _argument_problem(entry.inputs, p.arguments, p.name, session)
     if problem is not None:
         return problem
-    try:
-        run = await host.launch(name, p.arguments, version=entry.version, origin=session)
-    except InputsInvalid as exc:
-        raise InvalidParams(str(exc), {"problems": exc.problems}) from None
+    modern = MCP_REQUEST.get() is not None
+    state = (p.model_extra or {}).get("requestState")
+    refused: dict[str, str] = {}
+    if modern and isinstance(state, str) and state.startswith(REQUEST_STATE_PREFIX):
+        # The retry of a call that was answered "input required": the same run goes on.
+        run, refused = await _resume_with_answers(host, session, state, p)
+    else:
+        try:
+            run = await host.launch(name, p.arguments, version=entry.version, origin=session)
+        except InputsInvalid as exc:
+            raise InvalidParams(str(exc), {"problems": exc.problems}) from None
     if wants_task(session):  # the run is the task: answered once its start is kept
         return {"resultType": "task", **task_view(run)}
     token = p.meta.get("progressToken")
@@ -255,7 +263,9 @@ async def _call_workflow(host: HostApi, session: Session, p: CallToolParams) -> 
         undo = run.listen(progress_reporter(run, send))
     key = _current_request(session)
     try:
-        await run.wait()
+        asked = await _wait_for_end_or_question(host, session, run, modern)
+        if asked is not None:  # 2026-07-28: the question goes back to the client
+            return _input_required(run, asked, refused.get(asked["step"]))
     except anyio.get_cancelled_exc_class():
         # notifications/cancelled stops the run; a dropped connection leaves it running.
         if key is not None and key in session.cancelled and not run.done:
@@ -265,6 +275,117 @@ async def _call_workflow(host: HostApi, session: Session, p: CallToolParams) -> 
         if undo is not None:
             undo()
     return run_outcome(run)
+
+
+REQUEST_STATE_PREFIX = "plait-run:"
+"""How a workflow call's ``requestState`` starts: the run it goes on with follows."""
+
+
+async def _wait_for_end_or_question(
+    host: HostApi, session: Session, run: Run, modern: bool
+) -> dict[str, Any] | None:
+    """Wait for the run to end; meanwhile, a question of an ``input`` step the MCP client may
+    answer is put to it: returned, for a 2026-era request (its answer comes with the call's
+    retry), or asked with ``elicitation/create`` when the session's client declared
+    elicitation (2025-11-25). A question the client cannot be asked waits for another channel
+    (``runs/respond``, the web view)."""
+    capabilities = session.client_capabilities
+    elicits = not modern and "elicitation" in capabilities
+    if not modern and not elicits:
+        await run.wait()
+        return None
+    asked: set[str] = set()
+    while True:
+        pending = [q for q in run.questions() if asks_mcp(q) and q["step"] not in asked]
+        if pending:
+            question = pending[0]
+            if modern:
+                return question
+            asked.add(question["step"])
+            await _elicit(host, session, run, question)
+            continue
+        changed = anyio.Event()
+        undo = run.listen(lambda event: changed.set())
+        try:
+            if run.done:
+                return None
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+
+                    async def ended() -> None:
+                        await run.wait()
+                        scope.cancel()
+
+                    tg.start_soon(ended)
+                    await changed.wait()
+                    tg.cancel_scope.cancel()
+            if run.done:
+                return None
+        finally:
+            undo()
+
+
+async def _elicit(host: HostApi, session: Session, run: Run, question: dict[str, Any]) -> None:
+    """Put a question to a 2025-11-25 client as a form (``elicitation/create``); an accepted
+    answer goes to the run like any other (checked against the step's schema). A declined,
+    cancelled or failed elicitation leaves the question open for another channel."""
+    params = elicitation_request(question)["params"]
+    try:
+        reply = await session.request("elicitation/create", params, timeout=3600)
+    except (TimeoutError, RpcError, SessionClosed):
+        return
+    if not isinstance(reply, dict) or reply.get("action") != "accept":
+        return
+    by = str(session.client_info.get("name") or "mcp client")
+    content = reply.get("content")
+    try:
+        await host.respond(
+            run.id, question["step"], answer_of(question, content), by=by, channel="mcp"
+        )
+    except PlaitError:  # answered meanwhile elsewhere, or a wrong answer: the step says so
+        return
+
+
+def _input_required(
+    run: Run, question: dict[str, Any], refused: str | None = None
+) -> dict[str, Any]:
+    """2026-07-28: the call needs the client's input; its retry carries the answer (keyed by
+    the step's path) and this state, and the same run goes on. ``refused``: why the answer of
+    the last round was not taken, told with the question asked again."""
+    return {
+        "resultType": "input_required",
+        "inputRequests": {question["step"]: elicitation_request(question, refused)},
+        "requestState": REQUEST_STATE_PREFIX + run.id,
+    }
+
+
+async def _resume_with_answers(
+    host: HostApi, session: Session, state: str, p: CallToolParams
+) -> tuple[Run, dict[str, str]]:
+    """The run a retried call goes on with, given the answers its ``inputResponses`` carry,
+    and why any of them was refused (by step: a wrong answer leaves its question open)."""
+    run_id = state[len(REQUEST_STATE_PREFIX) :]
+    try:
+        run = await host.get_run(run_id)
+    except PlaitError:
+        raise InvalidParams(f"requestState names no run of this host: {run_id!r}") from None
+    responses = (p.model_extra or {}).get("inputResponses") or {}
+    if not isinstance(responses, dict):
+        raise InvalidParams("inputResponses must be an object keyed by the inputRequests' keys")
+    modern = MCP_REQUEST.get()
+    client = (modern.client_info if modern is not None else None) or {}
+    by = str(client.get("name") or "mcp client")
+    refused: dict[str, str] = {}
+    for step, reply in responses.items():
+        question = run.question(step)
+        if question is None or not isinstance(reply, dict) or reply.get("action") != "accept":
+            continue  # not outstanding (answered, or never asked), or declined: ignored
+        answer = answer_of(question, reply.get("content"))
+        try:
+            await host.respond(run.id, step, answer, by=by, channel="mcp")
+        except InputsInvalid as exc:
+            refused[step] = str(exc)
+    return run, refused
 
 
 def run_outcome(run: Run) -> dict[str, Any]:

@@ -7,11 +7,14 @@ reconnects after a crash of the host (or of itself) asks ``tasks/get`` for the s
 gets the run's state, and its result once the resumed run ends. A client that does not declare
 the extension keeps the synchronous call with progress notifications.
 
-Status mapping: a run pending, running, paused or waiting is ``working`` (with a status message
-saying how far it is, or what it waits for); a run that succeeded is ``completed`` with the
-``CallToolResult`` the synchronous call would have returned; a run that failed is also
-``completed``, with that result's ``isError`` (a tool's failure is a result, not a JSON-RPC
-error: the extension keeps ``failed`` for those); a cancelled run is ``cancelled``.
+Status mapping: a run with a question of an ``input`` step the MCP client may answer is
+``input_required``, the question in ``inputRequests`` (keyed by the step's path; the answer
+comes with ``tasks/update``); otherwise a run pending, running, paused or waiting is
+``working`` (with a status message saying how far it is, or what it waits for); a run that
+succeeded is ``completed`` with the ``CallToolResult`` the synchronous call would have
+returned; a run that failed is also ``completed``, with that result's ``isError`` (a tool's
+failure is a result, not a JSON-RPC error: the extension keeps ``failed`` for those); a
+cancelled run is ``cancelled``.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from plait.errors import RunNotFound
+from plait.errors import PlaitError, RunNotFound
 from plait.rpc.dispatcher import Dispatcher
 from plait.rpc.errors import InvalidParams, RpcError
-from plait.rpc.mcp_era import request_capabilities
+from plait.rpc.mcp_era import MCP_REQUEST, request_capabilities
+from plait.rpc.methods.questions import answer_of, asks_mcp, elicitation_request
 from plait.rpc.session import Session
 from plait.state.runs import Run
 
@@ -88,7 +92,12 @@ def task_view(run: Run, result: dict[str, Any] | None = None) -> dict[str, Any]:
         "ttlMs": None,  # kept as long as the run is kept
         "pollIntervalMs": POLL_INTERVAL_MS,
     }
-    if run.status in _WORKING:
+    asked = [q for q in run.questions() if asks_mcp(q)] if run.status in _WORKING else []
+    if asked:
+        task["status"] = "input_required"
+        task["statusMessage"] = f"step {asked[0]['step']} waits for an answer"
+        task["inputRequests"] = {q["step"]: elicitation_request(q) for q in asked}
+    elif run.status in _WORKING:
         task["status"] = "working"
         if run.status in ("paused", "waiting") and run.reason:
             task["statusMessage"] = f"{run.status}: {run.reason}"
@@ -133,10 +142,26 @@ def register_tasks(dispatcher: Dispatcher, host: HostApi, outcome: Any) -> None:
 
     @method("tasks/update", UpdateParams, mcp=True)
     async def update(session: Session, p: UpdateParams) -> dict[str, Any]:
-        # A workflow run asks nothing of its MCP client through the task (yet): every
-        # response is for a key that is not outstanding, which the extension says to ignore.
+        """Answers to the questions a task's ``inputRequests`` listed, keyed by step path. A
+        key that is not outstanding, a declined answer, or one the step's schema refuses
+        (the question stays open, and ``tasks/get`` lists it again) is ignored, as the
+        extension says."""
         _require_extension(session)
-        await the_run(p)
+        run = await the_run(p)
+        modern = MCP_REQUEST.get()
+        client = (modern.client_info if modern is not None else None) or {}
+        by = str(client.get("name") or "mcp client")
+        for step, reply in p.input_responses.items():
+            question = run.question(step)
+            if question is None or not asks_mcp(question) or not isinstance(reply, dict):
+                continue
+            if reply.get("action") != "accept":
+                continue
+            answer = answer_of(question, reply.get("content"))
+            try:
+                await host.respond(run.id, step, answer, by=by, channel="mcp")
+            except PlaitError:
+                continue
         return {}
 
     @method("tasks/cancel", TaskParams, mcp=True)

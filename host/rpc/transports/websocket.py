@@ -269,6 +269,20 @@ class WebSocketTransport:
             )
         return None
 
+    def _page_session(self, ws: ServerConnection) -> bool:
+        """Whether the connection is the web view's page: its own origin and a session
+        cookie, not the token (what an answer's ``web`` channel means)."""
+        request = ws.request
+        if self.web is None or request is None:
+            return False
+        origin = request.headers.get("Origin")
+        return (
+            origin is not None
+            and origin in self._own_origins()
+            and not self._token_ok(request.headers, urlsplit(request.path).query)
+            and self.web.session_ok(request.headers)
+        )
+
     def _token_ok(self, headers: Headers, query: str) -> bool:
         given = ""
         auth = headers.get("Authorization", "")
@@ -304,6 +318,7 @@ class WebSocketTransport:
             max_queue=self.max_queue,
             max_queue_bytes=self.max_queue_bytes,
         )
+        session.web = self._page_session(ws)
         self.host.sessions.add(session)
         most = self.max_inflight + 8
         inbox, taken = anyio.create_memory_object_stream[str | bytes](most)

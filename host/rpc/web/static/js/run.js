@@ -12,6 +12,7 @@ import {
 import { GraphView, buildScope } from "./graph.js";
 import { Inspector } from "./inspector.js";
 import { RunModel, TERMINAL, parsePath } from "./model.js";
+import { Questions } from "./questions.js";
 import { METHOD_NOT_FOUND } from "./rpc.js";
 import { Timeline } from "./timeline.js";
 
@@ -105,6 +106,7 @@ export class RunView {
 
   onEvent(e) {
     if (!this.model.apply(e)) return;
+    if (e.type.startsWith("input.")) this.refreshHeader(); // the run's questions changed
     if (e.type.startsWith("run.")) {
       this.refreshHeader();
       if (e.type === "run.paused" || e.type === "run.breakpoint") this.refreshPause();
@@ -123,6 +125,7 @@ export class RunView {
       const status = this.model.run.status;
       Object.assign(this.model.run, run);
       this.model.run.status = status;
+      this.model.run.questions = run.questions || []; // absent when none are left
       this.model.runDirty = true;
       requestRender(this);
     } catch (err) {
@@ -184,6 +187,7 @@ export class RunView {
     this.statusEl = h("span", { class: "badge big st-pending", dataset: { role: "run-status" } });
     this.metaEl = h("div", { class: "meta" });
     this.bannerEl = h("div", { class: "banner" });
+    this.questions = new Questions(this.rpc, this.runId);
     this.controls = this.buildControls();
     this.graph = new GraphView(this.definition, m, {
       onSelect: (path) => this.select(path),
@@ -224,6 +228,7 @@ export class RunView {
     replace(this.el,
       h("div", { class: "run-head" }, this.titleEl, this.statusEl, this.metaEl),
       this.bannerEl,
+      this.questions.el,
       this.controls,
       h("div", { class: "run-main" },
         h("div", { class: "panel graph-panel" }, h("h2", { text: "Steps" }), this.graph.el),
@@ -315,6 +320,7 @@ export class RunView {
       h("span", { class: "progress", dataset: { role: "progress" }, text: `${p.done}/${p.total} steps` }),
       run.parent_id ? h("a", { href: `#/runs/${encodeURIComponent(run.parent_id)}`, text: "parent run" }) : null,
       run.origin ? h("span", {}, "re-run of ", h("a", { href: `#/runs/${encodeURIComponent(run.origin.runId)}`, text: run.origin.runId.slice(0, 8) }), ` from ${run.origin.step}`) : null);
+    const live = !TERMINAL.has(run.status);
     const banner = [];
     if (run.status === "paused") {
       const hit = m.breakpointHit;
@@ -322,14 +328,16 @@ export class RunView {
         hit ? ` at a breakpoint ${hit.at} ${hit.step}` : run.reason ? ` (${run.reason})` : "",
         this.held.size ? h("span", {}, " · held: ", [...this.held].map((p2, i) => [i ? ", " : "", h("a", { href: "#", class: "held-link", text: p2, onclick: (ev) => { ev.preventDefault(); this.select(p2); } })])) : null);
     } else if (run.status === "waiting") {
-      banner.push(h("strong", { text: "Waiting" }), run.reason ? ` (${run.reason})` : " for an outside event (a signal, an agent's budget)");
+      const asking = (run.questions || []).map((q) => q.step);
+      banner.push(h("strong", { text: "Waiting" }), run.reason ? ` (${run.reason})`
+        : asking.length ? ` for input: ${asking.join(", ")}` : " for an outside event (a signal, an agent's budget)");
     }
     if (run.status === "failed" && run.error) {
       banner.push(h("strong", { text: "Failed: " }), `${run.error.type ? `${run.error.type}: ` : ""}${run.error.message || jsonLine(run.error)}`);
     }
     replace(this.bannerEl, banner);
+    this.questions.update(live ? run.questions : []);
     this.bannerEl.className = `banner${banner.length ? ` show st-${run.status}` : ""}`;
-    const live = !TERMINAL.has(run.status);
     this.buttons.pause.disabled = !["running", "waiting", "pending"].includes(run.status);
     this.buttons.resume.disabled = run.status !== "paused";
     this.buttons.cancel.disabled = !live;
