@@ -322,10 +322,19 @@ class _PyReader:
         return result
 
     def _note_path(self, node: py_ast.AST) -> None:
+        # A step reference is any ``steps.<x>`` or ``steps['<x>']`` (``steps.__dict__`` too:
+        # validation then names it an unknown step), as Jinja's reading counts them; a read
+        # path is a plain chain of public names and constant keys.
+        inner = node.value if isinstance(node, py_ast.Attribute | py_ast.Subscript) else None
+        if isinstance(inner, py_ast.Name) and inner.id == "steps":
+            if isinstance(node, py_ast.Attribute):
+                self.refs.add(node.attr)
+            elif isinstance(node, py_ast.Subscript) and isinstance(node.slice, py_ast.Constant):
+                if isinstance(node.slice.value, str):
+                    self.refs.add(node.slice.value)
         path = _py_path(node)
-        if path is not None and path[0] == "steps" and path[1] and type(path[1][0]) is str:
-            self.refs.add(path[1][0])
-            if len(path[1]) > 1:
+        if path is not None and path[0] == "steps" and len(path[1]) > 1:
+            if type(path[1][0]) is str:
                 self.reads.add(path[1])
 
     def read_Constant(self, node: py_ast.Constant) -> Eval:

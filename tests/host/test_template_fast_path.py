@@ -78,6 +78,9 @@ ATOMS = [
     "steps.a.output.d[inputs.s]",
     "inputs.l[steps.a.output.z]",
     "steps.a.output.__class__",
+    "steps.__dict__",
+    "steps._private.output",
+    "steps['_x'].output",
     "inputs.keys",
 ]
 BINARY = ["+", "-", "*", "/", "//", "%", "**", "==", "!=", "<", "<=", ">", ">=", "in", "not in"]
