@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from plait.errors import RunError
-from plait.plugins import StepConfig, StepContext, StepType, hookimpl
+from plait.plugins import StepContext, StepType, hookimpl
 from plait.plugins.types import INPUT_SIGNAL_PREFIX
+from plait.steps.wait import TimedWaitConfig
 
 if TYPE_CHECKING:
     from plait.plugins.types import RegisterStepType
@@ -38,7 +39,7 @@ class InputTimeout(RunError):
         super().__init__(f"the question of step {step!r} was not answered within {within:g}s")
 
 
-class InputConfig(StepConfig):
+class InputConfig(TimedWaitConfig):
     """The fields of an ``input`` step."""
 
     input: str = Field(min_length=1)
@@ -47,12 +48,6 @@ class InputConfig(StepConfig):
     """The JSON Schema (draft 2020-12) the answer must match; ``{}`` takes any JSON."""
     answerers: list[Answerer] = Field(default_factory=lambda: list(ANSWERERS), min_length=1)
     """The channels that may answer: ``api``, ``mcp``, ``web``."""
-    within: float | None = Field(default=None, gt=0)
-    """Seconds to wait at most; ``None`` waits forever."""
-    default: Any = None
-    """The output when no answer comes in time and ``on_timeout`` is ``default``."""
-    on_timeout: Literal["fail", "default"] = "fail"
-    """What a timeout does: fail the step, or output ``default``."""
 
     @field_validator("schema_")
     @classmethod
@@ -67,16 +62,6 @@ class InputConfig(StepConfig):
     @classmethod
     def _no_repeats(cls, value: list[Answerer]) -> list[Answerer]:
         return list(dict.fromkeys(value))
-
-    @model_validator(mode="after")
-    def _timeout_fields(self) -> InputConfig:
-        given = self.model_fields_set & {"default", "on_timeout"}
-        if given and self.within is None:
-            names = " and ".join(f"`{n}`" for n in sorted(given))
-            raise ValueError(f"{names} need(s) `within` (the seconds to wait at most)")
-        if "default" in given and "on_timeout" not in given:
-            self.on_timeout = "default"
-        return self
 
 
 class InputStep(StepType[InputConfig]):

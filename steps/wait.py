@@ -14,7 +14,7 @@ from plait.plugins import StepConfig, StepContext, StepType, hookimpl
 if TYPE_CHECKING:
     from plait.plugins.types import RegisterStepType
 
-__all__ = ["SignalTimeout", "WaitConfig", "WaitStep"]
+__all__ = ["SignalTimeout", "TimedWaitConfig", "WaitConfig", "WaitStep"]
 
 
 class SignalTimeout(RunError):
@@ -29,20 +29,19 @@ class SignalTimeout(RunError):
         super().__init__(f"signal {event!r} did not arrive within {within:g}s")
 
 
-class WaitConfig(StepConfig):
-    """The fields of a ``wait`` step."""
+class TimedWaitConfig(StepConfig):
+    """What every step that waits for someone has: ``within``, ``on_timeout``, ``default``
+    (the ``wait`` and ``input`` steps)."""
 
-    wait: str = Field(min_length=1)
-    """The signal's event name."""
     within: float | None = Field(default=None, gt=0)
     """Seconds to wait at most; ``None`` waits forever."""
     default: Any = None
-    """The output when the signal does not come in time and ``on_timeout`` is ``default``."""
+    """The output when nothing comes in time and ``on_timeout`` is ``default``."""
     on_timeout: Literal["fail", "default"] = "fail"
     """What a timeout does: fail the step, or output ``default``."""
 
     @model_validator(mode="after")
-    def _timeout_fields(self) -> WaitConfig:
+    def _timeout_fields(self) -> TimedWaitConfig:
         given = self.model_fields_set & {"default", "on_timeout"}
         if given and self.within is None:
             names = " and ".join(f"`{n}`" for n in sorted(given))
@@ -50,6 +49,13 @@ class WaitConfig(StepConfig):
         if "default" in given and "on_timeout" not in given:
             self.on_timeout = "default"
         return self
+
+
+class WaitConfig(TimedWaitConfig):
+    """The fields of a ``wait`` step."""
+
+    wait: str = Field(min_length=1)
+    """The signal's event name."""
 
 
 class WaitStep(StepType[WaitConfig]):

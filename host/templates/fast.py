@@ -53,6 +53,34 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
 _CONST_TYPES = (str, int, float, bool, type(None))
 
 
+def _binop(env: PlaitSandbox, symbol: str, left: Eval, right: Eval) -> Eval:
+    """``left <symbol> right`` as Jinja's code computes it: through the sandbox's
+    ``call_binop`` (with its size checks) for the operators it intercepts, else Python's."""
+    if symbol in env.intercepted_binops:
+        call_binop = env.call_binop
+        return lambda context: call_binop(None, symbol, left(context), right(context))
+    plain = _PLAIN_BINOPS[symbol]
+    return lambda context: plain(left(context), right(context))
+
+
+def _compare(first: Eval, chain: list[tuple[Callable[[Any, Any], Any], Eval]]) -> Eval:
+    """A chained comparison, as Python (and so Jinja's code) runs it: ``a < b < c`` evaluates
+    each operand once and stops at the first false link, returning that link's result."""
+
+    def compare(context: Mapping[str, Any]) -> Any:
+        left = first(context)
+        result: Any = True
+        for test, operand in chain:
+            right = operand(context)
+            result = test(left, right)
+            if not result:
+                return result
+            left = right
+        return result
+
+    return compare
+
+
 class _Unsupported(Exception):
     """The expression holds something only Jinja's own code does: compile it there."""
 
@@ -68,17 +96,28 @@ def compile_fast(expr: nodes.Expr, env: PlaitSandbox, roots: frozenset[str]) -> 
         return None
 
 
-class _Compiler:
-    def __init__(self, env: PlaitSandbox, roots: frozenset[str]) -> None:
-        self.env = env
-        self.roots = roots
+class _Closures:
+    """Turns a tree into closures by the node's class name: ``<prefix><ClassName>``; a node
+    without a method is outside the subset."""
 
-    def expr(self, node: nodes.Node) -> Eval:
-        method = getattr(self, f"visit_{type(node).__name__}", None)
+    prefix = ""
+
+    def expr(self, node: Any) -> Eval:
+        method = getattr(self, f"{self.prefix}{type(node).__name__}", None)
         if method is None:
             raise _Unsupported(type(node).__name__)
         result: Eval = method(node)
         return result
+
+
+class _Compiler(_Closures):
+    """Jinja's tree of an expression → closures."""
+
+    prefix = "visit_"
+
+    def __init__(self, env: PlaitSandbox, roots: frozenset[str]) -> None:
+        self.env = env
+        self.roots = roots
 
     # -- leaves ------------------------------------------------------------------------------
 
@@ -117,12 +156,7 @@ class _Compiler:
     # -- operators -------------------------------------------------------------------------------
 
     def _binop(self, node: nodes.BinExpr) -> Eval:
-        left, right, symbol = self.expr(node.left), self.expr(node.right), node.operator
-        if symbol in self.env.intercepted_binops:
-            call_binop = self.env.call_binop
-            return lambda context: call_binop(None, symbol, left(context), right(context))
-        plain = _PLAIN_BINOPS[symbol]
-        return lambda context: plain(left(context), right(context))
+        return _binop(self.env, node.operator, self.expr(node.left), self.expr(node.right))
 
     visit_Add = visit_Sub = visit_Mul = visit_Div = visit_FloorDiv = _binop
     visit_Mod = visit_Pow = _binop
@@ -149,22 +183,7 @@ class _Compiler:
 
     def visit_Compare(self, node: nodes.Compare) -> Eval:
         first = self.expr(node.expr)
-        chain = [(_COMPARE[op.op], self.expr(op.expr)) for op in node.ops]
-
-        def compare(context: Mapping[str, Any]) -> Any:
-            # Python's chained comparison, as Jinja writes it: ``a < b < c`` evaluates each
-            # operand once and stops at the first false link, returning that link's result.
-            left = first(context)
-            result: Any = True
-            for test, operand in chain:
-                right = operand(context)
-                result = test(left, right)
-                if not result:
-                    return result
-                left = right
-            return result
-
-        return compare
+        return _compare(first, [(_COMPARE[op.op], self.expr(op.expr)) for op in node.ops])
 
     def visit_CondExpr(self, node: nodes.CondExpr) -> Eval:
         if node.expr2 is None:
@@ -301,9 +320,11 @@ def _py_path(node: py_ast.AST) -> tuple[str, tuple[Any, ...]] | None:
         node = node.value
 
 
-class _PyReader:
+class _PyReader(_Closures):
     """Python's tree of a subset expression → the closures :class:`_Compiler` would make from
     Jinja's tree of it (the same sandbox calls, in the same order)."""
+
+    prefix = "read_"
 
     def __init__(self, env: PlaitSandbox, roots: frozenset[str]) -> None:
         self.env = env
@@ -313,13 +334,6 @@ class _PyReader:
         self.reads: set[tuple[Any, ...]] = set()
         self.membership = False
         """An ``in``/``not in`` test: whether a key exists is asked, so no read is certain."""
-
-    def expr(self, node: py_ast.AST) -> Eval:
-        method = getattr(self, f"read_{type(node).__name__}", None)
-        if method is None:
-            raise _Unsupported(type(node).__name__)
-        result: Eval = method(node)
-        return result
 
     def _note_path(self, node: py_ast.AST) -> None:
         # A step reference is any ``steps.<x>`` or ``steps['<x>']`` (``steps.__dict__`` too:
@@ -381,12 +395,7 @@ class _PyReader:
             for side in (node.left, node.right)
         ):
             raise _Unsupported("power next to a sign or a power")
-        left, right = self.expr(node.left), self.expr(node.right)
-        if symbol in self.env.intercepted_binops:
-            call_binop = self.env.call_binop
-            return lambda context: call_binop(None, symbol, left(context), right(context))
-        plain = _PLAIN_BINOPS[symbol]
-        return lambda context: plain(left(context), right(context))
+        return _binop(self.env, symbol, self.expr(node.left), self.expr(node.right))
 
     def read_UnaryOp(self, node: py_ast.UnaryOp) -> Eval:
         if isinstance(node.operand, py_ast.BinOp) and isinstance(node.operand.op, py_ast.Pow):
@@ -434,20 +443,7 @@ class _PyReader:
             self.membership = self.membership or name in ("in", "notin")
             tests.append(_COMPARE[name])
         first = self.expr(node.left)
-        chain = list(zip(tests, [self.expr(c) for c in node.comparators], strict=True))
-
-        def compare(context: Mapping[str, Any]) -> Any:
-            left = first(context)
-            result: Any = True
-            for test, operand in chain:
-                right = operand(context)
-                result = test(left, right)
-                if not result:
-                    return result
-                left = right
-            return result
-
-        return compare
+        return _compare(first, list(zip(tests, map(self.expr, node.comparators), strict=True)))
 
     def read_IfExp(self, node: py_ast.IfExp) -> Eval:
         then, test, other = self.expr(node.body), self.expr(node.test), self.expr(node.orelse)
