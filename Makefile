@@ -9,7 +9,7 @@ TREE := $(VENV)/.tree
 # which `links` does whenever the set of modules changed.
 EDITABLE := --config-settings editable_mode=strict
 
-.PHONY: run test lint typecheck bench bench-peers links clean browser
+.PHONY: run test lint typecheck bench bench-peers links clean browser inspector
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,9 +44,21 @@ browser:
 
 # Tests that time the host's answers run after the rest, alone: on two cores a test beside them
 # would measure the machine, not plait.
-test: lint browser
-	$(BIN)/pytest -q -n 2 -m "not timing"
-	$(BIN)/pytest -q -m timing
+# The MCP Inspector's CLI (npm) drives `plait serve --stdio` in tests/e2e/test_mcp_inspector.py;
+# installed under .venv/node when npm is there (the tests say why they skip when it is not).
+INSPECTOR := $(VENV)/node/node_modules/.bin/mcp-inspector
+inspector: $(STAMP)
+	@if [ ! -x $(INSPECTOR) ]; then \
+		if command -v npm >/dev/null 2>&1; then \
+			echo "installing the MCP Inspector CLI for tests/e2e/test_mcp_inspector.py"; \
+			mkdir -p $(VENV)/node && cd $(VENV)/node && \
+			npm install --silent --no-audit --no-fund @modelcontextprotocol/inspector@2.12.0; \
+		else echo "npm not found: the MCP Inspector tests will be skipped"; fi; \
+	fi
+
+test: lint browser inspector
+	$(BIN)/pytest -q -rs -n 2 -m "not timing"
+	$(BIN)/pytest -q -rs -m timing
 
 # `make bench ARGS="--quick --only W1,W3"` passes its ARGS to bench/run.py.
 bench: links

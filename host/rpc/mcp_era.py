@@ -33,7 +33,6 @@ __all__ = [
     "classify",
     "finish",
     "is_modern",
-    "request_capabilities",
     "request_version",
 ]
 
@@ -127,9 +126,3 @@ def request_version(session_version: str | None) -> str | None:
     the one its session negotiated (``None``: not an MCP session)."""
     modern = MCP_REQUEST.get()
     return modern.version if modern is not None else session_version
-
-
-def request_capabilities(session_capabilities: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The client capabilities that apply to the request being handled."""
-    modern = MCP_REQUEST.get()
-    return modern.capabilities if modern is not None else session_capabilities

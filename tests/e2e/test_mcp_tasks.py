@@ -122,3 +122,24 @@ async def test_a_task_survives_a_kill_of_the_host_and_gets_its_result_after_rest
         done = await poll(raw, task_id, {"completed"})
         assert done["result"]["isError"] is False, done
         assert done["result"]["structuredContent"]["slept"] >= 1.98
+
+
+async def test_a_handshake_client_declaring_the_extension_still_gets_its_result(tmp):
+    # 2025-11-25 clients (the MCP Inspector among them) may list the extension at initialize;
+    # only a 2026-era request's own capabilities can ask for a task.
+    async with raw_stdio_host(tmp) as raw:
+        reply = await raw.request(
+            "initialize",
+            {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {"extensions": {TASKS: {}}},
+                "clientInfo": {"name": "legacy", "version": "1"},
+            },
+        )
+        assert "result" in reply, reply
+        await raw.notify("notifications/initialized")
+        result = await raw.request(
+            "tools/call", {"name": "workflow.greet", "arguments": {"name": "ada"}}, timeout=15
+        )
+        assert "resultType" not in result["result"], result
+        assert result["result"]["structuredContent"] == {"greeting": "hello, ada"}

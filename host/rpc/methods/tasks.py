@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from plait.errors import PlaitError, RunNotFound
 from plait.rpc.dispatcher import Dispatcher
 from plait.rpc.errors import InvalidParams, RpcError
-from plait.rpc.mcp_era import MCP_REQUEST, request_capabilities
+from plait.rpc.mcp_era import MCP_REQUEST
 from plait.rpc.methods.questions import answer_of, asks_mcp, elicitation_request
 from plait.rpc.session import Session
 from plait.state.runs import Run
@@ -64,9 +64,14 @@ class UpdateParams(TaskParams):
 
 
 def wants_task(session: Session) -> bool:
-    """Whether the request being handled declared the tasks extension (2026 era only)."""
-    capabilities = request_capabilities(session.client_capabilities)
-    extensions = capabilities.get("extensions")
+    """Whether the request being handled is a 2026-era request that declared the tasks
+    extension. A handshake-era session's capabilities never count: 2025-11-25 clients (the
+    MCP Inspector among them) may list the extension at ``initialize`` while expecting a
+    ``CallToolResult`` from every call (that revision's own tasks are asked per request)."""
+    modern = MCP_REQUEST.get()
+    if modern is None:
+        return False
+    extensions = modern.capabilities.get("extensions")
     return isinstance(extensions, dict) and TASKS_EXTENSION in extensions
 
 
