@@ -435,8 +435,6 @@ async def _refuse_stdio(reason: str) -> None:
 async def _serve(host: Host, args: argparse.Namespace, tune_gc: Callable[[], None]) -> None:
     tune_gc()  # this process is the host: everything loaded so far stays
     log.debug("event loop: %s", running_loop())
-    for path, error in host.load_errors.items():
-        print(f"warning: {path} not loaded: {error}", file=sys.stderr)
     if args.stdio:
         lines = _StdinLines(sys.stdin.fileno())
         try:
