@@ -794,7 +794,7 @@ class ScopeExecution:
             attempt = rec.attempt - 1
             run.step_state(path).checkpoints = dict(rec.checkpoints) or None
             if rec.retry_at is not None:  # the backoff the host stopped in keeps its deadline
-                await anyio.sleep(max(0.0, rec.retry_at - time.time()))
+                await _sleep_until(rec.retry_at)
         while True:
             if error is not None:
                 if attempt >= retry.attempts or not _retryable(error, retry.retry_on):
@@ -809,7 +809,7 @@ class ScopeExecution:
                 )
                 if engine.metrics is not None:
                     engine.metrics.retries.labels(run.workflow, step.key).inc()
-                await anyio.sleep(delay)
+                await _sleep_until(time.time() + delay)
             attempt += 1
             if store.backlogged:
                 await store.drained()
@@ -901,6 +901,18 @@ class _nullcontext:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+TIMER_SLACK = 0.001
+"""Seconds added to a sleep that must not end early: uvloop's timers count whole
+milliseconds and may fire up to one before the time asked for."""
+
+
+async def _sleep_until(deadline: float) -> None:
+    """Sleep until the wall clock reads ``deadline`` (a backoff, a breaker's reopening), never
+    less: a step retried a moment early would find the breaker still open."""
+    while (left := deadline - time.time()) > 0:
+        await anyio.sleep(left + TIMER_SLACK)
 
 
 class _acquire:
@@ -1144,8 +1156,9 @@ class StepRuntime:
 
     def sleep_until(self, deadline: float) -> Awaitable[None]:
         # anyio's sleep itself, not a coroutine around it: one frame less per sleeping step.
-        # A delay is work on a clock, not an outside event: its run stays running.
-        return anyio.sleep(max(0.0, deadline - time.time()))
+        # A delay is work on a clock, not an outside event: its run stays running. The slack
+        # keeps it from ending before its time on a loop whose timers count whole ms (uvloop).
+        return anyio.sleep(max(0.0, deadline - time.time()) + TIMER_SLACK)
 
     async def waiting(self, reason: str | None) -> None:
         run = self._run
