@@ -700,6 +700,8 @@ class Host:
     def issue_token(self) -> str:
         """A fresh random token for this launch (256 bits), written 0600 to the data dir."""
         token = secrets.token_urlsafe(32)
+        while token.startswith("-"):  # `plait ... --token <token>` would read it as an option
+            token = secrets.token_urlsafe(32)
         if self.data_dir is not None:
             write_private(ensure_private_dir(self.data_dir) / TOKEN_FILE, token + "\n")
         return token

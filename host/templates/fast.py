@@ -63,6 +63,19 @@ def _binop(env: PlaitSandbox, symbol: str, left: Eval, right: Eval) -> Eval:
     return lambda context: plain(left(context), right(context))
 
 
+def _load(env: PlaitSandbox, name: str) -> Eval:
+    """A context root by name, or the ``StrictUndefined`` Jinja's code would make for it."""
+    undefined = env.undefined
+
+    def load(context: Mapping[str, Any]) -> Any:
+        try:
+            return context[name]
+        except KeyError:
+            return undefined(name=name)
+
+    return load
+
+
 def _compare(first: Eval, chain: list[tuple[Callable[[Any, Any], Any], Eval]]) -> Eval:
     """A chained comparison, as Python (and so Jinja's code) runs it: ``a < b < c`` evaluates
     each operand once and stops at the first false link, returning that link's result."""
@@ -131,15 +144,7 @@ class _Compiler(_Closures):
         name = node.name
         if node.ctx != "load" or name not in self.roots:
             raise _Unsupported("name")  # a global (range, lipsum, ...), or self
-        undefined = self.env.undefined
-
-        def load(context: Mapping[str, Any]) -> Any:
-            try:
-                return context[name]
-            except KeyError:
-                return undefined(name=name)
-
-        return load
+        return _load(self.env, name)
 
     # -- access --------------------------------------------------------------------------------
 
@@ -364,15 +369,7 @@ class _PyReader(_Closures):
         if node.id not in self.roots:
             raise _Unsupported("name")  # a global, or unknown: Jinja's reading reports it
         self.names.add(node.id)
-        name, undefined = node.id, self.env.undefined
-
-        def load(context: Mapping[str, Any]) -> Any:
-            try:
-                return context[name]
-            except KeyError:
-                return undefined(name=name)
-
-        return load
+        return _load(self.env, node.id)
 
     def read_Attribute(self, node: py_ast.Attribute) -> Eval:
         self._note_path(node)
