@@ -7,7 +7,6 @@ they parse (``PLAIT_LIMITS_MAX_BATCH=50`` is a number), else taken as strings.
 from __future__ import annotations
 
 import base64
-import difflib
 import json
 import os
 import tomllib
@@ -27,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from plait.errors import ConfigError
+from plait.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from plait.plugins.manager import PluginManager
@@ -277,8 +276,7 @@ def _event_pattern(pattern: str) -> str:
     if pattern in WEBHOOK_EVENTS or pattern in WEBHOOK_FAMILIES:
         return pattern
     known = [*WEBHOOK_FAMILIES, *sorted(WEBHOOK_EVENTS)]
-    close = difflib.get_close_matches(pattern, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(pattern, known)
     raise _problem(f"unknown event {pattern!r}{hint}; give one of {', '.join(known)}")
 
 

@@ -38,11 +38,14 @@ maps these domain errors onto codes.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
+    "did_you_mean",
     "AgentFailed",
     "AgentNotFound",
     "CircuitOpen",
@@ -458,3 +461,10 @@ class RunCancelled(RunError):
     __module__ = "plait"
     kind = "cancelled"
     retryable = False
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` with the known name closest to ``name``, or ``""``: the hint
+    every "unknown ..." message of plait ends with."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -33,7 +33,13 @@ from plait.definition.models import (
     Trigger,
     WorkflowDef,
 )
-from plait.errors import DefinitionError, InputsInvalid, Issue, TemplateSyntaxError
+from plait.errors import (
+    DefinitionError,
+    InputsInvalid,
+    Issue,
+    TemplateSyntaxError,
+    did_you_mean,
+)
 from plait.plugins.registry import Registry
 from plait.plugins.types import StepConfig, StepType, Tool, validation_problems
 from plait.templates.engine import CONTEXT_ROOTS, Template, TemplateEngine
@@ -181,7 +187,7 @@ class CompiledWorkflow:
         listens = f"it waits for: {', '.join(known)}" if known else "it waits for no signal"
         return (
             f"no step of workflow {self.name!r} waits for the signal {event!r}"
-            f"{_suggest(event, known)}; {listens}"
+            f"{did_you_mean(event, known)}; {listens}"
         )
 
     def check_inputs(self, inputs: Mapping[str, Any]) -> list[str]:
@@ -248,7 +254,7 @@ def compile_workflow(
     c.check_roots(outputs, "outputs", frozenset())
     top_ids = set(scope.by_id)
     for ref in sorted(outputs.references - top_ids):
-        c.issue("outputs", f"refers to unknown step {ref!r}{_suggest(ref, top_ids)}")
+        c.issue("outputs", f"refers to unknown step {ref!r}{did_you_mean(ref, top_ids)}")
     if c.known.tools is not None or c.known.agents is not None:
         c.check_paths(scope, {})
         c.check_template_paths(outputs, "outputs", wf.outputs, {s.id: s for s in scope.steps})
@@ -257,7 +263,7 @@ def compile_workflow(
             for ref in sorted(step.compensation.outer_refs - top_ids):
                 c.issue(
                     f"{step.path}.compensate",
-                    f"refers to unknown step {ref!r}{_suggest(ref, top_ids)}",
+                    f"refers to unknown step {ref!r}{did_you_mean(ref, top_ids)}",
                 )
     triggers = [c.trigger(t, f"on[{i}]") for i, t in enumerate(wf.on)]
     variables = c.template(wf.vars, "vars")
@@ -402,7 +408,7 @@ class _Compiler:
                     self.issue(
                         _field_of(raw, ref, f"{where}.steps"),
                         f"refers to step {ref!r}, not a step of state {name!r}"
-                        f"{_suggest(ref, body_ids)}; a state's steps see each other only "
+                        f"{did_you_mean(ref, body_ids)}; a state's steps see each other only "
                         "(another state's output is state.<name>.output)",
                     )
             output = None
@@ -412,7 +418,7 @@ class _Compiler:
                 for ref in sorted(output.references - body_ids):
                     self.issue(
                         _field_of(state.output, ref, f"{where}.output"),
-                        f"refers to unknown step {ref!r}{_suggest(ref, body_ids)}; a state's "
+                        f"refers to unknown step {ref!r}{did_you_mean(ref, body_ids)}; a state's "
                         "output sees the state's own steps",
                     )
             transitions = []
@@ -420,7 +426,7 @@ class _Compiler:
             for i, t in enumerate(state.transitions):
                 at = f"{where}.transitions[{i}]"
                 if t.to not in states:
-                    self.issue(f"{at}.to", f"unknown state {t.to!r}{_suggest(t.to, names)}")
+                    self.issue(f"{at}.to", f"unknown state {t.to!r}{did_you_mean(t.to, names)}")
                 if unconditional is not None:
                     self.issue(
                         at,
@@ -540,7 +546,7 @@ class _Compiler:
             )
             return
         if initial not in states:
-            self.issue("initial", f"unknown state {initial!r}{_suggest(initial, names)}")
+            self.issue("initial", f"unknown state {initial!r}{did_you_mean(initial, names)}")
             return
         edges = {n: [t.to for t in s.transitions if t.to in states] for n, s in states.items()}
         reached = _reach(initial, edges)
@@ -865,12 +871,12 @@ class _Compiler:
                 self.issue(
                     _field_naming(raw, name, path),
                     f"unknown tool {name!r}: no plugin registers it"
-                    f"{_suggest(name, known.tools.names())}",
+                    f"{did_you_mean(name, known.tools.names())}",
                 )
         if known.agents is not None:
             for name in agents:
                 if name not in known.agents:
-                    hint = _suggest(name, known.agents) or (
+                    hint = did_you_mean(name, known.agents) or (
                         f" (configured: {', '.join(sorted(known.agents))})"
                         if known.agents
                         else " (no agents are configured)"
@@ -972,7 +978,7 @@ class _Compiler:
                 self._report(
                     _field_with(raw, ref, field_name, where),
                     f"step {ref!r} has no field {field_name!r}"
-                    f"{_suggest(str(field_name), _STEP_RECORD)}; "
+                    f"{did_you_mean(str(field_name), _STEP_RECORD)}; "
                     f"a step has: {', '.join(_STEP_RECORD)}",
                 )
                 continue
@@ -994,7 +1000,7 @@ class _Compiler:
             self._report(
                 _field_with(raw, ref, bad, where),
                 f"step {ref!r} has no output field {_dotted(chain[2 : 3 + at]).lstrip('.')!r}"
-                f"{_suggest(str(bad), known)}; {tail}",
+                f"{did_you_mean(str(bad), known)}; {tail}",
             )
 
     def _report(self, where: str, message: str) -> None:
@@ -1092,7 +1098,7 @@ class _Compiler:
                 elif nested:
                     outer_refs.add(ref)
                 else:
-                    self.issue(where, f"refers to unknown step {ref!r}{_suggest(ref, by_id)}")
+                    self.issue(where, f"refers to unknown step {ref!r}{did_you_mean(ref, by_id)}")
             for label, targets in _safe(
                 lambda s=s: s.step_type.branches(s.definition), {}, self, s.path
             ).items():
@@ -1103,7 +1109,8 @@ class _Compiler:
                         continue
                     if t is None:
                         self.issue(
-                            f"{s.path}.{label}", f"unknown step {target!r}{_suggest(target, by_id)}"
+                            f"{s.path}.{label}",
+                            f"unknown step {target!r}{did_you_mean(target, by_id)}",
                         )
                         continue
                     gate = steps[t].gate
@@ -1182,7 +1189,7 @@ class _Compiler:
         field_name: str,
     ) -> None:
         if dep not in by_id:
-            self.issue(f"{s.path}.{field_name}", f"unknown step {dep!r}{_suggest(dep, by_id)}")
+            self.issue(f"{s.path}.{field_name}", f"unknown step {dep!r}{did_you_mean(dep, by_id)}")
         elif by_id[dep] == s.index:
             self.issue(f"{s.path}.{field_name}", f"step {s.id!r} cannot need itself")
         else:
@@ -1375,13 +1382,6 @@ def _safe(
         c.issue(path, f"step type failed to describe this step: {type(exc).__name__}: {exc}")
         return default
     return result if isinstance(result, kind) else default
-
-
-def _suggest(name: str, known: Iterable[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _json_path(parts: Iterable[Any]) -> str:

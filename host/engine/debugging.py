@@ -8,7 +8,6 @@ who changed what, and a restart replays it.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,7 +20,13 @@ from plait.engine.debugger import (
     problems_of,
     without_indexes,
 )
-from plait.errors import DebugError, InvalidRunState, TemplateError, TemplateSyntaxError
+from plait.errors import (
+    DebugError,
+    InvalidRunState,
+    TemplateError,
+    TemplateSyntaxError,
+    did_you_mean,
+)
 from plait.values import bounded, json_problem
 
 if TYPE_CHECKING:
@@ -455,8 +460,7 @@ def _check_step(compiled: CompiledWorkflow, step: str | None) -> None:
     names = set(step_names(compiled.scope))
     if step in names or without_indexes(step) in names:
         return
-    close = difflib.get_close_matches(step, sorted(names), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(step, sorted(names))
     raise DebugError(f"workflow {compiled.name!r} has no step {step!r}{hint}")
 
 

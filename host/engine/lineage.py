@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from plait.definition.compiler import CompiledStep, CompiledWorkflow, Scope, _suggest
-from plait.errors import DefinitionError, InputsInvalid, WorkflowNotFound
+from plait.definition.compiler import CompiledStep, CompiledWorkflow, Scope
+from plait.errors import DefinitionError, InputsInvalid, WorkflowNotFound, did_you_mean
 from plait.plugins.types import Message
 from plait.state.recovery import StepRecord, replay
 from plait.state.runs import STEP_SETTLED, Event, Run, is_top_level
@@ -166,7 +166,7 @@ async def rerun(
         raise RerunInvalid(
             name,
             f"workflow {name!r} version {target.version} has no step {step!r}"
-            f"{_suggest(step, known)}; its steps: {', '.join(known)}",
+            f"{did_you_mean(step, known)}; its steps: {', '.join(known)}",
         )
     if config:
         target = await _overlaid(engine, target, step, config)

@@ -508,13 +508,13 @@ class ScopeExecution:
                 event_data["error"] = error
             if state.waited:  # seconds its attempts waited on the run's and host's limits
                 event_data["waited"] = round(state.waited, 6)
+            run.set_step(path, status, event_data, output=output, error=error)  # type: ignore[arg-type]
             metrics = self.rx.engine.metrics
             if metrics is not None:
-                began = state.started_at
-                seconds = None if began is None else time.time() - began
+                began, ended = state.started_at, state.finished_at
+                seconds = None if began is None or ended is None else ended - began
                 waited = state.waited if step.step_type.uses_capacity else None
                 metrics.step_settled(run.workflow, step.key, status, seconds, waited)
-            run.set_step(path, status, event_data, output=output, error=error)  # type: ignore[arg-type]
         ready = []
         waiting = self.waiting
         for d in step.dependents:
@@ -1042,7 +1042,9 @@ class StepRuntime:
             policy = cache
 
         async def cached(tool: str, key: str) -> None:
-            self._run.record("step.cached", self.step_id, {"tool": tool, "key": key})
+            run = self._run
+            run.step_state(self.step_id).cached = True
+            run.record("step.cached", self.step_id, {"tool": tool, "key": key})
 
         idempotency_key = self.idempotency_key if key is None else f"{self.idempotency_key}/{key}"
         return await self._scope.rx.engine.tools.call(

@@ -54,7 +54,7 @@ from plait.rpc.methods.web import register_web
 from plait.rpc.methods.webhooks import register_webhooks
 from plait.rpc.session import Session, SessionClosed
 from plait.rpc.transports.stdio import serve_stdio
-from plait.rpc.transports.websocket import RPC_PATH, WebSocketTransport
+from plait.rpc.transports.websocket import LOOPBACK, RPC_PATH, WebSocketTransport
 from plait.rpc.web import WebAccess
 from plait.services.mcp import McpTools
 from plait.services.webhooks import Webhooks
@@ -80,7 +80,6 @@ log = logging.getLogger("plait.host")
 
 WORKFLOW_SUFFIXES = (".yaml", ".yml", ".json")
 """Files in a workflows folder that are read as workflows."""
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 PACE_SECONDS = 0.25
 """How long event publication waits for a congested connection to drain before going on."""
 

@@ -16,7 +16,6 @@ makes the call itself.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ import anyio
 from pydantic import BaseModel, ValidationError
 
 from plait import errors as domain
+from plait.faults import new_correlation_id
 from plait.rpc.codec import MAX_DEPTH, decode, encode
 from plait.rpc.errors import (
     Busy,
@@ -94,7 +94,7 @@ def to_rpc_error(exc: BaseException) -> RpcError:
         return Busy(str(exc))
     if isinstance(exc, domain.StoreUnavailable):
         return Busy(str(exc), {"store": exc.reason})
-    correlation = uuid.uuid4().hex[:16]
+    correlation = new_correlation_id()
     log.error(
         "internal error [correlation %s]",
         correlation,

@@ -27,6 +27,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from plait.telemetry import tokens
+
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -288,8 +290,7 @@ class Metrics:
     ) -> None:
         self.agent_requests.labels(agent, model, outcome).inc()
         self.agent_seconds.labels(agent, model).observe(seconds)
-        given = usage.get("prompt_tokens", usage.get("input_tokens"))
-        taken = usage.get("completion_tokens", usage.get("output_tokens"))
+        given, taken = tokens(usage)
         if given:
             self.agent_tokens.labels(agent, model, "input").inc(given)
         if taken:

@@ -41,6 +41,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from plait.config import TracingSettings
+from plait.telemetry import tokens
 
 __all__ = ["Tracing", "context_of"]
 
@@ -72,14 +73,6 @@ def context_of(meta: Any) -> Context | None:
         log.info("ignoring a traceparent with a zero trace or span id: %.80r", parent)
         return None
     return found
-
-
-def tokens(usage: Mapping[str, int]) -> tuple[int | None, int | None]:
-    """(input, output) tokens of a provider's usage, under either naming (OpenAI's
-    ``prompt``/``completion``, or ``input``/``output``); ``None`` for what it does not say."""
-    given = usage.get("prompt_tokens", usage.get("input_tokens"))
-    taken = usage.get("completion_tokens", usage.get("output_tokens"))
-    return given, taken
 
 
 def _endpoint_problem(url: str) -> str | None:

@@ -12,7 +12,6 @@ invalid-params error under older revisions.
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field
 
-from plait.errors import InputsInvalid, PlaitError, RunError
+from plait.errors import InputsInvalid, PlaitError, RunError, did_you_mean
 from plait.rpc.dispatcher import Dispatcher
 from plait.rpc.errors import InvalidParams, NotFound, RpcError
 from plait.rpc.mcp_era import HANDSHAKE_VERSIONS, MCP_REQUEST, MODERN_VERSIONS, request_version
@@ -204,8 +203,7 @@ def _argument_problems(schema: dict[str, Any], arguments: dict[str, Any]) -> lis
     known = schema.get("properties")
     if isinstance(known, dict) and schema.get("additionalProperties") is None:
         for name in sorted(set(arguments) - set(known)):
-            close = difflib.get_close_matches(name, list(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(name, known)
             taken = ", ".join(sorted(known)) or "none"
             problems.append(f"{name}: unknown argument{hint}; the tool takes: {taken}")
     return problems
@@ -295,7 +293,7 @@ async def _wait_for_end_or_question(
         await run.wait()
         return None
     asked: set[str] = set()
-    while True:
+    while not run.finished:  # its end is kept (and told, like every event: see below)
         pending = [q for q in run.questions() if asks_mcp(q) and q["step"] not in asked]
         if pending:
             question = pending[0]
@@ -304,25 +302,15 @@ async def _wait_for_end_or_question(
             asked.add(question["step"])
             await _elicit(host, session, run, question)
             continue
+        # Every kept event is told to the run's listeners, its end included: one wakes this
+        # loop to look again (no await between the look above and listening).
         changed = anyio.Event()
         undo = run.listen(lambda event: changed.set())
         try:
-            if run.done:
-                return None
-            with anyio.CancelScope() as scope:
-                async with anyio.create_task_group() as tg:
-
-                    async def ended() -> None:
-                        await run.wait()
-                        scope.cancel()
-
-                    tg.start_soon(ended)
-                    await changed.wait()
-                    tg.cancel_scope.cancel()
-            if run.done:
-                return None
+            await changed.wait()
         finally:
             undo()
+    return None
 
 
 async def _elicit(host: HostApi, session: Session, run: Run, question: dict[str, Any]) -> None:

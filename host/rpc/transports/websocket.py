@@ -73,6 +73,8 @@ RPC_PATH = "/rpc"
 """Where the JSON-RPC endpoint is."""
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+"""Binds only this machine can reach."""
 PING_INTERVAL = 20.0
 """Seconds between keepalive pings; a peer silent for ``PING_INTERVAL + PING_TIMEOUT`` is
 dropped."""
@@ -102,7 +104,7 @@ class WebSocketTransport:
         ``metrics_public`` and the bind is loopback (the only peers are on this machine)."""
         self.host = host
         self.metrics = metrics
-        self.metrics_public = metrics_public and bind in ("127.0.0.1", "localhost", "::1")
+        self.metrics_public = metrics_public and bind in LOOPBACK
         self.dispatcher = dispatcher
         self.token = token
         self.allowed_origins = frozenset(allowed_origins)
@@ -171,7 +173,9 @@ class WebSocketTransport:
             return self._check(connection, request)
         response: Response | None
         if urlsplit(request.path).path == METRICS_PATH:
-            response = self._metrics(connection, request, self.metrics)
+            response = self._host_refusal(connection, request) or self._metrics(
+                connection, request, self.metrics
+            )
         else:
             response = self._check(connection, request)
         if response is None:
@@ -183,11 +187,9 @@ class WebSocketTransport:
     def _metrics(
         self, connection: ServerConnection, request: Request, metrics: Metrics
     ) -> Response:
-        """``GET /metrics``: the Prometheus text format, behind the same Host check as the
-        rest and the token unless public."""
+        """``GET /metrics`` (its Host header checked): the Prometheus text format, behind
+        the token unless public."""
         url = urlsplit(request.path)
-        if request.headers.get("Host", "") not in self._allowed_hosts():
-            return _refuse(connection, HTTPStatus.FORBIDDEN, "Host header not allowed")
         if not self.metrics_public and not self._token_ok(request.headers, url.query):
             return _refuse(
                 connection,
@@ -202,16 +204,24 @@ class WebSocketTransport:
         response.headers["Content-Length"] = str(len(response.body))
         return response
 
+    def _host_refusal(self, connection: ServerConnection, request: Request) -> Response | None:
+        """The refusal of a ``Host`` header this server does not answer to (DNS rebinding):
+        the first check of every path."""
+        host_header = request.headers.get("Host", "")
+        if host_header in self._allowed_hosts():
+            return None
+        return _refuse(
+            connection,
+            HTTPStatus.FORBIDDEN,
+            "Host header not allowed",
+            f"bad Host header {host_header[:200]!r} (DNS rebinding?)",
+        )
+
     def _check(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
-        host_header = request.headers.get("Host", "")
-        if host_header not in self._allowed_hosts():
-            return _refuse(
-                connection,
-                HTTPStatus.FORBIDDEN,
-                "Host header not allowed",
-                f"bad Host header {host_header[:200]!r} (DNS rebinding?)",
-            )
+        refusal = self._host_refusal(connection, request)
+        if refusal is not None:
+            return refusal
         if url.path == HEALTH_PATH:
             # A store that cannot write makes the host unhealthy: it answers, but refuses work.
             problem = self.host.store_problem()
@@ -253,7 +263,7 @@ class WebSocketTransport:
         if not self._token_ok(request.headers, url.query) and not (
             page and self.web is not None and self.web.session_ok(request.headers)
         ):
-            given = _has_token(request.headers, url.query)
+            given = _given_token(request.headers, url.query)
             return _refuse(
                 connection,
                 HTTPStatus.UNAUTHORIZED,
@@ -284,12 +294,7 @@ class WebSocketTransport:
         )
 
     def _token_ok(self, headers: Headers, query: str) -> bool:
-        given = ""
-        auth = headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            given = auth[len("Bearer ") :].strip()
-        elif query:
-            given = (parse_qs(query).get("token") or [""])[0]
+        given = _given_token(headers, query)
         return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
 
     # -- a connection ------------------------------------------------------------------------
@@ -406,12 +411,16 @@ def _peer(connection: ServerConnection) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-def _has_token(headers: Headers, query: str) -> bool:
-    """Whether the handshake carried a token at all: a refusal says "bad token" or "no
-    token", which tells a misconfigured client from a stale one without logging either."""
-    if headers.get("Authorization", "").startswith("Bearer "):
-        return True
-    return bool(query) and bool((parse_qs(query).get("token") or [""])[0])
+def _given_token(headers: Headers, query: str) -> str:
+    """The token a handshake carries (``Authorization: Bearer``, else ``?token=``), or ``""``.
+    A refusal says "bad token" or "no token" by it, which tells a misconfigured client from a
+    stale one without logging either."""
+    auth = headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        return auth[len("Bearer ") :].strip()
+    if query:
+        return (parse_qs(query).get("token") or [""])[0]
+    return ""
 
 
 async def _drop(ws: ServerConnection) -> None:
