@@ -45,7 +45,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
-    "did_you_mean",
     "AgentFailed",
     "AgentNotFound",
     "CircuitOpen",

@@ -1042,9 +1042,7 @@ class StepRuntime:
             policy = cache
 
         async def cached(tool: str, key: str) -> None:
-            run = self._run
-            run.step_state(self.step_id).cached = True
-            run.record("step.cached", self.step_id, {"tool": tool, "key": key})
+            self._run.record("step.cached", self.step_id, {"tool": tool, "key": key})
 
         idempotency_key = self.idempotency_key if key is None else f"{self.idempotency_key}/{key}"
         return await self._scope.rx.engine.tools.call(

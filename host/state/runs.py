@@ -127,9 +127,6 @@ class StepState:
     """The run this step's result was taken from (``runs/rerun``): it did not run here."""
     waited: float = 0.0
     """Seconds its attempts waited for a slot of the run's or the host's concurrency limit."""
-    cached: bool = False
-    """Its current attempt took a tool result from the cache (``step.cached``): what the
-    stores count as a cache hit of the step (``runs/stats``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for ``runs/get``."""
@@ -326,9 +323,8 @@ class Run:
         if state.reason is not None and status != "waiting":
             state.reason = None
         now = time.time()
-        if status == "running" and type is None:  # a new attempt
+        if status == "running" and type is None:
             state.started_at = now
-            state.cached = False
         elif status in STEP_SETTLED:
             state.finished_at = now
         for name, value in changes.items():

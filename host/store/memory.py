@@ -410,10 +410,11 @@ class MemoryStore:
         agents: dict[str, AgentUsage] = {}
         for run in runs:
             by_workflow.setdefault(run.workflow, []).append(run)
+            cached = _cached_steps(run)
             for path, state in run.steps.items():
                 if state.status in ("succeeded", "failed") and state.reused_from is None:
                     key = (run.workflow, without_indexes(path))
-                    by_step.setdefault(key, []).append((run, path, state.cached))
+                    by_step.setdefault(key, []).append((run, path, path in cached))
             for event in run.events[: run.published]:
                 if event.type == "agent.usage":
                     _add_usage(agents, event.data)
@@ -478,6 +479,7 @@ class MemoryStore:
         out = []
         for run in runs:
             assert run.started_at is not None and run.finished_at is not None
+            cached = _cached_steps(run)
             steps = [
                 StepTiming(
                     path,
@@ -486,7 +488,7 @@ class MemoryStore:
                     s.finished_at,
                     s.waited,
                     s.attempts,
-                    s.cached,
+                    path in cached,
                 )
                 for path, s in run.steps.items()
                 if is_top_level(path)
@@ -497,6 +499,18 @@ class MemoryStore:
     def describe(self) -> dict[str, Any]:
         """What ``host/info`` reports: not durable, and how many runs are kept."""
         return {"durable": False, "runs": len(self._runs), "keepFinished": self.keep_finished}
+
+
+def _cached_steps(run: Run) -> set[str]:
+    """The steps of ``run`` whose last attempt took a tool result from the cache (a
+    ``step.cached`` event after the attempt's ``step.started``)."""
+    cached: set[str] = set()
+    for event in run.events[: run.published]:
+        if event.type == "step.cached":
+            cached.add(event.step or "")
+        elif event.type == "step.started":
+            cached.discard(event.step or "")
+    return cached
 
 
 def _add_usage(agents: dict[str, AgentUsage], data: dict[str, Any]) -> None:

@@ -61,6 +61,7 @@ from plait.state.run_store import (
 from plait.state.runs import (
     STEP_SETTLED,
     SUMMARY_FIELDS,
+    TERMINAL_EVENTS,
     Event,
     Run,
     StepState,
@@ -349,6 +350,8 @@ class SqliteStore:
         self._broken: str | None = None
         """Why the store may not write at all any more (its write-ahead log is gone)."""
         self._wal_inode: int | None = None
+        self._cached: dict[str, set[str]] = {}
+        """Run id → its steps whose attempt in progress took a tool result from the cache."""
         self.pace = pace
         """Awaited between chunks of published events: the host waits here for connections
         that are still reading to catch up (see ``Host.pace``)."""
@@ -563,6 +566,7 @@ class SqliteStore:
             path = event.step
             state = run.steps[path]
             started, finished = state.started_at, state.finished_at
+            cached = self._cached.get(rid)
             rows.append(
                 (
                     _STEP,
@@ -580,10 +584,17 @@ class SqliteStore:
                         run.created_at,
                         None if started is None or finished is None else finished - started,
                         state.waited,
-                        int(state.cached),
+                        int(cached is not None and path in cached),
                     ),
                 )
             )
+        elif kind == "step.started" or kind == "step.cached":
+            # Whether a step's last attempt took a tool result from the cache: its settle
+            # event's row says so (a new attempt starts without).
+            if kind == "step.cached":
+                self._cached.setdefault(rid, set()).add(event.step or "")
+            elif rid in self._cached:
+                self._cached[rid].discard(event.step or "")
         elif kind == "agent.usage":
             data = event.data
             rows.append(
@@ -601,6 +612,8 @@ class SqliteStore:
                 )
             )
         elif kind in _STATUS_OF_EVENT:
+            if kind in TERMINAL_EVENTS:
+                self._cached.pop(rid, None)
             rows.append(
                 (
                     _RUN_STATUS,
