@@ -401,6 +401,10 @@ def _flatten(data: dict[str, Any]) -> dict[str, Any]:
 def test_the_ide_snippets_launch_real_plait_commands() -> None:
     for block in blocks("Connecting from an IDE (MCP)", "json"):
         launch = json.loads(block.text)
+        if launch.get("type") == "http":  # the host's own /mcp, on its default port
+            assert launch["url"] == "http://127.0.0.1:8765/mcp"
+            assert launch["headers"]["Authorization"].startswith("Bearer ")
+            continue
         assert launch["command"].endswith("/.venv/bin/plait")
         done = subprocess.run(
             [str(BIN / "plait"), launch["args"][0], "--help"], capture_output=True, text=True

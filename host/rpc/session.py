@@ -216,6 +216,10 @@ class Session:
             raise SessionClosed(self.id)
         return outcome
 
+    def awaits(self, request_id: Any) -> bool:
+        """Whether the host asked the client ``request_id`` and waits for the answer."""
+        return isinstance(request_id, str) and request_id in self._pending
+
     def resolve(self, message: dict[str, Any]) -> bool:
         """Match a response from the client to a request the host sent; False if unknown."""
         entry = self._pending.get(message.get("id"))  # type: ignore[arg-type]

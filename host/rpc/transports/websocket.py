@@ -5,6 +5,11 @@ server (DNS rebinding), a browser ``Origin`` must be on the allow-list, and ever
 must present the per-launch token (``Authorization: Bearer`` or ``?token=``), compared in
 constant time. ``GET /health`` is answered over plain HTTP for liveness probes.
 
+MCP over Streamable HTTP is served at ``/mcp`` on the same port, behind the same ``Host``,
+``Origin`` and token checks (:mod:`plait.rpc.transports.mcp_http`); connections for it are
+told apart from WebSocket handshakes by their first request line
+(:mod:`plait.rpc.transports.shared_port`).
+
 With a :class:`~plait.rpc.web.WebAccess`, the web view is served on the same port: ``/`` and
 ``/static/...`` over plain HTTP (after the same ``Host`` check), and the page's own origin
 (``http://127.0.0.1:PORT``) may open ``/rpc`` with its session cookie instead of the token.
@@ -34,6 +39,8 @@ from websockets.http11 import Request, Response
 
 from plait.rpc.dispatcher import Dispatcher
 from plait.rpc.session import Session
+from plait.rpc.transports.mcp_http import MCP_PATH, McpHttp, Refusal
+from plait.rpc.transports.shared_port import PortSharing
 
 if TYPE_CHECKING:
     from plait.config import Limits
@@ -119,6 +126,9 @@ class WebSocketTransport:
         self.open = 0
         self.web = web
         """The web view's links and sessions: the page is served when given."""
+        self.mcp = McpHttp(dispatcher, host.sessions, self, limits, metrics=metrics)
+        """MCP over Streamable HTTP at ``/mcp``."""
+        self.sharing = PortSharing(self.mcp, [MCP_PATH], first_request_timeout=OPEN_TIMEOUT)
 
     async def start(self) -> int:
         """Listen; returns the port (useful when configured as 0)."""
@@ -133,6 +143,7 @@ class WebSocketTransport:
             open_timeout=OPEN_TIMEOUT,
             server_header="plait",
             logger=protocol_log,
+            create_connection=self.sharing,  # type: ignore[arg-type]  # a ServerConnection maker
         )
         sockets = list(self.server.sockets)
         self.port = sockets[0].getsockname()[1] if sockets else self.requested_port
@@ -152,6 +163,8 @@ class WebSocketTransport:
     async def stop(self) -> None:
         """Close the listener and every connection."""
         if self.server is not None:
+            await self.mcp.close()
+            await self.sharing.close()
             self.server.close()
             await self.server.wait_closed()
 
@@ -207,15 +220,43 @@ class WebSocketTransport:
     def _host_refusal(self, connection: ServerConnection, request: Request) -> Response | None:
         """The refusal of a ``Host`` header this server does not answer to (DNS rebinding):
         the first check of every path."""
-        host_header = request.headers.get("Host", "")
+        refusal = self._host_problem(request.headers)
+        if refusal is None:
+            return None
+        return _refuse(connection, refusal.status, refusal.reason, refusal.why)
+
+    def _host_problem(self, headers: Headers) -> Refusal | None:
+        host_header = headers.get("Host", "")
         if host_header in self._allowed_hosts():
             return None
-        return _refuse(
-            connection,
+        return Refusal(
             HTTPStatus.FORBIDDEN,
             "Host header not allowed",
             f"bad Host header {host_header[:200]!r} (DNS rebinding?)",
         )
+
+    def http_refusal(self, headers: Headers, query: str, *, preflight: bool) -> Refusal | None:
+        """The checks of ``/mcp``: those of ``/rpc`` (the web view's cookie aside: the page
+        does not speak MCP); a CORS preflight carries no token, so it is not asked for one."""
+        refusal = self._host_problem(headers)
+        if refusal is not None:
+            return refusal
+        origin = headers.get("Origin")
+        if origin is not None and not self.origin_allowed(origin):
+            return Refusal(
+                HTTPStatus.FORBIDDEN, "Origin not allowed", f"bad origin {origin[:200]!r}"
+            )
+        if preflight or self._token_ok(headers, query):
+            return None
+        given = _given_token(headers, query)
+        return Refusal(
+            HTTPStatus.UNAUTHORIZED,
+            "a valid token is required (Authorization: Bearer <token>)",
+            "bad token" if given else "no token",
+        )
+
+    def origin_allowed(self, origin: str) -> bool:
+        return origin in self.allowed_origins
 
     def _check(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
