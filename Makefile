@@ -9,7 +9,7 @@ TREE := $(VENV)/.tree
 # which `links` does whenever the set of modules changed.
 EDITABLE := --config-settings editable_mode=strict
 
-.PHONY: run test lint typecheck bench bench-peers links clean browser inspector
+.PHONY: run test lint typecheck bench bench-peers links clean browser inspector postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	fi
 
+# The PostgreSQL store's tests run a throwaway cluster of Debian's PostgreSQL server per test
+# session (tests/postgres_cluster.py: initdb, then postgres as the postgres user). Installed only
+# when no initdb is found on PATH or in /usr/lib/postgresql/*/bin (the machines run as root).
+postgres:
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "installing postgresql for the PostgreSQL store's tests (tests/postgres_cluster.py)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	fi
+
 # Tests that time the host's answers run after the rest, alone: on two cores a test beside them
 # would measure the machine, not plait.
 # The MCP Inspector's CLI (npm) drives `plait serve --stdio` in tests/e2e/test_mcp_inspector.py;
@@ -56,7 +65,7 @@ inspector: $(STAMP)
 		else echo "npm not found: the MCP Inspector tests will be skipped"; fi; \
 	fi
 
-test: lint browser inspector
+test: lint browser inspector postgres
 	$(BIN)/pytest -q -rs -n 2 -m "not timing"
 	$(BIN)/pytest -q -rs -m timing
 

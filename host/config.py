@@ -133,8 +133,15 @@ class CacheSettings(_Section):
 
 
 class StoreSettings(_Section):
-    """The run store: SQLite at ``<data_dir>/plait.db``."""
+    """The run store: SQLite at ``<data_dir>/plait.db``, or PostgreSQL at ``url``."""
 
+    url: str | None = Field(None, pattern=r"^postgres(ql)?://")
+    """``postgresql://user@host:port/db``: keep runs in PostgreSQL instead of SQLite, which
+    lets several hosts share them (see :class:`ClusterSettings`). A password is better given
+    in ``PGPASSWORD`` or ``~/.pgpass`` than here."""
+    connect_timeout: float = Field(60.0, gt=0)
+    """PostgreSQL: seconds to keep trying to reach the database at start (with backoff,
+    saying what it waits for) before giving up."""
     durable: bool = True
     """False keeps runs in memory only, as ``data_dir = ":memory:"`` does, but still keeps the
     cache and token in the data dir (for tests and benchmarks)."""
@@ -152,6 +159,22 @@ class StoreSettings(_Section):
     ``runs/get``, ``runs/events`` and ``runs/list``; the longest-finished are forgotten first,
     so a long-running host does not grow without end. The durable store keeps every run on
     disk and drops finished ones from memory at once."""
+
+
+class ClusterSettings(_Section):
+    """Several hosts on one PostgreSQL store (``[store] url``): each run is owned by one host,
+    whose lease its heartbeat renews; a host that stops renewing loses its runs to the others.
+    """
+
+    lease_seconds: float = Field(10.0, ge=1.0)
+    """A host that has not renewed its lease for this long is taken for dead: another host
+    takes its runs over and resumes them as crash recovery does."""
+    heartbeat_seconds: float | None = Field(None, gt=0)
+    """Seconds between lease renewals (default: a quarter of ``lease_seconds``)."""
+    name: str | None = None
+    """How this host is named in the hosts table and the log (default: hostname:pid)."""
+    drain_seconds: float = Field(30.0, ge=0)
+    """On SIGTERM: seconds to let runs finish before the host hands the rest over."""
 
 
 class BreakerSettings(_Section):
@@ -378,6 +401,7 @@ class HostConfig(_Section):
     limits: Limits = Field(default_factory=Limits)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
     env: EnvSettings = Field(default_factory=EnvSettings)
     tools: dict[str, ToolSettings] = Field(default_factory=dict)

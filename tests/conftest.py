@@ -1,14 +1,19 @@
-"""Shared fixtures: the anyio backend, a fresh plugin manager, and a probe plugin of tools."""
+"""Shared fixtures: the anyio backend, a fresh plugin manager, a probe plugin of tools, and a
+throwaway PostgreSQL cluster (``pg_cluster``) with a fresh database per test (``pg_url``)."""
 
 from __future__ import annotations
 
+import os
 import types
+import uuid
 
 import anyio
 import pytest
 
 import plait
 from plait.plugins import create_plugin_manager
+
+from .postgres_cluster import PgCluster, PgUnavailable, ensure_bindir
 
 
 @pytest.fixture
@@ -80,3 +85,34 @@ def probe():
 def pm(probe):
     """Built-ins plus the probe plugin; no entry points, so installed plugins do not leak in."""
     return create_plugin_manager(entry_points=False, extra=[probe.plugin()])
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A running PostgreSQL cluster of this session (one per pytest-xdist worker), removed after.
+
+    Skips, saying why, only when the server's programs are missing and cannot be installed
+    (``make postgres`` installs them); any other failure to start is an error.
+    """
+    try:
+        bindir = ensure_bindir()
+    except PgUnavailable as exc:
+        pytest.skip(f"PostgreSQL server unavailable: {exc}")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    cluster = PgCluster(bindir, name=worker)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def pg_url(pg_cluster):
+    """The URL of a fresh, empty database on ``pg_cluster``, dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = pg_cluster.create_database(name)
+    yield url
+    if not pg_cluster.running:  # a crash test left the server down
+        pg_cluster.start()
+    pg_cluster.drop_database(name)

@@ -43,6 +43,7 @@ from plait.store.datadir import TOKEN_FILE, ensure_private_dir, remove_host_info
 
 if TYPE_CHECKING:
     from plait.host.app import Host
+    from plait.host.cluster import Cluster
 
 __all__ = ["main"]
 
@@ -497,22 +498,42 @@ class _Stop:
         self.signalled = False
 
     async def watch(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        """Take SIGINT and SIGTERM: the first stops serving, a second ends the process."""
+        """Take SIGINT and SIGTERM: the first stops serving, a second ends the process.
+
+        A host among several on one PostgreSQL store drains first on SIGTERM (what a
+        service manager or an orchestrator sends before replacing it): it takes no more runs
+        over and lets its runs end for up to ``[cluster] drain_seconds``; the rest are handed
+        over to the other hosts as it stops. SIGINT stops at once, as ever.
+        """
         with anyio.open_signal_receiver(*STOP_SIGNALS) as received:
             task_status.started()
-            async for signum in received:
-                name = signal.Signals(signum).name
-                if self.signalled:
-                    self.force(f"{name} again while stopping")
-                self.signalled = True
-                print(f"plait: {name}: stopping", file=sys.stderr, flush=True)
-                deadline = threading.Timer(
-                    self.seconds, self.force, (f"not stopped within {self.seconds:g}s",)
-                )
-                deadline.daemon = True  # a stop that ends in time leaves it behind
-                deadline.start()
-                if self.serving is not None:
-                    self.serving.cancel()
+            async with anyio.create_task_group() as tg:
+                async for signum in received:
+                    name = signal.Signals(signum).name
+                    if self.signalled:
+                        self.force(f"{name} again while stopping")
+                    self.signalled = True
+                    cluster = getattr(self.host, "cluster", None)
+                    drain = cluster.settings.drain_seconds if cluster is not None else 0.0
+                    drain = drain if signum == signal.SIGTERM else 0.0
+                    print(
+                        f"plait: {name}: {'draining, then ' if drain else ''}stopping",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    bound = self.seconds + drain
+                    deadline = threading.Timer(
+                        bound, self.force, (f"not stopped within {bound:g}s",)
+                    )
+                    deadline.daemon = True  # a stop that ends in time leaves it behind
+                    deadline.start()
+                    tg.start_soon(self._stop_serving, cluster if drain else None)
+
+    async def _stop_serving(self, cluster: Cluster | None) -> None:
+        if cluster is not None:
+            await cluster.drain()
+        if self.serving is not None:
+            self.serving.cancel()
 
     def after(self) -> None:
         """Once the event loop is gone, a signal still ends the process (the interpreter may

@@ -147,6 +147,8 @@ class Engine:
         self.crash_limit = limits.max_crash_restarts
         """Crashes in a row a step attempt may be in flight for before it is quarantined."""
         self.stopping = False
+        self.abandoned: set[str] = set()
+        """Runs another host took over (see :meth:`abandon`)."""
         self.mcp: McpTools | None = None
         """The configured MCP servers as tool sources, while the engine is entered."""
         self.sampler = sampler
@@ -504,12 +506,17 @@ class Engine:
             if cancel_scope.cancelled_caught:
                 raise RunCancelled(f"run {run.id} was cancelled")
         except RunCancelled as exc:
+            if run.id in self.abandoned:
+                self._dropped(rx, quiet)
+                return None
             self._finish(rx, "cancelled", compiled, error=exc.to_dict())
             if quiet:
                 return None
             raise
         except anyio.get_cancelled_exc_class():
-            if not self.store.durable or not self.stopping:
+            if run.id in self.abandoned:
+                self._dropped(rx, True)
+            elif not self.store.durable or not self.stopping:
                 with anyio.CancelScope(shield=True):
                     self._finish(
                         rx,
@@ -528,6 +535,40 @@ class Engine:
         run.outputs = outputs
         self._finish(rx, "succeeded", outputs=outputs)
         return outputs
+
+    def abandon(self, run_ids: Collection[str]) -> list[str]:
+        """Stop the runs ``run_ids`` here without recording anything: another host owns them
+        now (its store refused this host's changes to them), and resumes them from what is
+        kept. Nothing of their end runs here (no compensation, no chained run, no dead
+        letter). Returns the ids of those that were live."""
+        stopped = []
+        for run_id in run_ids:
+            self.abandoned.add(run_id)
+            rx = self.executions.get(run_id)
+            if rx is not None:
+                rx.cancel_scope.cancel()
+                stopped.append(run_id)
+            elif run_id in self.runs:  # not executing (restored, never started): forget it
+                self._forget(run_id)
+        return stopped
+
+    def adopting(self, run_ids: Collection[str]) -> None:
+        """This host takes ``run_ids`` (back) over: they are no longer abandoned here."""
+        self.abandoned.difference_update(run_ids)
+
+    def _dropped(self, rx: RunExecution, quiet: bool) -> None:
+        """An abandoned run leaves this host's memory as it is, unfinished."""
+        self._forget(rx.run.id)
+        log.warning("run %s is no longer run here: another host took it over", rx.run.id)
+        if not quiet:
+            raise RunCancelled(f"run {rx.run.id} was taken over by another host")
+
+    def _forget(self, run_id: str) -> None:
+        self.executions.pop(run_id, None)
+        self._tree_children.pop(run_id, None)
+        run = self.runs.pop(run_id, None)
+        if run is not None and run.idempotency_key is not None:
+            self.idempotency.pop(run.idempotency_key, None)
 
     def _render_top(self, template: Any, scope: ScopeExecution, field: str) -> Any:
         try:

@@ -35,6 +35,7 @@ from plait.errors import (
     StoreError,
     StoreUnavailable,
 )
+from plait.host.cluster import Cluster
 from plait.host.compose import build_engine, build_schedules, tool_cache
 from plait.host.logs import run_lines, run_log
 from plait.host.observing import check_endpoint, levels
@@ -69,6 +70,7 @@ from plait.store.datadir import (
     write_private,
 )
 from plait.store.memory import MemoryStore
+from plait.store.postgres import PostgresStore
 from plait.store.sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -144,6 +146,8 @@ class Host:
         self.schedules: Schedules | None = None
         """The schedules and the task that fires them, while the host runs (not in a host
         that does not resume runs: a command working on a data dir fires nothing)."""
+        self.cluster: Cluster | None = None
+        """This host's part among several on one PostgreSQL store, while it runs."""
         self._stack: AsyncExitStack | None = None
         self.sessions: set[Session] = set()
         """Connected clients, on any transport."""
@@ -199,15 +203,7 @@ class Host:
                     lock = DataDirLock(self.data_dir)
                     lock.acquire()
                     stack.callback(lock.release)
-                    store = await stack.enter_async_context(
-                        SqliteStore(
-                            self.data_dir,
-                            self.config.store,
-                            pace=self.pace,
-                            webhooks=self.webhooks,
-                            metrics=self.metrics,
-                        )
-                    )
+                    store = await stack.enter_async_context(self._durable_store(self.data_dir))
             except (OSError, sqlite3.OperationalError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 raise StoreError(
@@ -258,10 +254,66 @@ class Host:
                 log.info("resumed %d unfinished run(s)", len(self.recovered))
             if self.recover_runs:
                 self.schedules = await stack.enter_async_context(build_schedules(self.engine))
+            if self.recover_runs and isinstance(store, PostgresStore):
+                self.cluster = Cluster(
+                    store, self.engine, self.config.cluster, self._remote_commands()
+                )
+                watching.start_soon(self.cluster.run)
             self.started_at = time.time()
             self.pm.hook.host_started.call_historic(kwargs={"host": self})
             self._stack = stack.pop_all()
         return self
+
+    def _durable_store(self, data_dir: Path) -> SqliteStore:
+        """The store runs are kept in: PostgreSQL at ``[store] url``, else SQLite in the data
+        dir."""
+        options: dict[str, Any] = {
+            "pace": self.pace,
+            "webhooks": self.webhooks,
+            "metrics": self.metrics,
+        }
+        if self.config.store.url is not None:
+            return PostgresStore(
+                self.config.store.url, self.config.store, self.config.cluster, **options
+            )
+        return SqliteStore(data_dir, self.config.store, **options)
+
+    def _remote_commands(self) -> dict[str, Callable[[str, dict[str, Any]], Awaitable[Any]]]:
+        """How this host does the control commands other hosts send for the runs it owns."""
+        engine = self._engine()
+
+        async def cancel(run_id: str, args: dict[str, Any]) -> None:
+            if not engine.cancel_now(run_id):
+                await engine.cancel(run_id)  # says why it cannot (not live, finished)
+
+        async def pause(run_id: str, args: dict[str, Any]) -> None:
+            await engine.pause(run_id)
+
+        async def resume(run_id: str, args: dict[str, Any]) -> None:
+            await engine.resume(run_id)
+
+        async def signal(run_id: str, args: dict[str, Any]) -> None:
+            await engine.signal(run_id, args["event"], args.get("data"))
+
+        async def respond(run_id: str, args: dict[str, Any]) -> None:
+            await engine.respond(
+                run_id, args["step"], args["answer"], by=args.get("by"), channel=args["channel"]
+            )
+
+        return {
+            "cancel": cancel,
+            "pause": pause,
+            "resume": resume,
+            "signal": signal,
+            "respond": respond,
+        }
+
+    async def _elsewhere(self, run_id: str) -> str | None:
+        """The whole id of a run another host owns (control goes to it), else ``None``."""
+        if self.cluster is None:
+            return None
+        run_id = await self._engine().resolve_run_id(run_id)
+        return run_id if await self.cluster.elsewhere(run_id) else None
 
     @staticmethod
     async def _stop_tracing(tracing: Tracing) -> None:
@@ -470,8 +522,12 @@ class Host:
         )
 
     async def get_run(self, run_id: str) -> Run:
-        """The run with that id, live or from the store."""
-        return await self._engine().load_run(run_id)
+        """The run with that id, live or from the store (one owned by another host is
+        followed: its listeners hear its events as they are kept)."""
+        run = await self._engine().load_run(run_id)
+        if self.cluster is not None and not run.finished and run.id not in self._engine().runs:
+            return self.cluster.follow(run)
+        return run
 
     async def view_run(self, run_id: str) -> dict[str, Any]:
         """``runs/get``'s view of a run: all of it kept. While the store cannot write, a live
@@ -527,6 +583,11 @@ class Host:
     async def cancel_run(self, run_id: str) -> Run:
         """Cancel a run; returns once it ended (or after a few seconds, as it then stands)."""
         self._writable()
+        remote = await self._elsewhere(run_id)
+        if remote is not None:
+            assert self.cluster is not None
+            await self.cluster.control(remote, "cancel", {})
+            return await self.get_run(remote)
         return await self._engine().cancel(run_id)
 
     def cancel_soon(self, run_id: str) -> bool:
@@ -536,16 +597,31 @@ class Host:
     async def pause_run(self, run_id: str) -> Run:
         """Start no new steps of a run; running ones finish."""
         self._writable()
+        remote = await self._elsewhere(run_id)
+        if remote is not None:
+            assert self.cluster is not None
+            await self.cluster.control(remote, "pause", {})
+            return await self.get_run(remote)
         return await self._engine().pause(run_id)
 
     async def resume_run(self, run_id: str) -> Run:
         """Continue a paused run."""
         self._writable()
+        remote = await self._elsewhere(run_id)
+        if remote is not None:
+            assert self.cluster is not None
+            await self.cluster.control(remote, "resume", {})
+            return await self.get_run(remote)
         return await self._engine().resume(run_id)
 
     async def signal_run(self, run_id: str, event: str, data: Any = None) -> None:
         """Deliver a signal to a run's ``wait`` steps, once it is kept."""
         self._writable()
+        remote = await self._elsewhere(run_id)
+        if remote is not None:
+            assert self.cluster is not None
+            await self.cluster.control(remote, "signal", {"event": event, "data": data})
+            return
         await self._engine().signal(run_id, event, data)
 
     async def respond(
@@ -565,6 +641,12 @@ class Host:
         when the step is not waiting for input from that channel, ``RunNotFound``.
         """
         self._writable()
+        remote = await self._elsewhere(run_id)
+        if remote is not None:
+            assert self.cluster is not None
+            answered = {"step": step, "answer": answer, "by": by, "channel": channel}
+            await self.cluster.control(remote, "respond", answered)
+            return
         await self._engine().respond(run_id, step, answer, by=by, channel=channel)
 
     async def rerun_run(

@@ -358,12 +358,37 @@ class SqliteStore:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    _integrity_errors: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+    """What a row that can never go in raises (the batch is then applied row by row)."""
+    _write_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+    """What a failed commit raises (it is retried with backoff)."""
+
+    def _open(self) -> None:
+        """Open the database (in a worker thread): the writer's and the reader's connections."""
+        self._conn = open_database(self.path, self.settings)
+        self._after_crash = self._mark_open()
+        self._reader = connect(self.path, self.settings, readonly=True)
+
+    def _close(self) -> None:
+        """Close the connections (the writer has stopped)."""
+        # The reader first: the last connection to close checkpoints the WAL into the
+        # database file, and only the writer can.
+        for conn in (self._reader, self._conn):
+            if conn is not None:
+                conn.close()
+        self._conn = self._reader = None
+        # All kept: the next start is not one after a crash, unless this one was and only
+        # read, leaving the crash's runs to the next start (keep_crash_mark).
+        if self.pending == 0 and not (self._keep_mark and self._after_crash):
+            self._open_mark.unlink(missing_ok=True)
+
+    def _told_of(self, told: list[tuple[Run, Event]]) -> list[tuple[Run, Event]]:
+        """Of a committed batch's events, those to tell (all of them: see the PostgreSQL
+        store, which leaves out the runs another host took over)."""
+        return told
+
     async def __aenter__(self) -> SqliteStore:
-        self._conn = await anyio.to_thread.run_sync(open_database, self.path, self.settings)
-        self._after_crash = await anyio.to_thread.run_sync(self._mark_open)
-        self._reader = await anyio.to_thread.run_sync(
-            lambda: connect(self.path, self.settings, readonly=True)
-        )
+        await anyio.to_thread.run_sync(self._open)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -413,16 +438,7 @@ class SqliteStore:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
             self._tg = None
-            # The reader first: the last connection to close checkpoints the WAL into the
-            # database file, and only the writer can.
-            for conn in (self._reader, self._conn):
-                if conn is not None:
-                    conn.close()
-            self._conn = self._reader = None
-            # All kept: the next start is not one after a crash, unless this one was and only
-            # read, leaving the crash's runs to the next start (keep_crash_mark).
-            if self.pending == 0 and not (self._keep_mark and self._after_crash):
-                self._open_mark.unlink(missing_ok=True)
+            await anyio.to_thread.run_sync(self._close)
 
     def _stop_threads(self) -> None:
         """End the writer's and the kicker's threads (they cannot be cancelled)."""
@@ -794,12 +810,12 @@ class SqliteStore:
             try:
                 try:
                     self._apply(taken.rows, False)
-                except sqlite3.IntegrityError as exc:
+                except self._integrity_errors as exc:
                     # A row that can never go in (a bug, or a row already there): keep the
                     # rest of its batch.
                     log.error("store: a batch broke a constraint (%s); applying row by row", exc)
                     self._apply(taken.rows, True)
-            except sqlite3.Error as exc:
+            except self._write_errors as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if self._stopping:  # only if closing gave up waiting for the commit
                     log.error(
@@ -817,7 +833,7 @@ class SqliteStore:
             self.last_error, delay = None, 0.05
             self._committed = taken.target
             self.commits += 1
-            self._committed_batches.append((taken.told, taken.target))
+            self._committed_batches.append((self._told_of(taken.told), taken.target))
             taken = None
             self._commit_done.set()
 

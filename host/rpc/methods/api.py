@@ -321,21 +321,31 @@ def register_api(dispatcher: Dispatcher, host: HostApi) -> None:
         # in memory answers without yielding, so nothing arrives before `forward` listens).
         held = await host.events(run.id, p.since or 0) if run is not None else []
         live = False
+        sent = 0
+        """The last seq sent of the run: a run followed from another host's commits may be
+        told events again that the backlog held (each is sent once)."""
+
+        def send(event: Event) -> bool:
+            nonlocal sent
+            if run is not None:
+                if event.seq <= sent:
+                    return False
+                sent = event.seq
+            session.notify("runs/event", _event_notification(subscription, event))
+            return True
 
         def forward(event: Event) -> None:
             if live:
-                session.notify("runs/event", _event_notification(subscription, event))
-                if delivered is not None:
+                if send(event) and delivered is not None:
                     delivered.inc()
             else:
                 held.append(event)
 
         def go_live() -> None:
             nonlocal live
-            for event in held:
-                session.notify("runs/event", _event_notification(subscription, event))
-            if delivered is not None and held:
-                delivered.inc(len(held))
+            told = sum(send(event) for event in held)
+            if delivered is not None and told:
+                delivered.inc(told)
             held.clear()
             live = True
 

@@ -1,0 +1,124 @@
+"""The PostgreSQL store against a real throwaway PostgreSQL server (``pg_url``): the same
+rows and guarantees as the SQLite store, migrations, a newer schema refused, an unreachable
+server waited for, a lost connection reconnected, and the ownership and fencing several hosts
+rely on.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+import pytest
+
+import plait
+from plait.config import HostConfig, StoreSettings
+from plait.errors import StoreError
+from plait.state.runs import Run
+from plait.store.postgres import PostgresStore
+from plait.store.postgres_schema import SCHEMA_VERSION
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+ECHO = {
+    "name": "w",
+    "steps": [
+        {"id": "a", "transform": "${inputs.x + 1}"},
+        {"id": "b", "tool": "probe.echo", "with": {"value": "${steps.a.output}"}},
+    ],
+    "inputs": {"type": "object", "properties": {"x": {"type": "integer"}}},
+    "outputs": {"b": "${steps.b.output}"},
+}
+
+
+def config(tmp_path, url, **cluster):
+    return HostConfig.model_validate(
+        {
+            "host": {"data_dir": str(tmp_path / "data")},
+            "store": {"url": url, "connect_timeout": 5},
+            "cluster": cluster,
+            "plugins": {"entry_points": False},
+        }
+    )
+
+
+def rows(url, sql, params=()):
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+async def test_runs_are_kept_in_postgresql_and_read_back_after_a_restart(tmp_path, pm, pg_url):
+    async with plait.Host(config(tmp_path, pg_url), pm=pm) as host:
+        host.register(ECHO)
+        run_id = await host.start_run("w", {"x": 1}, idempotency_key="once")
+        run = await host.wait(run_id)
+        assert run.status == "succeeded" and run.outputs == {"b": 2}
+    assert rows(pg_url, "SELECT status FROM runs WHERE id = %s", (run.id,)) == [("succeeded",)]
+    kinds = [
+        kind
+        for (kind,) in rows(
+            pg_url, "SELECT type FROM events WHERE run_id = %s ORDER BY seq", (run.id,)
+        )
+    ]
+    assert kinds[0] == "run.created" and kinds[-1] == "run.succeeded"
+    async with plait.Host(config(tmp_path, pg_url), pm=pm) as host:
+        again = await host.get_run(run.id)
+        assert again.status == "succeeded" and again.outputs == {"b": 2}
+        page = await host.list_runs(workflow="w")
+        assert [r["id"] for r in page.runs] == [run.id]
+        same = await host.start_run("w", {"x": 1}, idempotency_key="once")
+        assert same == run.id
+        events = await host.events(run.id)
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        stats = await host.run_stats(workflow="w")
+        assert stats["workflows"][0]["runs"] == 1
+
+
+async def test_a_database_of_a_newer_plait_is_refused_and_an_older_one_migrated(
+    tmp_path, pm, pg_url
+):
+    async with PostgresStore(pg_url, StoreSettings(connect_timeout=5)):
+        pass
+    assert rows(pg_url, "SELECT value FROM plait_meta") == [(str(SCHEMA_VERSION),)]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE plait_meta SET value = '99'")
+    with pytest.raises(StoreError, match="newer plait"):
+        async with PostgresStore(pg_url, StoreSettings(connect_timeout=5)):
+            pass
+
+
+async def test_a_foreign_database_is_refused(pg_url):
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE accounts (id int)")
+    with pytest.raises(StoreError, match="not a plait store"):
+        async with PostgresStore(pg_url, StoreSettings(connect_timeout=5)):
+            pass
+    assert rows(pg_url, "SELECT count(*) FROM accounts") == [(0,)]
+
+
+async def test_an_unreachable_server_is_waited_for_then_named(caplog):
+    caplog.set_level(logging.WARNING)
+    url = "postgresql://postgres@127.0.0.1:9/nowhere"
+    with pytest.raises(StoreError, match="not reachable after 1s") as caught:
+        async with PostgresStore(url, StoreSettings(connect_timeout=1)):
+            pass
+    assert "127.0.0.1:9" in str(caught.value)
+    assert (
+        "waiting for the PostgreSQL store at postgresql://postgres@127.0.0.1:9/nowhere"
+        in caplog.text
+    )
+
+
+async def test_a_run_another_host_took_is_fenced(pg_url):
+    async with PostgresStore(pg_url, StoreSettings(connect_timeout=5)) as store:
+        run = Run("r1", "w", 1, {})
+        store.attach(run)
+        run.record("run.created", None, {})
+        await store.sync()
+        assert rows(pg_url, "SELECT owner, epoch FROM runs") == [(store.host_id, 1)]
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # another host took it over
+            conn.execute("UPDATE runs SET owner = 'other', epoch = 2")
+        run.record("run.started", None, {})
+        await store.sync()
+        assert store.fenced == {"r1"}
+        assert [s for (s,) in rows(pg_url, "SELECT seq FROM events ORDER BY seq")] == [1]
