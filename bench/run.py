@@ -95,6 +95,14 @@ def measure(name: str, args: dict[str, Any]) -> dict[str, Any]:
             ),
             backend_options=loop_options(args),
         )
+    if name == "pg-runs":
+        import cluster
+
+        return anyio.run(lambda: cluster.in_process(args["n"]))
+    if name == "pg-served":
+        import cluster
+
+        return anyio.run(lambda: cluster.served(args["n"], args["hosts"]))
     if name == "asyncio-runs":
         return anyio.run(lambda: workloads.asyncio_runs(args["n"]))
     if name == "peer-graph":
@@ -250,6 +258,11 @@ def collect(
                 mode="durable",
                 **flags,
             )
+    # W3 with its store on PostgreSQL: in process beside SQLite's W3 durable, then through one
+    # and three real hosts on one database (the same driver), and a take-over after kill -9.
+    put("W3-pg/in-process", child, "pg-runs", n=size["runs"])
+    put("W3-pg/1-host", child, "pg-served", n=size["runs"], hosts=1)
+    put("W3-pg/3-hosts", child, "pg-served", n=size["runs"], hosts=3)
     put("W3-many/asyncio", child, "asyncio-runs", n=size["many"])
     put("W3-many/memory", child, "plait-runs", n=size["many"], mode="memory")
     for how in ("host", "run"):
@@ -426,6 +439,39 @@ def rows(r: dict[str, Any], size: dict[str, int]) -> list[tuple[str, ...]]:
         "runs/s",
         "— (cost shown)",
         None,
+    )
+    row(
+        f"W3 {runs:,} runs, PostgreSQL, in process (baseline: W3 durable, SQLite)",
+        get("W3-pg/in-process", "runs_per_s"),
+        dur_rps,
+        "runs/s",
+        "— (cost shown)",
+        None,
+    )
+    row(
+        f"W3 {runs:,} runs via 1 host on PostgreSQL",
+        get("W3-pg/1-host", "runs_per_s"),
+        None,
+        "runs/s",
+        "—",
+        None,
+    )
+    row(
+        f"W3 {runs:,} runs via 3 hosts on PostgreSQL (baseline: 1 host)",
+        get("W3-pg/3-hosts", "runs_per_s"),
+        get("W3-pg/1-host", "runs_per_s"),
+        "runs/s",
+        "— (scaling shown)",
+        None,
+    )
+    takeover = get("W3-pg/3-hosts", "takeover_s")
+    row(
+        "take-over after kill -9 of 1 of 3 hosts (lease 5 s)",
+        takeover,
+        None,
+        "s",
+        "≤ 10 s",
+        None if takeover is None else takeover <= 10,
     )
     many = size["many"]
     many_rss = get("W3-many/memory", "peak_rss_mb")

@@ -166,7 +166,7 @@ class ClusterSettings(_Section):
     whose lease its heartbeat renews; a host that stops renewing loses its runs to the others.
     """
 
-    lease_seconds: float = Field(10.0, ge=1.0)
+    lease_seconds: float = Field(5.0, ge=1.0)
     """A host that has not renewed its lease for this long is taken for dead: another host
     takes its runs over and resumes them as crash recovery does."""
     heartbeat_seconds: float | None = Field(None, gt=0)
@@ -410,6 +410,10 @@ class HostConfig(_Section):
     mcp_servers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """MCP servers whose tools the host offers as ``<server>.<tool>`` (see ``plait.services.mcp``):
     ``command``/``args``/``env``/``cwd`` or ``url``/``headers``, ``timeout``, ..."""
+    executors: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Where heavy tool calls run: ``[executors.dask] address = "tcp://..."``. A table's
+    ``provider`` (default: the table's name) picks the plugin that makes it, which checks the
+    other keys when the host starts (see ``plait.services.executors``)."""
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     """Webhook subscriptions: ``[[webhooks]]`` entries, or ``[webhooks.<id>]`` tables."""
     webhooks_policy: WebhookPolicy = Field(default_factory=WebhookPolicy)

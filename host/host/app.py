@@ -300,7 +300,16 @@ class Host:
                 run_id, args["step"], args["answer"], by=args.get("by"), channel=args["channel"]
             )
 
+        async def start(run_id: str, args: dict[str, Any]) -> str:
+            run = await engine.start(
+                engine.catalog.get(args["workflow"], args.get("version")),
+                args.get("inputs"),
+                idempotency_key=args.get("idempotencyKey"),
+            )
+            return run.id
+
         return {
+            "start": start,
             "cancel": cancel,
             "pause": pause,
             "resume": resume,
@@ -486,9 +495,33 @@ class Host:
         origin: Session | None = None,
         paused: bool = False,
     ) -> Run:
-        """Start a run of a registered workflow; returns the run once its start is kept."""
+        """Start a run of a registered workflow; returns the run once its start is kept.
+
+        Among several hosts, a run a client starts (not one an MCP client waits on with
+        questions, nor one started paused) may be started on a less busy host instead (see
+        :meth:`plait.host.cluster.Cluster.place`); it is then followed here."""
         self._writable()
         engine = self._engine()
+        target = (
+            self.cluster.place()
+            if self.cluster is not None and not paused and _forwardable(origin)
+            else None
+        )
+        if target is not None:
+            assert self.cluster is not None
+            engine.catalog.get(workflow, version)  # an unknown workflow is refused here
+            started = await self.cluster.control(
+                None,
+                "start",
+                {
+                    "workflow": workflow,
+                    "inputs": dict(inputs or {}),
+                    "version": version,
+                    "idempotencyKey": idempotency_key,
+                },
+                host=target,
+            )
+            return await self.get_run(str(started))
         return await engine.start(
             engine.catalog.get(workflow, version),
             inputs,
@@ -870,6 +903,12 @@ class Host:
 async def _close_task_group(tg: anyio.abc.TaskGroup) -> None:
     tg.cancel_scope.cancel()
     await tg.__aexit__(None, None, None)
+
+
+def _forwardable(origin: Session | None) -> bool:
+    """Whether a run may start on another host: not when its client speaks MCP (its questions
+    go back to that client, through this host)."""
+    return origin is None or origin.transport == "websocket"
 
 
 def _version() -> str:

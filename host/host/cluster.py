@@ -17,6 +17,9 @@ Every host runs the same loops, and the database decides between them (no other 
 - **Following.** ``runs/subscribe`` and ``runs/wait`` on a run owned elsewhere follow it
   through the ``plait_events`` notifications each commit sends: the new events are read
   from the store and told to the run's followers here.
+- **Spreading.** A new run started through this host while it runs :data:`SPREAD_MARGIN`
+  more runs than the least busy live host (as the heartbeats report them) is started there
+  instead, through the same commands table, and followed here.
 - **Draining.** :meth:`drain` (``plait serve`` on SIGTERM) stops claiming, lets runs finish
   for up to ``drain_seconds``, and the store's close hands the rest over at once.
 """
@@ -48,6 +51,8 @@ COMMAND_SECONDS = 10.0
 """How long a control request for a run owned elsewhere waits for its owner to answer."""
 CLAIM_EVERY = 1.0
 """Seconds between two looks for runs whose owner died."""
+SPREAD_MARGIN = 16
+"""Runs more than the least busy live host at which a new run is started there instead."""
 
 Command = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
@@ -73,6 +78,8 @@ class Cluster:
         """Runs owned elsewhere that someone here follows, by id."""
         self._wake_claim = anyio.Event()
         self._wake_commands = anyio.Event()
+        self.peers: list[dict[str, Any]] = []
+        """The other live hosts, not draining, as the last heartbeat read them."""
         self.took_over: list[tuple[str, float]] = []
         """(run id, when) of each run this host took over (for the log and tests)."""
 
@@ -98,6 +105,13 @@ class Cluster:
         while True:
             try:
                 await self.store.heartbeat(len(self.engine.executions))
+                self.peers = [
+                    host
+                    for host in await self.store.hosts()
+                    if host["id"] != self.store.host_id
+                    and not host["draining"]
+                    and host["silent"] < self.settings.lease_seconds
+                ]
                 now = time.monotonic()
                 if now - renewed > self.settings.lease_seconds:
                     # Away longer than the lease: others may have taken runs over meanwhile.
@@ -204,15 +218,15 @@ class Cluster:
                 await self._wake_commands.wait()
             self._wake_commands = anyio.Event()
 
-    async def _do(self, run_id: str, command: str, args: dict[str, Any]) -> dict[str, Any]:
+    async def _do(self, run_id: str | None, command: str, args: dict[str, Any]) -> dict[str, Any]:
         do = self.commands.get(command)
         if do is None:
             return {"error": {"code": -32601, "message": f"unknown command {command!r}"}}
         try:
-            await do(run_id, args)
+            value = await do(run_id or "", args)
         except (PlaitError, RpcError) as exc:
             return {"error": to_rpc_error(exc).to_error_data()}
-        return {"ok": True}
+        return {"ok": True, "value": value}
 
     # -- for the host --------------------------------------------------------------------------
 
@@ -227,30 +241,45 @@ class Cluster:
         owner = await self.store.owner_of(run_id)
         return owner is not None and owner != self.store.host_id
 
-    async def control(self, run_id: str, command: str, args: dict[str, Any]) -> None:
-        """Have the owner of ``run_id`` do ``command`` and wait for its answer.
+    async def control(
+        self, run_id: str | None, command: str, args: dict[str, Any], *, host: str | None = None
+    ) -> Any:
+        """Have the owner of ``run_id`` (or the host ``host``) do ``command``; its answer.
 
         Raises:
             RpcError: the owner refused it (the error it raised), or did not answer in time.
         """
-        command_id = await self.store.send_command(run_id, command, args)
+        command_id = await self.store.send_command(run_id, command, args, host=host)
         deadline = time.monotonic() + COMMAND_SECONDS
-        delay = 0.01
+        delay = 0.005
         while time.monotonic() < deadline:
             result = await self.store.command_result(command_id)
             if result is not None:
                 if "error" in result:
                     raise RpcError.from_error_data(result["error"])
-                return
+                return result.get("value")
             await anyio.sleep(delay)
-            delay = min(delay * 2, 0.2)
+            delay = min(delay * 2, 0.1)
+        whom = f"the host that owns run {run_id}" if run_id else f"host {host}"
         raise RpcError.from_error_data(
             {
                 "code": -32006,
-                "message": f"the host that owns run {run_id} did not answer {command} in "
-                f"{COMMAND_SECONDS:g}s; it stays queued for whichever host owns the run",
+                "message": f"{whom} did not answer {command} in {COMMAND_SECONDS:g}s; it "
+                "stays queued for it",
             }
         )
+
+    def place(self) -> str | None:
+        """Another host to start a new run on, when this one runs clearly more than the least
+        busy live host (by :data:`SPREAD_MARGIN` runs): that host's id, its count raised by one
+        meanwhile so that a burst spreads over every host; ``None``: start it here."""
+        if not self.peers or self.draining:
+            return None
+        idlest = min(self.peers, key=lambda host: host["live"])
+        if len(self.engine.executions) - idlest["live"] < SPREAD_MARGIN:
+            return None
+        idlest["live"] += 1
+        return str(idlest["id"])
 
     def follow(self, run: Run) -> Run:
         """The run to listen to for a run owned elsewhere: one object per run, told of its

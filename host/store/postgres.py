@@ -539,18 +539,21 @@ class PostgresStore(SqliteStore):
         )
         return None if row is None else row[0]
 
-    async def send_command(self, run_id: str, command: str, args: dict[str, Any]) -> int:
-        """Queue ``command`` for whichever host owns ``run_id`` (kept before it returns, and
-        done by the next owner if the present one dies first); returns its id."""
+    async def send_command(
+        self, run_id: str | None, command: str, args: dict[str, Any], *, host: str | None = None
+    ) -> int:
+        """Queue ``command`` for the host ``host``, or for whichever host owns ``run_id``
+        (kept before it returns, and done by the next owner if the present one dies first);
+        returns its id."""
 
         def send(conn: psycopg.Connection) -> int:
             with conn.transaction():
                 row = conn.execute(
-                    f"INSERT INTO commands (run_id, command, args, created_at) "
-                    f"VALUES (%s, %s, %s, {NOW}) RETURNING id",
-                    (run_id, command, json.dumps(args)),
+                    f"INSERT INTO commands (run_id, host, command, args, created_at) "
+                    f"VALUES (%s, %s, %s, %s, {NOW}) RETURNING id",
+                    (run_id, host, command, json.dumps(args)),
                 ).fetchone()
-                conn.execute("SELECT pg_notify(%s, %s)", (COMMANDS_CHANNEL, run_id))
+                conn.execute("SELECT pg_notify(%s, %s)", (COMMANDS_CHANNEL, host or run_id))
             assert row is not None
             return int(row[0])
 
@@ -569,15 +572,16 @@ class PostgresStore(SqliteStore):
         found = await self._in_thread(read)
         return None if found is None else dict(json.loads(found))
 
-    async def take_commands(self) -> list[tuple[int, str, str, dict[str, Any]]]:
-        """Commands not yet done for runs this host owns, oldest first: ``(id, run id,
-        command, args)``; each is answered with :meth:`answer_command`."""
+    async def take_commands(self) -> list[tuple[int, str | None, str, dict[str, Any]]]:
+        """Commands not yet done for this host or the runs it owns, oldest first: ``(id, run
+        id, command, args)``; each is answered with :meth:`answer_command`."""
 
-        def take(conn: psycopg.Connection) -> list[tuple[int, str, str, str]]:
+        def take(conn: psycopg.Connection) -> list[tuple[int, str | None, str, str]]:
             return conn.execute(
-                "SELECT c.id, c.run_id, c.command, c.args FROM commands c JOIN runs r "
-                "ON r.id = c.run_id WHERE r.owner = %s AND NOT c.done ORDER BY c.id",
-                (self.host_id,),
+                "SELECT c.id, c.run_id, c.command, c.args FROM commands c WHERE NOT c.done "
+                "AND (c.host = %s OR (c.host IS NULL AND c.run_id IN "
+                "(SELECT id FROM runs WHERE owner = %s))) ORDER BY c.id",
+                (self.host_id, self.host_id),
             ).fetchall()
 
         rows = await self._in_thread(take)

@@ -184,7 +184,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE TABLE commands (
         id BIGSERIAL PRIMARY KEY,
-        run_id TEXT COLLATE "C" NOT NULL,
+        run_id TEXT COLLATE "C",
+        host TEXT COLLATE "C",
         command TEXT NOT NULL,
         args TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,

@@ -288,3 +288,13 @@ async def test_sigterm_drains_a_host_finishing_short_runs_and_handing_long_ones_
     statuses = dict(query(url, "SELECT id, status FROM runs"))
     assert statuses == {short[0]: "succeeded", long[0]: "succeeded"}
     assert "draining" in draining.stderr()
+
+
+async def test_new_runs_are_spread_over_the_live_hosts(cluster):
+    started, url, _ = cluster
+    await anyio.sleep(LEASE / 2)  # a heartbeat of each host has read the others
+    ids = await start_runs(started[0], 0, 60, 0.5)
+    owners = Counter(owner for (owner,) in query(url, "SELECT owner FROM runs"))
+    assert len(owners) == 3 and min(owners.values()) >= 5, owners
+    await wait_all_finished(url, len(ids), 60)
+    assert Counter(s for (s,) in query(url, "SELECT status FROM runs")) == {"succeeded": 60}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import anyio
 import psycopg
 import pytest
 
@@ -122,3 +123,38 @@ async def test_a_run_another_host_took_is_fenced(pg_url):
         await store.sync()
         assert store.fenced == {"r1"}
         assert [s for (s,) in rows(pg_url, "SELECT seq FROM events ORDER BY seq")] == [1]
+
+
+SLOW = {
+    "name": "slow",
+    "steps": [
+        {"id": "a", "tool": "probe.work", "with": {"seconds": 0.3, "label": "a"}},
+        {"id": "b", "tool": "probe.work", "with": {"seconds": 0.3, "label": "b"}, "needs": ["a"]},
+        {"id": "c", "tool": "probe.work", "with": {"seconds": 0.3, "label": "c"}, "needs": ["b"]},
+    ],
+    "outputs": {"c": "${steps.c.output}"},
+}
+
+
+async def test_a_lost_connection_mid_run_is_made_again_and_nothing_is_lost(
+    tmp_path, pm, pg_url, pg_cluster, caplog
+):
+    caplog.set_level(logging.WARNING)
+    async with plait.Host(config(tmp_path, pg_url), pm=pm) as host:
+        host.register(SLOW)
+        ids = [await host.start_run("slow", {}) for _ in range(10)]
+        await anyio.sleep(0.4)
+        await anyio.to_thread.run_sync(pg_cluster.restart)  # every connection is cut
+        with anyio.fail_after(30):
+            finished = [await host.wait(run_id) for run_id in ids]
+    assert {run.status for run in finished} == {"succeeded"}
+    assert "connection lost; connecting again" in caplog.text
+    for run_id in ids:
+        seqs = [
+            s
+            for (s,) in rows(
+                pg_url, "SELECT seq FROM events WHERE run_id = %s ORDER BY seq", (run_id,)
+            )
+        ]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert rows(pg_url, "SELECT status FROM runs WHERE id = %s", (run_id,)) == [("succeeded",)]
