@@ -274,7 +274,11 @@ class Host:
         }
         if self.config.store.url is not None:
             return PostgresStore(
-                self.config.store.url, self.config.store, self.config.cluster, **options
+                self.config.store.url,
+                self.config.store,
+                self.config.cluster,
+                data_dir=data_dir,
+                **options,
             )
         return SqliteStore(data_dir, self.config.store, **options)
 

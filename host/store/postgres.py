@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from plait.config import ClusterSettings, StoreSettings
@@ -178,13 +179,18 @@ class PostgresStore(SqliteStore):
         pace: Callable[[], Any] | None = None,
         webhooks: EventRouter | None = None,
         metrics: Metrics | None = None,
+        data_dir: str | Path | None = None,
     ) -> None:
+        """``data_dir``: where this host's id is kept (``host-id``), so that a host restarted
+        on its data dir after a crash is the same host and resumes its runs at once (one
+        process per data dir: the data dir's lock). Without one, each start is a new host."""
         super().__init__(".", settings, pace=pace, webhooks=webhooks, metrics=metrics)
         self.url = url
         self.shown = shown(url)
         self.cluster = cluster or ClusterSettings()
+        self.data_dir = None if data_dir is None else Path(data_dir)
         self.host_id = uuid.uuid4().hex
-        """This host's id in the ``hosts`` table and the runs it owns (new at each start)."""
+        """This host's id in the ``hosts`` table and the runs it owns."""
         self.name = self.cluster.name or f"{socket.gethostname()}:{os.getpid()}"
         self.epochs: dict[str, int] = {}
         """Runs this host took over, by id: the epoch it owns them at (a run it created is
@@ -202,15 +208,27 @@ class PostgresStore(SqliteStore):
         import psycopg
         from psycopg_pool import ConnectionPool
 
+        if self.data_dir is not None:
+            self.host_id = _host_id(self.data_dir)
         conn = connect_waiting(self.url, self.settings.connect_timeout)
         try:
             migrate(conn, self.url)
             with conn.transaction():
                 conn.execute(
                     f"INSERT INTO hosts (id, name, started_at, heartbeat_at) VALUES "
-                    f"(%s, %s, {NOW}, {NOW})",
+                    f"(%s, %s, {NOW}, {NOW}) ON CONFLICT (id) DO UPDATE SET "
+                    "name = excluded.name, started_at = excluded.started_at, "
+                    "heartbeat_at = excluded.heartbeat_at, draining = false",
                     (self.host_id, self.name),
                 )
+                # Runs this host owned when it stopped without handing them over (a crash):
+                # still its own, at the epochs they have.
+                for run_id, epoch in conn.execute(
+                    "SELECT id, epoch FROM runs WHERE owner = %s "
+                    f"AND status IN ({_UNFINISHED_SQL})",
+                    (self.host_id,),
+                ).fetchall():
+                    self.epochs[run_id] = epoch
         except psycopg.Error as exc:
             conn.close()
             raise StoreError(self.shown, f"cannot be prepared: {exc}") from None
@@ -611,6 +629,24 @@ class PostgresStore(SqliteStore):
     def listen_url(self) -> str:
         """Where a listening connection goes (the store's own database)."""
         return self.url
+
+
+HOST_ID_FILE: Final = "host-id"
+"""In the data dir: the id this host has among the hosts sharing the database."""
+
+
+def _host_id(data_dir: Path) -> str:
+    """The host id kept in ``data_dir`` (made the first time)."""
+    path = data_dir / HOST_ID_FILE
+    try:
+        kept = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        kept = ""
+    if len(kept) == 32 and all(c in "0123456789abcdef" for c in kept):
+        return kept
+    made = uuid.uuid4().hex
+    path.write_text(made + "\n", encoding="ascii")
+    return made
 
 
 def fair_share(orphans: int, hosts: int) -> int:

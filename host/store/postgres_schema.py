@@ -231,7 +231,8 @@ def connect_waiting(url: str, timeout: float) -> psycopg.Connection:
         try:
             return psycopg.connect(url, connect_timeout=max(1, min(10, int(timeout))))
         except psycopg.OperationalError as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            reason = reason[:300] or type(exc).__name__
             if _hopeless(str(exc)):
                 raise StoreError(shown(url), f"cannot connect: {reason}") from None
             left = deadline - time.monotonic()

@@ -298,3 +298,22 @@ async def test_new_runs_are_spread_over_the_live_hosts(cluster):
     assert len(owners) == 3 and min(owners.values()) >= 5, owners
     await wait_all_finished(url, len(ids), 60)
     assert Counter(s for (s,) in query(url, "SELECT status FROM runs")) == {"succeeded": 60}
+
+
+async def test_a_host_restarted_on_its_data_dir_after_a_kill_resumes_its_runs_at_once(
+    tmp_path, pg_url
+):
+    (host,) = hosts(tmp_path, pg_url, 1, tmp_path / "fx.log")
+    host.start()
+    try:
+        ids = await start_runs(host, 0, 5, 0.5)
+        await anyio.sleep(0.3)
+        host.kill()
+        restarted_at = time.time()
+        host.start()  # the same data dir: the same host id, its runs are still its own
+        await wait_all_finished(pg_url, len(ids), 30)
+        recovered = query(pg_url, "SELECT min(ts) FROM events WHERE type = 'run.recovered'")
+        assert recovered[0][0] - restarted_at < LEASE  # not a lease later: at its start
+        assert Counter(s for (s,) in query(pg_url, "SELECT status FROM runs")) == {"succeeded": 5}
+    finally:
+        host.stop()

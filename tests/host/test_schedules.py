@@ -32,6 +32,7 @@ from plait.host.compose import build_engine, build_schedules
 from plait.rpc.errors import InvalidParams, RpcError
 from plait.state.run_store import RunStore
 from plait.store.memory import MemoryStore
+from plait.store.postgres import PostgresStore
 from plait.store.sqlite import SqliteStore
 from plait.testing import Client, memory_config, started_host
 
@@ -135,13 +136,23 @@ class World:
 
 @asynccontextmanager
 async def world(
-    tmp_path: Path | None = None, *, store: RunStore | None = None, clock: FakeClock | None = None
+    tmp_path: Path | None = None,
+    *,
+    store: RunStore | None = None,
+    clock: FakeClock | None = None,
+    pg_url: str | None = None,
 ) -> AsyncIterator[World]:
-    """Engine, store and schedules; with ``tmp_path``, a SQLite store in it."""
+    """Engine, store and schedules; with ``tmp_path``, a SQLite store in it (or, with
+    ``pg_url``, a PostgreSQL store whose host id is kept there)."""
     async with AsyncExitStack() as stack:
         if store is None and tmp_path is not None:
             (tmp_path / "data").mkdir(exist_ok=True)
-            store = await stack.enter_async_context(SqliteStore(tmp_path / "data"))
+            durable = (
+                SqliteStore(tmp_path / "data")
+                if pg_url is None
+                else PostgresStore(pg_url, data_dir=tmp_path / "data")
+            )
+            store = await stack.enter_async_context(durable)
         w = World(store or MemoryStore(), clock or FakeClock())
         config = memory_config()
         w.engine = build_engine(config, config.plugin_manager(), store=w.store)
@@ -418,18 +429,20 @@ async def test_a_restart_right_after_a_fire_does_not_start_it_twice() -> None:
         assert await w.keys() == [fire_key("k", T0 + 20), fire_key("k", T0 + 40)]
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 async def test_schedules_and_their_state_outlive_a_restart_of_a_durable_host(
-    tmp_path: Path,
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
 ) -> None:
+    url = request.getfixturevalue("pg_url") if kind == "postgres" else None
     clock = FakeClock()
-    async with world(tmp_path, clock=clock) as w:
+    async with world(tmp_path, clock=clock, pg_url=url) as w:
         await w.put("kept", every=20, catchup="all", overlap="buffer_one")
         await w.put("idle", cron="0 4 * * *", timezone="Asia/Tokyo")
         await w.schedules.pause("idle")
         await w.at(T0 + 20)
         run_id = (await w.runs())[0].id
     clock.set(T0 + 45)  # down at +40
-    async with world(tmp_path, clock=clock) as w:
+    async with world(tmp_path, clock=clock, pg_url=url) as w:
         assert w.schedules.names() == ["idle", "kept"]
         idle = await w.schedules.view("idle")
         assert idle["paused"] and idle["next"] == [] and idle["timezone"] == "Asia/Tokyo"

@@ -28,6 +28,7 @@ from plait.state.run_store import (
 )
 from plait.state.runs import Run, StepState
 from plait.store.memory import MemoryStore
+from plait.store.postgres import PostgresStore
 from plait.store.schema import DB_FILE, MIGRATIONS, SCHEMA_VERSION, open_database
 from plait.store.sqlite import SqliteStore
 from plait.testing import Client, memory_config, started_host
@@ -85,20 +86,28 @@ def feed(store: Any, runs: int = 100) -> None:
         store.release(run)
 
 
-async def stores(tmp_path):
-    """A memory store and a SQLite store, both fed; the SQLite one is open (close it)."""
+async def stores(tmp_path, pg_url=None):
+    """A memory store and a durable store (SQLite, or PostgreSQL at ``pg_url``), both fed; the
+    durable one is open (close it)."""
     memory = MemoryStore()
     feed(memory)
-    sqlite = SqliteStore(tmp_path)
-    await sqlite.__aenter__()
-    feed(sqlite)
-    await sqlite.sync()
-    return memory, sqlite
+    durable = SqliteStore(tmp_path) if pg_url is None else PostgresStore(pg_url)
+    await durable.__aenter__()
+    feed(durable)
+    await durable.sync()
+    return memory, durable
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-async def test_a_store_counts_runs_steps_and_agents_with_known_timings(tmp_path, kind):
-    memory, sqlite = await stores(tmp_path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable_url(request):
+    """Each durable store in turn: ``None`` for SQLite, a fresh database's URL for PostgreSQL."""
+    return None if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres"])
+async def test_a_store_counts_runs_steps_and_agents_with_known_timings(tmp_path, kind, request):
+    pg_url = request.getfixturevalue("pg_url") if kind == "postgres" else None
+    memory, sqlite = await stores(tmp_path, pg_url)
     try:
         store = memory if kind == "memory" else sqlite
         stats = await store.stats()
@@ -131,8 +140,8 @@ async def test_a_store_counts_runs_steps_and_agents_with_known_timings(tmp_path,
         await sqlite.__aexit__(None, None, None)
 
 
-async def test_both_stores_answer_the_same_figures(tmp_path):
-    memory, sqlite = await stores(tmp_path)
+async def test_every_store_answers_the_same_figures(tmp_path, durable_url):
+    memory, sqlite = await stores(tmp_path, durable_url)
     try:
         for since in (None, BASE + 33.5):
             a, b = await memory.stats(since=since), await sqlite.stats(since=since)

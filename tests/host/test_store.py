@@ -66,12 +66,32 @@ def config(data_dir, **store):
 
 
 def query(path, sql, params=()):
-    """Read through a connection of our own, as another process would."""
+    """Read through a connection of our own, as another process would (a SQLite file, or a
+    PostgreSQL URL: ``?`` placeholders either way)."""
+    if str(path).startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(str(path)) as pg:
+            return [tuple(row) for row in pg.execute(sql.replace("?", "%s"), params).fetchall()]
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable(request):
+    """Each durable store in turn: the ``[store]`` settings that select it (SQLite: none)."""
+    if request.param == "sqlite":
+        return {}
+    return {"url": request.getfixturevalue("pg_url")}
+
+
+def where_kept(host):
+    """What :func:`query` reads the host's store through."""
+    store = host.store
+    return store.url if hasattr(store, "url") else store.path
 
 
 def parse_cursor(cursor):
@@ -439,10 +459,10 @@ async def test_closing_the_store_folds_the_wal_into_the_database_file(tmp_path):
     assert query(copy / "plait.db", "SELECT count(*) FROM events") == [(200,)]
 
 
-async def test_start_run_replies_only_once_the_run_is_on_disk(tmp_path, pm):
-    async with plait.Host(config(tmp_path / "data"), pm=pm) as host:
+async def test_start_run_replies_only_once_the_run_is_on_disk(tmp_path, pm, durable):
+    async with plait.Host(config(tmp_path / "data", **durable), pm=pm) as host:
         host.register(SLOW)
-        db = host.store.path
+        db = where_kept(host)
         run_id = await host.start_run("slow", {})
         # No await in between: the reply itself waited for the commit.
         rows = query(db, "SELECT workflow, status FROM runs WHERE id = ?", (run_id,))
@@ -458,10 +478,10 @@ async def test_start_run_replies_only_once_the_run_is_on_disk(tmp_path, pm):
 # -- reading back: restarts, paging, idempotency ----------------------------------------------
 
 
-async def test_finished_runs_survive_a_restart(tmp_path, pm):
+async def test_finished_runs_survive_a_restart(tmp_path, pm, durable):
     data_dir = tmp_path / "data"
     before = {}
-    async with plait.Host(config(data_dir), pm=pm) as host:
+    async with plait.Host(config(data_dir, **durable), pm=pm) as host:
         host.register(ECHO)
         ids = [await host.start_run("w", {"x": i}) for i in range(5)]
         for run_id in ids:
@@ -475,7 +495,7 @@ async def test_finished_runs_survive_a_restart(tmp_path, pm):
             )
         assert not set(ids) & set(host.engine.runs), "finished runs stayed in memory"
     assert not DataDirLock.held(data_dir)
-    async with plait.Host(config(data_dir), pm=pm) as host:
+    async with plait.Host(config(data_dir, **durable), pm=pm) as host:
         assert host.recovered == []
         for i, run_id in enumerate(ids):
             outputs, steps, types = before[run_id]
@@ -494,8 +514,8 @@ async def test_finished_runs_survive_a_restart(tmp_path, pm):
             assert (await host.wait(run_id)).status == "succeeded"
 
 
-async def test_list_runs_pages_and_filters(tmp_path, pm):
-    async with plait.Host(config(tmp_path / "data"), pm=pm) as host:
+async def test_list_runs_pages_and_filters(tmp_path, pm, durable):
+    async with plait.Host(config(tmp_path / "data", **durable), pm=pm) as host:
         host.register(ECHO)
         host.register(FAILING)
         host.register(PARENT)
@@ -513,7 +533,7 @@ async def test_list_runs_pages_and_filters(tmp_path, pm):
         assert {r for r, run in runs.items() if run.workflow == "parent"} and all(
             run.status == "succeeded" for run in runs.values() if run.workflow != "bad"
         )
-        children = query(host.store.path, "SELECT id FROM runs WHERE parent_id IS NOT NULL")
+        children = query(where_kept(host), "SELECT id FROM runs WHERE parent_id IS NOT NULL")
         assert children, "the parent runs should have left child runs in the store"
 
         expected = [
@@ -577,17 +597,17 @@ async def test_list_runs_pages_and_filters(tmp_path, pm):
         assert counts == {"failed": 5, "succeeded": 20}
 
 
-async def test_idempotency_key_is_kept_across_a_restart(tmp_path, pm, probe):
+async def test_idempotency_key_is_kept_across_a_restart(tmp_path, pm, probe, durable):
     data_dir = tmp_path / "data"
-    async with plait.Host(config(data_dir), pm=pm) as host:
+    async with plait.Host(config(data_dir, **durable), pm=pm) as host:
         host.register(ECHO)
         first = await host.start_run("w", {"x": 1}, idempotency_key="k1")
         assert (await host.wait(first)).outputs == {"b": 2}
         assert await host.start_run("w", {"x": 1}, idempotency_key="k1") == first
     echoes = probe.count("echo")
-    db = data_dir / "plait.db"
+    db = durable.get("url") or data_dir / "plait.db"
     assert query(db, "SELECT key, run_id FROM idempotency") == [("k1", first)]
-    async with plait.Host(config(data_dir), pm=pm) as host:
+    async with plait.Host(config(data_dir, **durable), pm=pm) as host:
         assert await host.store.run_for_key("k1") == first
         again = await host.start_run("w", {"x": 1}, idempotency_key="k1")
         assert again == first

@@ -29,6 +29,7 @@ from plait.services.webhooks import Webhooks, message_id, new_secret
 from plait.state.run_store import WebhookAttempt
 from plait.state.runs import Event, Run
 from plait.store.memory import MemoryStore
+from plait.store.postgres import PostgresStore
 from plait.store.sqlite import _EVENT, _OUTBOX, SqliteStore
 from plait.testing import Client, memory_config, started_host
 
@@ -255,6 +256,12 @@ async def test_a_frozen_store_queues_no_outbox_row(tmp_path) -> None:
 async def test_the_sqlite_store_keeps_attempts_and_the_delivery_log(tmp_path) -> None:
     webhooks = await loaded(hook("all", ["run.*"]))
     async with SqliteStore(tmp_path, webhooks=webhooks) as store:
+        await _outbox_contract(store, webhooks)
+
+
+async def test_the_postgres_store_keeps_attempts_and_the_delivery_log(pg_url) -> None:
+    webhooks = await loaded(hook("all", ["run.*"]))
+    async with PostgresStore(pg_url, webhooks=webhooks) as store:
         await _outbox_contract(store, webhooks)
 
 
