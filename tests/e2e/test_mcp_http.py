@@ -11,15 +11,17 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import httpx
 import httpx2
 import pytest
-from mcp import Client
+from mcp import Client, types
+from mcp.client.extension import ClaimContext, ClientExtension, ResultClaim
 from mcp.client.streamable_http import streamable_http_client
-from mcp_types import ElicitResult
+from mcp_types import CallToolResult, ElicitResult, Result
+from pydantic import ConfigDict, TypeAdapter
 
 from .host_process import HostProcess
 from .mcp_helpers import GREET_YAML, SLOW_YAML
@@ -166,6 +168,107 @@ async def test_the_calling_client_answers_an_input_step_over_http(host, mode):
     assert result.is_error is False, result
     assert result.structured_content == {"ok": True}
     assert [question.message for question in asked] == ["Ship version 2?"]
+
+
+# -- tasks with the SDK client ------------------------------------------------------------------
+
+
+class TaskCreated(Result):
+    """The ``tasks`` extension's answer to a call: the task, not yet its result."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    result_type: Literal["task"] = "task"
+    task_id: str
+    status: str
+    poll_interval_ms: int = 500
+
+
+class Detached(Exception):
+    """A task left to run: the client goes away with its id."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_id)
+        self.task_id = task_id
+
+
+class PolledTasks(ClientExtension):
+    """The tasks extension on the SDK's client: a task answer is polled with ``tasks/get``
+    until it completes, then it is the call's result (with ``detach``, the call raises
+    :class:`Detached` with the task's id instead). Each status seen is noted in ``seen``."""
+
+    identifier = TASKS
+
+    def __init__(self, *, detach: bool = False) -> None:
+        self.detach = detach
+        self.seen: list[tuple[str, str]] = []
+
+    def claims(self):
+        return [ResultClaim(result_type="task", model=TaskCreated, resolve=self.poll)]
+
+    async def poll(self, created: TaskCreated, context: ClaimContext) -> CallToolResult:
+        self.seen.append((created.task_id, created.status))
+        if self.detach:
+            raise Detached(created.task_id)
+        return await poll_task(context.session, created.task_id, self.seen)
+
+
+async def poll_task(session: Any, task_id: str, seen: list[tuple[str, str]]) -> CallToolResult:
+    """``tasks/get`` through an SDK session until the task is done; its result."""
+    request = types.Request[dict[str, Any], str](method="tasks/get", params={"taskId": task_id})
+    with anyio.fail_after(60):
+        while True:
+            task = await session.send_request(request, TypeAdapter(dict[str, Any]))
+            seen.append((task_id, task["status"]))
+            if task["status"] not in ("working", "input_required"):
+                return CallToolResult.model_validate(task["result"])
+            await anyio.sleep(task["pollIntervalMs"] / 1000 / 4)
+
+
+async def test_the_sdk_client_calls_as_a_task_and_polls_it_to_its_result(host):
+    tasks = PolledTasks()
+    with anyio.fail_after(60):
+        async with sdk(host, extensions=[tasks]) as client:
+            assert client.protocol_version == MODERN
+            result = await client.call_tool("workflow.slow", {"seconds": 0.3})
+    assert result.is_error is False and result.structured_content == {
+        "slept": pytest.approx(1.2, abs=0.4)
+    }
+    statuses = [status for _, status in tasks.seen]
+    assert statuses[0] == "working" and "working" in statuses[1:] and statuses[-1] == "completed"
+    assert len({task_id for task_id, _ in tasks.seen}) == 1  # one task throughout: the run
+
+
+async def test_a_task_survives_a_kill_and_a_new_sdk_client_gets_its_result(tmp_path):
+    served = HostProcess(tmp_path, workflows={"slow": SLOW_YAML})
+    served.start()
+    try:
+        task_id = ""
+        async with sdk(served, extensions=[PolledTasks(detach=True)]) as client:
+            try:
+                await client.call_tool("workflow.slow", {"seconds": 0.8})
+            except Detached as left:
+                task_id = left.task_id
+        assert task_id
+        await anyio.sleep(0.5)
+        served.kill()  # kill -9 while the task's run is in its steps
+        served.start()  # the same data dir; a new port and token
+        seen: list[tuple[str, str]] = []
+        with anyio.fail_after(60):
+            async with sdk(served, extensions=[PolledTasks()]) as client:
+                result = await poll_task(client.session, task_id, seen)
+    finally:
+        served.stop()
+    assert result.is_error is False
+    assert result.structured_content == {"slept": pytest.approx(3.2, abs=1.0)}
+    assert seen[0][1] == "working" and seen[-1][1] == "completed"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 # -- tasks over plain HTTP ---------------------------------------------------------------------
