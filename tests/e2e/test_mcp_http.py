@@ -507,3 +507,61 @@ async def test_websocket_clients_are_served_beside_http_on_the_same_port(host):
     assert greeted["structuredContent"] == {"greeting": "hello, x"}
     info = await host.call("host/info")
     assert info["version"]
+
+
+async def test_a_legacy_session_cancels_a_call_with_a_notification(host):
+    headers = {
+        "Authorization": f"Bearer {host.token}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+    }
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"},
+        },
+    }
+    call = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {
+            "name": "workflow.slow",
+            "arguments": {"seconds": 2},
+            "_meta": {"progressToken": "p"},
+        },
+    }
+    async with httpx.AsyncClient(timeout=30) as http:
+        url = mcp_url(host)
+        opened = await http.post(url, content=json.dumps(initialize), headers=headers)
+        session = {**headers, "Mcp-Session-Id": opened.headers["mcp-session-id"]}
+        await http.post(
+            url,
+            content=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            headers=session,
+        )
+        lines: list[str] = []
+        async with http.stream("POST", url, content=json.dumps(call), headers=session) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            async for line in r.aiter_lines():
+                lines.append(line)
+                if line.startswith("data:") and "notifications/progress" in line:
+                    cancel = {
+                        "jsonrpc": "2.0",
+                        "method": "notifications/cancelled",
+                        "params": {"requestId": 7},
+                    }
+                    ack = await http.post(url, content=json.dumps(cancel), headers=session)
+                    assert ack.status_code == 202
+    assert not any('"id":7' in line and '"result"' in line for line in lines)  # no answer
+    with anyio.fail_after(20):
+        while True:
+            runs = (await host.call("runs/list", {"workflow": "slow"}))["runs"]
+            if runs and runs[0]["status"] != "running":
+                break
+            await anyio.sleep(0.1)
+    assert runs[0]["status"] == "cancelled"
