@@ -59,6 +59,7 @@ from plait.plugins.manager import PluginManager
 from plait.plugins.types import RunInfo
 from plait.services.agents import AgentPool
 from plait.services.cache import ToolCache
+from plait.services.executors import Executors
 from plait.services.mcp import McpTools
 from plait.services.tools import ToolRunner
 from plait.state.recovery import RecoveredRun, StepRecord, count_crashes, replay
@@ -125,7 +126,14 @@ class Engine:
         )
         """Where runs are kept (default: in memory, for the life of the process)."""
         self.tools = ToolRunner(
-            self.registries.tools, self.cache, self.config.tools, metrics=metrics, tracing=tracing
+            self.registries.tools,
+            self.cache,
+            self.config.tools,
+            metrics=metrics,
+            tracing=tracing,
+            executors=Executors(
+                self.registries.executor_providers, self.config.executors, self.registries.tools
+            ),
         )
         self.agents = AgentPool(
             self.registries.agent_providers, self.config.agents, metrics=metrics, tracing=tracing
@@ -206,6 +214,8 @@ class Engine:
                     await anyio.sleep(0.005)
         self.stopping = True
         self.store.freeze()  # runs in flight stay as they are, to be resumed next start
+        if self.store.durable:  # and so do their calls on executors, found again by key
+            self.tools.executors.detach()
         self._tg.cancel_scope.cancel()
         try:
             # The body's own exception is not handed to the task group, so it propagates as
@@ -215,6 +225,7 @@ class Engine:
             self._tg = None
             with anyio.CancelScope(shield=True):
                 await self.agents.aclose()
+                await self.tools.executors.aclose()
         return None
 
     # -- workflows ---------------------------------------------------------------------------
@@ -242,6 +253,7 @@ class Engine:
                 tools=self.registries.tools if check_plugins else None,
                 agents=frozenset(self.config.agents) if check_plugins else None,
                 tool_sources=frozenset(self.config.mcp_servers),
+                executors=self.tools.executors.problem if check_plugins else None,
             )
 
         if isinstance(source, WorkflowDef):
@@ -867,8 +879,9 @@ class Engine:
         run = await self.store.load_run(run_id)
         if run is None:
             raise RunNotFound(run_id)
-        if not run.finished:
-            _load_state(run, [], replay(await self.store.events(run_id)))
+        if not run.finished:  # its events too: what it asks (questions), where to follow on
+            events = await self.store.events(run_id)
+            _load_state(run, events, replay(events))
         elif run.rerun_of is None:  # what a finished rerun's rows leave out
             await kept_lineage(self.store, run)
         return run

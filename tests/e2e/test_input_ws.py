@@ -300,8 +300,11 @@ async def test_plait_runs_respond_answers_offline_for_the_next_start(tmp_path, p
             run_id = (await client.call("runs/start", {"workflow": "ask"}))["runId"]
             await asked(client, run_id, "approve")
     (tmp_path / "plait.toml").write_text("[plugins]\nentry_points = false\n", encoding="utf-8")
-    base = [*PLAIT, "runs", "respond", run_id, "approve", "--data-dir", str(tmp_path / "data")]
-    base += ["--config", str(tmp_path / "plait.toml")]
+    where = ["--data-dir", str(tmp_path / "data"), "--config", str(tmp_path / "plait.toml")]
+    shown = subprocess.run([*PLAIT, "runs", "show", run_id, *where], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "step approve asks: Ship 0.1?" in shown.stdout  # read offline, from the store
+    base = [*PLAIT, "runs", "respond", run_id, "approve", *where]
     done = subprocess.run([*base, "--answer", '{"ok": 1}'], capture_output=True, text=True)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "$.ok: 1 is not of type 'boolean'" in done.stderr
