@@ -147,14 +147,19 @@ class Cluster:
                     taken = []
                 if taken:
                     now = time.time()
-                    self.engine.adopting(taken)
-                    self.took_over.extend((run_id, now) for run_id in taken)
+                    ids = [run_id for run_id, _ in taken]
+                    self.engine.adopting(ids)
+                    self.took_over.extend((run_id, now) for run_id in ids)
                     log.warning(
                         "cluster: took over %d run(s) from a host that stopped: %s",
-                        len(taken),
-                        ", ".join(taken[:10]),
+                        len(ids),
+                        ", ".join(ids[:10]),
                     )
-                    await self.engine.recover(taken)
+                    for crashed in (True, False):
+                        group = [run_id for run_id, died in taken if died is crashed]
+                        if group:
+                            self.store.resuming(crashed)
+                            await self.engine.recover(group)
                     continue  # there may be more
             with anyio.move_on_after(CLAIM_EVERY):
                 await self._wake_claim.wait()

@@ -147,6 +147,7 @@ _RUN_COLUMN: Final[dict[str, int]] = {
     base._AGENT_USAGE: 0,
     base._MESSAGE: 0,
     base._STEP_CONFIG: 0,
+    base._DEAD_LETTER: 0,
 }
 """Where the run id is in the rows written for a run (what fencing filters)."""
 
@@ -245,7 +246,7 @@ class PostgresStore(SqliteStore):
             open=True,
             name="plait-readers",
         )
-        self._after_crash = True  # what this host resumes, it takes over from one that died
+        self._after_crash = bool(self.epochs)  # its own runs, left by a crash of this host
 
     def _close(self) -> None:
         """Hand this host's unfinished runs over (no lease to wait out) and leave."""
@@ -477,18 +478,19 @@ class PostgresStore(SqliteStore):
 
         await self._in_thread(beat)
 
-    async def claim(self, most: int = 1000) -> list[str]:
+    async def claim(self, most: int = 1000) -> list[tuple[str, bool]]:
         """Take over this host's fair share (the orphans divided by the live hosts, at most
         ``most``) of the unfinished top-level runs whose owner's lease expired or that no host
-        owns, with their child runs; returns the top-level ids. Runs other hosts are claiming
-        at the same time are skipped, never waited for."""
+        owns, with their child runs; returns ``(id, crashed)`` of the top-level runs (crashed:
+        its owner died, rather than handed it over). Runs other hosts are claiming at the same
+        time are skipped, never waited for."""
         lease = self.cluster.lease_seconds
         orphaned = (
             f"status IN ({_UNFINISHED_SQL}) AND parent_id IS NULL AND (owner IS NULL OR owner "
             f"NOT IN (SELECT id FROM hosts WHERE heartbeat_at >= {NOW} - %s))"
         )
 
-        def take(conn: psycopg.Connection) -> tuple[list[str], list[tuple[str, int]]]:
+        def take(conn: psycopg.Connection) -> tuple[list[tuple[str, bool]], list[tuple[str, int]]]:
             with conn.transaction():
                 conn.execute("SET LOCAL lock_timeout = '2s'")
                 counted = conn.execute(
@@ -500,7 +502,7 @@ class PostgresStore(SqliteStore):
                     return [], []
                 share = min(most, fair_share(counted[0], counted[1]))
                 found = conn.execute(
-                    f"SELECT id FROM runs WHERE {orphaned} "
+                    f"SELECT id, owner IS NOT NULL FROM runs WHERE {orphaned} "
                     "ORDER BY created_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
                     (lease, share),
                 ).fetchall()
@@ -514,7 +516,7 @@ class PostgresStore(SqliteStore):
                     "WHERE id IN (SELECT id FROM tree) RETURNING id, epoch",
                     (tops, self.host_id),
                 ).fetchall()
-            return tops, [(row[0], row[1]) for row in taken]
+            return [(row[0], bool(row[1])) for row in found], [(row[0], row[1]) for row in taken]
 
         tops, taken = await self._in_thread(take)
         for run_id, epoch in taken:
@@ -522,6 +524,11 @@ class PostgresStore(SqliteStore):
             with self._fence_lock:
                 self.fenced.discard(run_id)
         return list(tops)
+
+    def resuming(self, crashed: bool) -> None:
+        """Say whether the runs about to be resumed were left by a crash (their steps in
+        flight count against ``max_crash_restarts``) or handed over by a host that stopped."""
+        self._after_crash = crashed
 
     async def set_draining(self) -> None:
         """Mark this host draining: the others take over without counting it."""
