@@ -663,15 +663,9 @@ def fair_share(orphans: int, hosts: int) -> int:
 
 
 def _window(workflow: str | None, since: float | None, column: str) -> tuple[str, list[Any]]:
-    where = ""
-    params: list[Any] = []
-    if workflow is not None:
-        where += " AND workflow = %s"
-        params.append(workflow)
-    if since is not None:
-        where += f" AND {column} >= %s"
-        params.append(since)
-    return where, params
+    """The SQLite store's filter of a stats query, with PostgreSQL's placeholders."""
+    where, params = base._window(workflow, since, column)
+    return _translated(where), params
 
 
 _DISC: Final = ", ".join(

@@ -19,13 +19,14 @@ cancelled run is ``cancelled``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from plait.errors import PlaitError, RunNotFound
+from plait.errors import InvalidRunState, PlaitError, RunNotFound
 from plait.rpc.dispatcher import Dispatcher
 from plait.rpc.errors import InvalidParams, RpcError
 from plait.rpc.mcp_era import MCP_REQUEST
@@ -174,5 +175,8 @@ def register_tasks(dispatcher: Dispatcher, host: HostApi, outcome: Any) -> None:
         _require_extension(session)
         run = await the_run(p)
         if run.status in _WORKING:
-            host.cancel_soon(run.id)  # cooperative: acknowledged now, cancelled as it can
+            # Answered once the cancellation is kept (a crash right after the answer must not
+            # bring the run back), on whichever host owns the run.
+            with contextlib.suppress(InvalidRunState):  # it ended meanwhile
+                await host.cancel_run(run.id)
         return {}

@@ -222,6 +222,7 @@ class McpHttp:
             classify_inbound_request,
             find_duplicated_routing_header,
         )
+        from mcp_types import HEADER_MISMATCH
 
         if "id" not in message:  # no client notification means anything on this wire
             await reply.empty(HTTPStatus.ACCEPTED)
@@ -237,7 +238,9 @@ class McpHttp:
             return
         duplicated = find_duplicated_routing_header(headers.raw_items())
         found = (
-            InboundLadderRejection(code=-32020, message=f"{duplicated} header appears twice")
+            InboundLadderRejection(
+                code=HEADER_MISMATCH, message=f"{duplicated} header appears more than once"
+            )
             if duplicated is not None
             else classify_inbound_request(
                 message,
