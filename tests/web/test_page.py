@@ -1,6 +1,6 @@
 """The web view in a real browser against a real ``plait serve``: the link, live runs, control,
-a run of 1,000 steps, markup shown as text, and the debugger (docs/debugging.md, "The web
-view")."""
+a run of 1,000 steps, markup shown as text, a state machine's graph, and the debugger
+(docs/debugging.md, "The web view")."""
 
 from __future__ import annotations
 
@@ -273,3 +273,46 @@ async def test_a_run_page_of_an_unknown_run_says_so(served, page):
     await page.goto(await new_link(served))
     await page.goto(f"{base_url(served)}/#/runs/{'f' * 32}")
     await expect(page.locator(".run .error")).to_contain_text("not found", timeout=TIMEOUT_MS)
+
+
+MACHINE = """\
+name: machine
+description: Drafts until a review passes, as states.
+initial: draft
+max_transitions: 20
+states:
+  draft:
+    steps:
+      - {id: write, transform: {text: "v${ state.draft.visits + 1 }", ready: true}}
+    output: "${ steps.write.output }"
+    transitions:
+      - {to: review, when: "${ output.ready }"}
+  review:
+    steps: [{id: check, transform: {ok: "${ state.draft.visits >= 2 }"}}]
+    transitions:
+      - {to: done, when: "${ output.ok }"}
+      - {to: draft}
+  done:
+    final: true
+    outputs: {text: "${ state.draft.output.text }"}
+"""
+
+
+async def test_a_state_machine_is_drawn_with_each_visit_of_a_state_and_its_steps(served, page):
+    await served.call("workflows/put", {"source": MACHINE})
+    run_id = await start_run(served, "machine")
+    assert (await served.wait_run(run_id))["status"] == "succeeded"
+    await open_run(page, served, run_id)
+    await expect(run_status(page)).to_have_text("succeeded")
+    machine = node(page, "machine")
+    await expect(machine).to_have_count(1)
+    await machine.locator("button.toggle").click()
+    chips = page.locator('[aria-label="visits of states of machine"] .chip')
+    # each visit of a state that ran steps (the final state runs none)
+    await expect(chips).to_have_text(["0:draft", "1:review", "2:draft", "3:review"])
+    await chips.nth(3).click()
+    check = node(page, "machine[3:review].check")
+    await expect(check).to_have_class(re.compile("st-succeeded"))
+    await chips.nth(2).click()
+    await expect(node(page, "machine[2:draft].write")).to_have_count(1)
+    assert page.errors == []

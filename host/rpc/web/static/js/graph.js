@@ -70,7 +70,11 @@ export function buildScope(defs) {
       fallback.labels.set(s.id, "on failure");
     }
     const par = s.def.parallel;
-    if (s.type === "parallel" && par && typeof par === "object" && !Array.isArray(par)) {
+    const states = s.def.states;
+    if (s.type === "machine" && states && typeof states === "object" && !Array.isArray(states)) {
+      const scopes = new Map(Object.entries(states).map(([name, st]) => [name, buildScope(st && st.steps)]));
+      s.bodies.push({ label: "states", kind: "machine", scopes });
+    } else if (s.type === "parallel" && par && typeof par === "object" && !Array.isArray(par)) {
       for (const [label, body] of Object.entries(par)) {
         s.bodies.push({ label, kind: "branch", scope: buildScope(body) });
       }
@@ -105,6 +109,25 @@ export function buildScope(defs) {
   return { steps, byId, layers: layers.filter(Boolean) };
 }
 
+/**
+ * The top-level steps of a definition. A workflow written as states (`states:`) runs as one
+ * step, `machine`, whose visits of a state are its instances: `machine[2:review].check`.
+ */
+export function rootSteps(definition) {
+  if (Array.isArray(definition.steps)) return definition.steps;
+  if (definition.states && typeof definition.states === "object") {
+    return [{ id: "machine", type: "machine", states: definition.states }];
+  }
+  return [];
+}
+
+/** The body of one instance of a container: a loop's one body, or a visited state's steps. */
+function scopeOf(body, key) {
+  if (body.kind !== "machine") return body.scope;
+  const state = String(key).split(":").slice(1).join(":");
+  return body.scopes.get(state) || buildScope([]);
+}
+
 export class GraphView {
   /**
    * @param definition the workflow definition (workflows/get)
@@ -115,7 +138,7 @@ export class GraphView {
     this.definition = definition || {};
     this.model = model;
     this.options = options;
-    this.root = buildScope(this.definition.steps || []);
+    this.root = buildScope(rootSteps(this.definition));
     this.el = h("div", { class: "graph" });
     this.nodes = new Map(); // concrete path -> node element
     this.containers = new Map(); // container path -> {kind, strip, chips, bodyHolder, step, prefix}
@@ -236,11 +259,12 @@ export class GraphView {
         );
         this.containers.set(`${path}#${body.label}`, { kind: "branch", step, body });
       } else {
-        const strip = h("div", { class: "strip", role: "listbox", "aria-label": `iterations of ${path}` });
+        const what = body.kind === "machine" ? "visits of states" : "iterations";
+        const strip = h("div", { class: "strip", role: "listbox", "aria-label": `${what} of ${path}` });
         const holder = h("div", { class: "iteration" });
         const info = { kind: "loop", step, body, strip, holder, chips: new Map(), shown: null };
         this.containers.set(path, info);
-        nested.append(h("div", { class: "strip-label", text: "iterations" }), strip, holder);
+        nested.append(h("div", { class: "strip-label", text: what }), strip, holder);
         for (const key of this.instances.get(path) || []) this.addChip(path, info, key);
         this.showInstance(path, info);
       }
@@ -268,7 +292,7 @@ export class GraphView {
   updateChip(path, info, key) {
     const chip = info.chips.get(key);
     if (!chip || !this.model) return;
-    const ids = info.body.scope.steps.map((s) => s.id);
+    const ids = scopeOf(info.body, key).steps.map((s) => s.id);
     setStatus(chip, this.model.instanceStatus(`${path}[${key}].`, ids));
   }
 
@@ -285,11 +309,12 @@ export class GraphView {
     info.shown = key;
     for (const [k, chip] of info.chips) chip.classList.toggle("shown", k === key);
     if (key === null) {
-      replace(info.holder, h("p", { class: "muted", text: "no iteration started yet" }));
+      const none = info.body.kind === "machine" ? "no state entered yet" : "no iteration started yet";
+      replace(info.holder, h("p", { class: "muted", text: none }));
       return;
     }
     replace(info.holder, h("div", { class: "iteration-label", text: `${path}[${key}]` }),
-      this.renderScope(info.body.scope, `${path}[${key}].`));
+      this.renderScope(scopeOf(info.body, key), `${path}[${key}].`));
     this.refreshMarks();
     this.queueEdges();
   }

@@ -9,7 +9,7 @@
 import {
   debounce, errorText, fmtClock, fmtDuration, fmtTime, h, jsonBlock, jsonLine, notify, replace, requestRender,
 } from "./dom.js";
-import { GraphView, buildScope } from "./graph.js";
+import { GraphView, buildScope, rootSteps } from "./graph.js";
 import { Inspector } from "./inspector.js";
 import { RunModel, TERMINAL, parsePath } from "./model.js";
 import { Questions } from "./questions.js";
@@ -67,7 +67,7 @@ export class RunView {
       notify(`the definition of ${run.workflow} v${run.version}: ${errorText(err)}`, "error");
     }
     this.definition = definition || { steps: [] };
-    this.scope = buildScope(this.definition.steps || []);
+    this.scope = buildScope(rootSteps(this.definition));
     try {
       this.breakpoints = (await this.rpc.call("debug/breakpoints", { runId: this.runId })).breakpoints || [];
       this.debug = true;
