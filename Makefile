@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TREE := $(VENV)/.tree
-# The editable install is setuptools' strict mode: a tree of links to host/, plugins/, steps/
-# and agents/ that type checkers and IDEs follow. A new module needs the tree made again,
-# which `links` does whenever the set of modules changed.
+# The editable install is setuptools' strict mode: a tree of links to host/, plugins/, steps/,
+# agents/ and executors/ that type checkers and IDEs follow. A new module needs the tree made
+# again, which `links` does whenever the set of modules changed.
 EDITABLE := --config-settings editable_mode=strict
 
 .PHONY: run test lint typecheck bench bench-peers links clean browser inspector postgres
@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]' $(EDITABLE)
-	find host plugins steps agents -name '*.py' | sort > $(TREE)
+	find host plugins steps agents executors -name '*.py' | sort > $(TREE)
 	touch $(STAMP)
 
 links: $(STAMP)
-	@find host plugins steps agents -name '*.py' | sort > $(TREE).new
+	@find host plugins steps agents executors -name '*.py' | sort > $(TREE).new
 	@if ! cmp -s $(TREE).new $(TREE); then \
 		echo "modules added or removed: making the editable install's links again"; \
 		$(BIN)/pip install --quiet --no-deps -e . $(EDITABLE) && mv $(TREE).new $(TREE); \

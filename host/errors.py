@@ -23,7 +23,8 @@ The tree::
         │   ├── TemplateSecurityError       it reached for something the sandbox forbids
         │   └── TemplateLimitError          it hit an output, size, loop or time limit
         ├── ToolFailed                      a tool raised, or was called with bad arguments
-        │   └── ToolNotFound
+        │   ├── ToolNotFound
+        │   └── ExecutorFailed              an executor lost the call (its worker died, ...)
         ├── AgentFailed                     an agent provider failed or broke its contract
         │   └── AgentNotFound
         ├── CircuitOpen                     a circuit breaker refused the call (retry at retry_at)
@@ -51,6 +52,7 @@ __all__ = [
     "ConfigError",
     "DataDirLocked",
     "DefinitionError",
+    "ExecutorFailed",
     "InputsInvalid",
     "InvalidRunState",
     "Issue",
@@ -79,9 +81,24 @@ __all__ = [
 
 
 class PlaitError(Exception):
-    """Base of every error plait raises on purpose."""
+    """Base of every error plait raises on purpose.
+
+    Every one pickles and comes back the same (class, message and attributes), whatever its
+    constructor takes: an executor's worker raising one hands it back to the host that way.
+    """
 
     __module__ = "plait"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls: type[PlaitError], args: tuple[Any, ...], state: dict[str, Any]) -> PlaitError:
+    """A pickled plait error, made again without calling its constructor."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 @dataclass(frozen=True)
@@ -378,6 +395,19 @@ class ToolNotFound(ToolFailed):
     def __init__(self, tool: str, known: list[str] | None = None) -> None:
         hint = f"; known tools: {', '.join(sorted(known))}" if known else ""
         super().__init__(tool, f"no such tool{hint}", retryable=False)
+
+
+class ExecutorFailed(ToolFailed):
+    """An executor lost a tool call it was running elsewhere: the worker running it died, the
+    cluster's scheduler went away, or the call could not be submitted. The call itself did not
+    fail, so it is retryable (``retry_on: [executor]`` names it alone); the cause is chained."""
+
+    __module__ = "plait"
+    kind = "executor"
+
+    def __init__(self, tool: str, executor: str, message: str) -> None:
+        self.executor = executor
+        super().__init__(tool, f"executor {executor!r}: {message}", retryable=True)
 
 
 class AgentFailed(RunError):

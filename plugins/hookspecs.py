@@ -22,7 +22,13 @@ import pluggy
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from plait.plugins.types import RegisterAgent, RegisterStepType, RegisterTool, RunInfo
+    from plait.plugins.types import (
+        RegisterAgent,
+        RegisterExecutor,
+        RegisterStepType,
+        RegisterTool,
+        RunInfo,
+    )
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 
@@ -72,6 +78,9 @@ def register_tools(register: RegisterTool) -> None:
         @hookimpl
         def register_tools(register):
             register(greet, name="hello.greet", cacheable=True)
+
+    A heavy function can run on a cluster instead of the host: ``executor="dask"`` sends
+    every call to the executor of that name (see :func:`register_executors`).
     """
 
 
@@ -90,6 +99,28 @@ def register_agents(register: RegisterAgent) -> None:
         @hookimpl
         def register_agents(register):
             register(EchoProvider())
+    """
+
+
+@hookspec
+def register_executors(register: RegisterExecutor) -> None:
+    """Add executor providers: where tool calls run when a tool or a tool step names an
+    executor (``executor = "dask"``), configured by ``[executors.<name>]`` tables.
+
+    Fires once per plugin manager, when the registries are built. The built-in ``dask``
+    provider (``plait.executors.dask``) comes through this hook too.
+
+    Args:
+        register: call ``register(provider)`` with an object that has a ``name`` and a
+            ``create(name, config)`` method returning an :class:`~plait.plugins.Executor`
+            (``async run(job)``, ``detach()``, ``async aclose()``). Import the executor's
+            libraries in ``run``, never at module level: every host loads the plugin.
+
+    Example::
+
+        @hookimpl
+        def register_executors(register):
+            register(RayProvider())
     """
 
 

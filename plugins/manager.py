@@ -1,7 +1,8 @@
 """The plugin manager: built-ins and third-party plugins load the same way, and fail alone.
 
-Built-in step types and agents are named here only as strings (:data:`DEFAULT_PLUGINS`), so the
-host never imports them and configuration can block any of them exactly like a third-party one.
+Built-in step types, agents and executors are named here only as strings
+(:data:`DEFAULT_PLUGINS`), so the host never imports them and configuration can block any of
+them exactly like a third-party one.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plait.agents.scripted",
     "plait.agents.sampling",
     "plait.agents.openai",
+    "plait.executors.dask",
     "plait.steps.stdtools",
 )
 """Module names of the built-in plugins, registered before the ``plait`` entry points."""
@@ -86,6 +88,7 @@ class PluginInfo:
     step_types: list[str] = field(default_factory=list)
     tools: list[str] = field(default_factory=list)
     agent_providers: list[str] = field(default_factory=list)
+    executor_providers: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for ``plugins/list`` and ``plait plugins``."""
@@ -96,6 +99,7 @@ class PluginInfo:
             "step_types": self.step_types,
             "tools": self.tools,
             "agent_providers": self.agent_providers,
+            "executor_providers": self.executor_providers,
         }
 
 
@@ -214,7 +218,8 @@ class PluginManager(pluggy.PluginManager):
 
     @property
     def registries(self) -> Registries:
-        """Step types, tools and agent providers of every plugin; built on first use."""
+        """Step types, tools, agent and executor providers of every plugin; built on first
+        use."""
         if self._registries is None:
             self._registries = self._collect()
         return self._registries
@@ -224,6 +229,7 @@ class PluginManager(pluggy.PluginManager):
         self._call_each("register_step_types", regs.step_type_register)
         self._call_each("register_tools", regs.tool_register)
         self._call_each("register_agents", regs.agent_register)
+        self._call_each("register_executors", regs.executor_register)
         return regs
 
     def _call_each(self, hook: str, make_register: Callable[[str], Any]) -> None:
@@ -278,6 +284,7 @@ class PluginManager(pluggy.PluginManager):
                     step_types=regs.step_types.by_plugin(name),
                     tools=regs.tools.by_plugin(name),
                     agent_providers=regs.agent_providers.by_plugin(name),
+                    executor_providers=regs.executor_providers.by_plugin(name),
                 )
             )
         return sorted(out, key=lambda p: (not p.builtin, p.name))

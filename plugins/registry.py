@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from plait.errors import PluginError
-from plait.plugins.types import AgentProvider, StepType, Tool
+from plait.plugins.types import AgentProvider, ExecutorProvider, StepType, Tool
 
 __all__ = ["Registries", "Registry"]
 
@@ -69,12 +69,13 @@ class Registry(Generic[T]):
 
 
 class Registries:
-    """The three registries a plugin manager fills: step types, tools and agent providers."""
+    """The registries a plugin manager fills: step types, tools, agent and executor providers."""
 
     def __init__(self) -> None:
         self.step_types: Registry[type[StepType[Any]]] = Registry("step type")
         self.tools: Registry[Tool] = Registry("tool")
         self.agent_providers: Registry[AgentProvider] = Registry("agent provider")
+        self.executor_providers: Registry[ExecutorProvider] = Registry("executor provider")
 
     def step_type_register(self, plugin: str) -> Callable[..., None]:
         """The ``register`` callback given to one plugin's ``register_step_types``."""
@@ -114,6 +115,19 @@ class Registries:
                 raise PluginError(
                     plugin, f"register_tools expects a function or Tool, got {tool!r}"
                 )
+            if obj.executor is not None:
+                if not isinstance(obj.executor, str) or not obj.executor:
+                    raise PluginError(
+                        plugin,
+                        f"tool {obj.name!r}: executor must be an executor's name, "
+                        f"got {obj.executor!r}",
+                    )
+                if obj.function is None:
+                    raise PluginError(
+                        plugin,
+                        f"tool {obj.name!r} names executor {obj.executor!r} but has no "
+                        "function to send it (make the tool with Tool.from_function)",
+                    )
             self.tools.add(obj.name, obj, plugin=plugin, replace=replace)
 
         return register
@@ -126,5 +140,16 @@ class Registries:
             if not callable(getattr(provider, "create", None)):
                 raise PluginError(plugin, f"agent provider {provider!r} has no create() method")
             self.agent_providers.add(name, provider, plugin=plugin, replace=replace)  # type: ignore[arg-type]
+
+        return register
+
+    def executor_register(self, plugin: str) -> Callable[..., None]:
+        """The ``register`` callback given to one plugin's ``register_executors``."""
+
+        def register(provider: ExecutorProvider, *, replace: bool = False) -> None:
+            name = getattr(provider, "name", None)
+            if not callable(getattr(provider, "create", None)):
+                raise PluginError(plugin, f"executor provider {provider!r} has no create() method")
+            self.executor_providers.add(name, provider, plugin=plugin, replace=replace)  # type: ignore[arg-type]
 
         return register

@@ -7,6 +7,7 @@ module works the same whether it ships with plait or in a third-party package.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
 import logging
@@ -29,8 +30,11 @@ __all__ = [
     "AgentProvider",
     "AgentReply",
     "AgentRequest",
+    "Executor",
+    "ExecutorProvider",
     "Message",
     "RegisterAgent",
+    "RegisterExecutor",
     "RegisterStepType",
     "RegisterTool",
     "Renderable",
@@ -41,6 +45,8 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolContext",
+    "ToolFunction",
+    "ToolJob",
     "agent_settings",
     "tool",
     "validation_problems",
@@ -130,12 +136,21 @@ class StepContext(Protocol):
         """Render one of the step's deferred templates, with ``extra`` roots (``item``, ...)."""
 
     async def call_tool(
-        self, name: str, args: Mapping[str, Any], *, cache: Any = None, key: str | None = None
+        self,
+        name: str,
+        args: Mapping[str, Any],
+        *,
+        cache: Any = None,
+        key: str | None = None,
+        executor: str | None = None,
     ) -> Any:
         """Call a registered tool through its concurrency limit and the result cache.
 
         ``key`` tells apart several calls one step makes (an agent's tool calls): it is added
-        to the idempotency key the tool sees in its :class:`ToolContext`.
+        to the idempotency key the tool sees in its :class:`ToolContext`. ``executor`` runs
+        this call on the executor of that name (``[executors.<name>]``) instead of where the
+        tool says (its own ``executor``, else the host's process); pass it only when the step
+        asks for one.
         """
 
     def tool_specs(self, names: Sequence[str]) -> list[dict[str, Any]]:
@@ -325,12 +340,14 @@ class StepType(ABC, Generic[ConfigT]):
     ``with``). Validation checks its literal values against that tool's input JSON Schema."""
 
     def references(self, config: Mapping[str, Any]) -> dict[str, list[str]]:
-        """The tools and agents this step names, by kind: ``{"tools": [...], "agents": [...]}``.
+        """The tools, agents and executors this step names, by kind:
+        ``{"tools": [...], "agents": [...], "executors": [...]}``.
 
         ``config`` is the step's own fields as written. Validation refuses a literal name no
         plugin registered as a tool (unless it is ``<server>.<tool>`` of a configured MCP
-        server) or that no ``[agents.<name>]`` configures; names holding a template are
-        skipped. Default: none.
+        server), that no ``[agents.<name>]`` configures, or that names no executor the host
+        can use (and a tool it cannot send to one); names holding a template are skipped.
+        Default: none.
         """
         return {}
 
@@ -400,6 +417,61 @@ class ToolContext:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolFunction:
+    """The Python function behind a tool made with :meth:`Tool.from_function`, in the parts an
+    executor needs to run one call away from the host: the arguments are checked in the host
+    (:attr:`bind`), the function runs on a worker, and what it returns is made the tool's JSON
+    value in the host again (:attr:`to_json`)."""
+
+    function: Callable[..., Any]
+    """The function as written (synchronous or ``async``). Executors pickle it by reference to
+    its module, so the workers must be able to import it (install the plugin there too)."""
+    bind: Callable[[dict[str, Any], ToolContext | None], dict[str, Any]]
+    """The keyword arguments of one call: ``args`` checked against the tool's schema (a
+    :class:`~plait.ToolFailed` that no retry cures when they do not fit), plus the call's
+    :class:`ToolContext` when the function declares a parameter for it."""
+    to_json: Callable[[Any], Any]
+    """What the function returned, as the tool's value (a pydantic model or a dataclass
+    dumped to the JSON its schema declares; anything else as it is)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolJob:
+    """One tool call for an executor to run elsewhere: call it (``job()``) on a worker.
+
+    The host checked the arguments already; the worker only runs the function and returns its
+    value, which comes back to the host, goes through the tool cache and becomes the step's
+    output there. The job pickles (the function by reference to its module).
+    """
+
+    key: str
+    """The call's id, the same for the same step attempt and arguments on every host and
+    after a restart (``plait-<tool>-<digest>``; see ``plait.services.executors.job_key``):
+    submit the job under it, so that a host submitting it again finds the task already
+    there. A retry is a new attempt, so a new key."""
+    tool: str
+    """The tool's registered name."""
+    function: Callable[..., Any]
+    kwargs: dict[str, Any]
+    """The keyword arguments of the function, checked (with the context, when it takes one)."""
+    context: ToolContext | None = None
+    """The call's :class:`ToolContext`: run, step, attempt, idempotency key (``None`` for a
+    direct call, ``tools/call``)."""
+
+    def __call__(self) -> Any:
+        """Run the function here and return its value (an ``async`` one is run to its end on
+        an event loop of its own: call this where none is running, as a worker's thread)."""
+        value = self.function(**self.kwargs)
+        if inspect.isawaitable(value):
+            return asyncio.run(_awaited(value))
+        return value
+
+
+async def _awaited(value: Awaitable[Any]) -> Any:
+    return await value
+
+
+@dataclass(frozen=True, slots=True)
 class Tool:
     """A callable the engine can run by name, with a JSON Schema for its arguments.
 
@@ -428,6 +500,13 @@ class Tool:
     derived from its return annotation when that is a pydantic model, a TypedDict or a
     dataclass; from an MCP server, its ``outputSchema``. Validation checks template paths into
     a tool step's output against it."""
+    executor: str | None = None
+    """Where calls run: ``None`` in the host's process; else the name of an executor
+    (``[executors.<name>]`` of the host's configuration, ``dask`` say), for heavy functions
+    run on a cluster. A tool step's ``executor:`` chooses for its own calls."""
+    function: ToolFunction | None = None
+    """The plain function and its argument check, set by :meth:`from_function`; what an
+    executor runs. A tool without one (an MCP server's) can only run in the host."""
 
     @classmethod
     def from_function(
@@ -441,11 +520,13 @@ class Tool:
         cache_ttl: float | None = None,
         max_concurrency: int | None = None,
         blocking: bool | None = None,
+        executor: str | None = None,
     ) -> Tool:
         """Wrap a typed function: its signature becomes the JSON Schema and the validator.
 
         Synchronous functions run in a worker thread (``blocking=True``) so a slow one never
-        stalls the event loop; pass ``blocking=False`` for cheap pure functions.
+        stalls the event loop; pass ``blocking=False`` for cheap pure functions. ``executor``
+        runs every call on the executor of that name instead (``"dask"``: a Dask cluster).
         """
         meta: dict[str, Any] = getattr(fn, "__plait_tool__", {})
 
@@ -463,7 +544,7 @@ class Tool:
 
         returns = _structured_return(fn)
 
-        async def invoke(args: dict[str, Any], context: ToolContext | None = None) -> Any:
+        def bind(args: dict[str, Any], context: ToolContext | None = None) -> dict[str, Any]:
             try:
                 parsed = model.model_validate(args)
             except ValidationError as exc:
@@ -473,18 +554,26 @@ class Tool:
             kwargs = {k: getattr(parsed, k) for k in type(parsed).model_fields}
             if context_param is not None:
                 kwargs[context_param] = context or ToolContext()
+            return kwargs
+
+        async def invoke(args: dict[str, Any], context: ToolContext | None = None) -> Any:
+            kwargs = bind(args, context)
             if is_async:
                 return await fn(**kwargs)
             if run_in_thread:
                 return await run_blocking(lambda: fn(**kwargs), name=f"plait tool {tool_name}")
             return fn(**kwargs)
 
+        def to_json(result: Any) -> Any:
+            if returns is None or type(result) is dict:
+                return result
+            return returns.dump_python(result, mode="json")
+
         call = invoke
         if returns is not None:  # a model or dataclass returned becomes the JSON it declares
 
             async def call(args: dict[str, Any], context: ToolContext | None = None) -> Any:
-                result = await invoke(args, context)
-                return result if type(result) is dict else returns.dump_python(result, mode="json")
+                return to_json(await invoke(args, context))
 
         # The docstring, as Markdown without its sections; its Args go into the schema. A
         # description the author gave on purpose is theirs, used as written.
@@ -501,6 +590,8 @@ class Tool:
             max_concurrency=option("max_concurrency", max_concurrency),
             takes_context=context_param is not None,
             output_schema=None if returns is None else returns.json_schema(mode="serialization"),
+            executor=option("executor", executor),
+            function=ToolFunction(fn, bind, to_json),
         )
 
 
@@ -513,8 +604,12 @@ def tool(
     cache_ttl: float | None = None,
     max_concurrency: int | None = None,
     blocking: bool = True,
+    executor: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Mark a function as a tool and set its name and defaults; the function stays callable.
+
+    ``executor`` names where its calls run (``"dask"``: on the configured Dask cluster);
+    ``None`` runs them in the host.
 
     Example::
 
@@ -532,6 +627,7 @@ def tool(
             "cache_ttl": cache_ttl,
             "max_concurrency": max_concurrency,
             "blocking": blocking,
+            "executor": executor,
         }
         return fn
 
@@ -767,6 +863,68 @@ class AgentProvider(Protocol):
 
 
 # --------------------------------------------------------------------------------------------
+# Executors: where heavy tool calls run
+# --------------------------------------------------------------------------------------------
+
+
+class Executor(Protocol):
+    """Runs tool calls away from the host's process: on a cluster's workers, say.
+
+    The host stays the only writer of its runs: an executor only runs each :class:`ToolJob` it is
+    given and hands its value back. Argument checks, the tool cache, limits, breakers, retries and
+    every event are the host's.
+    """
+
+    name: str
+    """The name steps and tools use for it (the ``[executors.<name>]`` table's)."""
+
+    async def run(self, job: ToolJob) -> Any:
+        """Run ``job()`` elsewhere and return its value.
+
+        Submit it under ``job.key``, so that a host submitting the same call again (after a
+        restart) finds the work already there. Connect on first use, not before: the host
+        starts without the executor's libraries.
+
+        Cancellation (the run cancelled, the step's timeout, the host stopping) reaches this
+        coroutine the usual way; cancel the remote work then, unless :meth:`detach` was
+        called, and never block the event loop while doing it.
+
+        Raises:
+            ExecutorFailed: the executor lost the call (the worker running it died, the
+                cluster went away, it could not be submitted): retryable, a retry policy
+                runs it again. The function's own exception is raised as it is.
+        """
+        ...
+
+    def detach(self) -> None:
+        """The host is stopping and will resume its runs: calls cancelled from now on are left
+        running remotely, so that the next host finds them by their keys."""
+        ...
+
+    async def aclose(self) -> None:
+        """Let go of connections and local clusters (the host has stopped)."""
+        ...
+
+
+class ExecutorProvider(Protocol):
+    """Makes executors of one kind (``dask``, ...) from their host configuration."""
+
+    name: str
+    """The kind's name: ``[executors.<name>]`` tables of that name, or with
+    ``provider = "<name>"``, are its."""
+
+    def create(self, name: str, config: Mapping[str, Any]) -> Executor:
+        """Build the executor called ``name`` from its ``[executors.<name>]`` table (empty
+        when the configuration has none: an executor that needs no settings works without).
+
+        Check the settings and nothing else: do not connect, nor import the executor's
+        libraries (that is :meth:`Executor.run`'s first call). Raise ``ValueError`` saying
+        which setting is missing or wrong.
+        """
+        ...
+
+
+# --------------------------------------------------------------------------------------------
 # Register callbacks handed to the register_* hooks
 # --------------------------------------------------------------------------------------------
 
@@ -797,3 +955,10 @@ class RegisterAgent(Protocol):
 
     def __call__(self, provider: AgentProvider, *, replace: bool = False) -> None:
         """Add an agent provider under its ``name``."""
+
+
+class RegisterExecutor(Protocol):
+    """``register(provider, replace=False)``."""
+
+    def __call__(self, provider: ExecutorProvider, *, replace: bool = False) -> None:
+        """Add an executor provider under its ``name``."""

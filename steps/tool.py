@@ -22,6 +22,9 @@ class ToolConfig(StepConfig):
     """The registered tool name."""
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     """The tool's arguments."""
+    executor: str | None = Field(None, min_length=1)
+    """Where the call runs: the name of an executor (``dask``) instead of where the tool says
+    (its own ``executor``, else the host's process)."""
 
 
 class ToolStep(StepType[ToolConfig]):
@@ -30,8 +33,13 @@ class ToolStep(StepType[ToolConfig]):
     Fields:
         tool: the tool's registered name (``git.diff``, ``time.get_current_time``).
         with: the arguments, a mapping rendered before the call (default: none).
+        executor: run the call on this executor (``[executors.<name>]`` of the host), a Dask
+            cluster say, rather than where the tool says (default: the tool's choice, else
+            the host's process). The host checks the arguments, consults the cache and
+            records everything; the executor's worker only runs the function.
 
-    The step's ``cache:`` policy is applied by the engine inside the call.
+    The step's ``cache:`` policy is applied by the engine inside the call, before any executor
+    is asked: a cached result never leaves the host.
 
     Output: whatever the tool returns.
 
@@ -41,6 +49,10 @@ class ToolStep(StepType[ToolConfig]):
           tool: git.changed_files
           with: {repo: "${inputs.repo}", pr: "${inputs.pr}"}
           cache: {ttl: 3600}
+        - id: model
+          tool: ml.fit
+          with: {data: "${steps.files.output}"}
+          executor: dask
     """
 
     key = "tool"
@@ -50,9 +62,15 @@ class ToolStep(StepType[ToolConfig]):
     tool_arguments = "with"
 
     def references(self, config: Mapping[str, Any]) -> dict[str, list[str]]:
-        """The tool it calls, for validation."""
+        """The tool it calls and the executor it names, for validation."""
+        refs: dict[str, list[str]] = {}
         name = config.get("tool")
-        return {"tools": [name]} if isinstance(name, str) else {}
+        if isinstance(name, str):
+            refs["tools"] = [name]
+        executor = config.get("executor")
+        if isinstance(executor, str):
+            refs["executors"] = [executor]
+        return refs
 
     def output_schema(
         self,
@@ -65,7 +83,9 @@ class ToolStep(StepType[ToolConfig]):
 
     async def run(self, ctx: StepContext, config: ToolConfig) -> Any:
         """Call the tool and return its result."""
-        return await ctx.call_tool(config.tool, config.with_)
+        if config.executor is None:  # as before: a context of an older contract works too
+            return await ctx.call_tool(config.tool, config.with_)
+        return await ctx.call_tool(config.tool, config.with_, executor=config.executor)
 
 
 @hookimpl

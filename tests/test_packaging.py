@@ -23,12 +23,13 @@ def packages_on_disk(package_dir: dict[str, str]) -> set[str]:
     return found
 
 
-def test_package_dir_maps_the_four_folders():
+def test_package_dir_maps_the_five_folders():
     assert setuptools_table()["package-dir"] == {
         "plait": "host",
         "plait.plugins": "plugins",
         "plait.steps": "steps",
         "plait.agents": "agents",
+        "plait.executors": "executors",
     }
 
 

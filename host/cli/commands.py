@@ -335,7 +335,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title="plait plugins")
-    for col in ("plugin", "version", "step types", "tools", "agent providers"):
+    for col in ("plugin", "version", "step types", "tools", "agent providers", "executors"):
         table.add_column(col)
     for info in infos:
         table.add_row(
@@ -344,6 +344,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             ", ".join(info.step_types),
             ", ".join(info.tools),
             ", ".join(info.agent_providers),
+            ", ".join(info.executor_providers),
         )
     console = Console()
     console.print(table)

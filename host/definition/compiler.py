@@ -220,13 +220,17 @@ def compile_workflow(
     tools: Registry[Tool] | None = None,
     agents: Collection[str] | None = None,
     tool_sources: Collection[str] = (),
+    executors: Callable[[str], str | None] | None = None,
 ) -> CompiledWorkflow:
     """Validate and compile ``wf``; raise :class:`DefinitionError` listing every problem.
 
     ``tools``: the registered tools; a step naming another one, or giving literal arguments
     its input schema refuses, is an issue. ``tool_sources``: the configured MCP servers, whose
     tools (``<server>.<tool>``) arrive after compiling and are not checked. ``agents``: the
-    configured agent names. ``None`` (the default) checks nothing of that kind. With either,
+    configured agent names. ``executors``: why calls cannot run on the executor of a name
+    (``None`` when they can); a step naming one they cannot, or sending a tool that cannot go
+    to an executor, is an issue. ``None`` (the default) checks nothing of that kind. With
+    ``tools`` or ``agents``,
     template paths are checked too: ``steps.<id>.<field>`` must be a field of a step's record
     and ``steps.<id>.output.<key>...`` a field of the step's output schema when its step type
     knows one (``StepType.output_schema``); a stored run's snapshot, compiled with neither,
@@ -234,7 +238,7 @@ def compile_workflow(
     """
     limits = limits or Limits()
     c = _Compiler(wf, step_types, templates, limits)
-    c.known = _Known(tools, agents, frozenset(tool_sources))
+    c.known = _Known(tools, agents, frozenset(tool_sources), executors)
     # What the loader checks in text and mappings, again for models built in Python.
     c.issues.extend(value_issues(wf.model_dump(), wf.source_lines))
     if wf.states is not None:
@@ -338,7 +342,7 @@ class _Compiler:
         self.limits = limits
         self.issues: list[Issue] = []
         self._instances: dict[str, StepType] = {}
-        self.known = _Known(None, None, frozenset())
+        self.known = _Known(None, None, frozenset(), None)
         self._validators: dict[str, Draft202012Validator | None] = {}
         self.signals: set[str] = set()
         self.any_signal = False
@@ -856,14 +860,31 @@ class _Compiler:
         raw: dict[str, Any],
         path: str,
     ) -> None:
-        """Tools and agents the step names that nothing here provides; literal tool arguments
-        that the tool's input schema refuses."""
+        """Tools, agents and executors the step names that nothing here provides; literal tool
+        arguments that the tool's input schema refuses."""
         known = self.known
-        if known.tools is None and known.agents is None:
+        if known.tools is None and known.agents is None and known.executors is None:
             return
         refs = _safe(lambda: inst.references(raw), {}, self, path)
         tools = [n for n in refs.get("tools") or () if isinstance(n, str) and self._literal(n)]
         agents = [n for n in refs.get("agents") or () if isinstance(n, str) and self._literal(n)]
+        executors = [
+            n for n in refs.get("executors") or () if isinstance(n, str) and self._literal(n)
+        ]
+        if known.executors is not None:
+            for name in executors:
+                problem = known.executors(name)
+                if problem is not None:
+                    self.issue(_field_naming(raw, name, path), problem)
+            for name in tools if executors and known.tools is not None else ():
+                tool = known.tools.get(name) if known.tools is not None else None
+                if tool is not None and tool.function is None:
+                    self.issue(
+                        _field_naming(raw, name, path),
+                        f"tool {name!r} cannot run on an executor: it is not a Python function "
+                        "plait can send (an MCP server's tool, or a Tool made without "
+                        "from_function)",
+                    )
         if known.tools is not None:
             for name in tools:
                 if name in known.tools or name.split(".", 1)[0] in known.tool_sources:
@@ -1270,6 +1291,7 @@ class _Known:
     tools: Registry[Tool] | None
     agents: Collection[str] | None
     tool_sources: frozenset[str]
+    executors: Callable[[str], str | None] | None
 
 
 _SHAPE_KEYWORDS = frozenset(

@@ -1026,7 +1026,13 @@ class StepRuntime:
         return self._scope.render(template, self._step, getattr(template, "where", ""), extra)
 
     async def call_tool(
-        self, name: str, args: Mapping[str, Any], *, cache: Any = None, key: str | None = None
+        self,
+        name: str,
+        args: Mapping[str, Any],
+        *,
+        cache: Any = None,
+        key: str | None = None,
+        executor: str | None = None,
     ) -> Any:
         step = self._step
         extra_key = None
@@ -1053,6 +1059,7 @@ class StepRuntime:
             on_cached=cached,
             context=ToolContext(self.run_id, self.step_id, self.attempt, idempotency_key),
             on_breaker=self.emit,
+            executor=executor,
         )
 
     def tool_specs(self, names: Sequence[str]) -> list[dict[str, Any]]:

@@ -1,4 +1,8 @@
-"""Calling tools by name: argument checks, per-tool concurrency limits and the result cache."""
+"""Calling tools by name: argument checks, per-tool concurrency limits and the result cache.
+
+A call runs in the host's process, or on the executor its tool or its step names
+(``plait.services.executors``): the limits, the cache, the breakers and the errors are the same
+either way."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from plait.plugins.registry import Registry
 from plait.plugins.types import Tool, ToolContext
 from plait.services.breakers import Breakers, Reporter, reporting
 from plait.services.cache import ToolCache, cache_key
+from plait.services.executors import Executors
 from plait.values import json_problem
 
 if TYPE_CHECKING:
@@ -38,9 +43,12 @@ class ToolRunner:
         *,
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
+        executors: Executors | None = None,
     ) -> None:
         self.tools = tools
         self.cache = cache
+        self.executors = executors if executors is not None else Executors(Registry("executor"))
+        """Where calls of tools (or steps) that name an executor run."""
         self.metrics = metrics
         self.tracing = tracing
         self.settings = dict(settings or {})
@@ -112,6 +120,7 @@ class ToolRunner:
         on_cached: Callable[[str, str], Any] | None = None,
         context: ToolContext | None = None,
         on_breaker: Reporter | None = None,
+        executor: str | None = None,
     ) -> Any:
         """Call tool ``name``; consult and fill the cache when the policy allows.
 
@@ -122,9 +131,13 @@ class ToolRunner:
             context: what the tool may know of the call (for tools that ask for it).
             on_breaker: called with (event type, data) when the call changes the state of a
                 circuit breaker (records ``breaker.opened`` ... on the calling run).
+            executor: run the call on this executor (a tool step's ``executor:``) rather than
+                where the tool says (its ``executor``, else in the host). The cache is
+                consulted first either way, here.
 
         Raises:
             CircuitOpen: the tool's breaker (or its MCP server's) is open.
+            ExecutorFailed: the executor lost the call (a worker died): retryable.
         """
         tool = self.get(name)
         if not isinstance(args, Mapping):
@@ -146,10 +159,11 @@ class ToolRunner:
                     if on_cached is not None:
                         await on_cached(tool.name, key)
                     return value
+        where = executor or tool.executor
         if self.metrics is None and self.tracing is None:
-            value = await self._guarded(tool, dict(args), context, on_breaker)
+            value = await self._guarded(tool, dict(args), context, on_breaker, where)
         else:
-            value = await self._observed(tool, dict(args), context, on_breaker)
+            value = await self._observed(tool, dict(args), context, on_breaker, where)
         if key is not None:
             await self.cache.set(key, value, ttl=effective.ttl if effective else None)
         return value
@@ -160,17 +174,18 @@ class ToolRunner:
         args: dict[str, Any],
         context: ToolContext | None,
         on_breaker: Reporter | None,
+        executor: str | None = None,
     ) -> Any:
         """The call behind its breakers: a cache hit never touches a breaker; a call does,
         the tool's own and, below it, an MCP server's (which finds ``on_breaker`` through
         ``reporting``)."""
         if not self.breakers:
-            return await self._invoke(tool, args, context)
+            return await self._invoke(tool, args, context, executor)
         breaker = self.breakers.get(f"tool:{tool.name}")
         with reporting(on_breaker):
             if breaker is None:
-                return await self._invoke(tool, args, context)
-            return await breaker.call(self._invoke, tool, args, context)
+                return await self._invoke(tool, args, context, executor)
+            return await breaker.call(self._invoke, tool, args, context, executor)
 
     async def _observed(
         self,
@@ -178,17 +193,18 @@ class ToolRunner:
         args: dict[str, Any],
         context: ToolContext | None,
         on_breaker: Reporter | None,
+        executor: str | None = None,
     ) -> Any:
         """The call timed (metrics) and in a span of its own (traces)."""
         began = time.perf_counter()
         outcome = "error"
         try:
             if self.tracing is None:
-                value = await self._guarded(tool, args, context, on_breaker)
+                value = await self._guarded(tool, args, context, on_breaker, executor)
             else:
                 with self.tracing.tool(tool.name) as span:
                     try:
-                        value = await self._guarded(tool, args, context, on_breaker)
+                        value = await self._guarded(tool, args, context, on_breaker, executor)
                     except RunError as exc:
                         self.tracing.failed(span, exc.to_dict())
                         raise
@@ -198,10 +214,21 @@ class ToolRunner:
             if self.metrics is not None:
                 self.metrics.tool_called(tool.name, outcome, time.perf_counter() - began)
 
-    async def _invoke(self, tool: Tool, args: dict[str, Any], context: ToolContext | None) -> Any:
+    async def _invoke(
+        self,
+        tool: Tool,
+        args: dict[str, Any],
+        context: ToolContext | None,
+        executor: str | None = None,
+    ) -> Any:
         limiter = self._limiters.get(tool.name)
-        call: Any = tool.call
-        given = (args, context) if tool.takes_context else (args,)
+        call: Any
+        given: tuple[Any, ...]
+        if executor is not None:  # on an executor: the same limits, the value handed back
+            call, given = self.executors.run, (executor, tool, args, context)
+        else:
+            call = tool.call
+            given = (args, context) if tool.takes_context else (args,)
         try:
             if limiter is None:
                 value = await call(*given)
@@ -215,6 +242,8 @@ class ToolRunner:
                 raise
             owner = self.tools.owner(tool.name)
             source = f" (plugin {owner!r})" if owner else ""
+            if executor is not None:
+                source += f" (on executor {executor!r})"
             failed = ToolFailed(tool.name, f"{type(exc).__name__}: {exc}{source}")
             failed.correlation_id = log_plugin_failure(
                 exc,

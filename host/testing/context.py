@@ -202,9 +202,16 @@ class FakeStepContext:
     # -- tools and agents --------------------------------------------------------------------
 
     async def call_tool(
-        self, name: str, args: Mapping[str, Any], *, cache: Any = None, key: str | None = None
+        self,
+        name: str,
+        args: Mapping[str, Any],
+        *,
+        cache: Any = None,
+        key: str | None = None,
+        executor: str | None = None,
     ) -> Any:
-        """Call a tool of ``tools`` (there is no cache: every call runs it).
+        """Call a tool of ``tools`` (there is no cache: every call runs it, and runs it here,
+        whatever ``executor`` it is asked to run on).
 
         Raises:
             ToolNotFound: no tool of that name was given.

@@ -75,9 +75,7 @@ async def test_runs_are_kept_in_postgresql_and_read_back_after_a_restart(tmp_pat
         assert stats["workflows"][0]["runs"] == 1
 
 
-async def test_a_new_database_is_migrated_and_one_of_a_newer_plait_refused(
-    tmp_path, pm, pg_url
-):
+async def test_a_new_database_is_migrated_and_one_of_a_newer_plait_refused(tmp_path, pm, pg_url):
     async with PostgresStore(pg_url, StoreSettings(connect_timeout=5)):
         pass
     assert rows(pg_url, "SELECT value FROM plait_meta") == [(str(SCHEMA_VERSION),)]

@@ -128,11 +128,17 @@ def test_builtins_load_without_failures_and_are_listed():
     for name in DEFAULT_PLUGINS:
         assert pm.get_plugin(name) is not None, f"{name} is not registered"
         assert info[name].builtin, f"{name} is not listed as built-in"
-        contributed = info[name].step_types + info[name].tools + info[name].agent_providers
+        contributed = (
+            info[name].step_types
+            + info[name].tools
+            + info[name].agent_providers
+            + info[name].executor_providers
+        )
         assert contributed, f"built-in {name} contributes nothing"
     assert info["plait.steps.tool"].step_types == ["tool"]
     assert info["plait.steps.delay"].step_types == ["delay"]
     assert info["plait.agents.scripted"].agent_providers == ["scripted"]
+    assert info["plait.executors.dask"].executor_providers == ["dask"]
     assert {"files.read", "math.sum"} <= set(info["plait.steps.stdtools"].tools)
     # Each contribution is owned by the plugin the listing names.
     regs = pm.registries
@@ -1139,6 +1145,7 @@ def test_hook_signatures_cover_the_expected_hooks():
         "register_step_types",
         "register_tools",
         "register_agents",
+        "register_executors",
         "prepare_jinja_environment",
         "load_workflow",
         "host_started",

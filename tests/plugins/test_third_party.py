@@ -126,6 +126,7 @@ def test_installed_plugin_is_listed_with_its_version_and_contributions(hello_sit
         "step_types": ["greet"],
         "tools": ["hello.greet"],
         "agent_providers": [],
+        "executor_providers": [],
     }
     assert plugins["plait.steps.tool"]["builtin"]
 
