@@ -338,12 +338,7 @@ class PostgresStore(SqliteStore):
                                 with conn.transaction():
                                     cur.execute(statement, row)
                             except psycopg.IntegrityError as exc:
-                                log.error(
-                                    "store: dropped a row that breaks a constraint (%s): %s %r",
-                                    exc,
-                                    sql.split("(")[0],
-                                    row[:3],
-                                )
+                                base.log_dropped_row(exc, sql, row)
                     else:
                         cur.executemany(statement, batch)
                 self._notify(cur, rows, lost)

@@ -275,6 +275,13 @@ def _write_rows(conn: sqlite3.Connection, sql: str, batch: list[tuple[Any, ...]]
             left -= per
 
 
+def log_dropped_row(exc: Exception, sql: str, row: tuple[Any, ...]) -> None:
+    """Say which row a one-by-one commit left out, and why (a constraint it breaks)."""
+    log.error(
+        "store: dropped a row that breaks a constraint (%s): %s %r", exc, sql.split("(")[0], row[:3]
+    )
+
+
 def _interpreter_ending() -> bool:
     """Whether the main thread has finished: a store that was never closed (its event loop
     gone) must not keep the interpreter from exiting by waiting in its threads."""
@@ -918,12 +925,7 @@ class SqliteStore:
             try:
                 conn.execute(sql, row)
             except sqlite3.IntegrityError as exc:
-                log.error(
-                    "store: dropped a row that breaks a constraint (%s): %s %r",
-                    exc,
-                    sql.split("(")[0],
-                    row[:3],
-                )
+                log_dropped_row(exc, sql, row)
 
     # -- reading -----------------------------------------------------------------------------
 
