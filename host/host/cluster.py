@@ -36,7 +36,8 @@ import anyio
 from plait.errors import PlaitError
 from plait.rpc.dispatcher import to_rpc_error
 from plait.rpc.errors import RpcError
-from plait.state.runs import TERMINAL_EVENTS, Run
+from plait.state.recovery import replay
+from plait.state.runs import Run
 from plait.store.postgres import COMMANDS_CHANNEL, EVENTS_CHANNEL, PostgresStore
 
 if TYPE_CHECKING:
@@ -195,17 +196,21 @@ class Cluster:
             run = self.followed.get(run_id)
             if run is None or int(seq) <= run.published:
                 continue
-            for event in await self.store.events(run_id, run.published):
-                if event.seq <= run.published:
-                    continue
-                if event.type in TERMINAL_EVENTS:
-                    row = await self.store.run_row(run_id)
-                    if row is not None:
-                        run.status = row["status"]
-                        run.outputs, run.error = row["outputs"], row["error"]
-                        run.finished_at = row["finished_at"]
-                run.events.append(event)
-                run.seq = event.seq
+            new = [e for e in await self.store.events(run_id, run.published) if e.seq > run.seq]
+            if not new:
+                continue
+            # What the run says of itself follows its events: its row for its status and
+            # outcome, its steps replayed (both read before the events are told, so a
+            # follower that looks at the run sees it as of the event it is told).
+            row = await self.store.run_row(run_id)
+            if row is not None:
+                run.status = row["status"]
+                run.outputs, run.error = row["outputs"], row["error"]
+                run.started_at, run.finished_at = row["started_at"], row["finished_at"]
+            run.events.extend(new)
+            run.steps = {path: rec.state() for path, rec in replay(run.events).steps.items()}
+            run.seq = new[-1].seq
+            for event in new:
                 run.publish(event)
             if run.finished:
                 self.followed.pop(run_id, None)
