@@ -86,6 +86,25 @@ async def test_a_new_database_is_migrated_and_one_of_a_newer_plait_refused(tmp_p
             pass
 
 
+async def test_a_database_of_an_older_schema_is_migrated_and_keeps_its_runs(
+    tmp_path, pm, pg_url, monkeypatch
+):
+    async with plait.Host(config(tmp_path, pg_url), pm=pm) as host:
+        host.register(ECHO)
+        run = await host.wait(await host.start_run("w", {"x": 1}))
+    # the next plait's schema: one more migration than this database has seen
+    from plait.store import postgres_schema
+
+    later = (*postgres_schema.MIGRATIONS, "ALTER TABLE runs ADD COLUMN note TEXT")
+    monkeypatch.setattr(postgres_schema, "MIGRATIONS", later)
+    monkeypatch.setattr(postgres_schema, "SCHEMA_VERSION", len(later))
+    async with plait.Host(config(tmp_path, pg_url), pm=pm) as host:
+        kept = await host.get_run(run.id)
+        assert kept.status == "succeeded" and kept.outputs == {"b": 2}
+    assert rows(pg_url, "SELECT value FROM plait_meta") == [(str(len(later)),)]
+    assert rows(pg_url, "SELECT note FROM runs") == [(None,)]
+
+
 async def test_a_foreign_database_is_refused(pg_url):
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE accounts (id int)")
