@@ -520,3 +520,31 @@ async def test_malformed_frame_closes_only_that_connection(served, frame, codes)
         assert close_code(data) in codes
         assert await other.ping_time() < 0.5
         assert os.getpid()  # the process is alive (we are in it)
+
+
+async def test_an_mcp_request_whose_headers_trickle_is_dropped(tmp_path, pm, monkeypatch):
+    monkeypatch.setattr(ws_module, "OPEN_TIMEOUT", 0.5)  # 10 s in production; shortened
+    async with serving(tmp_path, pm) as s, s.client() as alive:
+        async with await anyio.connect_tcp("127.0.0.1", s.port) as stream:
+            await stream.send(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:")  # and then nothing
+            start = time.perf_counter()
+            await read_until_eof(stream, 5)
+        assert 0.4 < time.perf_counter() - start < 2.5
+        assert await alive.ping_time() < 0.5
+
+
+async def test_http_connections_past_the_limit_are_answered_503(tmp_path, pm):
+    async with serving(tmp_path, pm, max_connections=1) as s, s.client() as alive:
+        held = []
+        for _ in range(4):  # 4 × max_connections may be open
+            stream = await anyio.connect_tcp("127.0.0.1", s.port)
+            await stream.send(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:")
+            held.append(stream)
+        await anyio.sleep(0.2)
+        async with await anyio.connect_tcp("127.0.0.1", s.port) as extra:
+            await extra.send(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n")
+            data = await read_until_eof(extra, 5)
+        assert data.startswith(b"HTTP/1.1 503") and b"too many HTTP connections" in data
+        for stream in held:
+            await stream.aclose()
+        assert await alive.ping_time() < 0.5

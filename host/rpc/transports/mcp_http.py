@@ -43,6 +43,7 @@ from websockets.datastructures import Headers
 
 from plait.rpc.mcp_era import HANDSHAKE_VERSIONS, MODERN_VERSIONS, is_modern
 from plait.rpc.session import Session, id_key
+from plait.rpc.transports.shared_port import ARRIVED
 
 if TYPE_CHECKING:
     from plait.config import Limits
@@ -134,6 +135,9 @@ class McpHttp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        arrived = scope.get("state", {}).get(ARRIVED)
+        if arrived is not None:  # the connection's headers came in time
+            arrived()
         headers = Headers(
             (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
         )

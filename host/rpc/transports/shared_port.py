@@ -30,6 +30,12 @@ __all__ = ["PortSharing"]
 
 log = logging.getLogger("plait.http")
 
+ARRIVED = "plait.arrived"
+"""The key, in an ASGI scope's ``state``, of what to call once a request's headers are in."""
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 30\r\n"
+    b"Connection: close\r\n\r\ntoo many HTTP connections open\n"
+)
 MAX_REQUEST_LINE = 8192
 """Bytes read while looking for the request line; past it the connection goes to websockets,
 which refuses it as a bad request."""
@@ -45,11 +51,17 @@ class PortSharing:
         paths: Collection[str],
         *,
         first_request_timeout: float,
+        max_open: int,
         keep_alive: float = 5.0,
         max_header_bytes: int = 65536,
     ) -> None:
+        """``first_request_timeout``: seconds a connection has to send its first request line
+        and, when diverted, its first request's headers (a client trickling them is cut, as
+        websockets cuts a slow handshake). ``max_open``: diverted connections open at once;
+        past it a new one is answered 503 and closed."""
         self.paths = frozenset(paths)
         self.first_request_timeout = first_request_timeout
+        self.max_open = max_open
         self.config = Config(
             app,
             ws="none",  # WebSockets are websockets' (on the other paths)
@@ -84,8 +96,10 @@ class PortSharing:
         path = parts[1].split(b"?", 1)[0].decode("latin-1")
         return path in self.paths
 
-    def http(self) -> asyncio.Protocol:
-        return H11Protocol(self.config, self.state, {})
+    def http(self, arrived: Callable[[], None]) -> asyncio.Protocol:
+        """The HTTP/1.1 protocol of a diverted connection; the ASGI app calls
+        ``scope["state"]["arrived"]()`` when a request's headers are in."""
+        return H11Protocol(self.config, self.state, {ARRIVED: arrived})
 
     @property
     def open(self) -> int:
@@ -137,10 +151,27 @@ class _Looking(asyncio.Protocol):
         if end < 0 and len(self.buffer) < MAX_REQUEST_LINE:
             return
         line = bytes(self.buffer[:end]) if end >= 0 else b""
-        self._hand_over(self.sharing.http() if self.sharing.diverts(line) else self.websocket())
+        if not self.sharing.diverts(line):
+            self._stop_waiting()
+            self._hand_over(self.websocket())
+        elif self.sharing.open >= self.sharing.max_open:
+            self._stop_waiting()
+            log.warning("refused an HTTP connection: %d open, the limit", self.sharing.open)
+            transport = self.transport
+            assert transport is not None
+            transport.write(BUSY)
+            transport.close()
+        else:  # the headers are still timed: the app says when they are in
+            self.sharing.waiting.discard(self)
+            self._hand_over(self.sharing.http(self._arrived))
+
+    def _arrived(self) -> None:
+        """The diverted connection's first request is in: it is no longer timed."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def _hand_over(self, protocol: asyncio.Protocol) -> None:
-        self._stop_waiting()
         transport = self.transport
         assert transport is not None
         transport.set_protocol(protocol)

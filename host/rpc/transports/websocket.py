@@ -128,7 +128,12 @@ class WebSocketTransport:
         """The web view's links and sessions: the page is served when given."""
         self.mcp = McpHttp(dispatcher, host.sessions, self, limits, metrics=metrics)
         """MCP over Streamable HTTP at ``/mcp``."""
-        self.sharing = PortSharing(self.mcp, [MCP_PATH], first_request_timeout=OPEN_TIMEOUT)
+        self.sharing = PortSharing(
+            self.mcp,
+            [MCP_PATH],
+            first_request_timeout=OPEN_TIMEOUT,
+            max_open=limits.max_connections * 4,
+        )
 
     async def start(self) -> int:
         """Listen; returns the port (useful when configured as 0)."""
