@@ -751,6 +751,7 @@ class Host:
             "breakers": {**engine.tools.breakers.info(), **engine.agents.breakers.info()},
             "loop": self.watchdog.info() if self.watchdog is not None else None,
             "abandonedThreads": abandoned_threads(),
+            "cluster": await self.cluster.info() if self.cluster is not None else None,
         }
 
     async def sample(self, run: Run, params: dict[str, Any], timeout: float) -> dict[str, Any]:

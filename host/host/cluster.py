@@ -291,6 +291,18 @@ class Cluster:
         idlest["live"] += 1
         return str(idlest["id"])
 
+    async def info(self) -> dict[str, Any]:
+        """``host/info``'s ``cluster``: this host, its settings, and every host sharing the
+        database (seconds since each one's heartbeat, runs it has in memory, draining)."""
+        return {
+            "host": self.store.host_id,
+            "name": self.store.name,
+            "leaseSeconds": self.settings.lease_seconds,
+            "draining": self.draining,
+            "tookOver": len(self.took_over),
+            "hosts": await self.store.hosts(),
+        }
+
     def follow(self, run: Run) -> Run:
         """The run to listen to for a run owned elsewhere: one object per run, told of its
         events as their commits are notified."""

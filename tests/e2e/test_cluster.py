@@ -261,6 +261,9 @@ async def test_any_host_answers_follows_and_controls_any_run(cluster):
     # control from a host that does not own the run: refused as the owner refuses it
     refused = await other.request("runs/signal", {"runId": run_id, "event": "go"})
     assert "error" in refused and "succeeded" in refused["error"]["message"]
+    info = (await other.call("host/info"))["cluster"]
+    assert len(info["hosts"]) == 3 and info["leaseSeconds"] == LEASE
+    assert all(host["silent"] < LEASE for host in info["hosts"])
     second = (await owner.call("runs/start", {"workflow": "gate"}))["runId"]
     await other.call("runs/cancel", {"runId": second})
     cancelled = await owner.wait_run(second)
