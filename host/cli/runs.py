@@ -39,6 +39,7 @@ from plait.engine.lineage import diff_runs
 from plait.errors import ConfigError, InvalidRunState, PlaitError
 from plait.state.run_store import parse_cursor
 from plait.store.datadir import DataDirLock, read_host_info
+from plait.store.postgres import PostgresStore
 
 if TYPE_CHECKING:
     from plait.host.app import Host
@@ -307,13 +308,52 @@ async def _local(args: argparse.Namespace, config: HostConfig) -> dict[str, Any]
     if not config.durable:
         raise PlaitError("no store to read: the data dir is :memory: or the store is off")
     async with Host(config, recover_runs=False) as host:
-        result = await _offline(host, args)
+        store = host.store
+        shared = store if isinstance(store, PostgresStore) else None
+        if shared is not None and args.runs_command in REMOTE_CONTROL:
+            result = await _through_owner(host, shared, args)
+        else:
+            result = await _offline(host, args)
+        live = await shared.live_hosts() if shared is not None else set()
     # No host held the data dir (this process took its lock): a run that claims to go on is
-    # one its host left when it stopped or crashed.
+    # one its host left when it stopped or crashed (on a shared store: when no host is live).
     for run in result.get("runs", []) + ([result["run"]] if "run" in result else []):
-        if run["status"] in HOST_STOPPED:
+        if run["status"] in HOST_STOPPED and not live:
             run["host"] = "stopped"
     return result
+
+
+REMOTE_CONTROL = frozenset({"cancel", "pause", "resume", "signal", "respond"})
+"""What ``plait runs`` does, on a store several hosts share, through the host owning the run."""
+
+
+async def _through_owner(
+    host: Host, store: PostgresStore, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Control of a run on a shared store, without a host here: the host that owns the run
+    does it (``plait.host.cluster.control``); with no live owner, say how to go on."""
+    from plait.host.cluster import control
+
+    engine = host.engine
+    assert engine is not None
+    run_id = await engine.resolve_run_id(args.run_id)
+    owner = await store.owner_of(run_id)
+    if owner is None or owner not in await store.live_hosts():
+        run = await engine.load_run(run_id)  # RunNotFound for no such run
+        if run.finished:
+            raise InvalidRunState(run_id, run.status, args.runs_command)
+        raise PlaitError(
+            f"no running host owns run {run_id} (its store is shared: {store.shown}); start "
+            "`plait serve` with this store (a live host takes the run over) and try again"
+        )
+    command = args.runs_command
+    params: dict[str, Any] = {}
+    if command == "signal":
+        params = {"event": args.event, "data": _signal_data(args)}
+    elif command == "respond":
+        params = {"step": args.step, "answer": _answer(args), "by": args.by, "channel": "api"}
+    await control(store, run_id, command, params)
+    return {"run": await (await engine.kept_run(run_id)).view()}
 
 
 async def _offline(host: Host, args: argparse.Namespace) -> dict[str, Any]:

@@ -278,6 +278,7 @@ class Host:
                 self.config.store,
                 self.config.cluster,
                 data_dir=data_dir,
+                member=self.recover_runs,  # a command on the store is no host among them
                 **options,
             )
         return SqliteStore(data_dir, self.config.store, **options)

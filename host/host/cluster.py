@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from plait.config import ClusterSettings
     from plait.engine.engine import Engine
 
-__all__ = ["COMMAND_SECONDS", "Cluster"]
+__all__ = ["COMMAND_SECONDS", "Cluster", "control"]
 
 log = logging.getLogger("plait.cluster")
 
@@ -259,25 +259,7 @@ class Cluster:
         Raises:
             RpcError: the owner refused it (the error it raised), or did not answer in time.
         """
-        command_id = await self.store.send_command(run_id, command, args, host=host)
-        deadline = time.monotonic() + COMMAND_SECONDS
-        delay = 0.005
-        while time.monotonic() < deadline:
-            result = await self.store.command_result(command_id)
-            if result is not None:
-                if "error" in result:
-                    raise RpcError.from_error_data(result["error"])
-                return result.get("value")
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 0.1)
-        whom = f"the host that owns run {run_id}" if run_id else f"host {host}"
-        raise RpcError.from_error_data(
-            {
-                "code": -32006,
-                "message": f"{whom} did not answer {command} in {COMMAND_SECONDS:g}s; it "
-                "stays queued for it",
-            }
-        )
+        return await control(self.store, run_id, command, args, host=host)
 
     def place(self) -> str | None:
         """Another host to start a new run on, when this one runs clearly more than the least
@@ -336,3 +318,39 @@ class Cluster:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[-1]}" if text else type(exc).__name__
+
+
+async def control(
+    store: PostgresStore,
+    run_id: str | None,
+    command: str,
+    args: dict[str, Any],
+    *,
+    host: str | None = None,
+) -> Any:
+    """Queue ``command`` for the owner of ``run_id`` (or the host ``host``) and wait for its
+    answer: what a host does for a run owned elsewhere, and what ``plait runs`` does on a
+    shared store without a host of its own.
+
+    Raises:
+        RpcError: the owner refused it (the error it raised), or did not answer in time.
+    """
+    command_id = await store.send_command(run_id, command, args, host=host)
+    deadline = time.monotonic() + COMMAND_SECONDS
+    delay = 0.005
+    while time.monotonic() < deadline:
+        result = await store.command_result(command_id)
+        if result is not None:
+            if "error" in result:
+                raise RpcError.from_error_data(result["error"])
+            return result.get("value")
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    whom = f"the host that owns run {run_id}" if run_id else f"host {host}"
+    raise RpcError.from_error_data(
+        {
+            "code": -32006,
+            "message": f"{whom} did not answer {command} in {COMMAND_SECONDS:g}s; it stays "
+            "queued for it",
+        }
+    )

@@ -181,15 +181,20 @@ class PostgresStore(SqliteStore):
         webhooks: EventRouter | None = None,
         metrics: Metrics | None = None,
         data_dir: str | Path | None = None,
+        member: bool = True,
     ) -> None:
         """``data_dir``: where this host's id is kept (``host-id``), so that a host restarted
         on its data dir after a crash is the same host and resumes its runs at once (one
-        process per data dir: the data dir's lock). Without one, each start is a new host."""
+        process per data dir: the data dir's lock). Without one, each start is a new host.
+        ``member``: this process takes part among the hosts (a lease, runs handed over when
+        it stops); a command that only reads or sends commands (``plait runs`` without a
+        host) is not one: no other host sees it or sends it work."""
         super().__init__(".", settings, pace=pace, webhooks=webhooks, metrics=metrics)
         self.url = url
         self.shown = shown(url)
         self.cluster = cluster or ClusterSettings()
         self.data_dir = None if data_dir is None else Path(data_dir)
+        self.member = member
         self.host_id = uuid.uuid4().hex
         """This host's id in the ``hosts`` table and the runs it owns."""
         self.name = self.cluster.name or f"{socket.gethostname()}:{os.getpid()}"
@@ -209,27 +214,16 @@ class PostgresStore(SqliteStore):
         import psycopg
         from psycopg_pool import ConnectionPool
 
-        if self.data_dir is not None:
+        if self.data_dir is not None and self.member:
             self.host_id = _host_id(self.data_dir)
         conn = connect_waiting(self.url, self.settings.connect_timeout)
         try:
             migrate(conn, self.url)
             with conn.transaction():
-                conn.execute(
-                    f"INSERT INTO hosts (id, name, started_at, heartbeat_at) VALUES "
-                    f"(%s, %s, {NOW}, {NOW}) ON CONFLICT (id) DO UPDATE SET "
-                    "name = excluded.name, started_at = excluded.started_at, "
-                    "heartbeat_at = excluded.heartbeat_at, draining = false",
-                    (self.host_id, self.name),
-                )
-                # Runs this host owned when it stopped without handing them over (a crash):
-                # still its own, at the epochs they have.
-                for run_id, epoch in conn.execute(
-                    "SELECT id, epoch FROM runs WHERE owner = %s "
-                    f"AND status IN ({_UNFINISHED_SQL})",
-                    (self.host_id,),
-                ).fetchall():
-                    self.epochs[run_id] = epoch
+                if not self.member:
+                    conn.execute("SELECT 1")  # the connection works; nothing else to say
+                else:
+                    self._join(conn)
         except psycopg.Error as exc:
             conn.close()
             raise StoreError(self.shown, f"cannot be prepared: {exc}") from None
@@ -248,8 +242,35 @@ class PostgresStore(SqliteStore):
         )
         self._after_crash = bool(self.epochs)  # its own runs, left by a crash of this host
 
+    def _join(self, conn: psycopg.Connection) -> None:
+        """Take this host's place among the hosts (in the opening transaction)."""
+        conn.execute(
+            f"INSERT INTO hosts (id, name, started_at, heartbeat_at) VALUES "
+            f"(%s, %s, {NOW}, {NOW}) ON CONFLICT (id) DO UPDATE SET "
+            "name = excluded.name, started_at = excluded.started_at, "
+            "heartbeat_at = excluded.heartbeat_at, draining = false",
+            (self.host_id, self.name),
+        )
+        # Runs this host owned when it stopped without handing them over (a crash): still its
+        # own, at the epochs they have.
+        for run_id, epoch in conn.execute(
+            f"SELECT id, epoch FROM runs WHERE owner = %s AND status IN ({_UNFINISHED_SQL})",
+            (self.host_id,),
+        ).fetchall():
+            self.epochs[run_id] = epoch
+
     def _close(self) -> None:
         """Hand this host's unfinished runs over (no lease to wait out) and leave."""
+        if self.member:
+            self._leave()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        if self._pg is not None:
+            self._pg.close()
+        self._pg = None
+
+    def _leave(self) -> None:
         try:
             with self._connection() as conn, conn.transaction():
                 conn.execute(
@@ -261,12 +282,6 @@ class PostgresStore(SqliteStore):
                 conn.execute("SELECT pg_notify(%s, %s)", (COMMANDS_CHANNEL, "released"))
         except Exception as exc:  # the database is gone: the lease runs out instead
             log.warning("store %s: could not hand this host's runs over (%s)", self.shown, exc)
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
-        if self._pg is not None:
-            self._pg.close()
-        self._pg = None
 
     def _log_lost(self) -> str | None:
         return None  # SQLite's write-ahead log file: nothing of the kind here
@@ -551,6 +566,16 @@ class PostgresStore(SqliteStore):
 
         found: set[str] = await self._in_thread(read)
         return found
+
+    async def live_hosts(self) -> set[str]:
+        """The ids of the hosts whose lease holds now."""
+        rows = await self._in_thread(
+            lambda conn: conn.execute(
+                f"SELECT id FROM hosts WHERE heartbeat_at >= {NOW} - %s",
+                (self.cluster.lease_seconds,),
+            ).fetchall()
+        )
+        return {row[0] for row in rows}
 
     async def owner_of(self, run_id: str) -> str | None:
         """The host that owns a run now (``None``: none, or no such run)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -24,7 +25,7 @@ import psycopg
 import pytest
 from websockets.asyncio.client import connect
 
-from .host_process import HostProcess
+from .host_process import PLAIT, HostProcess
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -320,3 +321,50 @@ async def test_a_host_restarted_on_its_data_dir_after_a_kill_resumes_its_runs_at
         assert Counter(s for (s,) in query(pg_url, "SELECT status FROM runs")) == {"succeeded": 5}
     finally:
         host.stop()
+
+
+def plait_runs(host: HostProcess, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``plait runs ...`` on the shared store, from a data dir no host uses."""
+    data_dir.mkdir(exist_ok=True)
+    return subprocess.run(
+        [
+            *PLAIT,
+            "runs",
+            *args,
+            "--data-dir",
+            str(data_dir),
+            "--config",
+            str(host.tmp / "plait.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=host.tmp,
+        env=host.environment(),
+        timeout=60,
+    )
+
+
+async def test_plait_runs_without_a_host_controls_runs_through_their_owner(cluster, tmp_path):
+    started, url, _ = cluster
+    owner = started[1]
+    run_id = (await owner.call("runs/start", {"workflow": "gate"}))["runId"]
+    elsewhere = tmp_path / "cli"
+    listed = await anyio.to_thread.run_sync(lambda: plait_runs(owner, elsewhere, "list", "--json"))
+    assert listed.returncode == 0, listed.stderr
+    (shown,) = json.loads(listed.stdout)["runs"]
+    assert shown["id"] == run_id and "host" not in shown  # its host is live: not "stopped"
+    signalled = await anyio.to_thread.run_sync(
+        lambda: plait_runs(owner, elsewhere, "signal", run_id, "go", "--data", '"cli"')
+    )
+    assert signalled.returncode == 0, signalled.stderr
+    done = await owner.wait_run(run_id)
+    assert done["outputs"] == {"got": "cli"}
+    names = {name for (name,) in query(url, "SELECT name FROM hosts")}
+    assert len(names) == 3  # the command took no place among the hosts
+    left = (await owner.call("runs/start", {"workflow": "gate"}))["runId"]
+    for host in started:
+        host.stop()  # every host gone: nobody to do what the command asks
+    refused = await anyio.to_thread.run_sync(lambda: plait_runs(owner, elsewhere, "cancel", left))
+    assert refused.returncode != 0
+    assert f"no running host owns run {left}" in refused.stderr
+    assert "Traceback" not in refused.stderr
