@@ -312,6 +312,8 @@ async def _local(args: argparse.Namespace, config: HostConfig) -> dict[str, Any]
         shared = store if isinstance(store, PostgresStore) else None
         if shared is not None and args.runs_command in REMOTE_CONTROL:
             result = await _through_owner(host, shared, args)
+        elif shared is not None and args.runs_command == "rerun" and await shared.live_hosts():
+            result = await _rerun_on_a_host(host, shared, args)
         else:
             result = await _offline(host, args)
         live = await shared.live_hosts() if shared is not None else set()
@@ -411,6 +413,27 @@ async def _resume_here(host: Any, args: argparse.Namespace, run_id: str) -> dict
         async for event in run.follow(run.published):
             view.update(run, event)
     return {"run": await run.view()}
+
+
+async def _rerun_on_a_host(
+    host: Host, store: PostgresStore, args: argparse.Namespace
+) -> dict[str, Any]:
+    """``rerun`` on a shared store while hosts run: the new run is made by one of them (as if
+    asked through it), not in this process, which is no host among them."""
+    from plait.host.cluster import control
+
+    engine = host.engine
+    assert engine is not None
+    run_id = await engine.resolve_run_id(args.run_id)
+    inputs = None
+    if args.input:
+        source = await engine.load_run(run_id)
+        compiled = await engine.snapshot(source.digest, source.workflow, source.version)
+        inputs = _changed_inputs(source.inputs, args.input, compiled.definition.inputs)
+    target = sorted(await store.live_hosts())[0]
+    params = {"runId": run_id, "step": args.step, "inputs": inputs, "version": args.version}
+    made = await control(store, None, "rerun", params, host=target)
+    return {"run": await (await engine.kept_run(str(made))).view()}
 
 
 async def _rerun_here(host: Any, args: argparse.Namespace, run_id: str) -> dict[str, Any]:

@@ -313,8 +313,15 @@ class Host:
             )
             return run.id
 
+        async def rerun(run_id: str, args: dict[str, Any]) -> str:
+            run = await engine.rerun(
+                args["runId"], args["step"], inputs=args.get("inputs"), version=args.get("version")
+            )
+            return run.id
+
         return {
             "start": start,
+            "rerun": rerun,
             "cancel": cancel,
             "pause": pause,
             "resume": resume,

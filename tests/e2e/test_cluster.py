@@ -359,6 +359,14 @@ async def test_plait_runs_without_a_host_controls_runs_through_their_owner(clust
     assert signalled.returncode == 0, signalled.stderr
     done = await owner.wait_run(run_id)
     assert done["outputs"] == {"got": "cli"}
+    rerun = await anyio.to_thread.run_sync(
+        lambda: plait_runs(owner, elsewhere, "rerun", run_id, "after", "--json")
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    new_id = json.loads(rerun.stdout)["run"]["id"]
+    assert new_id != run_id
+    again = await owner.wait_run(new_id)  # made and run by a host, not by the command
+    assert again["status"] == "succeeded" and again["outputs"] == {"got": "cli"}
     names = {name for (name,) in query(url, "SELECT name FROM hosts")}
     assert len(names) == 3  # the command took no place among the hosts
     left = (await owner.call("runs/start", {"workflow": "gate"}))["runId"]
