@@ -38,7 +38,7 @@ from plait.errors import (
 from plait.host.cluster import Cluster
 from plait.host.compose import build_engine, build_schedules, tool_cache
 from plait.host.logs import run_lines, run_log
-from plait.host.observing import check_endpoint, levels
+from plait.host.observing import check_endpoint, cluster_levels, levels
 from plait.host.watchdog import LoopWatchdog
 from plait.plugins.manager import PluginManager
 from plait.plugins.threads import abandoned_threads
@@ -256,8 +256,14 @@ class Host:
                 self.schedules = await stack.enter_async_context(build_schedules(self.engine))
             if self.recover_runs and isinstance(store, PostgresStore):
                 self.cluster = Cluster(
-                    store, self.engine, self.config.cluster, self._remote_commands()
+                    store,
+                    self.engine,
+                    self.config.cluster,
+                    self._remote_commands(),
+                    metrics=self.metrics,
                 )
+                if self.metrics is not None:
+                    cluster_levels(self.metrics, self.cluster)
                 watching.start_soon(self.cluster.run)
             self.started_at = time.time()
             self.pm.hook.host_started.call_historic(kwargs={"host": self})

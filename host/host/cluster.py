@@ -43,6 +43,7 @@ from plait.store.postgres import COMMANDS_CHANNEL, EVENTS_CHANNEL, PostgresStore
 if TYPE_CHECKING:
     from plait.config import ClusterSettings
     from plait.engine.engine import Engine
+    from plait.telemetry import Metrics
 
 __all__ = ["COMMAND_SECONDS", "Cluster", "control"]
 
@@ -67,9 +68,13 @@ class Cluster:
         engine: Engine,
         settings: ClusterSettings,
         commands: dict[str, Command],
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
-        """``commands``: how this host does each control command for a run it owns."""
+        """``commands``: how this host does each control command for a run it owns;
+        ``metrics``: where take-overs and abandoned runs are counted (and the hosts seen)."""
         self.store = store
+        self.metrics = metrics
         self.engine = engine
         self.settings = settings
         self.commands = commands
@@ -131,6 +136,8 @@ class Cluster:
     def _abandon(self, run_ids: set[str]) -> None:
         if run_ids:
             stopped = self.engine.abandon(run_ids)
+            if stopped and self.metrics is not None:
+                self.metrics.abandoned.inc(len(stopped))
             if stopped:
                 log.warning(
                     "cluster: %d run(s) were taken over by another host; stopped here: %s",
@@ -158,6 +165,9 @@ class Cluster:
                     )
                     for crashed in (True, False):
                         group = [run_id for run_id, died in taken if died is crashed]
+                        if group and self.metrics is not None:
+                            how = "crashed" if crashed else "handed"
+                            self.metrics.takeovers.labels(how).inc(len(group))
                         if group:
                             self.store.resuming(crashed)
                             await self.engine.recover(group)

@@ -17,9 +17,10 @@ from plait.engine.engine import Engine
 from plait.rpc.session import Session
 
 if TYPE_CHECKING:
+    from plait.host.cluster import Cluster
     from plait.telemetry import Metrics
 
-__all__ = ["BREAKER_STATES", "check_endpoint", "levels"]
+__all__ = ["BREAKER_STATES", "check_endpoint", "cluster_levels", "levels"]
 
 log = logging.getLogger("plait.tracing")
 
@@ -83,3 +84,12 @@ async def check_endpoint(endpoint: str, timeout: float = 3.0) -> None:
         )
     else:
         log.info("tracing: exporting spans to %s", endpoint)
+
+
+def cluster_levels(metrics: Metrics, cluster: Cluster) -> None:
+    """Report how many hosts share the store, as this host's last heartbeat saw them."""
+    metrics.gauge(
+        "plait_cluster_hosts",
+        "Live hosts sharing the PostgreSQL store, this one included (as of its last heartbeat).",
+        lambda: [((), float(len(cluster.peers) + 1))],
+    )

@@ -207,6 +207,19 @@ class Metrics:
             "Run events sent to subscribed clients (runs/subscribe).",
             registry=r,
         )
+        self.takeovers = Counter(
+            "plait_cluster_runs_taken_over",
+            "Runs this host took over from another, by how it left them (crashed: its lease "
+            "expired; handed: it stopped and handed them over).",
+            ["how"],
+            registry=r,
+        )
+        self.abandoned = Counter(
+            "plait_cluster_runs_abandoned",
+            "Runs this host stopped because another host took them over (its changes to them "
+            "refused).",
+            registry=r,
+        )
         self.content_type = CONTENT_TYPE
         self._levels = _Levels()
         r.register(self._levels)

@@ -134,6 +134,19 @@ async def start_runs(host: HostProcess, first: int, count: int, seconds: float) 
     return ids
 
 
+async def scrape(host: HostProcess) -> str:
+    """``GET /metrics`` of a host, with its token."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        reply = await http.get(
+            f"http://127.0.0.1:{host.port}/metrics",
+            headers={"Authorization": f"Bearer {host.token}"},
+        )
+    assert reply.status_code == 200
+    return reply.text
+
+
 def query(url: str, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
         return conn.execute(sql, params).fetchall()
@@ -190,6 +203,16 @@ async def test_a_host_killed_mid_flight_loses_nothing_and_runs_nothing_twice(clu
     assert unfinished_at_kill and unfinished_at_kill <= owned
     takeover = max(ts for _, ts in recovered) - killed_at
     first = min(ts for _, ts in recovered) - killed_at
+    taken = 0.0
+    for survivor in started[1:]:
+        metrics = await scrape(survivor)
+        taken += sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith('plait_cluster_runs_taken_over_total{how="crashed"}')
+        )
+        assert "plait_cluster_hosts 2.0" in metrics  # the dead host no longer counted
+    assert taken == len(recovered)
     print(
         f"\ntake-over: {len(recovered)} run(s) of the killed host resumed elsewhere "
         f"{first:.2f}s to {takeover:.2f}s after the kill (lease {LEASE:g}s)"
