@@ -17,11 +17,11 @@ diverted connection go to the ASGI app (which answers only its own paths).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Collection
 from typing import Any, cast
 
+import anyio
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
@@ -114,14 +114,16 @@ class PortSharing:
             looking.abort()
         for connection in list(self.state.connections):
             connection.shutdown()
-        deadline = asyncio.get_running_loop().time() + grace
-        while self.state.tasks and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
-        for task in list(self.state.tasks):
+        with anyio.move_on_after(grace):
+            while self.state.tasks:
+                await anyio.sleep(0.02)
+        # uvicorn's request tasks are asyncio tasks of its own: cancelled, then waited for
+        # (their outcome is theirs: an ASGI app's error is logged by uvicorn)
+        running = list(self.state.tasks)
+        for task in running:
             task.cancel()
-        for task in list(self.state.tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        if running:
+            await asyncio.wait(running, timeout=grace)
         for connection in list(self.state.connections):
             transport = getattr(connection, "transport", None)
             if transport is not None:
