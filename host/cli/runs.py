@@ -415,6 +415,16 @@ async def _resume_here(host: Any, args: argparse.Namespace, run_id: str) -> dict
     return {"run": await run.view()}
 
 
+async def _rerun_inputs(engine: Any, run_id: str, args: argparse.Namespace) -> Any:
+    """The inputs of a rerun: the source run's with ``--input`` changes (``None``: as they
+    were)."""
+    if not args.input:
+        return None
+    source = await engine.load_run(run_id)
+    compiled = await engine.snapshot(source.digest, source.workflow, source.version)
+    return _changed_inputs(source.inputs, args.input, compiled.definition.inputs)
+
+
 async def _rerun_on_a_host(
     host: Host, store: PostgresStore, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -425,11 +435,7 @@ async def _rerun_on_a_host(
     engine = host.engine
     assert engine is not None
     run_id = await engine.resolve_run_id(args.run_id)
-    inputs = None
-    if args.input:
-        source = await engine.load_run(run_id)
-        compiled = await engine.snapshot(source.digest, source.workflow, source.version)
-        inputs = _changed_inputs(source.inputs, args.input, compiled.definition.inputs)
+    inputs = await _rerun_inputs(engine, run_id, args)
     target = sorted(await store.live_hosts())[0]
     params = {"runId": run_id, "step": args.step, "inputs": inputs, "version": args.version}
     made = await control(store, None, "rerun", params, host=target)
@@ -442,11 +448,7 @@ async def _rerun_here(host: Any, args: argparse.Namespace, run_id: str) -> dict[
     from plait.cli.progress import ProgressView
 
     engine = host.engine
-    inputs = None
-    if args.input:
-        source = await engine.load_run(run_id)
-        compiled = await engine.snapshot(source.digest, source.workflow, source.version)
-        inputs = _changed_inputs(source.inputs, args.input, compiled.definition.inputs)
+    inputs = await _rerun_inputs(engine, run_id, args)
     run = await engine.rerun(run_id, args.step, inputs=inputs, version=args.version)
     view = ProgressView(
         await engine.snapshot(run.digest, run.workflow, run.version), json_mode=args.json

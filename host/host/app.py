@@ -335,12 +335,18 @@ class Host:
             "respond": respond,
         }
 
-    async def _elsewhere(self, run_id: str) -> str | None:
-        """The whole id of a run another host owns (control goes to it), else ``None``."""
+    async def _done_elsewhere(
+        self, run_id: str, command: str, args: dict[str, Any] | None = None
+    ) -> str | None:
+        """Have the host that owns ``run_id`` do ``command``, when another host owns it:
+        the run's whole id once done, else ``None`` (this host does it)."""
         if self.cluster is None:
             return None
         run_id = await self._engine().resolve_run_id(run_id)
-        return run_id if await self.cluster.elsewhere(run_id) else None
+        if not await self.cluster.elsewhere(run_id):
+            return None
+        await self.cluster.control(run_id, command, args or {})
+        return run_id
 
     @staticmethod
     async def _stop_tracing(tracing: Tracing) -> None:
@@ -634,10 +640,8 @@ class Host:
     async def cancel_run(self, run_id: str) -> Run:
         """Cancel a run; returns once it ended (or after a few seconds, as it then stands)."""
         self._writable()
-        remote = await self._elsewhere(run_id)
+        remote = await self._done_elsewhere(run_id, "cancel")
         if remote is not None:
-            assert self.cluster is not None
-            await self.cluster.control(remote, "cancel", {})
             return await self.get_run(remote)
         return await self._engine().cancel(run_id)
 
@@ -648,30 +652,23 @@ class Host:
     async def pause_run(self, run_id: str) -> Run:
         """Start no new steps of a run; running ones finish."""
         self._writable()
-        remote = await self._elsewhere(run_id)
+        remote = await self._done_elsewhere(run_id, "pause")
         if remote is not None:
-            assert self.cluster is not None
-            await self.cluster.control(remote, "pause", {})
             return await self.get_run(remote)
         return await self._engine().pause(run_id)
 
     async def resume_run(self, run_id: str) -> Run:
         """Continue a paused run."""
         self._writable()
-        remote = await self._elsewhere(run_id)
+        remote = await self._done_elsewhere(run_id, "resume")
         if remote is not None:
-            assert self.cluster is not None
-            await self.cluster.control(remote, "resume", {})
             return await self.get_run(remote)
         return await self._engine().resume(run_id)
 
     async def signal_run(self, run_id: str, event: str, data: Any = None) -> None:
         """Deliver a signal to a run's ``wait`` steps, once it is kept."""
         self._writable()
-        remote = await self._elsewhere(run_id)
-        if remote is not None:
-            assert self.cluster is not None
-            await self.cluster.control(remote, "signal", {"event": event, "data": data})
+        if await self._done_elsewhere(run_id, "signal", {"event": event, "data": data}):
             return
         await self._engine().signal(run_id, event, data)
 
@@ -692,11 +689,8 @@ class Host:
         when the step is not waiting for input from that channel, ``RunNotFound``.
         """
         self._writable()
-        remote = await self._elsewhere(run_id)
-        if remote is not None:
-            assert self.cluster is not None
-            answered = {"step": step, "answer": answer, "by": by, "channel": channel}
-            await self.cluster.control(remote, "respond", answered)
+        answered = {"step": step, "answer": answer, "by": by, "channel": channel}
+        if await self._done_elsewhere(run_id, "respond", answered):
             return
         await self._engine().respond(run_id, step, answer, by=by, channel=channel)
 

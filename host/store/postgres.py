@@ -433,13 +433,8 @@ class PostgresStore(SqliteStore):
         return self._pool.connection()
 
     async def _read(self, fn: Callable[[Any], T]) -> T:
-        import anyio.to_thread
-
-        def read() -> T:
-            with self._connection() as conn:
-                return fn(_Reader(conn))
-
-        return await anyio.to_thread.run_sync(read)
+        result: T = await self._in_thread(lambda conn: fn(_Reader(conn)))
+        return result
 
     async def unfinished_runs(self) -> list[dict[str, Any]]:
         """Top-level unfinished runs this host owns, oldest first."""
